@@ -1,0 +1,36 @@
+#!/bin/bash
+# Installs regfs's build and test dependencies from Debian 12's archive.
+# Idempotent: packages already present are left alone. Needs root (or sudo).
+set -euo pipefail
+
+PKGS=(
+  # build
+  build-essential cmake pkg-config ninja-build
+  libfuse3-dev fuse3 libcurl4-openssl-dev libsqlite3-dev sqlite3
+  nlohmann-json3-dev zlib1g-dev libzstd-dev libssl-dev libcli11-dev
+  libisal-dev libdeflate-dev
+  # tests
+  libgtest-dev libgmock-dev googletest clang libclang-rt-14-dev
+  docker-registry skopeo umoci curl tar libarchive-tools zstd gzip
+  iproute2 procps psmisc
+)
+
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; fi
+
+missing=()
+for p in "${PKGS[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+  echo "install-deps: all ${#PKGS[@]} packages present"
+  exit 0
+fi
+
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,55 @@
+// BlobSource: the seam between "bytes of blob D at [a, b)" and where they come
+// from. The registry client implements it over HTTP Range requests; the chunk
+// cache implements it over sqlite and wraps another BlobSource for misses;
+// tests implement it over memory with fault injection and request counters.
+//
+// Implementations are thread-safe: ReadAt may be called from many threads.
+#ifndef REGFS_READER_BASE_BLOB_SOURCE_H_
+#define REGFS_READER_BASE_BLOB_SOURCE_H_
+
+#include <cstdint>
+#include <span>
+#include <string>
+
+#include "reader/base/status.h"
+
+namespace regfs {
+
+// An OCI content descriptor, reduced to what reading needs.
+struct BlobDescriptor {
+  std::string media_type;
+  std::string digest;  // "sha256:<hex>"; the cache key everywhere
+  uint64_t size = 0;
+};
+
+class BlobSource {
+ public:
+  virtual ~BlobSource() = default;
+
+  // Fills `out` with bytes [offset, offset + out.size()) of `blob`. The range
+  // must lie inside [0, blob.size); an empty span is a no-op. On error the
+  // contents of `out` are unspecified and must not be used.
+  virtual Status ReadAt(const BlobDescriptor& blob, uint64_t offset,
+                        std::span<uint8_t> out) = 0;
+};
+
+// Forwards everything to another source. Tests derive from it and override
+// one method to inject a fault (leveldb's EnvWrapper idea).
+class BlobSourceWrapper : public BlobSource {
+ public:
+  explicit BlobSourceWrapper(BlobSource* target) : target_(target) {}
+  Status ReadAt(const BlobDescriptor& blob, uint64_t offset,
+                std::span<uint8_t> out) override {
+    return target_->ReadAt(blob, offset, out);
+  }
+
+ protected:
+  BlobSource* target() const { return target_; }
+
+ private:
+  BlobSource* target_;
+};
+
+}  // namespace regfs
+
+#endif  // REGFS_READER_BASE_BLOB_SOURCE_H_
