@@ -32,6 +32,10 @@ struct CredentialOptions {
   // For tests: overrides of the environment ($HOME etc.); empty = getenv.
   std::string home, xdg_runtime_dir, registry_auth_file;
   bool use_env = true;
+  // Where docker-credential-<name> helpers are looked up: a PATH-style list;
+  // empty = $PATH. A helper that runs longer than the timeout is killed.
+  std::string helper_path;
+  int helper_timeout_ms = 30000;
 };
 
 // The credentials for `registry` (as in Reference::registry), or nullopt for
@@ -39,6 +43,13 @@ struct CredentialOptions {
 // missing file is skipped; a helper that fails is an error naming the helper.
 Result<std::optional<Credentials>> LookupCredentials(std::string_view registry,
                                                      const CredentialOptions& opts);
+
+// Runs `docker-credential-<helper> get` for `server_url`. nullopt when the
+// helper says it has no credentials for it; an error naming the helper when
+// it cannot run, times out, or answers malformed JSON.
+Result<std::optional<Credentials>> RunCredentialHelper(std::string_view helper,
+                                                       std::string_view server_url,
+                                                       const CredentialOptions& opts);
 
 // "user:pass" as --creds takes it.
 Result<Credentials> ParseCredsFlag(std::string_view s);
