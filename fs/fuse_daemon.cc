@@ -1,0 +1,520 @@
+#include "fs/fuse_daemon.h"
+
+#include <fuse_lowlevel.h>
+#include <sys/statvfs.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <exception>
+
+#include "fs/errno_map.h"
+#include "reader/base/log.h"
+
+namespace regfs {
+
+struct SessionDeleter {
+  void operator()(fuse_session* s) const { fuse_session_destroy(s); }
+};
+struct LoopConfigDeleter {
+  void operator()(fuse_loop_config* c) const { fuse_loop_cfg_destroy(c); }
+};
+
+struct FuseDaemon::Impl {
+  Tree* tree;
+  FsContent* content;
+  FuseOptions opts;
+  std::unique_ptr<fuse_session, SessionDeleter> se;
+  std::mutex mount_mu;  // guards `mounted` against Exit() racing Unmount()
+  bool mounted = false;
+
+  std::mutex handles_mu;  // guards handles
+  std::unordered_map<uint64_t, std::shared_ptr<const std::string>> handles;
+  std::atomic<uint64_t> next_fh{1};
+};
+
+namespace {
+
+using Impl = FuseDaemon::Impl;
+
+Impl* Self(fuse_req_t req) { return static_cast<Impl*>(fuse_req_userdata(req)); }
+
+// The exception barrier: no exception reaches libfuse's C code, and a
+// request whose handler threw still gets exactly one reply.
+template <typename F>
+void Guard(fuse_req_t req, const char* op, F&& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    LOG_ERROR(std::string("EIO (F01) in ") + op + ": " + e.what());
+    fuse_reply_err(req, EIO);
+  } catch (...) {
+    LOG_ERROR(std::string("EIO (F02) in ") + op + ": unknown exception");
+    fuse_reply_err(req, EIO);
+  }
+}
+
+void FillStat(Ino ino, const NodeAttr& a, struct stat* st) {
+  std::memset(st, 0, sizeof *st);
+  st->st_ino = ino;
+  st->st_mode = a.mode;
+  st->st_nlink = a.nlink;
+  st->st_uid = a.uid;
+  st->st_gid = a.gid;
+  st->st_size = static_cast<off_t>(a.size);
+  st->st_rdev = a.rdev;
+  st->st_blksize = 4096;
+  st->st_blocks = static_cast<blkcnt_t>((a.size + 511) / 512);
+  st->st_mtim.tv_sec = a.mtime_sec;
+  st->st_mtim.tv_nsec = a.mtime_nsec;
+  st->st_atim = st->st_mtim;
+  st->st_ctim = st->st_mtim;
+}
+
+int ReplyStatus(fuse_req_t req, const Status& s, const char* site) {
+  int err = StatusToErrno(s);
+  if (err == EIO) LOG_WARN(std::string("EIO (") + site + "): " + s.ToString());
+  return fuse_reply_err(req, err);
+}
+
+// A pending directory (a layer not yet indexed) is filled before anyone
+// looks into it.
+Status EnsurePopulated(Impl* self, Ino dir) {
+  uint32_t id = self->tree->PendingId(dir);
+  if (id == 0) return Status::Ok();
+  return self->content->Populate(id);
+}
+
+void OpInit(void* userdata, fuse_conn_info* conn) {
+  (void)userdata;
+  if (conn->capable & FUSE_CAP_CACHE_SYMLINKS) conn->want |= FUSE_CAP_CACHE_SYMLINKS;
+  if (conn->capable & FUSE_CAP_SPLICE_WRITE) conn->want |= FUSE_CAP_SPLICE_WRITE;
+  if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
+  // Everything is immutable: the kernel may keep pages and attributes.
+  conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+  conn->time_gran = 1;
+}
+
+void OpLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  Guard(req, "lookup", [&] {
+    Impl* self = Self(req);
+    if (Status s = EnsurePopulated(self, parent); !s.ok()) {
+      ReplyStatus(req, s, "F03 lookup populate");
+      return;
+    }
+    fuse_entry_param e;
+    std::memset(&e, 0, sizeof e);
+    e.attr_timeout = self->opts.timeout_s;
+    e.entry_timeout = self->opts.timeout_s;
+    Result<Ino> ino = self->tree->Lookup(parent, name);
+    if (!ino.ok()) {
+      if (ino.status().code() == Code::kNotFound) {
+        fuse_reply_entry(req, &e);  // ino 0: a negative entry the kernel caches
+      } else {
+        ReplyStatus(req, ino.status(), "F04 lookup");
+      }
+      return;
+    }
+    Result<Node> node = self->tree->Get(*ino);
+    if (!node.ok()) {
+      ReplyStatus(req, node.status(), "F05 lookup get");
+      return;
+    }
+    e.ino = *ino;
+    e.generation = 1;
+    FillStat(*ino, node->attr, &e.attr);
+    fuse_reply_entry(req, &e);
+  });
+}
+
+void OpForget(fuse_req_t req, fuse_ino_t, uint64_t) {
+  // Inodes live as long as the mount: nothing to release.
+  fuse_reply_none(req);
+}
+
+void OpForgetMulti(fuse_req_t req, size_t, fuse_forget_data*) { fuse_reply_none(req); }
+
+void OpGetattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
+  Guard(req, "getattr", [&] {
+    Impl* self = Self(req);
+    Result<Node> node = self->tree->Get(ino);
+    if (!node.ok()) {
+      ReplyStatus(req, node.status(), "F06 getattr");
+      return;
+    }
+    struct stat st;
+    FillStat(ino, node->attr, &st);
+    double timeout = node->kind == ContentKind::kDynamic ? 0 : self->opts.timeout_s;
+    fuse_reply_attr(req, &st, timeout);
+  });
+}
+
+void OpReadlink(fuse_req_t req, fuse_ino_t ino) {
+  Guard(req, "readlink", [&] {
+    Result<Node> node = Self(req)->tree->Get(ino);
+    if (!node.ok()) {
+      ReplyStatus(req, node.status(), "F07 readlink");
+      return;
+    }
+    if (!S_ISLNK(node->attr.mode)) {
+      fuse_reply_err(req, EINVAL);
+      return;
+    }
+    fuse_reply_readlink(req, node->link_target.c_str());
+  });
+}
+
+void OpOpendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Guard(req, "opendir", [&] {
+    Impl* self = Self(req);
+    if (Status s = EnsurePopulated(self, ino); !s.ok()) {
+      ReplyStatus(req, s, "F08 opendir populate");
+      return;
+    }
+    Result<Node> node = self->tree->Get(ino);
+    if (!node.ok()) {
+      ReplyStatus(req, node.status(), "F09 opendir");
+      return;
+    }
+    if (!S_ISDIR(node->attr.mode)) {
+      fuse_reply_err(req, ENOTDIR);
+      return;
+    }
+    fi->cache_readdir = 1;
+    fi->keep_cache = 1;
+    fuse_reply_open(req, fi);
+  });
+}
+
+void DoReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus) {
+  Guard(req, plus ? "readdirplus" : "readdir", [&] {
+    Impl* self = Self(req);
+    if (Status s = EnsurePopulated(self, ino); !s.ok()) {
+      ReplyStatus(req, s, "F10 readdir populate");
+      return;
+    }
+    std::vector<char> buf(size);
+    size_t pos = 0;
+    Status s = self->tree->ReadDir(
+        ino, static_cast<uint64_t>(off), [&](const DirEntry& de, uint64_t next) {
+          size_t n;
+          if (plus) {
+            fuse_entry_param e;
+            std::memset(&e, 0, sizeof e);
+            bool dots = de.name == "." || de.name == "..";
+            if (!dots) {
+              Result<Node> node = self->tree->Get(de.ino);
+              if (!node.ok()) return true;  // vanished: cannot happen, skip
+              e.ino = de.ino;
+              e.generation = 1;
+              e.attr_timeout = self->opts.timeout_s;
+              e.entry_timeout = self->opts.timeout_s;
+              FillStat(de.ino, node->attr, &e.attr);
+            } else {
+              e.attr.st_ino = de.ino;
+              e.attr.st_mode = de.mode;
+            }
+            n = fuse_add_direntry_plus(req, buf.data() + pos, size - pos, de.name.c_str(), &e,
+                                       static_cast<off_t>(next));
+          } else {
+            struct stat st;
+            std::memset(&st, 0, sizeof st);
+            st.st_ino = de.ino;
+            st.st_mode = de.mode;  // the type is what readdir reports
+            n = fuse_add_direntry(req, buf.data() + pos, size - pos, de.name.c_str(), &st,
+                                  static_cast<off_t>(next));
+          }
+          if (n > size - pos) return false;
+          pos += n;
+          return true;
+        });
+    if (!s.ok()) {
+      ReplyStatus(req, s, "F11 readdir");
+      return;
+    }
+    fuse_reply_buf(req, buf.data(), pos);
+  });
+}
+
+void OpReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
+  DoReaddir(req, ino, size, off, false);
+}
+void OpReaddirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
+  DoReaddir(req, ino, size, off, true);
+}
+void OpReleasedir(fuse_req_t req, fuse_ino_t, fuse_file_info*) { fuse_reply_err(req, 0); }
+
+void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Guard(req, "open", [&] {
+    Impl* self = Self(req);
+    if ((fi->flags & O_ACCMODE) != O_RDONLY) {
+      fuse_reply_err(req, EROFS);
+      return;
+    }
+    Result<Node> node = self->tree->Get(ino);
+    if (!node.ok()) {
+      ReplyStatus(req, node.status(), "F12 open");
+      return;
+    }
+    if (S_ISDIR(node->attr.mode)) {
+      fuse_reply_err(req, EISDIR);
+      return;
+    }
+    if (node->kind == ContentKind::kDynamic) {
+      Result<std::string> bytes = self->content->Generate(*node);
+      if (!bytes.ok()) {
+        ReplyStatus(req, bytes.status(), "F13 open generate");
+        return;
+      }
+      uint64_t fh = self->next_fh++;
+      {
+        std::lock_guard lock(self->handles_mu);
+        self->handles[fh] = std::make_shared<const std::string>(std::move(*bytes));
+      }
+      fi->fh = fh;
+      fi->direct_io = 1;
+    } else {
+      fi->fh = 0;
+      fi->keep_cache = 1;
+    }
+    fuse_reply_open(req, fi);
+  });
+}
+
+void OpRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  Guard(req, "read", [&] {
+    Impl* self = Self(req);
+    if (off < 0) {
+      fuse_reply_err(req, EINVAL);
+      return;
+    }
+    if (fi->fh != 0) {
+      std::shared_ptr<const std::string> snap;
+      {
+        std::lock_guard lock(self->handles_mu);
+        auto it = self->handles.find(fi->fh);
+        if (it != self->handles.end()) snap = it->second;
+      }
+      if (!snap) {
+        fuse_reply_err(req, EBADF);
+        return;
+      }
+      size_t start = std::min<size_t>(static_cast<size_t>(off), snap->size());
+      size_t n = std::min(size, snap->size() - start);
+      fuse_reply_buf(req, snap->data() + start, n);
+      return;
+    }
+    Result<Node> node = self->tree->Get(ino);
+    if (!node.ok()) {
+      ReplyStatus(req, node.status(), "F14 read");
+      return;
+    }
+    std::vector<uint8_t> buf(size);
+    Result<size_t> n = self->content->Read(*node, static_cast<uint64_t>(off), buf);
+    if (!n.ok()) {
+      ReplyStatus(req, n.status(), "F15 read");
+      return;
+    }
+    fuse_reply_buf(req, reinterpret_cast<const char*>(buf.data()), *n);
+  });
+}
+
+void OpRelease(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+  Guard(req, "release", [&] {
+    if (fi->fh != 0) {
+      Impl* self = Self(req);
+      std::lock_guard lock(self->handles_mu);
+      self->handles.erase(fi->fh);
+    }
+    fuse_reply_err(req, 0);
+  });
+}
+
+void OpGetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
+  Guard(req, "getxattr", [&] {
+    Result<Node> node = Self(req)->tree->Get(ino);
+    if (!node.ok()) {
+      ReplyStatus(req, node.status(), "F16 getxattr");
+      return;
+    }
+    if (node->xattrs) {
+      for (const auto& [k, v] : *node->xattrs) {
+        if (k != name) continue;
+        if (size == 0) {
+          fuse_reply_xattr(req, v.size());
+        } else if (size < v.size()) {
+          fuse_reply_err(req, ERANGE);
+        } else {
+          fuse_reply_buf(req, v.data(), v.size());
+        }
+        return;
+      }
+    }
+    fuse_reply_err(req, ENODATA);
+  });
+}
+
+void OpListxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
+  Guard(req, "listxattr", [&] {
+    Result<Node> node = Self(req)->tree->Get(ino);
+    if (!node.ok()) {
+      ReplyStatus(req, node.status(), "F17 listxattr");
+      return;
+    }
+    std::string names;
+    if (node->xattrs) {
+      for (const auto& kv : *node->xattrs) {
+        names += kv.first;
+        names.push_back('\0');
+      }
+    }
+    if (size == 0) {
+      fuse_reply_xattr(req, names.size());
+    } else if (size < names.size()) {
+      fuse_reply_err(req, ERANGE);
+    } else {
+      fuse_reply_buf(req, names.data(), names.size());
+    }
+  });
+}
+
+void OpStatfs(fuse_req_t req, fuse_ino_t) {
+  Guard(req, "statfs", [&] {
+    struct statvfs sv;
+    std::memset(&sv, 0, sizeof sv);
+    sv.f_bsize = 4096;
+    sv.f_frsize = 4096;
+    sv.f_files = Self(req)->tree->Count();
+    sv.f_namemax = 255;
+    sv.f_flag = ST_RDONLY;
+    fuse_reply_statfs(req, &sv);
+  });
+}
+
+void OpAccess(fuse_req_t req, fuse_ino_t, int mask) {
+  fuse_reply_err(req, (mask & W_OK) ? EROFS : 0);
+}
+
+const fuse_lowlevel_ops kOps = [] {
+  fuse_lowlevel_ops ops;
+  std::memset(&ops, 0, sizeof ops);
+  ops.init = OpInit;
+  ops.lookup = OpLookup;
+  ops.forget = OpForget;
+  ops.forget_multi = OpForgetMulti;
+  ops.getattr = OpGetattr;
+  ops.readlink = OpReadlink;
+  ops.opendir = OpOpendir;
+  ops.readdir = OpReaddir;
+  ops.readdirplus = OpReaddirplus;
+  ops.releasedir = OpReleasedir;
+  ops.open = OpOpen;
+  ops.read = OpRead;
+  ops.release = OpRelease;
+  ops.getxattr = OpGetxattr;
+  ops.listxattr = OpListxattr;
+  ops.statfs = OpStatfs;
+  ops.access = OpAccess;
+  return ops;
+}();
+
+// fuse_args from a list of strings; owns nothing but the vector of pointers.
+struct ArgvHolder {
+  std::vector<std::string> strings;
+  std::vector<char*> ptrs;
+  fuse_args Args() {
+    ptrs.clear();
+    for (auto& s : strings) ptrs.push_back(s.data());
+    return FUSE_ARGS_INIT(static_cast<int>(ptrs.size()), ptrs.data());
+  }
+};
+
+}  // namespace
+
+FuseDaemon::FuseDaemon(Tree* tree, FsContent* content, FuseOptions opts)
+    : impl_(std::make_unique<Impl>()) {
+  impl_->tree = tree;
+  impl_->content = content;
+  impl_->opts = std::move(opts);
+}
+
+FuseDaemon::~FuseDaemon() { Unmount(); }
+
+Status FuseDaemon::Mount() {
+  ArgvHolder argv;
+  argv.strings.push_back("regfs");
+  std::string o = "ro,default_permissions,fsname=" + impl_->opts.fsname + ",subtype=regfs";
+  for (const auto& m : impl_->opts.mount_opts) o += "," + m;
+  argv.strings.push_back("-o");
+  argv.strings.push_back(o);
+  if (impl_->opts.debug) argv.strings.push_back("-d");
+  fuse_args args = argv.Args();
+  fuse_session* se = fuse_session_new(&args, &kOps, sizeof kOps, impl_.get());
+  fuse_opt_free_args(&args);
+  if (!se) return Status::InvalidArgument("cannot create FUSE session (bad -o option?)");
+  impl_->se.reset(se);
+  if (fuse_session_mount(se, impl_->opts.mountpoint.c_str()) != 0) {
+    impl_->se.reset();
+    return Status::IoError("cannot mount on " + impl_->opts.mountpoint +
+                           " (is /dev/fuse present and the directory empty?)");
+  }
+  std::lock_guard lock(impl_->mount_mu);
+  impl_->mounted = true;
+  return Status::Ok();
+}
+
+Status FuseDaemon::Loop(bool install_signal_handlers) {
+  if (!impl_->se) return Status::InvalidArgument("not mounted");
+  fuse_session* se = impl_->se.get();
+  if (install_signal_handlers && fuse_set_signal_handlers(se) != 0) {
+    return Status::IoError("cannot install signal handlers");
+  }
+  std::unique_ptr<fuse_loop_config, LoopConfigDeleter> cfg(fuse_loop_cfg_create());
+  fuse_loop_cfg_set_max_threads(cfg.get(), static_cast<unsigned>(impl_->opts.max_threads));
+  fuse_loop_cfg_set_clone_fd(cfg.get(), 0);
+  int rc = fuse_session_loop_mt(se, cfg.get());
+  if (install_signal_handlers) fuse_remove_signal_handlers(se);
+  Unmount();
+  if (rc != 0 && rc != SIGTERM && rc != SIGINT && rc != SIGHUP) {
+    return Status::IoError("FUSE loop ended with " + std::to_string(rc));
+  }
+  return Status::Ok();
+}
+
+void FuseDaemon::Exit() {
+  if (!impl_->se) return;
+  fuse_session_exit(impl_->se.get());
+  Unmount();  // wakes the loop threads blocked reading /dev/fuse
+}
+
+void FuseDaemon::Unmount() {
+  std::lock_guard lock(impl_->mount_mu);
+  if (impl_->mounted && impl_->se) {
+    fuse_session_unmount(impl_->se.get());
+    impl_->mounted = false;
+  }
+}
+
+Status UnmountPath(const std::string& mountpoint) {
+  auto run = [&](const std::vector<const char*>& argv) -> int {
+    pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+      execvp(argv[0], const_cast<char* const*>(argv.data()));
+      _exit(127);
+    }
+    int st = 0;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+    }
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  };
+  if (run({"fusermount3", "-u", "-q", mountpoint.c_str(), nullptr}) == 0) return Status::Ok();
+  // A dead daemon leaves "Transport endpoint is not connected": detach it.
+  if (run({"fusermount3", "-u", "-z", "-q", mountpoint.c_str(), nullptr}) == 0) {
+    return Status::Ok();
+  }
+  return Status::IoError("cannot unmount " + mountpoint + " (not a regfs mount, or busy?)");
+}
+
+}  // namespace regfs

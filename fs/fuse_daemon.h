@@ -1,0 +1,80 @@
+// The FUSE daemon: libfuse3's low-level API over a Tree, multi-threaded.
+// Metadata comes from the Tree (memory); bytes come from an FsContent. Every
+// callback runs inside one exception barrier and replies exactly once; a
+// failure becomes an errno (fs/errno_map.h) and a log line, never a crash.
+// File handles are ids into immutable metadata: they own no connection, no fd
+// (a dynamic file, such as status.json, owns a snapshot of its bytes).
+#ifndef REGFS_FS_FUSE_DAEMON_H_
+#define REGFS_FS_FUSE_DAEMON_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "fs/tree.h"
+#include "reader/base/status.h"
+
+struct fuse_session;
+
+namespace regfs {
+
+// What the daemon asks for bytes. Implemented by the image filesystem.
+class FsContent {
+ public:
+  virtual ~FsContent() = default;
+  // Reads bytes [offset, offset + out.size()) of a regular file, clamped to
+  // its size; returns the count (0 at or past EOF).
+  virtual Result<size_t> Read(const Node& node, uint64_t offset, std::span<uint8_t> out) = 0;
+  // A kDynamic file's bytes, generated when it is opened.
+  virtual Result<std::string> Generate(const Node& node) = 0;
+  // Blocks until the pending directory `id` is filled in (a layer's index is
+  // ready), or fails. Called before a lookup in, or listing of, such a dir.
+  virtual Status Populate(uint32_t id) = 0;
+};
+
+struct FuseOptions {
+  std::string mountpoint;
+  std::string fsname = "regfs";
+  std::vector<std::string> mount_opts;  // extra -o options: allow_other, ...
+  int max_threads = 16;
+  double timeout_s = 86400;  // entry and attr timeouts: everything is immutable
+  bool debug = false;
+};
+
+class FuseDaemon {
+ public:
+  FuseDaemon(Tree* tree, FsContent* content, FuseOptions opts);
+  ~FuseDaemon();  // unmounts if still mounted
+  FuseDaemon(const FuseDaemon&) = delete;
+  FuseDaemon& operator=(const FuseDaemon&) = delete;
+
+  // Creates the session and mounts. Fails (nothing left mounted) if the
+  // mountpoint is unusable.
+  Status Mount();
+  // Serves requests until unmounted, or SIGTERM/SIGINT/SIGHUP when
+  // `install_signal_handlers`. Returns after the session ends.
+  Status Loop(bool install_signal_handlers);
+  // Ends the loop from another thread (tests).
+  void Exit();
+  // Unmounts (idempotent).
+  void Unmount();
+
+  // Called by the C callbacks.
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// Unmounts `mountpoint` with fusermount3 -u, falling back to a lazy unmount
+// when the daemon is gone and the mount is stale.
+Status UnmountPath(const std::string& mountpoint);
+
+}  // namespace regfs
+
+#endif  // REGFS_FS_FUSE_DAEMON_H_

@@ -1,0 +1,59 @@
+// Read-ahead for sequential reads of blobs: a small pool of background
+// threads that pull ranges through a BlobSource (the chunk cache), so that the
+// bytes are cached before the reader asks. On-demand reads come first: the
+// pool is small, jobs are chunk-sized, and a full queue drops new jobs rather
+// than delaying anyone. Failures are only logged: the on-demand read that
+// later needs those bytes will fetch them and report its own error.
+#ifndef REGFS_FS_PREFETCHER_H_
+#define REGFS_FS_PREFETCHER_H_
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#include "reader/base/blob_source.h"
+
+namespace regfs {
+
+class Prefetcher {
+ public:
+  Prefetcher(BlobSource* source, int threads, uint64_t job_size);
+  ~Prefetcher();  // drops queued jobs, joins the threads
+  Prefetcher(const Prefetcher&) = delete;
+  Prefetcher& operator=(const Prefetcher&) = delete;
+
+  // Queues [offset, offset + len) of `blob`, split into job_size pieces
+  // aligned to job_size. Pieces already queued or running are skipped.
+  void Enqueue(const BlobDescriptor& blob, uint64_t offset, uint64_t len);
+  uint64_t jobs_done() const;
+
+ private:
+  struct Job {
+    BlobDescriptor blob;
+    uint64_t offset;
+    uint64_t len;
+  };
+  void Run();
+
+  BlobSource* source_;
+  const uint64_t job_size_;
+  static constexpr size_t kMaxQueue = 256;
+
+  mutable std::mutex mu_;  // guards everything below
+  std::condition_variable cv_;
+  std::deque<Job> queue_;
+  std::set<std::pair<std::string, uint64_t>> pending_;  // (digest, offset) queued or running
+  bool stop_ = false;
+  uint64_t done_ = 0;
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace regfs
+
+#endif  // REGFS_FS_PREFETCHER_H_

@@ -1,0 +1,124 @@
+#include "fs/tree.h"
+
+#include <algorithm>
+#include <mutex>
+
+namespace regfs {
+
+Tree::Tree() {
+  nodes_.resize(2);
+  Node& root = nodes_[kRootIno];
+  root.parent = kRootIno;
+  root.attr.mode = S_IFDIR | 0555;
+  root.attr.nlink = 2;
+}
+
+Ino Tree::AddChildLocked(Ino parent, Node node) {
+  std::vector<Ino>& kids = nodes_[parent].children;
+  auto it = std::lower_bound(kids.begin(), kids.end(), node.name,
+                             [this](Ino a, const std::string& n) { return nodes_[a].name < n; });
+  if (it != kids.end() && nodes_[*it].name == node.name) return *it;
+  Ino ino = nodes_.size();
+  bool is_dir = S_ISDIR(node.attr.mode);
+  node.parent = parent;
+  size_t pos = it - kids.begin();
+  nodes_.push_back(std::move(node));
+  // push_back may have moved the vector; re-take the parent by index.
+  std::vector<Ino>& pkids = nodes_[parent].children;
+  pkids.insert(pkids.begin() + pos, ino);
+  if (is_dir) nodes_[parent].attr.nlink++;
+  return ino;
+}
+
+Ino Tree::AddChild(Ino parent, Node node) {
+  std::unique_lock lock(mu_);
+  return AddChildLocked(parent, std::move(node));
+}
+
+Ino Tree::AddDir(Ino parent, std::string name, uint32_t perm) {
+  Node n;
+  n.name = std::move(name);
+  n.attr.mode = S_IFDIR | perm;
+  n.attr.nlink = 2;
+  return AddChild(parent, std::move(n));
+}
+
+void Tree::SetPending(Ino dir, uint32_t id) {
+  std::unique_lock lock(mu_);
+  nodes_[dir].pending_id = id;
+}
+
+void Tree::ClearPending(Ino dir) {
+  std::unique_lock lock(mu_);
+  nodes_[dir].pending_id = 0;
+}
+
+void Tree::Mutate(const std::function<void(Tree&)>& fn) {
+  // Callers use the public Add* methods inside fn, which lock themselves:
+  // Mutate only serialises whole subtrees against each other.
+  static std::mutex mutate_mu;
+  std::lock_guard lock(mutate_mu);
+  fn(*this);
+}
+
+Result<Ino> Tree::LookupLocked(Ino parent, std::string_view name) const {
+  if (parent == 0 || parent >= nodes_.size()) return Status::NotFound("no such inode");
+  const Node& p = nodes_[parent];
+  if (!S_ISDIR(p.attr.mode)) return Status::InvalidArgument("not a directory");
+  if (name == ".") return parent;
+  if (name == "..") return p.parent;
+  const std::vector<Ino>& kids = p.children;
+  auto it = std::lower_bound(kids.begin(), kids.end(), name,
+                             [this](Ino a, std::string_view n) { return nodes_[a].name < n; });
+  if (it == kids.end() || nodes_[*it].name != name) return Status::NotFound(std::string(name));
+  return *it;
+}
+
+Result<Ino> Tree::Lookup(Ino parent, std::string_view name) const {
+  std::shared_lock lock(mu_);
+  return LookupLocked(parent, name);
+}
+
+Result<Node> Tree::Get(Ino ino) const {
+  std::shared_lock lock(mu_);
+  if (ino == 0 || ino >= nodes_.size()) return Status::NotFound("no such inode");
+  const Node& n = nodes_[ino];
+  Node copy;
+  copy.parent = n.parent;
+  copy.name = n.name;
+  copy.attr = n.attr;
+  copy.kind = n.kind;
+  copy.content_id = n.content_id;
+  copy.content_arg = n.content_arg;
+  copy.link_target = n.link_target;
+  copy.xattrs = n.xattrs;
+  copy.pending_id = n.pending_id;
+  return copy;
+}
+
+uint32_t Tree::PendingId(Ino ino) const {
+  std::shared_lock lock(mu_);
+  return ino < nodes_.size() ? nodes_[ino].pending_id : 0;
+}
+
+Status Tree::ReadDir(Ino dir, uint64_t offset,
+                     const std::function<bool(const DirEntry&, uint64_t)>& fn) const {
+  std::shared_lock lock(mu_);
+  if (dir == 0 || dir >= nodes_.size()) return Status::NotFound("no such inode");
+  const Node& d = nodes_[dir];
+  if (!S_ISDIR(d.attr.mode)) return Status::InvalidArgument("not a directory");
+  if (offset == 0 && !fn({".", dir, S_IFDIR}, 1)) return Status::Ok();
+  if (offset <= 1 && !fn({"..", d.parent, S_IFDIR}, 2)) return Status::Ok();
+  for (uint64_t k = offset < 2 ? 0 : offset - 2; k < d.children.size(); ++k) {
+    const Node& c = nodes_[d.children[k]];
+    if (!fn({c.name, d.children[k], c.attr.mode}, k + 3)) break;
+  }
+  return Status::Ok();
+}
+
+size_t Tree::Count() const {
+  std::shared_lock lock(mu_);
+  return nodes_.size() - 1;
+}
+
+}  // namespace regfs

@@ -1,0 +1,109 @@
+// The inode table of a mount: every path regfs shows, with its metadata and
+// where its bytes come from. Inode numbers are indexes into one vector, so
+// they are stable for the life of the mount and lookups are O(log n) in the
+// directory. Subtrees may be added after the mount is live (a layer's tree
+// appears when its index is ready); a shared_mutex guards that, readers never
+// wait for each other.
+//
+// Failure: nothing here does I/O. Unknown inode -> NotFound.
+#ifndef REGFS_FS_TREE_H_
+#define REGFS_FS_TREE_H_
+
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <shared_mutex>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "reader/base/status.h"
+
+namespace regfs {
+
+using Ino = uint64_t;
+inline constexpr Ino kRootIno = 1;  // FUSE_ROOT_ID
+
+// Where a regular file's bytes come from. The Tree only stores the tag and
+// two numbers; the FsContent (fs/fuse_daemon.h) interprets them.
+enum class ContentKind : uint8_t {
+  kNone = 0,     // directories, symlinks, devices, empty files
+  kInline,       // bytes held in the tree (manifest.json ...): id = inline index
+  kBlob,         // a whole registry blob: id = blob index
+  kDynamic,      // generated at open (status.json): id = generator index
+  kLayerEntry,   // a file inside a layer's tar: id = layer, arg = entry index
+};
+
+using Xattrs = std::vector<std::pair<std::string, std::string>>;
+
+struct NodeAttr {
+  uint32_t mode = 0;  // type and permission bits
+  uint32_t uid = 0, gid = 0;
+  uint32_t nlink = 1;
+  uint64_t size = 0;
+  uint64_t rdev = 0;
+  int64_t mtime_sec = 0;
+  uint32_t mtime_nsec = 0;
+};
+
+struct Node {
+  Ino parent = 0;
+  std::string name;
+  NodeAttr attr;
+  ContentKind kind = ContentKind::kNone;
+  uint32_t content_id = 0;
+  uint64_t content_arg = 0;
+  std::string link_target;              // symlinks
+  std::shared_ptr<const Xattrs> xattrs;  // shared: most entries have none
+  // Directories: children sorted by name (inode numbers).
+  std::vector<Ino> children;
+  // Directories whose contents are filled in later (a layer not yet indexed):
+  // nonzero is the id passed to the Tree's populate hook.
+  uint32_t pending_id = 0;
+};
+
+struct DirEntry {
+  std::string name;
+  Ino ino;
+  uint32_t mode;
+};
+
+class Tree {
+ public:
+  Tree();  // creates the root directory (mode 0555, dr-xr-xr-x)
+
+  // Building. AddChild keeps the parent's children sorted; adding an existing
+  // name replaces nothing and returns the existing inode (callers decide).
+  Ino AddChild(Ino parent, Node node);
+  Ino AddDir(Ino parent, std::string name, uint32_t perm = 0555);
+  // Marks `dir` as filled later, by populate(id).
+  void SetPending(Ino dir, uint32_t id);
+  void ClearPending(Ino dir);
+  // Runs `fn` with exclusive access, for bulk adds of a whole subtree.
+  void Mutate(const std::function<void(Tree&)>& fn);
+
+  // Queries (shared lock inside).
+  Result<Ino> Lookup(Ino parent, std::string_view name) const;
+  Result<Node> Get(Ino ino) const;  // a copy (children omitted)
+  uint32_t PendingId(Ino ino) const;
+  // Fills from the `offset`th child on; `fn` returns false to stop. Offsets 0
+  // and 1 are "." and ".."; child k is offset k + 2.
+  Status ReadDir(Ino dir, uint64_t offset,
+                 const std::function<bool(const DirEntry&, uint64_t next_off)>& fn) const;
+  size_t Count() const;
+
+ private:
+  Ino AddChildLocked(Ino parent, Node node);
+  Result<Ino> LookupLocked(Ino parent, std::string_view name) const;
+
+  mutable std::shared_mutex mu_;  // guards nodes_ (and every Node in it)
+  std::vector<Node> nodes_;       // index = inode number; [0] unused
+};
+
+}  // namespace regfs
+
+#endif  // REGFS_FS_TREE_H_
