@@ -1,0 +1,192 @@
+// HttpClient: one HTTP exchange at a time per call, over a bounded pool of
+// curl easy handles per origin (scheme://host:port). Each easy handle keeps at
+// most one connection, so an origin never sees more connections from this
+// client than its pool size. A call borrows a handle for the duration of one
+// exchange and returns it (RAII lease); nothing outlives the call, nothing is
+// tied to an open file, and no handle is ever used by two threads at once.
+//
+// An exchange never follows redirects (the registry client does that by
+// hand), always sends "Accept-Encoding: identity", ends stalls with a
+// low-speed limit, and writes the body into a caller-provided buffer with a
+// hard cap: a body that would exceed it, or a 200 answering a ranged request
+// (unless allowed), aborts the transfer instead of buffering it.
+//
+// Failures: every (CURLcode, HTTP status) pair maps to a Status in one
+// function, StatusFromHttp(). Transient = worth retrying (reset, timeout, 408,
+// 429, 5xx); Unauthorized = 401/403; NotFound = 404; RangeNotSatisfiable =
+// 416; Protocol = a response that breaks HTTP or what we asked for. Registry
+// JSON error bodies ({"errors":[{"code","message"}]}) become the message.
+// Messages carry redacted URLs (no query, no user info) and never headers.
+#ifndef REGFS_READER_HTTP_HTTP_CLIENT_H_
+#define REGFS_READER_HTTP_HTTP_CLIENT_H_
+
+#include <curl/curl.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "reader/base/status.h"
+#include "reader/http/curl_handles.h"
+
+namespace regfs {
+
+// ---------------------------------------------------------------------------
+// Connection pool
+
+struct PoolStats {
+  int limit = 0;        // the most easy handles (= connections) it will create
+  int created = 0;      // handles created so far (never exceeds limit)
+  int borrowed = 0;     // handles lent out right now
+  uint64_t waits = 0;   // borrows that had to wait for a free handle
+};
+
+// A bounded set of easy handles for one origin. Borrow() waits while all
+// `limit` handles are lent out.
+class ConnectionPool {
+ public:
+  explicit ConnectionPool(int limit);
+  ConnectionPool(const ConnectionPool&) = delete;
+  ConnectionPool& operator=(const ConnectionPool&) = delete;
+
+  // Returns the handle to the pool when destroyed. Move-only.
+  class Lease {
+   public:
+    Lease() = default;
+    Lease(Lease&& o) noexcept : pool_(o.pool_), handle_(std::move(o.handle_)) { o.pool_ = nullptr; }
+    Lease& operator=(Lease&& o) noexcept;
+    ~Lease();
+    CURL* get() const { return handle_.get(); }
+    // Closes the handle's connection instead of returning it for reuse.
+    void Discard() { handle_.reset(); }
+
+   private:
+    friend class ConnectionPool;
+    Lease(ConnectionPool* pool, CurlEasyPtr h) : pool_(pool), handle_(std::move(h)) {}
+    ConnectionPool* pool_ = nullptr;
+    CurlEasyPtr handle_;
+  };
+
+  // IoError when curl cannot allocate a handle.
+  Result<Lease> Borrow();
+  PoolStats Stats() const;
+
+ private:
+  void Return(CurlEasyPtr h);
+
+  const int limit_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<CurlEasyPtr> idle_;  // guarded by mu_; most recently used last
+  int created_ = 0;                // guarded by mu_; handles alive (idle or lent)
+  int borrowed_ = 0;               // guarded by mu_
+  uint64_t waits_ = 0;             // guarded by mu_
+};
+
+// ---------------------------------------------------------------------------
+// One exchange
+
+struct ByteRange {
+  uint64_t first = 0;  // inclusive
+  uint64_t last = 0;   // inclusive
+  uint64_t size() const { return last - first + 1; }
+};
+
+// "bytes first-last/total" ("*" total -> nullopt total).
+struct ContentRange {
+  uint64_t first = 0, last = 0;
+  std::optional<uint64_t> total;
+};
+std::optional<ContentRange> ParseContentRange(std::string_view value);
+
+struct HttpRequest {
+  std::string url;
+  bool head = false;                 // HEAD instead of GET
+  std::vector<std::string> headers;  // extra "Name: value" lines
+  // A closed range: sends Range, and requires 206 with a matching
+  // Content-Range (and total == expected_total when given).
+  std::optional<ByteRange> range;
+  std::optional<uint64_t> expected_total;
+  // Accept a 200 (whole body) in answer to `range`; the body cap still holds.
+  bool allow_full_body_for_range = false;
+  // Where a 2xx body goes: into `body_out` (cap = its size) when non-empty,
+  // else into HttpResponse::body up to `max_body` bytes.
+  std::span<uint8_t> body_out;
+  size_t max_body = 1 << 20;
+  bool verify_tls = true;
+};
+
+struct HttpResponse {
+  long status = 0;  // 0 when no status line arrived
+  std::vector<std::pair<std::string, std::string>> headers;  // names lowercase
+  std::string body;        // 2xx body (no body_out) or the (capped) error body
+  uint64_t body_bytes = 0; // 2xx body bytes delivered (body_out or body)
+  bool headers_complete = false;
+
+  // First value of header `name` (lowercase), or empty.
+  std::string Header(std::string_view name) const;
+};
+
+struct HttpResult {
+  Status status;          // StatusFromHttp() or a validation failure
+  HttpResponse response;  // as much as arrived, also on error
+};
+
+// THE mapping of transport result and HTTP status to a Status. `http_status`
+// 0 means no response; `body` is an error body (registry JSON or text).
+Status StatusFromHttp(CURLcode code, long http_status, std::string_view body,
+                      std::string_view what);
+// "CODE: message; CODE2: message2" from a registry error body, or empty.
+std::string RegistryErrorMessage(std::string_view body);
+
+struct HttpClientOptions {
+  int pool_size = 8;  // per origin
+  long connect_timeout_ms = 10000;
+  // A transfer slower than low_speed_limit bytes/s for low_speed_time_s ends
+  // with a Transient error (stalls end).
+  long low_speed_limit = 1024;
+  long low_speed_time_s = 20;
+  std::string user_agent = "regfs/0.1";
+  std::string ca_file;  // extra CA bundle; empty = system default
+};
+
+struct HttpCounters {
+  uint64_t requests = 0;
+  uint64_t body_bytes = 0;    // 2xx body bytes received
+  uint64_t transport_errors = 0;
+};
+
+class HttpClient {
+ public:
+  explicit HttpClient(HttpClientOptions options);
+  HttpClient(const HttpClient&) = delete;
+  HttpClient& operator=(const HttpClient&) = delete;
+
+  // One exchange; blocks while the origin's pool is exhausted. Thread-safe.
+  HttpResult Perform(const HttpRequest& request);
+
+  // Pool state for the origin of `url`; zeros when it has no pool yet.
+  PoolStats PoolStatsFor(std::string_view url) const;
+  HttpCounters Counters() const;
+  const HttpClientOptions& options() const { return options_; }
+
+ private:
+  Result<ConnectionPool*> PoolFor(const UrlOrigin& origin);
+
+  const HttpClientOptions options_;
+  mutable std::mutex mu_;
+  std::map<std::string, std::unique_ptr<ConnectionPool>> pools_;  // guarded by mu_
+  std::atomic<uint64_t> requests_{0}, body_bytes_{0}, transport_errors_{0};
+};
+
+}  // namespace regfs
+
+#endif  // REGFS_READER_HTTP_HTTP_CLIENT_H_
