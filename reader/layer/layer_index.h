@@ -1,0 +1,81 @@
+// LayerIndex: everything needed to list a layer's tar contents and to read any
+// byte of its uncompressed stream without decompressing from the start:
+// entries with full metadata, gzip checkpoints (zran: compressed bit offset +
+// the 32 KiB window before it, kept deflate-compressed), zstd frame starts.
+//
+// Serialize()/Deserialize() give a compact versioned binary form (magic,
+// version, CRC-32) that the cache stores as an opaque blob keyed by the layer
+// digest. Deserialize never trusts the bytes: garbage, truncation, a foreign
+// version or inconsistent offsets are Corrupt, never a crash.
+#ifndef REGFS_READER_LAYER_LAYER_INDEX_H_
+#define REGFS_READER_LAYER_LAYER_INDEX_H_
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "reader/base/status.h"
+#include "reader/image/manifest.h"
+#include "reader/layer/tar_reader.h"
+
+namespace regfs {
+
+inline constexpr uint32_t kGzipWindowSize = 32768;
+
+// A place in a gzip stream where inflation can restart.
+struct GzipCheckpoint {
+  uint64_t out_offset = 0;  // uncompressed offset
+  uint64_t in_offset = 0;   // compressed offset of the first whole byte to feed
+  // Bits (0-7) still to use from the byte at in_offset - 1 (its high bits).
+  uint8_t bits = 0;
+  uint32_t window_size = 0;   // bytes of history (<= 32 KiB; less near the start)
+  std::string window_deflate;  // that history, raw-deflate compressed
+
+  bool operator==(const GzipCheckpoint&) const = default;
+};
+
+// A zstd frame start (frames are independent; decoding may start at any).
+struct ZstdFrame {
+  uint64_t in_offset = 0;
+  uint64_t out_offset = 0;
+  bool operator==(const ZstdFrame&) const = default;
+};
+
+struct LayerIndex {
+  static constexpr uint32_t kFormatVersion = 1;
+
+  std::string blob_digest;  // "sha256:..." the blob this describes (verified)
+  uint64_t blob_size = 0;
+  LayerCompression compression = LayerCompression::kNone;
+  uint64_t uncompressed_size = 0;
+  // gzip only; sorted by out_offset; the first is at out_offset 0.
+  std::vector<GzipCheckpoint> checkpoints;
+  // zstd only; sorted; the first is {0, 0}. Only frame starts at least the
+  // checkpoint interval apart are kept.
+  std::vector<ZstdFrame> zstd_frames;
+  // Tar entries in archive order. Duplicates are resolved as extraction does
+  // (the later entry replaces the earlier one, which is dropped). Hard links
+  // carry the data_offset/size of their target and link_target names the
+  // entry whose inode they share (chains resolved).
+  std::vector<TarEntry> entries;
+  uint64_t skipped_entries = 0;  // refused by policy (each logged at build time)
+  bool tar_end_marker = false;   // the archive had its end-of-archive block
+
+  // True when the stream has no restart point after its start (single-frame
+  // zstd): a read at offset X decompresses from 0 to X, so the caller should
+  // keep decompressed bytes if it wants random access to be cheap.
+  bool NeedsSequentialDecompression() const {
+    return compression == LayerCompression::kZstd && zstd_frames.size() <= 1 &&
+           uncompressed_size > 0;
+  }
+
+  std::string Serialize() const;
+  static Result<LayerIndex> Deserialize(std::string_view bytes);
+
+  bool operator==(const LayerIndex&) const = default;
+};
+
+}  // namespace regfs
+
+#endif  // REGFS_READER_LAYER_LAYER_INDEX_H_
