@@ -1,20 +1,241 @@
 #include "fs/cli.h"
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include <cstdio>
+#include <iostream>
+
+#include "cache/chunk_cache.h"
+#include "fs/fuse_daemon.h"
+#include "fs/mount.h"
+#include "fs/options.h"
+#include "reader/base/log.h"
+#include "reader/http/registry_client.h"
+#include "reader/image/reference.h"
 
 namespace regfs {
+namespace {
+
+void AddCommonOptions(CLI::App* cmd, CommonOptions* o) {
+  cmd->add_option("--platform", o->platform, "os/arch[/variant] to choose from an index");
+  cmd->add_option("--tls-verify", o->tls_verify,
+                  "verify TLS certificates; false also allows plain http")
+      ->default_val(true);
+  cmd->add_option("--authfile", o->authfile, "credentials file (containers auth.json format)");
+  cmd->add_option("--creds", o->creds, "USER:PASSWORD for the registry");
+  cmd->add_option("--retry-timeout", o->retry_timeout_s,
+                  "seconds a request may take, retries included")
+      ->default_val(25);
+  cmd->add_flag("-v,--verbose", o->verbose, "more log output (-vv for debug)");
+}
+
+void ApplyVerbosity(const CommonOptions& o) {
+  if (o.verbose >= 2) {
+    SetLogLevel(LogLevel::kDebug);
+  } else if (o.verbose == 1) {
+    SetLogLevel(LogLevel::kInfo);
+  }
+}
+
+int Fail(const std::string& what, const Status& s) {
+  std::fprintf(stderr, "regfs: %s: %s\n", what.c_str(), s.ToString().c_str());
+  return 1;
+}
+
+nlohmann::json DescriptorJson(const BlobDescriptor& d) {
+  return {{"mediaType", d.media_type}, {"digest", d.digest}, {"size", d.size}};
+}
+
+int RunInspect(const CommonOptions& o, const std::string& ref_text, bool as_json) {
+  ApplyVerbosity(o);
+  Result<Reference> ref = ParseReference(ref_text);
+  if (!ref.ok()) return Fail("invalid reference '" + ref_text + "'", ref.status());
+  Result<ResolvedImage> img = ResolveFromFlags(o, *ref, nullptr);
+  if (!img.ok()) return Fail("cannot resolve " + ref->Normalized(), img.status());
+
+  if (as_json) {
+    nlohmann::json j;
+    j["name"] = img->ref.Normalized();
+    j["digest"] = img->manifest_digest;
+    j["mediaType"] = img->manifest_media_type;
+    if (img->index_bytes) {
+      j["index"] = {{"digest", img->index_digest}, {"mediaType", img->index_media_type}};
+    }
+    j["platform"] = {{"os", img->platform.os}, {"architecture", img->platform.architecture}};
+    if (!img->platform.variant.empty()) j["platform"]["variant"] = img->platform.variant;
+    j["config"] = DescriptorJson(img->manifest.config);
+    j["layers"] = nlohmann::json::array();
+    for (size_t i = 0; i < img->manifest.layers.size(); ++i) {
+      nlohmann::json l = DescriptorJson(img->manifest.layers[i]);
+      if (i < img->config.diff_ids.size()) l["diffID"] = img->config.diff_ids[i];
+      j["layers"].push_back(l);
+    }
+    std::cout << j.dump(2) << "\n";
+    return 0;
+  }
+  std::cout << "Name:       " << img->ref.Normalized() << "\n";
+  if (img->index_bytes) {
+    std::cout << "Index:      " << img->index_digest << " (" << img->index_media_type << ")\n";
+  }
+  std::cout << "Manifest:   " << img->manifest_digest << " (" << img->manifest_media_type << ")\n"
+            << "Platform:   " << img->platform.ToString() << "\n"
+            << "Config:     " << img->manifest.config.digest << " ("
+            << img->manifest.config.size << " bytes)\n"
+            << "Layers:     " << img->manifest.layers.size() << "\n";
+  for (size_t i = 0; i < img->manifest.layers.size(); ++i) {
+    const BlobDescriptor& l = img->manifest.layers[i];
+    std::cout << "  " << i << "  " << l.digest << "  " << l.size << "  " << l.media_type << "\n";
+  }
+  return 0;
+}
+
+Result<std::unique_ptr<ChunkCache>> OpenCacheFromFlags(const CommonOptions& o) {
+  CacheOptions co;
+  co.dir = o.cache_dir.empty() ? DefaultCacheDir() : o.cache_dir;
+  if (!o.cache_max_size.empty()) {
+    ASSIGN_OR_RETURN(co.max_size, ParseSize(o.cache_max_size));
+  }
+  return ChunkCache::Open(co);
+}
+
+int RunCacheStats(const CommonOptions& o, bool as_json) {
+  Result<std::unique_ptr<ChunkCache>> cache = OpenCacheFromFlags(o);
+  if (!cache.ok()) return Fail("cannot open the cache", cache.status());
+  Result<CacheStats> st = (*cache)->Stats();
+  if (!st.ok()) return Fail("cannot read cache statistics", st.status());
+  if (as_json) {
+    nlohmann::json j = {{"path", (*cache)->path()},
+                        {"bytes", st->bytes},
+                        {"chunks", st->chunks},
+                        {"blobs", st->blobs},
+                        {"completeBlobs", st->complete_blobs},
+                        {"layerIndexes", st->layer_indexes},
+                        {"manifests", st->manifests},
+                        {"maxSize", st->max_size},
+                        {"chunkSize", st->chunk_size},
+                        {"lastRunHits", st->last_run_hits},
+                        {"lastRunMisses", st->last_run_misses},
+                        {"lastRunHitRatio", st->last_run_hit_ratio()}};
+    std::cout << j.dump(2) << "\n";
+    return 0;
+  }
+  std::printf("Cache:            %s\n", (*cache)->path().c_str());
+  std::printf("Bytes:            %llu (cap %llu)\n", (unsigned long long)st->bytes,
+              (unsigned long long)st->max_size);
+  std::printf("Chunks:           %llu of %u bytes\n", (unsigned long long)st->chunks,
+              st->chunk_size);
+  std::printf("Blobs:            %llu (%llu complete)\n", (unsigned long long)st->blobs,
+              (unsigned long long)st->complete_blobs);
+  std::printf("Layer indexes:    %llu\n", (unsigned long long)st->layer_indexes);
+  std::printf("Manifests:        %llu\n", (unsigned long long)st->manifests);
+  std::printf("Last run hits:    %llu of %llu reads (%.1f%%)\n",
+              (unsigned long long)st->last_run_hits,
+              (unsigned long long)(st->last_run_hits + st->last_run_misses),
+              100.0 * st->last_run_hit_ratio());
+  return 0;
+}
+
+int RunCachePrune(const CommonOptions& o, const std::string& max_size) {
+  Result<std::unique_ptr<ChunkCache>> cache = OpenCacheFromFlags(o);
+  if (!cache.ok()) return Fail("cannot open the cache", cache.status());
+  uint64_t target = (*cache)->max_size();
+  if (!max_size.empty()) {
+    Result<uint64_t> n = ParseSize(max_size);
+    if (!n.ok()) return Fail("--max-size", n.status());
+    target = *n;
+  }
+  Status s = (*cache)->Prune(target);
+  if (!s.ok()) return Fail("prune failed", s);
+  Result<CacheStats> st = (*cache)->Stats();
+  if (st.ok()) {
+    std::printf("pruned to %llu bytes in %llu chunks\n", (unsigned long long)st->bytes,
+                (unsigned long long)st->chunks);
+  }
+  return 0;
+}
+
+// `mount -t fuse.regfs REF DIR -o opts` runs `regfs REF DIR -o opts` through
+// mount.fuse3: no subcommand. Rewrite it as `regfs mount REF DIR -o opts`.
+std::vector<std::string> NormalizeArgs(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  static const char* kCommands[] = {"mount", "umount", "unmount", "inspect", "cache", "store"};
+  if (!args.empty() && args[0][0] != '-') {
+    bool known = false;
+    for (const char* c : kCommands) known = known || args[0] == c;
+    if (!known) args.insert(args.begin(), "mount");
+  }
+  return args;
+}
+
+}  // namespace
 
 int RegfsMain(int argc, char** argv) {
   CLI::App app{"regfs: mount container images from a registry without pulling them"};
   app.require_subcommand(1);
+  app.set_version_flag("--version", "regfs 0.1.0");
+
+  CommonOptions common;
+  MountOptions mo;
+  std::string ref_text;
+  bool as_json = false;
+
+  CLI::App* inspect = app.add_subcommand("inspect", "print the image a reference resolves to");
+  AddCommonOptions(inspect, &common);
+  inspect->add_option("REF", ref_text, "image reference, as docker spells it")->required();
+  inspect->add_flag("--json", as_json, "machine-readable output");
+
+  CLI::App* mount = app.add_subcommand("mount", "mount an image read-only");
+  AddCommonOptions(mount, &common);
+  mount->add_option("--cache-dir", common.cache_dir, "chunk cache directory");
+  mount->add_option("--cache-max-size", common.cache_max_size, "cache size cap, e.g. 10G");
+  mount->add_flag("-f,--foreground", mo.foreground, "stay in the foreground");
+  mount->add_option("-o", mo.fuse_opts, "FUSE mount options (allow_other, ...)")
+      ->allow_extra_args(false)
+      ->delimiter(',');
+  mount->add_option("--log-file", mo.log_file, "where the background daemon logs");
+  mount->add_flag("--fuse-debug", mo.fuse_debug, "libfuse request tracing");
+  mount->add_option("REF", ref_text, "image reference")->required();
+  mount->add_option("MOUNTPOINT", mo.mountpoint, "an empty directory")->required();
+
+  std::string umount_path;
+  CLI::App* umount = app.add_subcommand("umount", "unmount a regfs mount");
+  umount->alias("unmount");
+  umount->add_option("MOUNTPOINT", umount_path)->required();
+
+  CLI::App* cache = app.add_subcommand("cache", "inspect or prune the chunk cache");
+  cache->require_subcommand(1);
+  CLI::App* stats = cache->add_subcommand("stats", "what the cache holds");
+  stats->add_option("--cache-dir", common.cache_dir, "chunk cache directory");
+  stats->add_flag("--json", as_json, "machine-readable output");
+  std::string prune_max;
+  CLI::App* prune = cache->add_subcommand("prune", "evict least recently used chunks");
+  prune->add_option("--cache-dir", common.cache_dir, "chunk cache directory");
+  prune->add_option("--max-size", prune_max, "evict down to this size (default: the cap)");
+
+  std::vector<std::string> args = NormalizeArgs(argc, argv);
+  std::reverse(args.begin(), args.end());  // CLI11 takes them reversed
   try {
-    app.parse(argc, argv);
+    app.parse(args);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e) == 0 ? 0 : 2;
+    int rc = app.exit(e);
+    return rc == 0 ? 0 : 2;
   }
-  return 0;
+
+  if (inspect->parsed()) return RunInspect(common, ref_text, as_json);
+  if (mount->parsed()) {
+    ApplyVerbosity(common);
+    mo.common = common;
+    mo.ref = ref_text;
+    return RunMount(mo);
+  }
+  if (umount->parsed()) {
+    Status s = UnmountPath(umount_path);
+    return s.ok() ? 0 : Fail("umount", s);
+  }
+  if (stats->parsed()) return RunCacheStats(common, as_json);
+  if (prune->parsed()) return RunCachePrune(common, prune_max);
+  return 2;
 }
 
 }  // namespace regfs

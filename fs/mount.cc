@@ -1,0 +1,269 @@
+#include "fs/mount.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <nlohmann/json.hpp>
+
+#include "cache/cached_blob_source.h"
+#include "cache/chunk_cache.h"
+#include "fs/fuse_daemon.h"
+#include "fs/image_fs.h"
+#include "reader/base/log.h"
+#include "reader/image/reference.h"
+
+namespace regfs {
+namespace {
+
+// An fd closed on scope exit.
+class UniqueFd {
+ public:
+  explicit UniqueFd(int fd = -1) : fd_(fd) {}
+  ~UniqueFd() { Reset(); }
+  UniqueFd(UniqueFd&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
+  UniqueFd(const UniqueFd&) = delete;
+  UniqueFd& operator=(const UniqueFd&) = delete;
+  int get() const { return fd_; }
+  void Reset() {
+    if (fd_ >= 0) close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  int fd_;
+};
+
+// The child's half of the readiness pipe: "OK" or an error message.
+class ReadyPipe {
+ public:
+  explicit ReadyPipe(int fd) : fd_(fd) {}
+  void Send(const std::string& msg) {
+    if (fd_.get() < 0) return;
+    (void)!write(fd_.get(), msg.data(), msg.size());
+    fd_.Reset();
+  }
+
+ private:
+  UniqueFd fd_;
+};
+
+// Splits regfs's own keys out of -o (as mount -t fuse.regfs passes them):
+// tls-verify=, platform=, cache-dir=, cache-max-size=, authfile=.
+// Options that make no sense read-only (rw) are dropped; the rest go to FUSE.
+void TakeOwnOptions(MountOptions* mo) {
+  std::vector<std::string> rest;
+  for (const std::string& opt : mo->fuse_opts) {
+    auto eq = opt.find('=');
+    std::string key = opt.substr(0, eq), val = eq == std::string::npos ? "" : opt.substr(eq + 1);
+    if (key == "tls-verify" || key == "tls_verify") {
+      mo->common.tls_verify = !(val == "false" || val == "0" || val == "no");
+    } else if (key == "platform") {
+      mo->common.platform = val;
+    } else if (key == "cache-dir" || key == "cache_dir") {
+      mo->common.cache_dir = val;
+    } else if (key == "cache-max-size" || key == "cache_max_size") {
+      mo->common.cache_max_size = val;
+    } else if (key == "authfile") {
+      mo->common.authfile = val;
+    } else if (key == "rw" || key == "ro" || key.empty()) {
+      // always read-only
+    } else {
+      rest.push_back(opt);
+    }
+  }
+  mo->fuse_opts = rest;
+}
+
+std::string StatusJson(const ResolvedImage& img, CachedBlobSource* cached,
+                       RegistryClient* client, std::chrono::steady_clock::time_point start) {
+  nlohmann::json j;
+  j["image"] = img.ref.Normalized();
+  j["manifestDigest"] = img.manifest_digest;
+  j["platform"] = img.platform.ToString();
+  j["pid"] = getpid();
+  j["uptimeSeconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+                           .count();
+  uint64_t hits = 0, misses = 0;
+  j["layers"] = nlohmann::json::array();
+  for (size_t i = 0; i < img.manifest.layers.size(); ++i) {
+    const BlobDescriptor& l = img.manifest.layers[i];
+    nlohmann::json lj = {{"index", i}, {"digest", l.digest}, {"size", l.size},
+                         {"mediaType", l.media_type}};
+    if (cached) {
+      BlobCounters c = cached->Counters(l.digest);
+      lj["fetchedBytes"] = c.upstream_bytes;
+      lj["requests"] = c.upstream_requests;
+      lj["cacheHits"] = c.hits;
+      lj["cacheMisses"] = c.misses;
+      lj["percentCached"] = cached->PercentCached(l);
+      hits += c.hits;
+      misses += c.misses;
+    }
+    j["layers"].push_back(lj);
+  }
+  RegistryCounters rc = client->Counters();
+  j["totals"] = {{"httpRequests", rc.requests}, {"httpBytes", rc.bytes},
+                 {"retries", rc.retries},       {"resumes", rc.resumes},
+                 {"redirects", rc.redirects},   {"tokenFetches", rc.token_fetches},
+                 {"cacheHits", hits},           {"cacheMisses", misses}};
+  return j.dump(2) + "\n";
+}
+
+int64_t ParseCreated(const std::string& config_bytes) {
+  auto j = nlohmann::json::parse(config_bytes, nullptr, false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("created") ||
+      !j["created"].is_string()) {
+    return 0;
+  }
+  std::tm tm{};
+  const std::string s = j["created"].get<std::string>();
+  if (!strptime(s.c_str(), "%Y-%m-%dT%H:%M:%S", &tm)) return 0;
+  return static_cast<int64_t>(timegm(&tm));
+}
+
+// Everything after the fork: resolve, mount, tell the parent, serve.
+int Serve(MountOptions mo, ReadyPipe* ready) {
+  auto fail = [&](const std::string& what, const Status& s) {
+    std::string msg = what + ": " + s.ToString();
+    if (ready) {
+      ready->Send(msg);
+    } else {
+      std::fprintf(stderr, "regfs: %s\n", msg.c_str());
+    }
+    return 1;
+  };
+  auto start = std::chrono::steady_clock::now();
+  struct stat st;
+  if (stat(mo.mountpoint.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+    return fail("mountpoint " + mo.mountpoint, Status::NotFound("not a directory"));
+  }
+  Result<Reference> ref = ParseReference(mo.ref);
+  if (!ref.ok()) return fail("invalid reference '" + mo.ref + "'", ref.status());
+  std::unique_ptr<RegistryClient> client;
+  Result<ResolvedImage> img = ResolveFromFlags(mo.common, *ref, &client);
+  if (!img.ok()) return fail("cannot resolve " + ref->Normalized(), img.status());
+
+  CacheOptions co;
+  co.dir = mo.common.cache_dir.empty() ? DefaultCacheDir() : mo.common.cache_dir;
+  if (!mo.common.cache_max_size.empty()) {
+    Result<uint64_t> n = ParseSize(mo.common.cache_max_size);
+    if (!n.ok()) return fail("--cache-max-size", n.status());
+    co.max_size = *n;
+  }
+  Result<std::unique_ptr<ChunkCache>> cache = ChunkCache::Open(co);
+  if (!cache.ok()) return fail("cannot open the cache in " + co.dir, cache.status());
+  CachedBlobSource cached(cache->get(), client.get());
+  // Remember the manifests by digest; a failure here only costs a refetch.
+  (void)(*cache)->PutManifest(img->manifest_digest, img->manifest_media_type,
+                              img->manifest_bytes);
+
+  ImageFsInput in;
+  in.manifest_bytes = img->manifest_bytes;
+  in.config_bytes = img->config_bytes;
+  in.index_bytes = img->index_bytes;
+  in.layers = img->manifest.layers;
+  in.mtime_sec = ParseCreated(img->config_bytes);
+  ImageFs fs(std::move(in), &cached,
+             [&] { return StatusJson(*img, &cached, client.get(), start); });
+
+  FuseOptions fo;
+  fo.mountpoint = mo.mountpoint;
+  fo.fsname = "regfs:" + ref->Normalized();
+  fo.mount_opts = mo.fuse_opts;
+  fo.debug = mo.fuse_debug;
+  FuseDaemon daemon(&fs.tree(), &fs, fo);
+  if (Status s = daemon.Mount(); !s.ok()) return fail("mount", s);
+  LOG_INFO("mounted " + ref->Normalized() + " (" + img->manifest_digest + ") on " +
+           mo.mountpoint);
+  if (ready) {
+    ready->Send("OK");
+    // Detach from the terminal: the parent has exited by now.
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null >= 0) {
+      dup2(null, STDIN_FILENO);
+      dup2(null, STDOUT_FILENO);
+      if (mo.log_file.empty()) dup2(null, STDERR_FILENO);
+      close(null);
+    }
+    if (chdir("/") != 0) LOG_WARN("chdir / failed");
+  }
+  Status s = daemon.Loop(true);
+  if (!s.ok()) {
+    LOG_ERROR("daemon: " + s.ToString());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+
+Result<ResolvedImage> ResolveFromFlags(const CommonOptions& o, const Reference& ref,
+                                       std::unique_ptr<RegistryClient>* client_out) {
+  ASSIGN_OR_RETURN(RegistryClientOptions co, MakeClientOptions(o));
+  std::optional<Platform> platform;
+  if (!o.platform.empty()) {
+    ASSIGN_OR_RETURN(platform, ParsePlatform(o.platform));
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<RegistryClient> client, RegistryClient::Create(ref, co));
+  Result<ResolvedImage> img = ResolveImage(*client, ref, platform);
+  if (client_out) *client_out = std::move(client);
+  return img;
+}
+
+int RunMount(MountOptions mo) {
+  TakeOwnOptions(&mo);
+  if (!mo.log_file.empty()) {
+    std::FILE* f = std::fopen(mo.log_file.c_str(), "ae");
+    if (!f) {
+      std::fprintf(stderr, "regfs: cannot open log file %s: %s\n", mo.log_file.c_str(),
+                   std::strerror(errno));
+      return 1;
+    }
+    SetLogFile(f);  // lives as long as the process
+  }
+  if (mo.foreground) return Serve(std::move(mo), nullptr);
+
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) {
+    std::perror("regfs: pipe");
+    return 1;
+  }
+  UniqueFd rd(fds[0]);
+  pid_t pid = fork();
+  if (pid < 0) {
+    close(fds[1]);
+    std::perror("regfs: fork");
+    return 1;
+  }
+  if (pid == 0) {
+    rd.Reset();
+    setsid();
+    ReadyPipe ready(fds[1]);
+    _exit(Serve(std::move(mo), &ready));
+  }
+  close(fds[1]);
+  std::string msg;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(rd.get(), buf, sizeof buf)) != 0) {
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    msg.append(buf, static_cast<size_t>(n));
+  }
+  if (msg == "OK") return 0;
+  int status = 0;
+  waitpid(pid, &status, 0);
+  if (msg.empty()) msg = "the daemon exited before the mount was ready";
+  std::fprintf(stderr, "regfs: %s\n", msg.c_str());
+  return 1;
+}
+
+}  // namespace regfs

@@ -1,0 +1,35 @@
+// Options shared by the regfs subcommands, as skopeo and podman spell them,
+// and their translation into the reader's and cache's option structs.
+#ifndef REGFS_FS_OPTIONS_H_
+#define REGFS_FS_OPTIONS_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "reader/base/status.h"
+#include "reader/http/registry_client.h"
+
+namespace regfs {
+
+struct CommonOptions {
+  std::string platform;          // "os/arch[/variant]"; empty = this host
+  bool tls_verify = true;        // --tls-verify=false for plain http / self-signed
+  std::string authfile;          // --authfile
+  std::string creds;             // --creds user:pass
+  std::string cache_dir;         // --cache-dir; empty = DefaultCacheDir()
+  std::string cache_max_size;    // --cache-max-size, "10G"
+  double retry_timeout_s = 25;   // per request, all retries included
+  int verbose = 0;               // -v: info, -vv: debug
+};
+
+// "10G", "512M", "4096", "1.5G" -> bytes (powers of 1024).
+Result<uint64_t> ParseSize(const std::string& s);
+
+// Builds RegistryClientOptions (credentials included) from the flags.
+Result<RegistryClientOptions> MakeClientOptions(const CommonOptions& o);
+
+}  // namespace regfs
+
+#endif  // REGFS_FS_OPTIONS_H_
