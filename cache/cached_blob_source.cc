@@ -1,0 +1,353 @@
+#include "cache/cached_blob_source.h"
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstring>
+#include <set>
+
+#include "reader/base/digest.h"
+#include "reader/base/log.h"
+
+namespace regfs {
+namespace {
+constexpr size_t kMaxSequentialPasses = 256;
+}  // namespace
+
+// One upstream fetch of one chunk that other readers may wait for.
+struct CachedBlobSource::Flight {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  Status status;
+  std::shared_ptr<const std::vector<uint8_t>> buf;
+  size_t offset = 0;  // of this chunk in buf
+  size_t len = 0;
+
+  void Finish(Status st, std::shared_ptr<const std::vector<uint8_t>> b, size_t off, size_t n) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      status = std::move(st);
+      buf = std::move(b);
+      offset = off;
+      len = n;
+      done = true;
+    }
+    cv.notify_all();
+  }
+  // Waits, then returns the status and (when OK) the chunk's bytes.
+  Status Wait(std::span<const uint8_t>* bytes) {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [this] { return done; });
+    if (status.ok()) *bytes = std::span<const uint8_t>(buf->data() + offset, len);
+    return status;
+  }
+};
+
+// An in-order pass over a blob being hashed.
+struct CachedBlobSource::SeqHash {
+  std::mutex mu;
+  bool done = false;
+  uint64_t next = 0;
+  Sha256 whole;
+  Sha256 chunk;
+  std::string chunk_hashes;
+};
+
+CachedBlobSource::CachedBlobSource(ChunkCache* cache, BlobSource* upstream,
+                                   CachedSourceOptions options)
+    : cache_(cache), upstream_(upstream), options_(options) {}
+
+CachedBlobSource::~CachedBlobSource() = default;
+
+void CachedBlobSource::Count(const std::string& digest, uint64_t hits, uint64_t misses,
+                             uint64_t requests, uint64_t bytes) {
+  std::lock_guard<std::mutex> lock(counters_mu_);
+  BlobCounters& c = counters_[digest];
+  c.hits += hits;
+  c.misses += misses;
+  c.upstream_requests += requests;
+  c.upstream_bytes += bytes;
+}
+
+BlobCounters CachedBlobSource::Counters(std::string_view digest) const {
+  std::lock_guard<std::mutex> lock(counters_mu_);
+  auto it = counters_.find(std::string(digest));
+  return it == counters_.end() ? BlobCounters{} : it->second;
+}
+
+std::map<std::string, BlobCounters> CachedBlobSource::AllCounters() const {
+  std::lock_guard<std::mutex> lock(counters_mu_);
+  return counters_;
+}
+
+double CachedBlobSource::PercentCached(const BlobDescriptor& blob) {
+  auto st = cache_->GetBlobState(blob.digest);
+  if (!st.ok() || !st->known) return blob.size == 0 ? 100.0 : 0.0;
+  if (st->chunk_count == 0) return 100.0;
+  return 100.0 * static_cast<double>(st->chunks_present) / static_cast<double>(st->chunk_count);
+}
+
+Status CachedBlobSource::ReadAt(const BlobDescriptor& blob, uint64_t offset,
+                                std::span<uint8_t> out) {
+  if (out.empty()) return Status::Ok();
+  if (offset > blob.size || out.size() > blob.size - offset) {
+    return Status::RangeNotSatisfiable("read [" + std::to_string(offset) + ", +" +
+                                       std::to_string(out.size()) + ") outside blob " +
+                                       blob.digest + " of size " + std::to_string(blob.size));
+  }
+  RETURN_IF_ERROR(ValidateDigest(blob.digest));
+  RETURN_IF_ERROR(ReadRange(blob, offset, out));
+  if (options_.verify_sequential) return TrackSequential(blob, offset, out);
+  return Status::Ok();
+}
+
+Status CachedBlobSource::ReadRange(const BlobDescriptor& blob, uint64_t offset,
+                                   std::span<uint8_t> out) {
+  const uint64_t cs = cache_->chunk_size();
+  const uint64_t first = offset / cs, last = (offset + out.size() - 1) / cs;
+  ChunkCache::Pin pin(cache_, blob.digest, first, last);
+  std::vector<uint64_t> missing;
+  uint64_t hits = 0;
+  for (uint64_t c = first; c <= last; ++c) {
+    const uint64_t a = std::max(offset, c * cs);
+    const uint64_t b = std::min(offset + out.size(), (c + 1) * cs);
+    auto r = cache_->ReadChunk(blob.digest, c, static_cast<uint32_t>(a - c * cs),
+                               out.subspan(a - offset, b - a));
+    if (!r.ok()) {
+      LOG_WARN("chunk cache lookup failed, going upstream: " + r.status().ToString());
+      missing.push_back(c);
+    } else if (*r) {
+      ++hits;
+    } else {
+      missing.push_back(c);
+    }
+  }
+  Count(blob.digest, hits, missing.size(), 0, 0);
+  if (missing.empty()) return Status::Ok();
+  return FetchMissing(blob, offset, out, missing);
+}
+
+Status CachedBlobSource::FetchMissing(const BlobDescriptor& blob, uint64_t offset,
+                                      std::span<uint8_t> out,
+                                      const std::vector<uint64_t>& missing) {
+  const uint64_t cs = cache_->chunk_size();
+  const uint64_t nchunks = (blob.size + cs - 1) / cs;
+  const uint64_t max_chunks = std::max<uint64_t>(1, options_.max_fetch_bytes / cs);
+
+  // Readahead: how many chunks past the request a sequential reader gets.
+  std::vector<uint64_t> extra;
+  uint64_t window = 1;
+  if (options_.readahead) {
+    {
+      std::lock_guard<std::mutex> lock(flights_mu_);
+      auto it = readahead_.find(blob.digest);
+      if (it != readahead_.end() && it->second.window > 0 &&
+          missing.front() == it->second.next_chunk) {
+        window = std::min(it->second.window * 2, max_chunks);
+      }
+    }
+    const uint64_t span_chunks = missing.back() - missing.front() + 1;
+    if (window > span_chunks && missing.back() + 1 < nchunks) {
+      const uint64_t from = missing.back() + 1;
+      const uint64_t count = std::min(window - span_chunks, nchunks - from);
+      auto present = cache_->PresentChunks(blob.digest, from, count);
+      if (present.ok()) {
+        for (uint64_t i = 0; i < count && !(*present)[i]; ++i) extra.push_back(from + i);
+      }
+    }
+  }
+
+  // Register: lead the chunks nobody fetches yet, wait for the others.
+  std::vector<std::pair<uint64_t, std::shared_ptr<Flight>>> mine;   // chunk, flight (leader)
+  std::map<uint64_t, std::shared_ptr<Flight>> needed;               // chunk of the request
+  {
+    std::lock_guard<std::mutex> lock(flights_mu_);
+    for (uint64_t c : missing) {
+      auto key = std::make_pair(blob.digest, c);
+      auto it = flights_.find(key);
+      if (it != flights_.end()) {
+        needed[c] = it->second;
+      } else {
+        auto f = std::make_shared<Flight>();
+        flights_.emplace(key, f);
+        mine.emplace_back(c, f);
+        needed[c] = f;
+      }
+    }
+    for (uint64_t c : extra) {
+      auto key = std::make_pair(blob.digest, c);
+      if (flights_.count(key)) break;  // someone else reads ahead there already
+      auto f = std::make_shared<Flight>();
+      flights_.emplace(key, f);
+      mine.emplace_back(c, f);
+    }
+    if (options_.readahead && !mine.empty()) {
+      Readahead& ra = readahead_[blob.digest];
+      ra.next_chunk = mine.back().first + 1;
+      ra.window = window;
+    }
+  }
+
+  // Fetch my chunks in runs of consecutive indices, at most max_chunks each.
+  Status first_error;
+  for (size_t i = 0; i < mine.size();) {
+    size_t j = i + 1;
+    while (j < mine.size() && mine[j].first == mine[j - 1].first + 1 && j - i < max_chunks) ++j;
+    std::vector<std::shared_ptr<Flight>> run;
+    for (size_t k = i; k < j; ++k) run.push_back(mine[k].second);
+    Status st = FetchRun(blob, mine[i].first, mine[j - 1].first, run);
+    if (!st.ok() && first_error.ok()) first_error = st;
+    i = j;
+  }
+
+  // Copy every missing chunk's part of the request, from whoever fetched it.
+  for (const auto& [c, flight] : needed) {
+    std::span<const uint8_t> bytes;
+    Status st = flight->Wait(&bytes);
+    if (!st.ok()) {
+      if (first_error.ok()) first_error = st;
+      continue;
+    }
+    const uint64_t a = std::max(offset, c * cs);
+    const uint64_t b = std::min(offset + out.size(), (c + 1) * cs);
+    std::memcpy(out.data() + (a - offset), bytes.data() + (a - c * cs), b - a);
+  }
+  return first_error;
+}
+
+Status CachedBlobSource::FetchRun(const BlobDescriptor& blob, uint64_t first, uint64_t last,
+                                  const std::vector<std::shared_ptr<Flight>>& flights) {
+  const uint64_t cs = cache_->chunk_size();
+  const uint64_t start = first * cs;
+  const uint64_t end = std::min((last + 1) * cs, blob.size);
+  auto buf = std::make_shared<std::vector<uint8_t>>(end - start);
+  Status st = upstream_->ReadAt(blob, start, *buf);
+  Count(blob.digest, 0, 0, 1, st.ok() ? buf->size() : 0);
+  if (st.ok()) st = CheckChunkHashes(blob, first, *buf);
+  if (st.ok()) {
+    // A cache that cannot store (full disk, read-only) has logged why; the
+    // bytes are still served from memory.
+    (void)cache_->PutChunks(blob, first, *buf);
+  }
+  {
+    // Stored before unregistering: a newcomer finds either the flight or the chunk.
+    std::lock_guard<std::mutex> lock(flights_mu_);
+    for (uint64_t c = first; c <= last; ++c) flights_.erase({blob.digest, c});
+  }
+  for (uint64_t c = first; c <= last; ++c) {
+    const uint64_t off = (c - first) * cs;
+    flights[c - first]->Finish(st, buf, off, std::min<uint64_t>(cs, buf->size() - off));
+  }
+  return st;
+}
+
+Status CachedBlobSource::CheckChunkHashes(const BlobDescriptor& blob, uint64_t first,
+                                          std::span<const uint8_t> bytes) {
+  auto hashes = cache_->GetChunkSha256s(blob.digest);
+  if (!hashes.ok() || !hashes->has_value()) return Status::Ok();
+  const std::string& h = **hashes;
+  const uint64_t cs = cache_->chunk_size();
+  for (uint64_t off = 0; off < bytes.size(); off += cs) {
+    const uint64_t c = first + off / cs;
+    if ((c + 1) * 32 > h.size()) return Status::Corrupt("chunk hash table too short");
+    const uint64_t n = std::min<uint64_t>(cs, bytes.size() - off);
+    std::string_view chunk(reinterpret_cast<const char*>(bytes.data() + off), n);
+    if (Sha256Raw(chunk) != h.substr(c * 32, 32)) {
+      return Status::Corrupt("chunk " + std::to_string(c) + " of " + blob.digest +
+                             " from upstream does not match its recorded sha256");
+    }
+  }
+  return Status::Ok();
+}
+
+Status CachedBlobSource::TrackSequential(const BlobDescriptor& blob, uint64_t offset,
+                                         std::span<const uint8_t> bytes) {
+  std::shared_ptr<SeqHash> h;
+  {
+    std::lock_guard<std::mutex> lock(seq_mu_);
+    auto it = seq_.find(blob.digest);
+    if (it != seq_.end()) h = it->second;
+  }
+  if (!h) {
+    if (offset != 0) return Status::Ok();
+    auto state = cache_->GetBlobState(blob.digest);
+    if (state.ok() && state->verified) return Status::Ok();
+    std::lock_guard<std::mutex> lock(seq_mu_);
+    if (seq_.size() >= kMaxSequentialPasses) return Status::Ok();
+    auto [it, inserted] = seq_.emplace(blob.digest, std::make_shared<SeqHash>());
+    h = it->second;
+  }
+  std::unique_lock<std::mutex> lock(h->mu);
+  if (h->done) return Status::Ok();
+  if (offset > h->next) {  // a gap: this is not an in-order pass
+    h->done = true;
+    lock.unlock();
+    std::lock_guard<std::mutex> l(seq_mu_);
+    auto it = seq_.find(blob.digest);
+    if (it != seq_.end() && it->second == h) seq_.erase(it);
+    return Status::Ok();
+  }
+  const uint64_t end = offset + bytes.size();
+  if (end <= h->next) return Status::Ok();
+  const uint64_t cs = cache_->chunk_size();
+  while (h->next < end) {
+    const uint64_t chunk_end = std::min((h->next / cs + 1) * cs, blob.size);
+    const uint64_t n = std::min(chunk_end, end) - h->next;
+    const uint8_t* p = bytes.data() + (h->next - offset);
+    h->whole.Update(p, n);
+    h->chunk.Update(p, n);
+    h->next += n;
+    if (h->next == chunk_end) {
+      h->chunk_hashes += h->chunk.FinishRaw();
+      h->chunk = Sha256();
+    }
+  }
+  if (h->next < blob.size) return Status::Ok();
+  h->done = true;
+  std::string actual = h->whole.FinishDigest();
+  std::string hashes = std::move(h->chunk_hashes);
+  lock.unlock();
+  {
+    std::lock_guard<std::mutex> l(seq_mu_);
+    auto it = seq_.find(blob.digest);
+    if (it != seq_.end() && it->second == h) seq_.erase(it);
+  }
+  return FinishVerification(blob, actual, hashes);
+}
+
+Status CachedBlobSource::FinishVerification(const BlobDescriptor& blob, const std::string& actual,
+                                            const std::string& chunk_hashes) {
+  if (actual != blob.digest) {
+    Status dropped = cache_->DropBlob(blob.digest);
+    LOG_WARN("blob " + blob.digest + " has content digest " + actual +
+             "; dropped its cached chunks" + (dropped.ok() ? "" : " (" + dropped.ToString() + ")"));
+    return Status::Corrupt("blob " + blob.digest + " does not match its digest (got " + actual +
+                           ")");
+  }
+  Status st = cache_->SetVerified(blob, chunk_hashes);
+  if (!st.ok()) LOG_DEBUG("could not record verification of " + blob.digest + ": " + st.ToString());
+  return Status::Ok();
+}
+
+Status CachedBlobSource::FetchWhole(const BlobDescriptor& blob, const Sink& sink) {
+  RETURN_IF_ERROR(ValidateDigest(blob.digest));
+  const uint64_t cs = cache_->chunk_size();
+  const uint64_t step = std::max<uint64_t>(1, options_.max_fetch_bytes / cs) * cs;
+  std::vector<uint8_t> buf(std::min<uint64_t>(step, blob.size));
+  Sha256 whole;
+  std::string hashes;
+  for (uint64_t off = 0; off < blob.size; off += step) {
+    std::span<uint8_t> s(buf.data(), std::min(step, blob.size - off));
+    RETURN_IF_ERROR(ReadRange(blob, off, s));
+    whole.Update(s.data(), s.size());
+    for (uint64_t c = 0; c < s.size(); c += cs) {
+      std::string_view chunk(reinterpret_cast<const char*>(s.data() + c),
+                             std::min<uint64_t>(cs, s.size() - c));
+      hashes += Sha256Raw(chunk);
+    }
+    if (sink) RETURN_IF_ERROR(sink(off, s));
+  }
+  return FinishVerification(blob, whole.FinishDigest(), hashes);
+}
+
+}  // namespace regfs

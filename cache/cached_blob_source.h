@@ -1,0 +1,120 @@
+// CachedBlobSource: a BlobSource that answers from a ChunkCache and goes to an
+// upstream BlobSource (the registry) only for chunks the cache lacks.
+//
+// Read path: each chunk of a request is looked up; misses are fetched with
+// single flight (concurrent misses on one chunk make one upstream request, the
+// others wait for its bytes) and adjacent misses are coalesced into one
+// upstream ReadAt of up to max_fetch_bytes. A sequential reader's window
+// doubles (1, 2, 4, ... chunks up to max_fetch_bytes), so a cold sequential
+// read of N bytes makes about N / max_fetch_bytes requests while a random
+// reader fetches only the chunks it touches. Fetched chunks are stored, then
+// served from memory, so a failing cache never fails a read.
+//
+// Verification: when a blob passes through in order from offset 0 to its end
+// (a sequential read, or FetchWhole), its sha256 is checked against the digest
+// and each chunk's sha256 is recorded; later refetches of that blob's chunks
+// are checked against those hashes. A mismatch is Code::kCorrupt and every
+// cached chunk of the blob is dropped. Bytes of an unverified blob served
+// before its end is reached are only as good as the upstream (the cache's own
+// CRCs guard against local corruption, not a lying server).
+//
+// Errors: upstream errors are returned as they are (waiters on a shared fetch
+// get the leader's error); cache errors are logged and bypassed.
+// Thread-safe.
+#ifndef REGFS_CACHE_CACHED_BLOB_SOURCE_H_
+#define REGFS_CACHE_CACHED_BLOB_SOURCE_H_
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "cache/chunk_cache.h"
+#include "reader/base/blob_source.h"
+#include "reader/base/status.h"
+
+namespace regfs {
+
+struct CachedSourceOptions {
+  uint64_t max_fetch_bytes = 16u << 20;  // cap of one coalesced upstream request
+  bool readahead = true;                 // grow the window for sequential readers
+  bool verify_sequential = true;         // hash in-order passes to verify digests
+};
+
+// Per-blob counters of this process, for .regfs/status.json.
+struct BlobCounters {
+  uint64_t upstream_requests = 0;
+  uint64_t upstream_bytes = 0;
+  uint64_t hits = 0;    // chunk reads answered by the cache
+  uint64_t misses = 0;  // chunk reads that needed upstream bytes (own fetch or a shared one)
+};
+
+class CachedBlobSource : public BlobSource {
+ public:
+  // Neither pointer is owned; both must outlive this object.
+  CachedBlobSource(ChunkCache* cache, BlobSource* upstream, CachedSourceOptions options = {});
+  ~CachedBlobSource() override;
+
+  Status ReadAt(const BlobDescriptor& blob, uint64_t offset, std::span<uint8_t> out) override;
+
+  // Streams the whole blob through the cache in order (hits from the cache,
+  // misses coalesced upstream), verifies its digest, records per-chunk
+  // sha256s. `sink`, if given, sees every byte in order (an index builder can
+  // parse while fetching); a non-OK return from it aborts. On a digest
+  // mismatch returns kCorrupt and drops every cached chunk of the blob.
+  using Sink = std::function<Status(uint64_t offset, std::span<const uint8_t> bytes)>;
+  Status FetchWhole(const BlobDescriptor& blob, const Sink& sink = nullptr);
+
+  BlobCounters Counters(std::string_view digest) const;
+  std::map<std::string, BlobCounters> AllCounters() const;
+  // Share of the blob's chunks held in the cache, 0..100.
+  double PercentCached(const BlobDescriptor& blob);
+
+  ChunkCache* cache() const { return cache_; }
+
+ private:
+  struct Flight;
+  struct SeqHash;
+  struct Readahead {
+    uint64_t next_chunk = 0;  // where a sequential reader's next miss lands
+    uint64_t window = 0;      // chunks fetched by the last sequential miss
+  };
+
+  // Reads [offset, offset + out.size()) through the cache; no digest tracking.
+  Status ReadRange(const BlobDescriptor& blob, uint64_t offset, std::span<uint8_t> out);
+  Status FetchMissing(const BlobDescriptor& blob, uint64_t offset, std::span<uint8_t> out,
+                      const std::vector<uint64_t>& missing);
+  Status FetchRun(const BlobDescriptor& blob, uint64_t first, uint64_t last,
+                  const std::vector<std::shared_ptr<Flight>>& flights);
+  Status CheckChunkHashes(const BlobDescriptor& blob, uint64_t first,
+                          std::span<const uint8_t> bytes);
+  Status TrackSequential(const BlobDescriptor& blob, uint64_t offset,
+                         std::span<const uint8_t> bytes);
+  Status FinishVerification(const BlobDescriptor& blob, const std::string& actual,
+                            const std::string& chunk_hashes);
+  void Count(const std::string& digest, uint64_t hits, uint64_t misses, uint64_t requests,
+             uint64_t bytes);
+
+  ChunkCache* const cache_;
+  BlobSource* const upstream_;
+  const CachedSourceOptions options_;
+
+  std::mutex flights_mu_;  // guards flights_ and readahead_; never held across I/O
+  std::map<std::pair<std::string, uint64_t>, std::shared_ptr<Flight>> flights_;
+  std::map<std::string, Readahead> readahead_;
+
+  std::mutex seq_mu_;  // guards seq_ (the map); each SeqHash has its own mutex
+  std::map<std::string, std::shared_ptr<SeqHash>> seq_;
+
+  mutable std::mutex counters_mu_;
+  std::map<std::string, BlobCounters> counters_;
+};
+
+}  // namespace regfs
+
+#endif  // REGFS_CACHE_CACHED_BLOB_SOURCE_H_

@@ -1,0 +1,832 @@
+#include "cache/chunk_cache.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+
+#include "cache/crc32c.h"
+#include "cache/sqlite.h"
+#include "reader/base/digest.h"
+#include "reader/base/log.h"
+
+namespace regfs {
+
+using sqlite::Blob;
+using sqlite::Db;
+using sqlite::Stmt;
+using sqlite::Transaction;
+
+namespace {
+
+constexpr int kSchemaVersion = 1;
+constexpr int kPageSize = 16384;
+constexpr size_t kMaxPendingTouches = 20000;
+
+// Migration i takes the schema from version i to i + 1. Never edit a shipped
+// entry; append a new one.
+const char* const kMigrations[] = {
+    // 0 -> 1
+    R"sql(
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value);
+CREATE TABLE blobs(
+  id INTEGER PRIMARY KEY,
+  digest TEXT NOT NULL UNIQUE,
+  size INTEGER NOT NULL,
+  present INTEGER NOT NULL DEFAULT 0,   -- chunks stored (maintained by triggers)
+  chunk_sha256 BLOB                     -- 32 bytes per chunk once verified
+);
+CREATE TABLE chunks(
+  id INTEGER PRIMARY KEY,
+  blob_id INTEGER NOT NULL,
+  idx INTEGER NOT NULL,
+  size INTEGER NOT NULL,
+  crcs BLOB NOT NULL,                   -- CRC-32C per 32 KiB block, little endian
+  atime INTEGER NOT NULL,               -- microseconds; LRU order
+  UNIQUE(blob_id, idx)
+);
+CREATE INDEX chunks_lru ON chunks(atime, id);
+-- Bytes live apart from metadata so that an access-time update never rewrites them.
+CREATE TABLE chunk_data(id INTEGER PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE totals(id INTEGER PRIMARY KEY CHECK (id = 0), bytes INTEGER NOT NULL,
+                    chunks INTEGER NOT NULL);
+INSERT INTO totals VALUES (0, 0, 0);
+CREATE TRIGGER chunks_ins AFTER INSERT ON chunks BEGIN
+  UPDATE totals SET bytes = bytes + NEW.size, chunks = chunks + 1;
+  UPDATE blobs SET present = present + 1 WHERE id = NEW.blob_id;
+END;
+CREATE TRIGGER chunks_del AFTER DELETE ON chunks BEGIN
+  UPDATE totals SET bytes = bytes - OLD.size, chunks = chunks - 1;
+  UPDATE blobs SET present = present - 1 WHERE id = OLD.blob_id;
+  DELETE FROM chunk_data WHERE id = OLD.id;
+END;
+CREATE TABLE layer_indexes(digest TEXT NOT NULL, format TEXT NOT NULL, data BLOB NOT NULL,
+                           created INTEGER NOT NULL, PRIMARY KEY (digest, format));
+CREATE TABLE manifests(digest TEXT PRIMARY KEY, media_type TEXT NOT NULL, data BLOB NOT NULL,
+                       created INTEGER NOT NULL);
+)sql",
+};
+static_assert(std::size(kMigrations) == kSchemaVersion);
+
+int64_t WallMicros() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string CrcsOf(std::span<const uint8_t> chunk) {
+  std::string out;
+  for (size_t off = 0; off < chunk.size(); off += kChunkCrcBlock) {
+    size_t n = std::min<size_t>(kChunkCrcBlock, chunk.size() - off);
+    uint32_t c = Crc32c(chunk.data() + off, n);
+    for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((c >> (8 * i)) & 0xff));
+  }
+  return out;
+}
+
+uint32_t CrcAt(std::span<const uint8_t> crcs, size_t block) {
+  uint32_t c = 0;
+  for (int i = 0; i < 4; ++i) c |= static_cast<uint32_t>(crcs[block * 4 + i]) << (8 * i);
+  return c;
+}
+
+std::span<const uint8_t> AsBytes(std::string_view s) {
+  return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
+}
+
+Status ApplyPragmas(const Db& db) {
+  return db.Exec(
+      "PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF; PRAGMA temp_store=MEMORY;"
+      "PRAGMA journal_size_limit=67108864;");
+}
+
+}  // namespace
+
+std::string DefaultCacheDir() {
+  if (geteuid() == 0) return "/var/cache/regfs";
+  const char* xdg = std::getenv("XDG_CACHE_HOME");
+  if (xdg && xdg[0] == '/') return std::string(xdg) + "/regfs";
+  const char* home = std::getenv("HOME");
+  if (home && home[0]) return std::string(home) + "/.cache/regfs";
+  return "/tmp/regfs-cache-" + std::to_string(geteuid());
+}
+
+struct ChunkCache::ReadConn {
+  Db db;
+  Stmt blob_id, chunk, present, blob_state, chunk_sha;
+  std::vector<uint8_t> scratch;
+};
+
+struct ChunkCache::WriteConn {
+  Db db;
+  Stmt insert_blob, blob_row, chunk_exists, insert_chunk, insert_data, touch, totals, lru,
+      delete_chunk;
+};
+
+class ChunkCache::ReadConnLease {
+ public:
+  ReadConnLease(ChunkCache* cache, std::unique_ptr<ReadConn> conn)
+      : cache_(cache), conn_(std::move(conn)) {}
+  ReadConnLease(ReadConnLease&&) = default;
+  ~ReadConnLease() {
+    if (conn_) cache_->ReleaseRead(std::move(conn_));
+  }
+  ReadConn& operator*() { return *conn_; }
+  ReadConn* operator->() { return conn_.get(); }
+
+ private:
+  ChunkCache* cache_;
+  std::unique_ptr<ReadConn> conn_;
+};
+
+ChunkCache::ChunkCache(const CacheOptions& options)
+    : options_(options), chunk_size_(options.chunk_size), max_size_(options.max_size) {}
+
+Result<std::unique_ptr<ChunkCache>> ChunkCache::Open(const CacheOptions& options) {
+  if (options.dir.empty()) return Status::InvalidArgument("cache dir is empty");
+  if (options.chunk_size < 4096) return Status::InvalidArgument("chunk size below 4096");
+  std::unique_ptr<ChunkCache> cache(new ChunkCache(options));
+  Status st = cache->Init();
+  if (st.code() == Code::kUnsupported) return st;
+  if (!st.ok()) {
+    cache->Degrade(st);
+    return cache;
+  }
+  cache->flusher_ = std::thread([c = cache.get()] { c->FlusherLoop(); });
+  return cache;
+}
+
+ChunkCache::~ChunkCache() {
+  {
+    std::lock_guard<std::mutex> lock(flusher_mu_);
+    stopping_ = true;
+  }
+  flusher_cv_.notify_all();
+  if (flusher_.joinable()) flusher_.join();
+  if (writable_) {
+    Status st = FlushTouches();
+    if (st.ok()) st = PersistRunStats();
+    if (!st.ok()) LOG_WARN("chunk cache: closing: " + st.ToString());
+  }
+}
+
+Status ChunkCache::Init() {
+  std::error_code ec;
+  std::filesystem::create_directories(options_.dir, ec);
+  if (ec) return Status::IoError("cannot create cache dir " + options_.dir + ": " + ec.message());
+  std::filesystem::permissions(options_.dir, std::filesystem::perms::owner_all,
+                               std::filesystem::perm_options::add, ec);
+  db_path_ = options_.dir + "/cache.db";
+  if (access(options_.dir.c_str(), W_OK) != 0) {
+    return Status::IoError("cache dir " + options_.dir + " is not writable");
+  }
+
+  auto w = std::make_unique<WriteConn>();
+  ASSIGN_OR_RETURN(w->db, Db::Open(db_path_,
+                                   SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+                                       SQLITE_OPEN_NOMUTEX,
+                                   options_.busy_timeout_ms));
+  // page_size only takes effect on a new, empty database.
+  RETURN_IF_ERROR(w->db.Exec("PRAGMA page_size=" + std::to_string(kPageSize)));
+  ASSIGN_OR_RETURN(std::string mode, w->db.QueryText("PRAGMA journal_mode=WAL"));
+  if (mode != "wal") return Status::IoError("cannot switch cache database to WAL (" + mode + ")");
+  RETURN_IF_ERROR(ApplyPragmas(w->db));
+  if (options_.max_page_count) {
+    RETURN_IF_ERROR(w->db.Exec("PRAGMA max_page_count=" +
+                               std::to_string(options_.max_page_count)));
+  }
+  writer_ = std::move(w);
+  RETURN_IF_ERROR(Migrate());
+
+  sqlite3* db = writer_->db.get();
+  ASSIGN_OR_RETURN(writer_->insert_blob,
+                   Stmt::Prepare(db, "INSERT OR IGNORE INTO blobs(digest, size) VALUES (?, ?)"));
+  ASSIGN_OR_RETURN(writer_->blob_row,
+                   Stmt::Prepare(db, "SELECT id, size FROM blobs WHERE digest = ?"));
+  ASSIGN_OR_RETURN(writer_->chunk_exists,
+                   Stmt::Prepare(db, "SELECT 1 FROM chunks WHERE blob_id = ? AND idx = ?"));
+  ASSIGN_OR_RETURN(writer_->insert_chunk,
+                   Stmt::Prepare(db,
+                                 "INSERT INTO chunks(blob_id, idx, size, crcs, atime) "
+                                 "VALUES (?, ?, ?, ?, ?)"));
+  ASSIGN_OR_RETURN(writer_->insert_data,
+                   Stmt::Prepare(db, "INSERT INTO chunk_data(id, data) VALUES (?, ?)"));
+  ASSIGN_OR_RETURN(writer_->touch, Stmt::Prepare(db, "UPDATE chunks SET atime = ? WHERE id = ?"));
+  ASSIGN_OR_RETURN(writer_->totals, Stmt::Prepare(db, "SELECT bytes FROM totals"));
+  ASSIGN_OR_RETURN(writer_->lru,
+                   Stmt::Prepare(db,
+                                 "SELECT c.id, c.idx, c.size, b.digest FROM chunks c "
+                                 "JOIN blobs b ON b.id = c.blob_id ORDER BY c.atime, c.id"));
+  ASSIGN_OR_RETURN(writer_->delete_chunk, Stmt::Prepare(db, "DELETE FROM chunks WHERE id = ?"));
+
+  // One reader up front proves the database can be read by a second connection.
+  ASSIGN_OR_RETURN(auto r, NewReadConn());
+  ReleaseRead(std::move(r));
+  return Status::Ok();
+}
+
+Status ChunkCache::Migrate() {
+  sqlite3* db = writer_->db.get();
+  ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db, Transaction::Kind::kImmediate));
+  RETURN_IF_ERROR(writer_->db.Exec("CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value)"));
+  ASSIGN_OR_RETURN(std::string v,
+                   writer_->db.QueryText("SELECT value FROM meta WHERE key = 'schema_version'"));
+  int version = v.empty() ? 0 : std::atoi(v.c_str());
+  if (version > kSchemaVersion) {
+    return Status::Unsupported("cache database " + db_path_ + " has schema version " +
+                               std::to_string(version) + ", newer than this regfs (" +
+                               std::to_string(kSchemaVersion) + ")");
+  }
+  for (int i = version; i < kSchemaVersion; ++i) {
+    RETURN_IF_ERROR(writer_->db.Exec(kMigrations[i]).Annotate("migration " + std::to_string(i)));
+  }
+  ASSIGN_OR_RETURN(Stmt set, Stmt::Prepare(db,
+                                           "INSERT OR REPLACE INTO meta(key, value) "
+                                           "VALUES ('schema_version', ?)"));
+  RETURN_IF_ERROR(set.Bind(1, int64_t{kSchemaVersion}).Run());
+  ASSIGN_OR_RETURN(Stmt cs, Stmt::Prepare(db,
+                                          "INSERT OR IGNORE INTO meta(key, value) "
+                                          "VALUES ('chunk_size', ?)"));
+  RETURN_IF_ERROR(cs.Bind(1, int64_t{options_.chunk_size}).Run());
+  ASSIGN_OR_RETURN(std::string stored,
+                   writer_->db.QueryText("SELECT value FROM meta WHERE key = 'chunk_size'"));
+  int64_t n = std::atoll(stored.c_str());
+  if (n < 4096 || n > (1 << 30)) return Status::Corrupt("bad chunk_size in cache: " + stored);
+  chunk_size_ = static_cast<uint32_t>(n);
+  return txn.Commit();
+}
+
+void ChunkCache::Degrade(const Status& why) {
+  writable_ = false;
+  LOG_WARN("chunk cache " + options_.dir +
+           " is unusable; reads go to the network uncached: " + why.ToString());
+}
+
+void ChunkCache::WarnWrite(const Status& why) {
+  std::lock_guard<std::mutex> lock(warn_mu_);
+  auto now = std::chrono::steady_clock::now();
+  if (last_warn_.time_since_epoch().count() != 0 && now - last_warn_ < std::chrono::seconds(30))
+    return;
+  last_warn_ = now;
+  LOG_WARN("chunk cache " + options_.dir +
+           ": write failed; serving from the network uncached: " + why.ToString());
+}
+
+Result<std::unique_ptr<ChunkCache::ReadConn>> ChunkCache::NewReadConn() {
+  auto c = std::make_unique<ReadConn>();
+  ASSIGN_OR_RETURN(c->db, Db::Open(db_path_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
+                                   options_.busy_timeout_ms));
+  RETURN_IF_ERROR(ApplyPragmas(c->db));
+  RETURN_IF_ERROR(c->db.Exec("PRAGMA query_only=1"));
+  sqlite3* db = c->db.get();
+  ASSIGN_OR_RETURN(c->blob_id, Stmt::Prepare(db, "SELECT id FROM blobs WHERE digest = ?"));
+  ASSIGN_OR_RETURN(c->chunk, Stmt::Prepare(db,
+                                           "SELECT id, size, crcs FROM chunks "
+                                           "WHERE blob_id = ? AND idx = ?"));
+  ASSIGN_OR_RETURN(c->present, Stmt::Prepare(db,
+                                             "SELECT idx FROM chunks WHERE blob_id = ? "
+                                             "AND idx >= ? AND idx < ?"));
+  ASSIGN_OR_RETURN(c->blob_state,
+                   Stmt::Prepare(db,
+                                 "SELECT size, present, chunk_sha256 IS NOT NULL "
+                                 "FROM blobs WHERE digest = ?"));
+  ASSIGN_OR_RETURN(c->chunk_sha,
+                   Stmt::Prepare(db, "SELECT chunk_sha256 FROM blobs WHERE digest = ?"));
+  return c;
+}
+
+Result<ChunkCache::ReadConnLease> ChunkCache::AcquireRead() {
+  {
+    std::lock_guard<std::mutex> lock(pool_mu_);
+    if (!read_pool_.empty()) {
+      auto c = std::move(read_pool_.back());
+      read_pool_.pop_back();
+      return ReadConnLease(this, std::move(c));
+    }
+  }
+  ASSIGN_OR_RETURN(auto c, NewReadConn());
+  return ReadConnLease(this, std::move(c));
+}
+
+void ChunkCache::ReleaseRead(std::unique_ptr<ReadConn> conn) {
+  std::lock_guard<std::mutex> lock(pool_mu_);
+  read_pool_.push_back(std::move(conn));
+}
+
+Result<int64_t> ChunkCache::BlobId(ReadConn& conn, std::string_view digest) {
+  {
+    std::shared_lock<std::shared_mutex> lock(ids_mu_);
+    auto it = blob_ids_.find(std::string(digest));
+    if (it != blob_ids_.end()) return it->second;
+  }
+  // Blob rows are never deleted, so a committed id stays valid forever.
+  conn.blob_id.Bind(1, digest);
+  auto row = conn.blob_id.Step();
+  if (!row.ok()) return row.status();
+  int64_t id = *row ? conn.blob_id.Int(0) : 0;
+  conn.blob_id.Reset();
+  if (id) {
+    std::unique_lock<std::shared_mutex> lock(ids_mu_);
+    blob_ids_.emplace(std::string(digest), id);
+  }
+  return id;
+}
+
+Result<bool> ChunkCache::ReadChunk(std::string_view digest, uint64_t index, uint32_t offset,
+                                   std::span<uint8_t> out) {
+  if (!writable_) {
+    ++misses_;
+    return false;
+  }
+  ASSIGN_OR_RETURN(ReadConnLease conn, AcquireRead());
+  ASSIGN_OR_RETURN(int64_t blob_id, BlobId(*conn, digest));
+  if (!blob_id) {
+    ++misses_;
+    return false;
+  }
+  int64_t chunk_id = 0;
+  bool corrupt = false;
+  {
+    ASSIGN_OR_RETURN(Transaction txn,
+                     Transaction::Begin(conn->db.get(), Transaction::Kind::kDeferred));
+    Stmt& q = conn->chunk;
+    q.Bind(1, blob_id).Bind(2, static_cast<int64_t>(index));
+    ASSIGN_OR_RETURN(bool row, q.Step());
+    if (!row) {
+      q.Reset();
+      ++misses_;
+      return false;
+    }
+    chunk_id = q.Int(0);
+    const uint64_t size = static_cast<uint64_t>(q.Int(1));
+    auto crc_col = q.BlobCol(2);
+    uint8_t crcs[512];  // enough for 4 MiB chunks; larger ones use the heap
+    std::vector<uint8_t> crc_heap;
+    std::span<const uint8_t> crc_view;
+    if (crc_col.size() <= sizeof crcs) {
+      std::memcpy(crcs, crc_col.data(), crc_col.size());
+      crc_view = {crcs, crc_col.size()};
+    } else {
+      crc_heap.assign(crc_col.begin(), crc_col.end());
+      crc_view = crc_heap;
+    }
+    q.Reset();
+    const size_t blocks = (size + kChunkCrcBlock - 1) / kChunkCrcBlock;
+    if (offset + out.size() > size || crc_view.size() != blocks * 4) {
+      corrupt = true;
+    } else {
+      auto blob = Blob::OpenRead(conn->db.get(), "chunk_data", "data", chunk_id);
+      if (!blob.ok() || static_cast<uint64_t>(blob->size()) != size) {
+        corrupt = true;
+      } else if (!out.empty()) {
+        const uint64_t end = offset + out.size();
+        for (uint64_t b = offset / kChunkCrcBlock; b * kChunkCrcBlock < end && !corrupt; ++b) {
+          const uint64_t bstart = b * kChunkCrcBlock;
+          const uint64_t blen = std::min<uint64_t>(kChunkCrcBlock, size - bstart);
+          uint8_t* dst;
+          if (bstart >= offset && bstart + blen <= end) {
+            dst = out.data() + (bstart - offset);  // whole block lands in out: no copy
+          } else {
+            conn->scratch.resize(kChunkCrcBlock);
+            dst = conn->scratch.data();
+          }
+          RETURN_IF_ERROR(blob->Read(dst, static_cast<int>(blen), static_cast<int>(bstart)));
+          if (Crc32c(dst, blen) != CrcAt(crc_view, b)) {
+            corrupt = true;
+          } else if (dst == conn->scratch.data()) {
+            uint64_t from = std::max(bstart, uint64_t{offset});
+            uint64_t to = std::min(bstart + blen, end);
+            std::memcpy(out.data() + (from - offset), dst + (from - bstart), to - from);
+          }
+        }
+      }
+    }
+    RETURN_IF_ERROR(txn.Commit());
+  }
+  if (corrupt) {
+    LOG_WARN("chunk cache: chunk " + std::to_string(index) + " of " + std::string(digest) +
+             " failed its checksum; dropped and refetching");
+    Status st = DropChunk(chunk_id);
+    if (!st.ok()) WarnWrite(st);
+    ++misses_;
+    return false;
+  }
+  Touch(chunk_id);
+  ++hits_;
+  return true;
+}
+
+Result<std::vector<bool>> ChunkCache::PresentChunks(std::string_view digest, uint64_t first,
+                                                    uint64_t count) {
+  std::vector<bool> present(count, false);
+  if (!writable_ || count == 0) return present;
+  ASSIGN_OR_RETURN(ReadConnLease conn, AcquireRead());
+  ASSIGN_OR_RETURN(int64_t blob_id, BlobId(*conn, digest));
+  if (!blob_id) return present;
+  Stmt& q = conn->present;
+  q.Bind(1, blob_id).Bind(2, static_cast<int64_t>(first)).Bind(3, static_cast<int64_t>(first + count));
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, q.Step());
+    if (!row) break;
+    present[static_cast<uint64_t>(q.Int(0)) - first] = true;
+  }
+  q.Reset();
+  return present;
+}
+
+void ChunkCache::Touch(int64_t chunk_id) {
+  bool wake = false;
+  {
+    std::lock_guard<std::mutex> lock(touch_mu_);
+    last_time_us_ = std::max(WallMicros(), last_time_us_ + 1);
+    touches_[chunk_id] = last_time_us_;
+    wake = touches_.size() >= kMaxPendingTouches;
+  }
+  if (wake) flusher_cv_.notify_all();
+}
+
+Status ChunkCache::FlushTouchesLocked() {
+  std::unordered_map<int64_t, int64_t> batch;
+  {
+    std::lock_guard<std::mutex> lock(touch_mu_);
+    batch.swap(touches_);
+  }
+  for (const auto& [id, t] : batch) {
+    RETURN_IF_ERROR(writer_->touch.Bind(1, t).Bind(2, id).Run());
+  }
+  return Status::Ok();
+}
+
+Status ChunkCache::FlushTouches() {
+  if (!writable_) return Status::Ok();
+  std::lock_guard<std::mutex> lock(write_mu_);
+  {
+    std::lock_guard<std::mutex> tl(touch_mu_);
+    if (touches_.empty()) return Status::Ok();
+  }
+  ASSIGN_OR_RETURN(Transaction txn,
+                   Transaction::Begin(writer_->db.get(), Transaction::Kind::kImmediate));
+  RETURN_IF_ERROR(FlushTouchesLocked());
+  return txn.Commit();
+}
+
+void ChunkCache::FlusherLoop() {
+  std::unique_lock<std::mutex> lock(flusher_mu_);
+  while (!stopping_) {
+    flusher_cv_.wait_for(lock, options_.touch_flush_interval);
+    if (stopping_) break;
+    lock.unlock();
+    Status st = FlushTouches();
+    if (!st.ok()) WarnWrite(st);
+    lock.lock();
+  }
+}
+
+bool ChunkCache::IsPinned(const std::string& digest, uint64_t index) {
+  std::lock_guard<std::mutex> lock(pin_mu_);
+  return pins_.count({digest, index}) > 0;
+}
+
+ChunkCache::Pin::Pin(ChunkCache* cache, std::string digest, uint64_t first, uint64_t last)
+    : cache_(cache), digest_(std::move(digest)), first_(first), last_(last) {
+  std::lock_guard<std::mutex> lock(cache_->pin_mu_);
+  for (uint64_t i = first_; i <= last_; ++i) ++cache_->pins_[{digest_, i}];
+}
+
+ChunkCache::Pin::~Pin() {
+  std::lock_guard<std::mutex> lock(cache_->pin_mu_);
+  for (uint64_t i = first_; i <= last_; ++i) {
+    auto it = cache_->pins_.find({digest_, i});
+    if (it != cache_->pins_.end() && --it->second == 0) cache_->pins_.erase(it);
+  }
+}
+
+Status ChunkCache::MakeRoomLocked(uint64_t needed, uint64_t max_size, bool* fits) {
+  *fits = false;
+  if (needed > max_size) return Status::Ok();
+  WriteConn& w = *writer_;
+  ASSIGN_OR_RETURN(bool row, w.totals.Step());
+  uint64_t bytes = row ? static_cast<uint64_t>(w.totals.Int(0)) : 0;
+  w.totals.Reset();
+  if (bytes + needed <= max_size) {
+    *fits = true;
+    return Status::Ok();
+  }
+  uint64_t to_free = bytes + needed - max_size;
+  std::vector<int64_t> victims;
+  uint64_t freed = 0;
+  while (freed < to_free) {
+    auto r = w.lru.Step();
+    if (!r.ok()) return r.status();
+    if (!*r) break;
+    std::string digest = w.lru.Text(3);
+    if (IsPinned(digest, static_cast<uint64_t>(w.lru.Int(1)))) continue;
+    victims.push_back(w.lru.Int(0));
+    freed += static_cast<uint64_t>(w.lru.Int(2));
+  }
+  w.lru.Reset();
+  for (int64_t id : victims) RETURN_IF_ERROR(w.delete_chunk.Bind(1, id).Run());
+  evicted_ += victims.size();
+  *fits = freed >= to_free;
+  return Status::Ok();
+}
+
+Status ChunkCache::PutChunks(const BlobDescriptor& blob, uint64_t first_index,
+                             std::span<const uint8_t> data) {
+  if (!writable_) return Status::IoError("chunk cache is not writable");
+  const uint64_t cs = chunk_size_;
+  const uint64_t start = first_index * cs;
+  if (data.empty() || start + data.size() > blob.size ||
+      (data.size() % cs != 0 && start + data.size() != blob.size)) {
+    return Status::InvalidArgument("PutChunks: data is not whole chunks of " + blob.digest);
+  }
+  const uint64_t n = (data.size() + cs - 1) / cs;
+  std::vector<std::string> crcs(n);
+  for (uint64_t i = 0; i < n; ++i) crcs[i] = CrcsOf(data.subspan(i * cs, std::min(cs, data.size() - i * cs)));
+
+  Status st = [&]() -> Status {
+    std::lock_guard<std::mutex> lock(write_mu_);
+    WriteConn& w = *writer_;
+    ASSIGN_OR_RETURN(Transaction txn,
+                     Transaction::Begin(w.db.get(), Transaction::Kind::kImmediate));
+    RETURN_IF_ERROR(FlushTouchesLocked());
+    RETURN_IF_ERROR(w.insert_blob.Bind(1, blob.digest).Bind(2, static_cast<int64_t>(blob.size)).Run());
+    w.blob_row.Bind(1, blob.digest);
+    ASSIGN_OR_RETURN(bool row, w.blob_row.Step());
+    if (!row) {
+      w.blob_row.Reset();
+      return Status::IoError("blob row vanished");
+    }
+    const int64_t blob_id = w.blob_row.Int(0);
+    const uint64_t stored_size = static_cast<uint64_t>(w.blob_row.Int(1));
+    w.blob_row.Reset();
+    if (stored_size != blob.size) {
+      return Status::InvalidArgument("blob " + blob.digest + " has size " +
+                                     std::to_string(stored_size) + " in the cache, not " +
+                                     std::to_string(blob.size));
+    }
+    const uint64_t max = max_size_.load();
+    for (uint64_t i = 0; i < n; ++i) {
+      const int64_t idx = static_cast<int64_t>(first_index + i);
+      w.chunk_exists.Bind(1, blob_id).Bind(2, idx);
+      ASSIGN_OR_RETURN(bool exists, w.chunk_exists.Step());
+      w.chunk_exists.Reset();
+      if (exists) continue;
+      auto bytes = data.subspan(i * cs, std::min(cs, data.size() - i * cs));
+      bool fits = false;
+      RETURN_IF_ERROR(MakeRoomLocked(bytes.size(), max, &fits));
+      if (!fits) break;
+      int64_t now;
+      {
+        std::lock_guard<std::mutex> tl(touch_mu_);
+        last_time_us_ = std::max(WallMicros(), last_time_us_ + 1);
+        now = last_time_us_;
+      }
+      RETURN_IF_ERROR(w.insert_chunk.Bind(1, blob_id)
+                          .Bind(2, idx)
+                          .Bind(3, static_cast<int64_t>(bytes.size()))
+                          .BindBlob(4, AsBytes(crcs[i]))
+                          .Bind(5, now)
+                          .Run());
+      const int64_t chunk_id = sqlite3_last_insert_rowid(w.db.get());
+      RETURN_IF_ERROR(w.insert_data.Bind(1, chunk_id).BindBlob(2, bytes).Run());
+    }
+    return txn.Commit();
+  }();
+  if (!st.ok() && st.code() != Code::kInvalidArgument) WarnWrite(st);
+  return st;
+}
+
+Status ChunkCache::DropChunk(int64_t chunk_id) {
+  if (!writable_) return Status::Ok();
+  std::lock_guard<std::mutex> lock(write_mu_);
+  ASSIGN_OR_RETURN(Transaction txn,
+                   Transaction::Begin(writer_->db.get(), Transaction::Kind::kImmediate));
+  RETURN_IF_ERROR(writer_->delete_chunk.Bind(1, chunk_id).Run());
+  return txn.Commit();
+}
+
+Status ChunkCache::DropBlob(std::string_view digest) {
+  if (!writable_) return Status::Ok();
+  std::lock_guard<std::mutex> lock(write_mu_);
+  sqlite3* db = writer_->db.get();
+  ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db, Transaction::Kind::kImmediate));
+  ASSIGN_OR_RETURN(Stmt del, Stmt::Prepare(db,
+                                           "DELETE FROM chunks WHERE blob_id = "
+                                           "(SELECT id FROM blobs WHERE digest = ?)"));
+  RETURN_IF_ERROR(del.Bind(1, digest).Run());
+  ASSIGN_OR_RETURN(Stmt unverify,
+                   Stmt::Prepare(db, "UPDATE blobs SET chunk_sha256 = NULL WHERE digest = ?"));
+  RETURN_IF_ERROR(unverify.Bind(1, digest).Run());
+  return txn.Commit();
+}
+
+Result<std::optional<std::string>> ChunkCache::GetChunkSha256s(std::string_view digest) {
+  if (!writable_) return std::optional<std::string>();
+  ASSIGN_OR_RETURN(ReadConnLease conn, AcquireRead());
+  Stmt& q = conn->chunk_sha;
+  q.Bind(1, digest);
+  ASSIGN_OR_RETURN(bool row, q.Step());
+  std::optional<std::string> out;
+  if (row && !q.IsNull(0)) {
+    auto b = q.BlobCol(0);
+    out.emplace(reinterpret_cast<const char*>(b.data()), b.size());
+  }
+  q.Reset();
+  return out;
+}
+
+Status ChunkCache::SetVerified(const BlobDescriptor& blob, std::string_view chunk_sha256s) {
+  if (!writable_) return Status::IoError("chunk cache is not writable");
+  const uint64_t chunks = (blob.size + chunk_size_ - 1) / chunk_size_;
+  if (chunk_sha256s.size() != chunks * 32) {
+    return Status::InvalidArgument("SetVerified: wrong number of chunk hashes");
+  }
+  Status st = [&]() -> Status {
+    std::lock_guard<std::mutex> lock(write_mu_);
+    WriteConn& w = *writer_;
+    ASSIGN_OR_RETURN(Transaction txn,
+                     Transaction::Begin(w.db.get(), Transaction::Kind::kImmediate));
+    RETURN_IF_ERROR(w.insert_blob.Bind(1, blob.digest).Bind(2, static_cast<int64_t>(blob.size)).Run());
+    ASSIGN_OR_RETURN(Stmt up, Stmt::Prepare(w.db.get(),
+                                            "UPDATE blobs SET chunk_sha256 = ? "
+                                            "WHERE digest = ? AND size = ?"));
+    RETURN_IF_ERROR(up.BindBlob(1, AsBytes(chunk_sha256s))
+                        .Bind(2, blob.digest)
+                        .Bind(3, static_cast<int64_t>(blob.size))
+                        .Run());
+    if (sqlite3_changes(w.db.get()) != 1) {
+      return Status::InvalidArgument("blob " + blob.digest + " is cached with another size");
+    }
+    return txn.Commit();
+  }();
+  if (!st.ok() && st.code() != Code::kInvalidArgument) WarnWrite(st);
+  return st;
+}
+
+Result<BlobCacheState> ChunkCache::GetBlobState(std::string_view digest) {
+  BlobCacheState s;
+  if (!writable_) return s;
+  ASSIGN_OR_RETURN(ReadConnLease conn, AcquireRead());
+  Stmt& q = conn->blob_state;
+  q.Bind(1, digest);
+  ASSIGN_OR_RETURN(bool row, q.Step());
+  if (row) {
+    s.known = true;
+    s.size = static_cast<uint64_t>(q.Int(0));
+    s.chunks_present = static_cast<uint64_t>(q.Int(1));
+    s.verified = q.Int(2) != 0;
+    s.chunk_count = (s.size + chunk_size_ - 1) / chunk_size_;
+  }
+  q.Reset();
+  return s;
+}
+
+Status ChunkCache::PutLayerIndex(std::string_view layer_digest, std::string_view format,
+                                 std::string_view bytes) {
+  if (!writable_) return Status::IoError("chunk cache is not writable");
+  std::lock_guard<std::mutex> lock(write_mu_);
+  sqlite3* db = writer_->db.get();
+  ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db, Transaction::Kind::kImmediate));
+  ASSIGN_OR_RETURN(Stmt q, Stmt::Prepare(db,
+                                         "INSERT OR REPLACE INTO layer_indexes"
+                                         "(digest, format, data, created) VALUES (?, ?, ?, ?)"));
+  RETURN_IF_ERROR(
+      q.Bind(1, layer_digest).Bind(2, format).BindBlob(3, AsBytes(bytes)).Bind(4, WallMicros()).Run());
+  return txn.Commit();
+}
+
+Result<std::optional<std::string>> ChunkCache::GetLayerIndex(std::string_view layer_digest,
+                                                             std::string_view format) {
+  if (!writable_) return std::optional<std::string>();
+  ASSIGN_OR_RETURN(ReadConnLease conn, AcquireRead());
+  ASSIGN_OR_RETURN(Stmt q, Stmt::Prepare(conn->db.get(),
+                                         "SELECT data FROM layer_indexes "
+                                         "WHERE digest = ? AND format = ?"));
+  q.Bind(1, layer_digest).Bind(2, format);
+  ASSIGN_OR_RETURN(bool row, q.Step());
+  std::optional<std::string> out;
+  if (row) {
+    auto b = q.BlobCol(0);
+    out.emplace(reinterpret_cast<const char*>(b.data()), b.size());
+  }
+  return out;
+}
+
+Status ChunkCache::PutManifest(std::string_view digest, std::string_view media_type,
+                               std::string_view bytes) {
+  if (!writable_) return Status::IoError("chunk cache is not writable");
+  std::lock_guard<std::mutex> lock(write_mu_);
+  sqlite3* db = writer_->db.get();
+  ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db, Transaction::Kind::kImmediate));
+  ASSIGN_OR_RETURN(Stmt q, Stmt::Prepare(db,
+                                         "INSERT OR REPLACE INTO manifests"
+                                         "(digest, media_type, data, created) VALUES (?, ?, ?, ?)"));
+  RETURN_IF_ERROR(q.Bind(1, digest)
+                      .Bind(2, media_type)
+                      .BindBlob(3, AsBytes(bytes))
+                      .Bind(4, WallMicros())
+                      .Run());
+  return txn.Commit();
+}
+
+Result<std::optional<StoredManifest>> ChunkCache::GetManifest(std::string_view digest) {
+  if (!writable_) return std::optional<StoredManifest>();
+  ASSIGN_OR_RETURN(ReadConnLease conn, AcquireRead());
+  ASSIGN_OR_RETURN(Stmt q, Stmt::Prepare(conn->db.get(),
+                                         "SELECT media_type, data FROM manifests WHERE digest = ?"));
+  q.Bind(1, digest);
+  ASSIGN_OR_RETURN(bool row, q.Step());
+  std::optional<StoredManifest> out;
+  if (row) {
+    auto b = q.BlobCol(1);
+    out.emplace(StoredManifest{q.Text(0), std::string(reinterpret_cast<const char*>(b.data()),
+                                                      b.size())});
+  }
+  return out;
+}
+
+Result<CacheStats> ChunkCache::Stats() {
+  CacheStats s;
+  s.max_size = max_size_.load();
+  s.chunk_size = chunk_size_;
+  s.hits = hits_.load();
+  s.misses = misses_.load();
+  s.evicted_chunks = evicted_.load();
+  if (!writable_) return s;
+  ASSIGN_OR_RETURN(ReadConnLease conn, AcquireRead());
+  sqlite3* db = conn->db.get();
+  ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db, Transaction::Kind::kDeferred));
+  auto one = [&](const std::string& sql, int col = 0) -> Result<int64_t> {
+    ASSIGN_OR_RETURN(Stmt q, Stmt::Prepare(db, sql));
+    q.Bind(1, static_cast<int64_t>(chunk_size_));
+    ASSIGN_OR_RETURN(bool row, q.Step());
+    return row ? q.Int(col) : 0;
+  };
+  ASSIGN_OR_RETURN(int64_t bytes, one("SELECT bytes, ?1 FROM totals"));
+  ASSIGN_OR_RETURN(int64_t chunks, one("SELECT chunks, ?1 FROM totals"));
+  ASSIGN_OR_RETURN(int64_t blobs, one("SELECT count(*), ?1 FROM blobs WHERE present > 0"));
+  ASSIGN_OR_RETURN(int64_t complete,
+                   one("SELECT count(*) FROM blobs WHERE present > 0 AND "
+                       "present = (size + ?1 - 1) / ?1"));
+  ASSIGN_OR_RETURN(int64_t indexes, one("SELECT count(*), ?1 FROM layer_indexes"));
+  ASSIGN_OR_RETURN(int64_t manifests, one("SELECT count(*), ?1 FROM manifests"));
+  ASSIGN_OR_RETURN(int64_t lh,
+                   one("SELECT CAST(value AS INTEGER), ?1 FROM meta WHERE key = 'last_run_hits'"));
+  ASSIGN_OR_RETURN(int64_t lm, one("SELECT CAST(value AS INTEGER), ?1 FROM meta "
+                                   "WHERE key = 'last_run_misses'"));
+  s.bytes = static_cast<uint64_t>(bytes);
+  s.chunks = static_cast<uint64_t>(chunks);
+  s.blobs = static_cast<uint64_t>(blobs);
+  s.complete_blobs = static_cast<uint64_t>(complete);
+  s.layer_indexes = static_cast<uint64_t>(indexes);
+  s.manifests = static_cast<uint64_t>(manifests);
+  s.last_run_hits = static_cast<uint64_t>(lh);
+  s.last_run_misses = static_cast<uint64_t>(lm);
+  RETURN_IF_ERROR(txn.Commit());
+  return s;
+}
+
+Status ChunkCache::Prune(uint64_t max_size) {
+  if (!writable_) return Status::IoError("chunk cache is not writable");
+  std::lock_guard<std::mutex> lock(write_mu_);
+  ASSIGN_OR_RETURN(Transaction txn,
+                   Transaction::Begin(writer_->db.get(), Transaction::Kind::kImmediate));
+  RETURN_IF_ERROR(FlushTouchesLocked());
+  bool fits = false;
+  RETURN_IF_ERROR(MakeRoomLocked(0, max_size, &fits));
+  RETURN_IF_ERROR(txn.Commit());
+  // Hand the WAL's pages back to the database file so its size reflects the prune.
+  return writer_->db.Exec("PRAGMA wal_checkpoint(TRUNCATE)");
+}
+
+Status ChunkCache::PersistRunStats() {
+  const uint64_t h = hits_.load(), m = misses_.load();
+  if (h + m == 0) return Status::Ok();
+  std::lock_guard<std::mutex> lock(write_mu_);
+  sqlite3* db = writer_->db.get();
+  ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db, Transaction::Kind::kImmediate));
+  ASSIGN_OR_RETURN(Stmt q, Stmt::Prepare(db,
+                                         "INSERT OR REPLACE INTO meta(key, value) VALUES "
+                                         "('last_run_hits', ?1), ('last_run_misses', ?2)"));
+  RETURN_IF_ERROR(q.Bind(1, static_cast<int64_t>(h)).Bind(2, static_cast<int64_t>(m)).Run());
+  return txn.Commit();
+}
+
+Result<std::string> ChunkCache::IntegrityCheck() {
+  if (!writer_) return Status::IoError("chunk cache database is not open");
+  std::lock_guard<std::mutex> lock(write_mu_);
+  ASSIGN_OR_RETURN(Stmt q, Stmt::Prepare(writer_->db.get(), "PRAGMA integrity_check"));
+  std::string out;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, q.Step());
+    if (!row) break;
+    if (!out.empty()) out += "\n";
+    out += q.Text(0);
+  }
+  return out;
+}
+
+}  // namespace regfs
