@@ -188,7 +188,7 @@ int Serve(MountOptions mo, ReadyPipe* ready) {
     if (null >= 0) {
       dup2(null, STDIN_FILENO);
       dup2(null, STDOUT_FILENO);
-      if (mo.log_file.empty()) dup2(null, STDERR_FILENO);
+      dup2(null, STDERR_FILENO);  // logs go to --log-file, if any
       close(null);
     }
     if (chdir("/") != 0) LOG_WARN("chdir / failed");

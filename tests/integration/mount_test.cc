@@ -1,0 +1,285 @@
+// `regfs mount` for real: the regfs binary against Debian's docker-registry,
+// read with ordinary tools (sha256sum, cat) and system calls.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <dirent.h>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "reader/base/digest.h"
+#include "tests/support/fd_count.h"
+#include "tests/support/fuse_env.h"
+#include "tests/support/image_builder.h"
+#include "tests/support/run_command.h"
+#include "tests/support/status_matchers.h"
+#include "tests/support/test_registry.h"
+
+namespace regfs {
+namespace {
+
+using namespace regfs::testing;  // NOLINT
+
+int CountFdsOf(pid_t pid, int* sockets) {
+  std::string dir = "/proc/" + std::to_string(pid) + "/fd";
+  DIR* d = opendir(dir.c_str());
+  if (!d) return -1;
+  int n = 0;
+  *sockets = 0;
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    ++n;
+    char target[256];
+    ssize_t len = readlink((dir + "/" + e->d_name).c_str(), target, sizeof target - 1);
+    if (len > 0) {
+      target[len] = 0;
+      if (std::string(target).rfind("socket:", 0) == 0) ++*sockets;
+    }
+  }
+  closedir(d);
+  return n;
+}
+
+class MountTest : public FdCheckedTest {
+ protected:
+  void SetUp() override {
+    std::string why = FuseUnavailableReason();
+    if (!why.empty()) GTEST_SKIP() << "FUSE unavailable: " << why;
+    FdCheckedTest::SetUp();
+    registry_ = std::make_unique<TestRegistry>();
+    ASSERT_OK(registry_->Start());
+    ImagePusher pusher(*registry_);
+    ImageSpec spec;
+    spec.layers.push_back({SampleEntries("a"), Compression::kGzip});
+    spec.layers.push_back({SampleEntries("b"), Compression::kZstd});
+    spec.layers.push_back({SampleEntries("c"), Compression::kNone});
+    image_ = BuildImage(spec);
+    ASSERT_OK(pusher.PushImage("test/app", "v1", image_));
+    auto big = pusher.PushRandomBlob("test/big", 24 << 20, 42, "v1");
+    ASSERT_OK(big);
+    big_ = *big;
+    dir_ = std::make_unique<TempDir>();
+    mnt_ = dir_->Sub("mnt");
+    cache_ = dir_->Sub("cache");
+    ASSERT_EQ(mkdir(mnt_.c_str(), 0755), 0);
+  }
+  void TearDown() override {
+    if (!registry_) return;
+    if (IsMountPoint(mnt_)) {
+      RunCommand({REGFS_BINARY, "umount", mnt_});
+      ADD_FAILURE() << "test left " << mnt_ << " mounted";
+    }
+    registry_.reset();
+    dir_.reset();
+    FdCheckedTest::TearDown();
+  }
+
+  CommandResult Mount(const std::string& ref, std::vector<std::string> extra = {}) {
+    std::vector<std::string> argv = {REGFS_BINARY,  "mount",        "--tls-verify=false",
+                                     "--cache-dir", cache_,         "--log-file",
+                                     dir_->Sub("daemon.log")};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    argv.push_back(ref);
+    argv.push_back(mnt_);
+    return RunCommand(argv);
+  }
+  void Umount() {
+    CommandResult r = RunCommand({REGFS_BINARY, "umount", mnt_});
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_FALSE(IsMountPoint(mnt_));
+  }
+  pid_t DaemonPid() {
+    std::string s;
+    if (!ReadWholeFile(mnt_ + "/.regfs/status.json", &s)) return -1;
+    auto j = nlohmann::json::parse(s, nullptr, false);
+    return j.is_discarded() ? -1 : j.value("pid", -1);
+  }
+  std::string DaemonLog() {
+    std::string s;
+    ReadWholeFile(dir_->Sub("daemon.log"), &s);
+    return s;
+  }
+
+  std::unique_ptr<TestRegistry> registry_;
+  BuiltImage image_;
+  BlobDescriptor big_;
+  std::unique_ptr<TempDir> dir_;
+  std::string mnt_, cache_;
+};
+
+TEST_F(MountTest, Sha256sumOfBlobsEqualsTheirDigests) {
+  CommandResult m = Mount(registry_->Ref("test/app", "v1"));
+  ASSERT_EQ(m.exit_code, 0) << m.output;
+  ASSERT_TRUE(IsMountPoint(mnt_));
+  std::string manifest, config;
+  ASSERT_TRUE(ReadWholeFile(mnt_ + "/manifest.json", &manifest));
+  EXPECT_EQ(manifest, image_.manifest);
+  ASSERT_TRUE(ReadWholeFile(mnt_ + "/config.json", &config));
+  EXPECT_EQ(config, image_.config);
+  CommandResult sums = RunShell("cd '" + mnt_ + "/blobs' && sha256sum *");
+  ASSERT_EQ(sums.exit_code, 0) << sums.output;
+  for (const BuiltLayer& l : image_.layers) {
+    std::string hex = l.descriptor.digest.substr(7);
+    EXPECT_NE(sums.output.find(hex + "  " + l.descriptor.digest), std::string::npos)
+        << sums.output;
+  }
+  std::string status;
+  ASSERT_TRUE(ReadWholeFile(mnt_ + "/.regfs/status.json", &status));
+  auto j = nlohmann::json::parse(status);
+  ASSERT_EQ(j["layers"].size(), 3u);
+  EXPECT_EQ(j["layers"][0]["percentCached"].get<double>(), 100.0) << status;
+  Umount();
+}
+
+TEST_F(MountTest, BigBlobReadsBackAndIsCachedForASecondMount) {
+  std::string ref = registry_->Ref("test/big", "v1");
+  CommandResult m = Mount(ref);
+  ASSERT_EQ(m.exit_code, 0) << m.output;
+  CommandResult sum = RunCommand({"sha256sum", mnt_ + "/blobs/" + big_.digest});
+  EXPECT_EQ(sum.output.substr(0, 64), big_.digest.substr(7)) << sum.output;
+  Umount();
+  int blob_gets = registry_->CountRequests("GET", "/blobs/" + big_.digest);
+  EXPECT_GT(blob_gets, 0);
+  // The whole blob is cached now: a second mount reads it with the registry
+  // answering only the manifest and config.
+  m = Mount(ref);
+  ASSERT_EQ(m.exit_code, 0) << m.output;
+  sum = RunCommand({"sha256sum", mnt_ + "/blobs/" + big_.digest});
+  EXPECT_EQ(sum.output.substr(0, 64), big_.digest.substr(7)) << sum.output;
+  Umount();
+  EXPECT_EQ(registry_->CountRequests("GET", "/blobs/" + big_.digest), blob_gets);
+}
+
+TEST_F(MountTest, RegistryGoesAwayAndComesBack) {
+  CommandResult m = Mount(registry_->Ref("test/big", "v1"), {"--retry-timeout", "3"});
+  ASSERT_EQ(m.exit_code, 0) << m.output;
+  std::string path = mnt_ + "/blobs/" + big_.digest;
+  std::string head(1 << 20, '\0');
+  int fd = open(path.c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(pread(fd, head.data(), head.size(), 0), static_cast<ssize_t>(head.size()));
+  std::string want(1 << 20, '\0');
+  FillDeterministic(42, 0, std::span(reinterpret_cast<uint8_t*>(want.data()), want.size()));
+  EXPECT_EQ(head, want);
+  close(fd);
+
+  registry_->Stop();
+  // Cached bytes are still served (a fresh open: the page cache is dropped).
+  ASSERT_EQ(RunShell("echo 3 > /proc/sys/vm/drop_caches").exit_code, 0);
+  fd = open(path.c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  std::string again(4096, '\0');
+  EXPECT_EQ(pread(fd, again.data(), again.size(), 0), 4096);
+  EXPECT_EQ(again, want.substr(0, 4096));
+  // Uncached bytes fail with EIO, in bounded time, and the daemon stays up.
+  auto t0 = std::chrono::steady_clock::now();
+  char buf[4096];
+  errno = 0;
+  EXPECT_EQ(pread(fd, buf, sizeof buf, 20 << 20), -1);
+  EXPECT_EQ(errno, EIO);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(60))
+      << "a bound, not a speed target: the retry budget is 3 s";
+  ASSERT_OK(registry_->Restart());
+  std::string tail(4096, '\0');
+  EXPECT_EQ(pread(fd, tail.data(), tail.size(), 20 << 20), 4096) << DaemonLog();
+  std::string want_tail(4096, '\0');
+  FillDeterministic(42, 20 << 20,
+                    std::span(reinterpret_cast<uint8_t*>(want_tail.data()), want_tail.size()));
+  EXPECT_EQ(tail, want_tail);
+  close(fd);
+  Umount();
+}
+
+TEST_F(MountTest, TenThousandOpenFilesHoldNoConnectionsOrFds) {
+  CommandResult m = Mount(registry_->Ref("test/app", "v1"));
+  ASSERT_EQ(m.exit_code, 0) << m.output;
+  pid_t pid = DaemonPid();
+  ASSERT_GT(pid, 0);
+  rlimit rl;
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &rl), 0);
+  rlimit raised = rl;
+  raised.rlim_cur = std::max<rlim_t>(rl.rlim_cur, 12000);
+  if (raised.rlim_max < raised.rlim_cur) raised.rlim_max = raised.rlim_cur;
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &raised), 0);
+  std::vector<int> fds;
+  const auto& layers = image_.layers;
+  for (int i = 0; i < 10000; ++i) {
+    std::string p = mnt_ + "/blobs/" + layers[i % layers.size()].descriptor.digest;
+    int fd = open(p.c_str(), O_RDONLY);
+    ASSERT_GE(fd, 0) << i << ": " << strerror(errno);
+    fds.push_back(fd);
+  }
+  // Read a little through each of a sample, so the daemon really serves them.
+  for (size_t i = 0; i < fds.size(); i += 97) {
+    char c;
+    ASSERT_EQ(pread(fds[i], &c, 1, 0), 1);
+  }
+  int sockets = 0;
+  int daemon_fds = CountFdsOf(pid, &sockets);
+  EXPECT_GT(daemon_fds, 0);
+  EXPECT_LT(daemon_fds, 100) << "with 10,000 files open";
+  EXPECT_LE(sockets, 8) << "connections beyond the pool size";
+  for (int fd : fds) close(fd);
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &rl), 0);
+  Umount();
+}
+
+TEST_F(MountTest, SigtermLeavesNoMount) {
+  CommandResult m = Mount(registry_->Ref("test/app", "v1"));
+  ASSERT_EQ(m.exit_code, 0) << m.output;
+  pid_t pid = DaemonPid();
+  ASSERT_GT(pid, 0);
+  ASSERT_EQ(kill(pid, SIGTERM), 0);
+  for (int i = 0; i < 200 && (kill(pid, 0) == 0 || IsMountPoint(mnt_)); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_NE(kill(pid, 0), 0) << "daemon still running";
+  EXPECT_FALSE(IsMountPoint(mnt_));
+}
+
+TEST_F(MountTest, DeadDaemonMountIsClearedByUmount) {
+  CommandResult m = Mount(registry_->Ref("test/app", "v1"));
+  ASSERT_EQ(m.exit_code, 0) << m.output;
+  pid_t pid = DaemonPid();
+  ASSERT_GT(pid, 0);
+  ASSERT_EQ(kill(pid, SIGKILL), 0);
+  for (int i = 0; i < 200 && kill(pid, 0) == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  struct stat st;
+  EXPECT_EQ(stat(mnt_.c_str(), &st), -1);
+  EXPECT_EQ(errno, ENOTCONN);
+  Umount();
+}
+
+TEST_F(MountTest, BadInputFailsClearlyAndMountsNothing) {
+  struct Case {
+    std::string ref;
+    std::vector<std::string> extra;
+    std::string expect;
+  };
+  int dead_port = registry_->port();
+  std::vector<Case> cases = {
+      {"UPPER/case", {}, "invalid reference"},
+      {registry_->Ref("test/nope", "v1"), {}, "NotFound"},
+      {registry_->Ref("test/app", "nope"), {}, "NotFound"},
+      {"127.0.0.1:1/test/app:v1", {"--retry-timeout", "2"}, "cannot resolve"},
+      {registry_->Ref("test/app", "v1"), {"--platform", "linux/s390x"}, "NotFound"},
+      {registry_->Ref("test/app", "v1"), {"--platform", "bogus"}, "platform"},
+  };
+  (void)dead_port;
+  for (const Case& c : cases) {
+    CommandResult m = Mount(c.ref, c.extra);
+    EXPECT_NE(m.exit_code, 0) << c.ref;
+    EXPECT_NE(m.output.find(c.expect), std::string::npos) << c.ref << ": " << m.output;
+    EXPECT_FALSE(IsMountPoint(mnt_)) << c.ref;
+  }
+}
+
+}  // namespace
+}  // namespace regfs
