@@ -1,0 +1,85 @@
+// Shared helpers for the chunk cache tests: a temporary cache directory and a
+// fixture that checks fds around each test.
+#ifndef REGFS_TESTS_CACHE_CACHE_TEST_UTIL_H_
+#define REGFS_TESTS_CACHE_CACHE_TEST_UTIL_H_
+
+#include <sqlite3.h>
+#include <stdlib.h>
+
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "cache/cached_blob_source.h"
+#include "cache/chunk_cache.h"
+#include "tests/support/fake_blob_source.h"
+#include "tests/support/fd_count.h"
+#include "tests/support/status_matchers.h"
+
+namespace regfs::testing {
+
+inline constexpr uint32_t kTestChunk = 64 * 1024;
+
+class CacheTest : public FdCheckedTest {
+ protected:
+  void SetUp() override {
+    FdCheckedTest::SetUp();
+    char tmpl[] = "/tmp/regfs-cache-test-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override {
+    source_.reset();
+    cache_.reset();
+    std::error_code ec;
+    std::filesystem::permissions(dir_, std::filesystem::perms::owner_all,
+                                 std::filesystem::perm_options::add, ec);
+    std::filesystem::remove_all(dir_, ec);
+    FdCheckedTest::TearDown();
+  }
+
+  CacheOptions Options(uint64_t max_size = 1ull << 30) const {
+    CacheOptions o;
+    o.dir = dir_ + "/cache";
+    o.chunk_size = kTestChunk;
+    o.max_size = max_size;
+    return o;
+  }
+  void OpenCache(uint64_t max_size = 1ull << 30, CachedSourceOptions so = {}) {
+    source_.reset();
+    cache_.reset();
+    auto c = ChunkCache::Open(Options(max_size));
+    ASSERT_OK(c);
+    cache_ = std::move(c).value();
+    source_ = std::make_unique<CachedBlobSource>(cache_.get(), &upstream_, so);
+  }
+  std::string Read(const BlobDescriptor& b, uint64_t off, size_t n, Status* st = nullptr) {
+    std::string out(n, '\0');
+    Status s = source_->ReadAt(b, off, {reinterpret_cast<uint8_t*>(out.data()), n});
+    if (st) *st = s;
+    else EXPECT_OK(s);
+    return out;
+  }
+  // Runs SQL on the cache database through a separate connection (to corrupt
+  // or inspect it behind the cache's back).
+  void RawSql(const std::string& sql) {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open((dir_ + "/cache/cache.db").c_str(), &db), SQLITE_OK);
+    sqlite3_busy_timeout(db, 10000);
+    char* err = nullptr;
+    int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &err);
+    std::string msg = err ? err : "";
+    sqlite3_free(err);
+    sqlite3_close(db);
+    ASSERT_EQ(rc, SQLITE_OK) << msg;
+  }
+
+  std::string dir_;
+  FakeBlobSource upstream_;
+  std::unique_ptr<ChunkCache> cache_;
+  std::unique_ptr<CachedBlobSource> source_;
+};
+
+}  // namespace regfs::testing
+
+#endif  // REGFS_TESTS_CACHE_CACHE_TEST_UTIL_H_

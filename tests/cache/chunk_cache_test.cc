@@ -1,0 +1,328 @@
+// The sqlite store on its own: chunks, checksums, LRU eviction, pins, layer
+// indexes, manifests, stats, schema versions, full disk.
+#include <gtest/gtest.h>
+
+#include "reader/base/digest.h"
+#include "tests/cache/cache_test_util.h"
+
+namespace regfs::testing {
+namespace {
+
+std::span<const uint8_t> Bytes(const std::string& s) {
+  return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
+}
+
+class ChunkCacheTest : public CacheTest {
+ protected:
+  // A blob of `n` bytes whose descriptor has the true digest.
+  BlobDescriptor MakeBlob(size_t n, uint64_t seed, std::string* bytes) {
+    *bytes = RandomBytes(n, seed);
+    return BlobDescriptor{"application/octet-stream", Sha256Digest(*bytes), n};
+  }
+  bool Has(const BlobDescriptor& b, uint64_t idx) {
+    auto p = cache_->PresentChunks(b.digest, idx, 1);
+    EXPECT_OK(p);
+    return p.ok() && (*p)[0];
+  }
+  std::string ReadChunk(const BlobDescriptor& b, uint64_t idx, uint32_t off, size_t n,
+                        bool* hit) {
+    std::string out(n, '\0');
+    auto r = cache_->ReadChunk(b.digest, idx, off, {reinterpret_cast<uint8_t*>(out.data()), n});
+    EXPECT_OK(r);
+    *hit = r.ok() && *r;
+    return out;
+  }
+};
+
+TEST_F(ChunkCacheTest, StoresAndReadsChunksAtAnyOffset) {
+  OpenCache();
+  std::string data;
+  auto b = MakeBlob(kTestChunk * 2 + 1000, 1, &data);
+  ASSERT_OK(cache_->PutChunks(b, 0, Bytes(data)));
+  bool hit = false;
+  // Ranges that start and end inside checksum blocks, and cross them.
+  for (auto [idx, off, n] : {std::tuple<uint64_t, uint32_t, size_t>{0, 0, kTestChunk},
+                             {0, 100, 5000},
+                             {1, 32 * 1024 - 10, 20},
+                             {1, 7, kTestChunk - 7},
+                             {2, 0, 1000},
+                             {2, 999, 1}}) {
+    std::string got = ReadChunk(b, idx, off, n, &hit);
+    ASSERT_TRUE(hit) << idx << " " << off;
+    EXPECT_EQ(got, data.substr(idx * kTestChunk + off, n)) << idx << " " << off;
+  }
+  ReadChunk(b, 3, 0, 1, &hit);
+  EXPECT_FALSE(hit);
+  auto st = cache_->GetBlobState(b.digest);
+  ASSERT_OK(st);
+  EXPECT_TRUE(st->known);
+  EXPECT_EQ(st->chunk_count, 3u);
+  EXPECT_EQ(st->chunks_present, 3u);
+  EXPECT_TRUE(st->complete());
+  EXPECT_FALSE(st->verified);
+  auto stats = cache_->Stats();
+  ASSERT_OK(stats);
+  EXPECT_EQ(stats->bytes, data.size());
+  EXPECT_EQ(stats->chunks, 3u);
+  EXPECT_EQ(stats->blobs, 1u);
+  EXPECT_EQ(stats->complete_blobs, 1u);
+  EXPECT_EQ(stats->hits, 6u);
+  EXPECT_EQ(stats->misses, 1u);
+  auto ic = cache_->IntegrityCheck();
+  ASSERT_OK(ic);
+  EXPECT_EQ(*ic, "ok");
+}
+
+TEST_F(ChunkCacheTest, RejectsPartialChunks) {
+  OpenCache();
+  std::string data;
+  auto b = MakeBlob(kTestChunk * 2, 2, &data);
+  EXPECT_EQ(cache_->PutChunks(b, 0, Bytes(data.substr(0, 100))).code(), Code::kInvalidArgument);
+  EXPECT_EQ(cache_->PutChunks(b, 2, Bytes(data.substr(0, kTestChunk))).code(),
+            Code::kInvalidArgument);
+}
+
+TEST_F(ChunkCacheTest, ChunkSizeIsFixedPerDatabase) {
+  OpenCache();
+  EXPECT_EQ(cache_->chunk_size(), kTestChunk);
+  cache_.reset();
+  source_.reset();
+  CacheOptions o = Options();
+  o.chunk_size = 1 << 20;
+  auto c = ChunkCache::Open(o);
+  ASSERT_OK(c);
+  EXPECT_EQ((*c)->chunk_size(), kTestChunk);
+}
+
+TEST_F(ChunkCacheTest, EvictsLeastRecentlyUsedFirst) {
+  OpenCache(3 * kTestChunk);
+  std::string a, b, c, d;
+  auto ba = MakeBlob(kTestChunk, 10, &a);
+  auto bb = MakeBlob(kTestChunk, 11, &b);
+  auto bc = MakeBlob(kTestChunk, 12, &c);
+  auto bd = MakeBlob(kTestChunk, 13, &d);
+  ASSERT_OK(cache_->PutChunks(ba, 0, Bytes(a)));
+  ASSERT_OK(cache_->PutChunks(bb, 0, Bytes(b)));
+  ASSERT_OK(cache_->PutChunks(bc, 0, Bytes(c)));
+  bool hit = false;
+  ReadChunk(ba, 0, 0, 10, &hit);  // a is now more recent than b and c
+  ASSERT_TRUE(hit);
+  ASSERT_OK(cache_->PutChunks(bd, 0, Bytes(d)));  // room for d: evict b
+  EXPECT_TRUE(Has(ba, 0));
+  EXPECT_FALSE(Has(bb, 0));
+  EXPECT_TRUE(Has(bc, 0));
+  EXPECT_TRUE(Has(bd, 0));
+  ASSERT_OK(cache_->PutChunks(bb, 0, Bytes(b)));  // now c is the oldest
+  EXPECT_FALSE(Has(bc, 0));
+  EXPECT_TRUE(Has(ba, 0));
+  auto stats = cache_->Stats();
+  ASSERT_OK(stats);
+  EXPECT_EQ(stats->bytes, 3 * kTestChunk);
+  EXPECT_EQ(stats->evicted_chunks, 2u);
+}
+
+TEST_F(ChunkCacheTest, AccessTimesSurviveReopenAndDecideEviction) {
+  OpenCache(3 * kTestChunk);
+  std::string a, b, c, d;
+  auto ba = MakeBlob(kTestChunk, 20, &a);
+  auto bb = MakeBlob(kTestChunk, 21, &b);
+  auto bc = MakeBlob(kTestChunk, 22, &c);
+  auto bd = MakeBlob(kTestChunk, 23, &d);
+  ASSERT_OK(cache_->PutChunks(ba, 0, Bytes(a)));
+  ASSERT_OK(cache_->PutChunks(bb, 0, Bytes(b)));
+  ASSERT_OK(cache_->PutChunks(bc, 0, Bytes(c)));
+  bool hit = false;
+  ReadChunk(ba, 0, 0, 10, &hit);
+  ASSERT_TRUE(hit);
+  OpenCache(3 * kTestChunk);  // closing flushes the pending touch of a
+  ASSERT_OK(cache_->PutChunks(bd, 0, Bytes(d)));
+  EXPECT_TRUE(Has(ba, 0));
+  EXPECT_FALSE(Has(bb, 0));
+}
+
+TEST_F(ChunkCacheTest, PinnedChunksAreNotEvicted) {
+  OpenCache(2 * kTestChunk);
+  std::string a, b, c;
+  auto ba = MakeBlob(kTestChunk, 30, &a);
+  auto bb = MakeBlob(kTestChunk, 31, &b);
+  auto bc = MakeBlob(kTestChunk, 32, &c);
+  ASSERT_OK(cache_->PutChunks(ba, 0, Bytes(a)));
+  ASSERT_OK(cache_->PutChunks(bb, 0, Bytes(b)));
+  {
+    ChunkCache::Pin pin(cache_.get(), ba.digest, 0, 0);  // a is oldest but in use
+    ASSERT_OK(cache_->PutChunks(bc, 0, Bytes(c)));
+    EXPECT_TRUE(Has(ba, 0));
+    EXPECT_FALSE(Has(bb, 0));
+    EXPECT_TRUE(Has(bc, 0));
+  }
+  ASSERT_OK(cache_->PutChunks(bb, 0, Bytes(b)));
+  EXPECT_FALSE(Has(ba, 0));
+}
+
+TEST_F(ChunkCacheTest, NothingFitsWhenEverythingIsPinnedOrTooBig) {
+  OpenCache(kTestChunk);
+  std::string a, b;
+  auto ba = MakeBlob(kTestChunk, 40, &a);
+  auto bb = MakeBlob(2 * kTestChunk, 41, &b);
+  ASSERT_OK(cache_->PutChunks(ba, 0, Bytes(a)));
+  ChunkCache::Pin pin(cache_.get(), ba.digest, 0, 0);
+  ASSERT_OK(cache_->PutChunks(bb, 0, Bytes(b)));  // skipped, not an error
+  EXPECT_TRUE(Has(ba, 0));
+  EXPECT_FALSE(Has(bb, 0));
+  auto stats = cache_->Stats();
+  ASSERT_OK(stats);
+  EXPECT_LE(stats->bytes, kTestChunk);
+}
+
+TEST_F(ChunkCacheTest, ChunkFailingItsChecksumIsDroppedNotServed) {
+  OpenCache();
+  std::string data;
+  auto b = MakeBlob(kTestChunk * 2, 50, &data);
+  ASSERT_OK(cache_->PutChunks(b, 0, Bytes(data)));
+  // Flip one byte of chunk 1's stored bytes behind the cache's back (same length).
+  RawSql(
+      "UPDATE chunk_data SET data = substr(data, 1, 40000) || "
+      "CAST(X'00' AS BLOB) || substr(data, 40002) WHERE id = (SELECT c.id FROM chunks c "
+      "WHERE c.idx = 1)");
+  bool hit = true;
+  ReadChunk(b, 1, 0, 100, &hit);  // the bad byte is in block 1, this reads block 0: served
+  EXPECT_TRUE(hit);
+  std::string got = ReadChunk(b, 1, 39990, 100, &hit);
+  EXPECT_FALSE(hit);
+  EXPECT_FALSE(Has(b, 1));
+  EXPECT_TRUE(Has(b, 0));
+  auto st = cache_->GetBlobState(b.digest);
+  ASSERT_OK(st);
+  EXPECT_EQ(st->chunks_present, 1u);
+}
+
+TEST_F(ChunkCacheTest, TruncatedChunkIsDropped) {
+  OpenCache();
+  std::string data;
+  auto b = MakeBlob(kTestChunk, 51, &data);
+  ASSERT_OK(cache_->PutChunks(b, 0, Bytes(data)));
+  RawSql("UPDATE chunk_data SET data = substr(data, 1, 1000)");
+  bool hit = true;
+  ReadChunk(b, 0, 0, 10, &hit);
+  EXPECT_FALSE(hit);
+  EXPECT_FALSE(Has(b, 0));
+}
+
+TEST_F(ChunkCacheTest, LayerIndexesAndManifestsRoundTrip) {
+  OpenCache();
+  const std::string layer = Sha256Digest("layer");
+  EXPECT_FALSE(cache_->GetLayerIndex(layer, "tar-index/v1")->has_value());
+  std::string index = RandomBytes(300000, 5);
+  index[10] = '\0';
+  ASSERT_OK(cache_->PutLayerIndex(layer, "tar-index/v1", index));
+  ASSERT_OK(cache_->PutLayerIndex(layer, "tar-index/v2", "other"));
+  auto got = cache_->GetLayerIndex(layer, "tar-index/v1");
+  ASSERT_OK(got);
+  ASSERT_TRUE(got->has_value());
+  EXPECT_EQ(**got, index);
+  ASSERT_OK(cache_->PutLayerIndex(layer, "tar-index/v1", "replaced"));
+  EXPECT_EQ(**cache_->GetLayerIndex(layer, "tar-index/v1"), "replaced");
+  EXPECT_EQ(**cache_->GetLayerIndex(layer, "tar-index/v2"), "other");
+
+  const std::string manifest = R"({"schemaVersion":2})";
+  const std::string md = Sha256Digest(manifest);
+  EXPECT_FALSE(cache_->GetManifest(md)->has_value());
+  ASSERT_OK(cache_->PutManifest(md, "application/vnd.oci.image.manifest.v1+json", manifest));
+  auto m = cache_->GetManifest(md);
+  ASSERT_OK(m);
+  ASSERT_TRUE(m->has_value());
+  EXPECT_EQ((*m)->bytes, manifest);
+  EXPECT_EQ((*m)->media_type, "application/vnd.oci.image.manifest.v1+json");
+  auto stats = cache_->Stats();
+  ASSERT_OK(stats);
+  EXPECT_EQ(stats->layer_indexes, 2u);
+  EXPECT_EQ(stats->manifests, 1u);
+  // They survive a reopen.
+  OpenCache();
+  EXPECT_EQ(**cache_->GetLayerIndex(layer, "tar-index/v2"), "other");
+  EXPECT_EQ((*cache_->GetManifest(md))->bytes, manifest);
+}
+
+TEST_F(ChunkCacheTest, PruneAndLastRunHitRatio) {
+  OpenCache();
+  std::string data;
+  auto b = MakeBlob(kTestChunk * 4, 60, &data);
+  ASSERT_OK(cache_->PutChunks(b, 0, Bytes(data)));
+  bool hit = false;
+  ReadChunk(b, 3, 0, 1, &hit);
+  ReadChunk(b, 2, 0, 1, &hit);
+  ReadChunk(b, 1, 0, 1, &hit);
+  ReadChunk(b, 9, 0, 1, &hit);  // a miss
+  ASSERT_OK(cache_->Prune(2 * kTestChunk));  // keeps the two most recent: 2 and 1
+  EXPECT_FALSE(Has(b, 0));
+  EXPECT_FALSE(Has(b, 3));
+  EXPECT_TRUE(Has(b, 1));
+  EXPECT_TRUE(Has(b, 2));
+  OpenCache();  // closing records hits 3, misses 1... plus the Has() probes (not counted)
+  auto stats = cache_->Stats();
+  ASSERT_OK(stats);
+  EXPECT_EQ(stats->last_run_hits, 3u);
+  EXPECT_EQ(stats->last_run_misses, 1u);
+  EXPECT_DOUBLE_EQ(stats->last_run_hit_ratio(), 0.75);
+  EXPECT_EQ(stats->bytes, 2 * kTestChunk);
+  EXPECT_EQ(stats->complete_blobs, 0u);
+  ASSERT_OK(cache_->Prune(0));
+  stats = cache_->Stats();
+  ASSERT_OK(stats);
+  EXPECT_EQ(stats->bytes, 0u);
+  EXPECT_EQ(stats->chunks, 0u);
+  EXPECT_EQ(stats->blobs, 0u);
+}
+
+TEST_F(ChunkCacheTest, NewerSchemaIsRefused) {
+  OpenCache();
+  cache_.reset();
+  source_.reset();
+  RawSql("UPDATE meta SET value = 99 WHERE key = 'schema_version'");
+  auto c = ChunkCache::Open(Options());
+  EXPECT_EQ(c.status().code(), Code::kUnsupported) << c.status().ToString();
+}
+
+TEST_F(ChunkCacheTest, FullDiskSkipsStoresAndReadsStillWork) {
+  CacheOptions o = Options();
+  o.max_page_count = 40;  // 40 pages of 16 KiB: about 600 KiB
+  auto c = ChunkCache::Open(o);
+  ASSERT_OK(c);
+  cache_ = std::move(c).value();
+  source_ = std::make_unique<CachedBlobSource>(cache_.get(), &upstream_);
+  std::string data = RandomBytes(kTestChunk * 20, 70);
+  auto b = upstream_.AddBlob(data);
+  ASSERT_TRUE(cache_->writable());
+  // Cold and again: every byte right although most chunks cannot be stored.
+  EXPECT_EQ(Read(b, 0, data.size()), data);
+  EXPECT_EQ(Read(b, 12345, 300000), data.substr(12345, 300000));
+  auto st = cache_->GetBlobState(b.digest);
+  ASSERT_OK(st);
+  EXPECT_LT(st->chunks_present, 20u);
+  auto ic = cache_->IntegrityCheck();
+  ASSERT_OK(ic);
+  EXPECT_EQ(*ic, "ok");
+}
+
+TEST_F(ChunkCacheTest, UnusableDirDegradesToUncached) {
+  // A regular file where the directory should be: not creatable even by root.
+  std::string file = dir_ + "/file";
+  FILE* f = fopen(file.c_str(), "w");
+  ASSERT_NE(f, nullptr);
+  fclose(f);
+  CacheOptions o = Options();
+  o.dir = file + "/cache";
+  auto c = ChunkCache::Open(o);
+  ASSERT_OK(c);
+  cache_ = std::move(c).value();
+  EXPECT_FALSE(cache_->writable());
+  source_ = std::make_unique<CachedBlobSource>(cache_.get(), &upstream_);
+  std::string data = RandomBytes(kTestChunk * 3, 71);
+  auto b = upstream_.AddBlob(data);
+  EXPECT_EQ(Read(b, 0, data.size()), data);
+  EXPECT_EQ(Read(b, 100, 1000), data.substr(100, 1000));
+  EXPECT_GE(upstream_.requests(), 2u);
+}
+
+}  // namespace
+}  // namespace regfs::testing
