@@ -160,6 +160,7 @@ class GzipStream : public BufferedStream {
   GzipStream(BlobPass* pass, std::unique_ptr<ZInflate> z, uint64_t interval)
       : pass_(pass), z_(std::move(z)), interval_(interval) {}
   std::vector<GzipCheckpoint> TakeCheckpoints() { return std::move(checkpoints_); }
+  uint64_t members() const { return members_; }
 
  private:
   Status Fill() override {
@@ -393,14 +394,19 @@ Result<LayerIndex> BuildLayerIndex(BlobSource* source, const BlobDescriptor& blo
   index.uncompressed_size = stream->Position();
   RETURN_IF_ERROR(pass.Finish());
 
-  if (gz) index.checkpoints = gz->TakeCheckpoints();
+  if (gz) {
+    index.checkpoints = gz->TakeCheckpoints();
+    index.gzip_members = gz->members();
+  }
   if (zs) index.zstd_frames = zs->TakeFrames();
   if (compression == LayerCompression::kGzip && index.checkpoints.empty()) {
     return Status::Corrupt("gzip: no deflate data in " + blob.digest);
   }
   size_t live = 0;
   for (size_t i = 0; i < index.entries.size(); ++i) {
-    if (!dead[i]) index.entries[live++] = std::move(index.entries[i]);
+    if (dead[i]) continue;
+    if (live != i) index.entries[live] = std::move(index.entries[i]);
+    ++live;
   }
   index.entries.resize(live);
   return index;

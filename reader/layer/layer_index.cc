@@ -116,6 +116,7 @@ std::string LayerIndex::Serialize() const {
   b.Var(uncompressed_size);
   b.U8(tar_end_marker ? 1 : 0);
   b.Var(skipped_entries);
+  b.Var(gzip_members);
 
   b.Var(checkpoints.size());
   uint64_t prev_out = 0, prev_in = 0;
@@ -208,7 +209,8 @@ Result<LayerIndex> LayerIndex::Deserialize(std::string_view bytes) {
   LayerIndex x;
   uint8_t comp, marker;
   if (!r.Str(&x.blob_digest) || !r.Var(&x.blob_size) || !r.U8(&comp) ||
-      !r.Var(&x.uncompressed_size) || !r.U8(&marker) || !r.Var(&x.skipped_entries)) {
+      !r.Var(&x.uncompressed_size) || !r.U8(&marker) || !r.Var(&x.skipped_entries) ||
+      !r.Var(&x.gzip_members)) {
     return Bad("truncated header");
   }
   switch (static_cast<LayerCompression>(comp)) {

@@ -59,6 +59,7 @@ struct LayerIndex {
   // carry the data_offset/size of their target and link_target names the
   // entry whose inode they share (chains resolved).
   std::vector<TarEntry> entries;
+  uint64_t gzip_members = 0;     // gzip: members in the stream (concatenated gzip > 1)
   uint64_t skipped_entries = 0;  // refused by policy (each logged at build time)
   bool tar_end_marker = false;   // the archive had its end-of-archive block
 

@@ -191,36 +191,15 @@ class IsalDecoder : public LayerReader::Decoder {
         RETURN_IF_ERROR(Fill());
         if (st->avail_in == 0) return PastEnd();
       }
-      if (trailer_left_ > 0) {
-        const uint32_t k = std::min<uint32_t>(trailer_left_, st->avail_in);
-        st->next_in += k;
-        st->avail_in -= k;
-        trailer_left_ -= k;
-        continue;
-      }
       const uint32_t out_before = st->avail_out;
       const uint32_t in_before = st->avail_in;
       int ret = isal_inflate(st);
       if (ret != ISAL_DECOMP_OK) {
         return Status::Corrupt("isa-l: inflate error " + std::to_string(ret));
       }
-      if (st->block_state == ISAL_BLOCK_FINISH) {
-        // Next member (see ZlibDecoder): skip the raw member's trailer once,
-        // then let ISA-L parse gzip headers and trailers.
-        if (raw_) trailer_left_ = 8;
-        raw_ = false;
-        uint8_t* in = st->next_in;
-        const uint32_t avail_in = st->avail_in;
-        uint8_t* next_out = st->next_out;
-        const uint32_t avail_out = st->avail_out;
-        isal_inflate_reset(st);
-        st->crc_flag = ISAL_GZIP;
-        st->next_in = in;
-        st->avail_in = avail_in;
-        st->next_out = next_out;
-        st->avail_out = avail_out;
-        continue;
-      }
+      // Only single-member streams come here (see NewDecoder): the end of
+      // the member is the end of the stream.
+      if (st->block_state == ISAL_BLOCK_FINISH && st->avail_out > 0) return PastEnd();
       if (st->avail_out == out_before && st->avail_in == in_before && st->avail_in > 0) {
         return Status::Corrupt("isa-l: inflate made no progress");
       }
@@ -230,8 +209,6 @@ class IsalDecoder : public LayerReader::Decoder {
 
   std::unique_ptr<inflate_state> st_;
   InputFeed feed_;
-  bool raw_ = true;
-  uint32_t trailer_left_ = 0;
 };
 #endif
 
@@ -299,7 +276,11 @@ Result<std::unique_ptr<LayerReader::Decoder>> LayerReader::NewDecoder(uint64_t o
     InputFeed feed(source_, &blob_, cp.in_offset - (cp.bits ? 1 : 0), options_.input_chunk,
                    fetched_.get());
 #ifdef REGFS_HAVE_ISAL
-    if (options_.engine == InflateEngine::kIsal) return IsalDecoder::Create(cp, std::move(feed));
+    // ISA-L keeps up to 8 bytes past a member's end in its bit buffer, so
+    // crossing into the next gzip member is left to zlib.
+    if (options_.engine == InflateEngine::kIsal && x.gzip_members <= 1) {
+      return IsalDecoder::Create(cp, std::move(feed));
+    }
 #endif
     return ZlibDecoder::Create(cp, std::move(feed));
   }
