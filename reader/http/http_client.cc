@@ -58,17 +58,22 @@ struct Transfer {
   // sets `abort`) to stop before any body byte is accepted.
   bool ValidateHeaders() {
     if (!Is2xx()) return true;
-    std::string enc = LowerAscii(Trim(resp->Header("content-encoding")));
-    if (!enc.empty() && enc != "identity") {
-      abort = Status::Protocol(what + ": unrequested Content-Encoding " + enc);
-      return false;
-    }
+    if (!ValidateRange()) return false;
     uint64_t cap = req->body_out.empty() ? req->max_body : req->body_out.size();
     uint64_t content_length = 0;
     if (!req->head && ParseU64(Trim(resp->Header("content-length")), &content_length) &&
         content_length > cap) {
       abort = Status::Protocol(what + ": body of " + std::to_string(content_length) +
                                " bytes exceeds the " + std::to_string(cap) + " expected");
+      return false;
+    }
+    return true;
+  }
+
+  bool ValidateRange() {
+    std::string enc = LowerAscii(Trim(resp->Header("content-encoding")));
+    if (!enc.empty() && enc != "identity") {
+      abort = Status::Protocol(what + ": unrequested Content-Encoding " + enc);
       return false;
     }
     if (!req->range) {

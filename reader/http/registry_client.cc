@@ -225,7 +225,10 @@ Status RegistryClient::AttemptOnce(Call& call, bool* progressed) {
         call.auth_round = true;
         return r.status;
       }
-      return auth.code() == Code::kTransient ? auth : r.status;
+      if (auth.code() == Code::kUnauthorized) {
+        return Status::Unauthorized(r.status.message() + "; " + auth.message());
+      }
+      return auth;
     }
     if (code == 429 || code == 503) call.retry_after = ParseRetryAfter(r.response.Header("retry-after"));
     return r.status;

@@ -82,7 +82,7 @@ class ReaderTest : public FdCheckedTest {
     o.retry.initial_backoff = std::chrono::milliseconds(1);
     o.retry.max_backoff = std::chrono::milliseconds(20);
     o.retry.total_budget = std::chrono::milliseconds(10000);
-    o.low_speed_limit = 1024;
+    o.low_speed_limit = 64 * 1024;  // curl averages over ~5 s: a high bar ends stalls in ~1 s
     o.low_speed_time_s = 1;
     o.connect_timeout_ms = 5000;
     o.credentials.use_env = false;

@@ -1,0 +1,180 @@
+// Ranged reads through RegistryClient against the fault server: validation,
+// resumption, retries and their bounds.
+#include <gtest/gtest.h>
+
+#include <chrono>
+
+#include "tests/http/reader_fixture.h"
+
+namespace regfs::testing {
+namespace {
+
+using RangeRead = ReaderTest;
+using Retry = ReaderTest;
+
+TEST_F(RangeRead, ReturnsExactBytes) {
+  std::string got;
+  for (auto [off, len] : std::vector<std::pair<uint64_t, size_t>>{
+           {0, 1}, {0, 4096}, {1000, 12345}, {blob_.size - 1, 1}, {0, blob_.size}}) {
+    ASSERT_OK(Read(off, len, &got));
+    EXPECT_EQ(got, Expected(off, len)) << off << "+" << len;
+  }
+  auto log = server_.requests();
+  ASSERT_FALSE(log.empty());
+  EXPECT_EQ(log.back().Header("range"), "bytes=0-" + std::to_string(blob_.size - 1));
+  EXPECT_EQ(log.back().Header("accept-encoding"), "identity");
+  EXPECT_EQ(log.back().Header("authorization"), "");
+}
+
+TEST_F(RangeRead, OutOfBoundsIsRejectedWithoutARequest) {
+  std::string got;
+  uint64_t before = server_.total_requests();
+  EXPECT_EQ(Read(blob_.size, 1, &got).code(), Code::kRangeNotSatisfiable);
+  EXPECT_EQ(Read(blob_.size - 10, 11, &got).code(), Code::kRangeNotSatisfiable);
+  EXPECT_OK(Read(5, 0, &got));
+  EXPECT_EQ(server_.total_requests(), before);
+}
+
+TEST_F(RangeRead, ResetMidBodyResumes) {
+  server_.AddFault(blob_path(), Fault{FaultKind::kResetMidBody});
+  std::string got;
+  ASSERT_OK(Read(1000, 64 * 1024, &got));
+  EXPECT_EQ(got, Expected(1000, 64 * 1024));
+  EXPECT_GE(client().Counters().resumes, 1u);
+  auto log = server_.requests();
+  ASSERT_GE(log.size(), 2u);
+  // The second request starts where the first body stopped.
+  EXPECT_EQ(log.back().Header("range"),
+            "bytes=" + std::to_string(1000 + 32 * 1024) + "-" + std::to_string(1000 + 64 * 1024 - 1));
+}
+
+TEST_F(RangeRead, TruncatedBodyResumes) {
+  server_.AddFault(blob_path(), Fault{FaultKind::kTruncate}, 2);
+  std::string got;
+  ASSERT_OK(Read(0, 100000, &got));
+  EXPECT_EQ(got, Expected(0, 100000));
+  EXPECT_GE(client().Counters().resumes, 2u);
+}
+
+TEST_F(RangeRead, StallEndsByLowSpeedLimitAndResumes) {
+  server_.AddFault(blob_path(), Fault{FaultKind::kStall});
+  std::string got;
+  ASSERT_OK(Read(100, 8192, &got));
+  EXPECT_EQ(got, Expected(100, 8192));
+  EXPECT_EQ(server_.RequestCount(blob_path()), 2);
+}
+
+TEST_F(RangeRead, IgnoredRangeIsNotBuffered) {
+  // A server answering 200 with a 32 MiB body to a 100-byte Range request:
+  // the transfer stops at the headers instead of streaming the blob.
+  SetBlob(RandomBytes(32 << 20, 11));
+  server_.AddFault(blob_path(), Fault{FaultKind::kIgnoreRange});
+  std::string got;
+  Status st = Read(1000, 100, &got);
+  EXPECT_EQ(st.code(), Code::kProtocol) << st.ToString();
+  EXPECT_NE(st.message().find("ignored Range"), std::string::npos) << st.message();
+  EXPECT_EQ(client().Counters().bytes, 0u);
+  EXPECT_LT(server_.body_bytes_sent(), blob_.size);
+}
+
+TEST_F(RangeRead, FullBodyAcceptedWhenTheRangeIsTheWholeBlob) {
+  server_.AddFault(blob_path(), Fault{FaultKind::kIgnoreRange});
+  std::string got;
+  ASSERT_OK(Read(0, blob_.size, &got));
+  EXPECT_EQ(got, blob_data_);
+}
+
+TEST_F(RangeRead, WrongContentRangeIsProtocolError) {
+  server_.AddFault(blob_path(), Fault{FaultKind::kWrongContentRange});
+  std::string got;
+  Status st = Read(10, 100, &got);
+  EXPECT_EQ(st.code(), Code::kProtocol) << st.ToString();
+  EXPECT_NE(st.message().find("does not match"), std::string::npos) << st.message();
+}
+
+TEST_F(RangeRead, MissingContentRangeIsProtocolError) {
+  server_.AddFault(blob_path(), Fault{FaultKind::kMissingContentRange});
+  std::string got;
+  EXPECT_EQ(Read(10, 100, &got).code(), Code::kProtocol);
+}
+
+TEST_F(RangeRead, TotalMustEqualDescriptorSize) {
+  BlobDescriptor wrong = blob_;
+  wrong.size = blob_.size + 100;  // the server says the blob is smaller
+  std::vector<uint8_t> buf(10);
+  EXPECT_EQ(client().ReadAt(wrong, 0, buf).code(), Code::kProtocol);
+}
+
+TEST_F(RangeRead, Server416IsTyped) {
+  server_.AddFault(blob_path(), Fault{FaultKind::kRangeNotSatisfiable});
+  std::string got;
+  EXPECT_EQ(Read(0, 10, &got).code(), Code::kRangeNotSatisfiable);
+}
+
+TEST_F(RangeRead, UnknownBlobIsNotFoundWithRegistryMessage) {
+  BlobDescriptor missing = blob_;
+  missing.digest = Sha256Digest("nothing");
+  std::vector<uint8_t> buf(10);
+  Status st = client().ReadAt(missing, 0, buf);
+  EXPECT_EQ(st.code(), Code::kNotFound);
+  EXPECT_NE(st.message().find("BLOB_UNKNOWN"), std::string::npos) << st.message();
+  EXPECT_EQ(server_.RequestCount(BlobPath(missing.digest)), 1);  // not retried
+}
+
+TEST_F(RangeRead, MalformedDigestIsRejected) {
+  BlobDescriptor bad = blob_;
+  bad.digest = "sha256:../../etc";
+  std::vector<uint8_t> buf(10);
+  EXPECT_EQ(client().ReadAt(bad, 0, buf).code(), Code::kInvalidArgument);
+}
+
+TEST_F(Retry, ServerErrorsAreRetried) {
+  server_.AddFault(blob_path(), Fault{FaultKind::kServiceUnavailable});
+  server_.AddFault(blob_path(), Fault{FaultKind::kInternalError});
+  server_.AddFault(blob_path(), Fault{FaultKind::kTooManyRequests});
+  std::string got;
+  ASSERT_OK(Read(0, 1000, &got));
+  EXPECT_EQ(got, Expected(0, 1000));
+  EXPECT_EQ(client().Counters().retries, 3u);
+  EXPECT_EQ(server_.RequestCount(blob_path()), 4);
+}
+
+TEST_F(Retry, HonoursRetryAfter) {
+  server_.AddFault(blob_path(), Fault{FaultKind::kTooManyRequests, /*retry_after_s=*/1});
+  std::string got;
+  auto start = std::chrono::steady_clock::now();
+  ASSERT_OK(Read(0, 1000, &got));
+  // A lower bound only: the client must have waited at least Retry-After.
+  EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(1000));
+}
+
+TEST_F(Retry, RetryAfterBeyondBudgetFailsWithoutWaiting) {
+  server_.AddFault(blob_path(), Fault{FaultKind::kServiceUnavailable, /*retry_after_s=*/3600});
+  std::string got;
+  Status st = Read(0, 1000, &got);
+  EXPECT_EQ(st.code(), Code::kTransient);
+  EXPECT_NE(st.message().find("budget"), std::string::npos) << st.message();
+  EXPECT_EQ(server_.RequestCount(blob_path()), 1);
+}
+
+TEST_F(Retry, AttemptsAreBounded) {
+  server_.AddFault(blob_path(), Fault{FaultKind::kInternalError}, 1000);
+  std::string got;
+  Status st = Read(0, 1000, &got);
+  EXPECT_EQ(st.code(), Code::kTransient);
+  EXPECT_EQ(server_.RequestCount(blob_path()), options_.retry.max_attempts);
+}
+
+TEST_F(Retry, TimeBudgetBoundsResumes) {
+  // Every response resets after half its body: progress each time, so the
+  // attempt count never runs out; the time budget must still end it.
+  options_.retry.total_budget = std::chrono::milliseconds(300);
+  options_.retry.max_attempts = 1000;
+  server_.AddFault(blob_path(), Fault{FaultKind::kStall, -1, "", std::chrono::milliseconds(200)}, 1000);
+  std::string got;
+  Status st = Read(0, 64 * 1024, &got);
+  EXPECT_EQ(st.code(), Code::kTransient) << st.ToString();
+}
+
+}  // namespace
+}  // namespace regfs::testing
