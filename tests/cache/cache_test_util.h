@@ -74,6 +74,23 @@ class CacheTest : public FdCheckedTest {
     ASSERT_EQ(rc, SQLITE_OK) << msg;
   }
 
+  // First column of the first row of `sql`, as an integer (-1 on error).
+  int64_t QueryInt(const std::string& sql) {
+    sqlite3* db = nullptr;
+    int64_t v = -1;
+    if (sqlite3_open((dir_ + "/cache/cache.db").c_str(), &db) == SQLITE_OK) {
+      sqlite3_busy_timeout(db, 10000);
+      sqlite3_stmt* st = nullptr;
+      if (sqlite3_prepare_v2(db, sql.c_str(), -1, &st, nullptr) == SQLITE_OK &&
+          sqlite3_step(st) == SQLITE_ROW) {
+        v = sqlite3_column_int64(st, 0);
+      }
+      sqlite3_finalize(st);
+    }
+    sqlite3_close(db);
+    return v;
+  }
+
   std::string dir_;
   FakeBlobSource upstream_;
   std::unique_ptr<ChunkCache> cache_;
