@@ -50,7 +50,7 @@ nlohmann::json DescriptorJson(const BlobDescriptor& d) {
 int RunInspect(const CommonOptions& o, const std::string& ref_text, bool as_json) {
   ApplyVerbosity(o);
   Result<Reference> ref = ParseReference(ref_text);
-  if (!ref.ok()) return Fail("invalid reference '" + ref_text + "'", ref.status());
+  if (!ref.ok()) return Fail(ref_text, ref.status());
   Result<ResolvedImage> img = ResolveFromFlags(o, *ref, nullptr);
   if (!img.ok()) return Fail("cannot resolve " + ref->Normalized(), img.status());
 

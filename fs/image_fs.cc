@@ -45,6 +45,9 @@ void ImageFs::Build() {
   }
   Ino meta = tree_.AddDir(kRootIno, ".regfs");
   file(meta, "status.json", ContentKind::kDynamic, 0, 0);
+  for (Ino dir : {kRootIno, blobs, meta}) {
+    tree_.SetTimesAndOwner(dir, input_.mtime_sec, opts_.uid, opts_.gid);
+  }
 }
 
 Result<size_t> ImageFs::Read(const Node& node, uint64_t offset, std::span<uint8_t> out) {

@@ -144,7 +144,7 @@ int Serve(MountOptions mo, ReadyPipe* ready) {
     return fail("mountpoint " + mo.mountpoint, Status::NotFound("not a directory"));
   }
   Result<Reference> ref = ParseReference(mo.ref);
-  if (!ref.ok()) return fail("invalid reference '" + mo.ref + "'", ref.status());
+  if (!ref.ok()) return fail(mo.ref, ref.status());
   std::unique_ptr<RegistryClient> client;
   Result<ResolvedImage> img = ResolveFromFlags(mo.common, *ref, &client);
   if (!img.ok()) return fail("cannot resolve " + ref->Normalized(), img.status());

@@ -53,6 +53,14 @@ void Tree::ClearPending(Ino dir) {
   nodes_[dir].pending_id = 0;
 }
 
+void Tree::SetTimesAndOwner(Ino ino, int64_t mtime_sec, uint32_t uid, uint32_t gid) {
+  std::unique_lock lock(mu_);
+  if (ino == 0 || ino >= nodes_.size()) return;
+  nodes_[ino].attr.mtime_sec = mtime_sec;
+  nodes_[ino].attr.uid = uid;
+  nodes_[ino].attr.gid = gid;
+}
+
 void Tree::Mutate(const std::function<void(Tree&)>& fn) {
   // Callers use the public Add* methods inside fn, which lock themselves:
   // Mutate only serialises whole subtrees against each other.
