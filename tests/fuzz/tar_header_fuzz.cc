@@ -1,0 +1,67 @@
+// libFuzzer target: the tar header parser and the header sequencing (PAX x/g,
+// GNU L/K, sparse, policy skips) over arbitrary bytes. Must never crash, hang
+// or allocate from an untrusted size.
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <string_view>
+
+#include "reader/base/log.h"
+#include "reader/layer/tar_header.h"
+#include "reader/layer/tar_reader.h"
+
+namespace {
+
+class BytesStream : public regfs::TarStream {
+ public:
+  BytesStream(const uint8_t* data, size_t size) : data_(data), size_(size) {}
+  regfs::Result<size_t> Read(std::span<uint8_t> out) override {
+    size_t n = std::min(out.size(), size_ - pos_);
+    if (n) std::memcpy(out.data(), data_ + pos_, n);
+    pos_ += n;
+    return n;
+  }
+  regfs::Result<uint64_t> Skip(uint64_t n) override {
+    uint64_t k = std::min<uint64_t>(n, size_ - pos_);
+    pos_ += k;
+    return k;
+  }
+  uint64_t Position() const override { return pos_; }
+
+ private:
+  const uint8_t* data_;
+  size_t size_;
+  size_t pos_ = 0;
+};
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  regfs::SetLogLevel(regfs::LogLevel::kError);
+  if (size >= regfs::kTarBlockSize) {
+    auto h = regfs::ParseTarHeader(std::span<const uint8_t, regfs::kTarBlockSize>(data, 512));
+    (void)h;
+  }
+  std::string_view text(reinterpret_cast<const char*>(data), size);
+  auto pax = regfs::ParsePaxRecords(text);
+  if (pax.ok()) {
+    for (const auto& [k, v] : *pax) {
+      auto t = regfs::ParsePaxTime(v);
+      (void)t;
+      auto p = regfs::CleanTarPath(v);
+      (void)p;
+    }
+  }
+  auto n = regfs::ParseTarNumber(std::span<const uint8_t>(data, std::min<size_t>(size, 12)));
+  (void)n;
+
+  BytesStream stream(data, size);
+  regfs::TarReader reader(&stream);
+  regfs::TarEntry e;
+  for (int i = 0; i < 100000; ++i) {
+    auto more = reader.Next(&e);
+    if (!more.ok() || !*more) break;
+    if (e.type == regfs::EntryType::kRegular && e.data_offset + e.size > size) __builtin_trap();
+  }
+  return 0;
+}
