@@ -277,6 +277,16 @@ TEST_F(RegistryTest, IndexesWithSeveralPlatforms) {
   }
 }
 
+TEST_F(RegistryTest, MissingBinaryIsAClearError) {
+  TestRegistryOptions o;
+  o.registry_binary = "/nonexistent/docker-registry";
+  TestRegistry reg(o);
+  Status st = reg.Start();
+  EXPECT_EQ(st.code(), Code::kNotFound) << st.ToString();
+  EXPECT_NE(st.message().find("/nonexistent/docker-registry"), std::string::npos);
+  EXPECT_FALSE(reg.running());
+}
+
 TEST_F(RegistryTest, RestartKeepsPortAndStorage) {
   TestRegistry reg;
   ASSERT_OK(reg.Start());
@@ -289,6 +299,7 @@ TEST_F(RegistryTest, RestartKeepsPortAndStorage) {
   EXPECT_FALSE(reg.running());
   Fetched down = CurlGet(reg.Url() + "/v2/re/start/manifests/v1", ManifestAcceptHeader());
   EXPECT_EQ(down.status, 0);  // connection refused
+  EXPECT_EQ(::waitpid(-1, nullptr, WNOHANG), -1);  // reaped: no child left
   ASSERT_OK(reg.Restart());
   EXPECT_EQ(reg.port(), port);
   Fetched up = CurlGet(reg.Url() + "/v2/re/start/manifests/v1", ManifestAcceptHeader());

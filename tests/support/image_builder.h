@@ -121,6 +121,7 @@ struct HttpResult {
   std::map<std::string, std::string> headers;  // lowercase names; last value wins
 };
 
+// Not thread-safe: use one pusher per thread.
 class ImagePusher {
  public:
   // Anonymous, or basic/token with `username` when not empty.

@@ -42,6 +42,8 @@ namespace {
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
+constexpr const char* kSetpriv = "/usr/bin/setpriv";
+
 // ---- small RAII types ----------------------------------------------------
 
 struct FdCloser {
@@ -614,11 +616,19 @@ Status TestRegistry::Start() {
   posix_spawn_file_actions_adddup2(&actions.fa, out, 1);
   posix_spawn_file_actions_adddup2(&actions.fa, err, 2);
   posix_spawn_file_actions_addclosefrom_np(&actions.fa, 3);
-  std::string a0 = opts_.registry_binary, a1 = "serve", a2 = config_path_;
-  char* argv[] = {a0.data(), a1.data(), a2.data(), nullptr};
+  // Through setpriv --pdeathsig so that a test process killed by a timeout
+  // takes its registry with it (setpriv execs the registry: same pid).
+  std::vector<std::string> args;
+  if (::access(kSetpriv, X_OK) == 0) args = {kSetpriv, "--pdeathsig", "KILL", "--"};
+  for (const char* a : {opts_.registry_binary.c_str(), "serve", config_path_.c_str()}) {
+    args.emplace_back(a);
+  }
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
   pid_t pid = -1;
-  int rc = ::posix_spawn(&pid, a0.c_str(), &actions.fa, nullptr, argv, environ);
-  if (rc != 0) return Status::IoError("spawn " + a0 + ": " + std::strerror(rc));
+  int rc = ::posix_spawn(&pid, argv[0], &actions.fa, nullptr, argv.data(), environ);
+  if (rc != 0) return Status::IoError("spawn " + args[0] + ": " + std::strerror(rc));
   pid_ = pid;
   Status st = WaitReady();
   if (!st.ok()) {

@@ -6,7 +6,8 @@
 //   kToken     - `auth: token`, with an in-process TokenServer (below) that
 //                issues RS256 JWTs carrying an x5c self-signed certificate.
 // The registry process is always killed and reaped: by Stop(), or by the
-// destructor. Start() fails with a Status (never aborts) when the binary is
+// destructor; it also gets SIGKILL when the thread that started it exits
+// (setpriv --pdeathsig), so start it from the test's main thread. Start() fails with a Status (never aborts) when the binary is
 // missing or the registry does not answer /v2/ within a bounded time.
 //
 // Requests are counted from the registry's access log (one combined-log line
