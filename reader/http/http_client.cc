@@ -340,14 +340,12 @@ std::string RegistryErrorMessage(std::string_view body) {
 }
 
 Status StatusFromHttp(CURLcode code, long http_status, std::string_view body,
-                      std::string_view what) {
-  if (http_status >= 200 && http_status < 300) {
-    return MapCurlCode(code, what, curl_easy_strerror(code));
+                      std::string_view what, std::string_view curl_detail) {
+  if (curl_detail.empty()) curl_detail = curl_easy_strerror(code);
+  if ((http_status >= 200 && http_status < 300) || (http_status == 0 && code != CURLE_OK)) {
+    return MapCurlCode(code, what, curl_detail);
   }
-  if (http_status == 0) {
-    if (code == CURLE_OK) return Status::Protocol(std::string(what) + ": no HTTP response");
-    return MapCurlCode(code, what, curl_easy_strerror(code));
-  }
+  if (http_status == 0) return Status::Protocol(std::string(what) + ": no HTTP response");
   std::string detail = RegistryErrorMessage(body);
   if (detail.empty()) detail = Excerpt(body);
   std::string msg = std::string(what) + ": HTTP " + std::to_string(http_status) +
@@ -485,11 +483,9 @@ HttpResult HttpClient::Perform(const HttpRequest& req) {
   }
   if (rc != CURLE_OK) transport_errors_.fetch_add(1, std::memory_order_relaxed);
   const HttpResponse& r = out.response;
-  if (rc != CURLE_OK && errbuf[0] && !(r.status >= 300)) {
-    out.status = MapCurlCode(rc, what, Trim(errbuf));
-  } else {
-    out.status = StatusFromHttp(rc, r.status, (r.status >= 200 && r.status < 300) ? std::string_view() : std::string_view(r.body), what);
-  }
+  const bool is_2xx = r.status >= 200 && r.status < 300;
+  out.status = StatusFromHttp(rc, r.status, is_2xx ? std::string_view() : std::string_view(r.body),
+                              what, Trim(errbuf));
   if (out.status.ok() && req.range && !req.head) {
     uint64_t want = r.status == 206 ? req.range->size() : r.body_bytes;
     if (r.status == 200 && req.expected_total) want = *req.expected_total;

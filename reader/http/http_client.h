@@ -141,9 +141,12 @@ struct HttpResult {
 };
 
 // THE mapping of transport result and HTTP status to a Status. `http_status`
-// 0 means no response; `body` is an error body (registry JSON or text).
+// 0 means no response; `body` is an error body (registry JSON or text); `what`
+// prefixes the message ("GET <redacted url>"); `curl_detail` is curl's error
+// buffer (empty: curl_easy_strerror). An HTTP error status wins over a
+// transport error that followed it.
 Status StatusFromHttp(CURLcode code, long http_status, std::string_view body,
-                      std::string_view what);
+                      std::string_view what, std::string_view curl_detail = {});
 // "CODE: message; CODE2: message2" from a registry error body, or empty.
 std::string RegistryErrorMessage(std::string_view body);
 
