@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <ostream>
 #include <string>
 
 #include "tests/support/status_matchers.h"
@@ -15,6 +16,8 @@ const std::string kDigest = "sha256:" + kHex;
 struct Good {
   std::string in, registry, repository, tag, digest, normalized;
 };
+
+void PrintTo(const Good& g, std::ostream* os) { *os << '"' << g.in.substr(0, 60) << '"'; }
 
 class ReferenceGoodTest : public ::testing::TestWithParam<Good> {};
 
@@ -82,6 +85,8 @@ struct Bad {
   std::string in;
   std::string message_part;
 };
+
+void PrintTo(const Bad& b, std::ostream* os) { *os << '"' << b.in.substr(0, 60) << '"'; }
 
 class ReferenceBadTest : public ::testing::TestWithParam<Bad> {};
 
