@@ -44,6 +44,7 @@ struct FuseOptions {
   int max_threads = 16;
   double timeout_s = 86400;  // entry and attr timeouts: everything is immutable
   bool debug = false;
+  unsigned read_ahead_kb = 4096;  // the kernel's read-ahead on this mount; 0 = leave it
 };
 
 class FuseDaemon {

@@ -19,7 +19,6 @@ ImageFs::~ImageFs() = default;
 void ImageFs::Build() {
   auto file = [&](Ino parent, std::string name, ContentKind kind, uint32_t id, uint64_t size) {
     Node n;
-    n.name = std::move(name);
     n.attr.mode = S_IFREG | 0444;
     n.attr.size = size;
     n.attr.uid = opts_.uid;
@@ -27,7 +26,7 @@ void ImageFs::Build() {
     n.attr.mtime_sec = input_.mtime_sec;
     n.kind = kind;
     n.content_id = id;
-    return tree_.AddChild(parent, std::move(n));
+    return tree_.AddChild(parent, std::move(name), std::move(n));
   };
   auto add_inline = [&](Ino parent, std::string name, const std::string& bytes) {
     inline_.push_back(bytes);
@@ -68,7 +67,7 @@ Result<size_t> ImageFs::Read(const Node& node, uint64_t offset, std::span<uint8_
       return n;
     }
     default:
-      return Status::InvalidArgument("not a readable file: " + node.name);
+      return Status::InvalidArgument("not a readable file");
   }
 }
 

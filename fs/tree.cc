@@ -13,34 +13,57 @@ Tree::Tree() {
   root.attr.nlink = 2;
 }
 
-Ino Tree::AddChildLocked(Ino parent, Node node) {
-  std::vector<Ino>& kids = nodes_[parent].children;
-  auto it = std::lower_bound(kids.begin(), kids.end(), node.name,
-                             [this](Ino a, const std::string& n) { return nodes_[a].name < n; });
-  if (it != kids.end() && nodes_[*it].name == node.name) return *it;
+namespace {
+bool ChildLess(const Child& c, std::string_view n) { return c.name < n; }
+}  // namespace
+
+Ino Tree::AddChildLocked(Ino parent, std::string name, Node node, bool* existed) {
+  std::vector<Child>& kids = nodes_[parent].children;
+  auto it = std::lower_bound(kids.begin(), kids.end(), name, ChildLess);
+  if (it != kids.end() && it->name == name) {
+    if (existed) *existed = true;
+    return it->ino;
+  }
+  if (existed) *existed = false;
   Ino ino = nodes_.size();
   bool is_dir = S_ISDIR(node.attr.mode);
   node.parent = parent;
   size_t pos = it - kids.begin();
   nodes_.push_back(std::move(node));
   // push_back may have moved the vector; re-take the parent by index.
-  std::vector<Ino>& pkids = nodes_[parent].children;
-  pkids.insert(pkids.begin() + pos, ino);
+  std::vector<Child>& pkids = nodes_[parent].children;
+  pkids.insert(pkids.begin() + pos, Child{std::move(name), ino});
   if (is_dir) nodes_[parent].attr.nlink++;
   return ino;
 }
 
-Ino Tree::AddChild(Ino parent, Node node) {
+Ino Tree::AddChild(Ino parent, std::string name, Node node, bool* existed) {
   std::unique_lock lock(mu_);
-  return AddChildLocked(parent, std::move(node));
+  return AddChildLocked(parent, std::move(name), std::move(node), existed);
 }
 
 Ino Tree::AddDir(Ino parent, std::string name, uint32_t perm) {
   Node n;
-  n.name = std::move(name);
   n.attr.mode = S_IFDIR | perm;
   n.attr.nlink = 2;
-  return AddChild(parent, std::move(n));
+  return AddChild(parent, std::move(name), std::move(n));
+}
+
+bool Tree::Link(Ino parent, std::string name, Ino target) {
+  std::unique_lock lock(mu_);
+  if (target == 0 || target >= nodes_.size() || S_ISDIR(nodes_[target].attr.mode)) return false;
+  std::vector<Child>& kids = nodes_[parent].children;
+  auto it = std::lower_bound(kids.begin(), kids.end(), name, ChildLess);
+  if (it != kids.end() && it->name == name) return false;
+  kids.insert(it, Child{std::move(name), target});
+  nodes_[target].attr.nlink++;
+  return true;
+}
+
+void Tree::Update(Ino ino, const std::function<void(Node&)>& fn) {
+  std::unique_lock lock(mu_);
+  if (ino == 0 || ino >= nodes_.size()) return;
+  fn(nodes_[ino]);
 }
 
 void Tree::SetPending(Ino dir, uint32_t id) {
@@ -75,11 +98,10 @@ Result<Ino> Tree::LookupLocked(Ino parent, std::string_view name) const {
   if (!S_ISDIR(p.attr.mode)) return Status::InvalidArgument("not a directory");
   if (name == ".") return parent;
   if (name == "..") return p.parent;
-  const std::vector<Ino>& kids = p.children;
-  auto it = std::lower_bound(kids.begin(), kids.end(), name,
-                             [this](Ino a, std::string_view n) { return nodes_[a].name < n; });
-  if (it == kids.end() || nodes_[*it].name != name) return Status::NotFound(std::string(name));
-  return *it;
+  const std::vector<Child>& kids = p.children;
+  auto it = std::lower_bound(kids.begin(), kids.end(), name, ChildLess);
+  if (it == kids.end() || it->name != name) return Status::NotFound(std::string(name));
+  return it->ino;
 }
 
 Result<Ino> Tree::Lookup(Ino parent, std::string_view name) const {
@@ -93,7 +115,6 @@ Result<Node> Tree::Get(Ino ino) const {
   const Node& n = nodes_[ino];
   Node copy;
   copy.parent = n.parent;
-  copy.name = n.name;
   copy.attr = n.attr;
   copy.kind = n.kind;
   copy.content_id = n.content_id;
@@ -118,8 +139,8 @@ Status Tree::ReadDir(Ino dir, uint64_t offset,
   if (offset == 0 && !fn({".", dir, S_IFDIR}, 1)) return Status::Ok();
   if (offset <= 1 && !fn({"..", d.parent, S_IFDIR}, 2)) return Status::Ok();
   for (uint64_t k = offset < 2 ? 0 : offset - 2; k < d.children.size(); ++k) {
-    const Node& c = nodes_[d.children[k]];
-    if (!fn({c.name, d.children[k], c.attr.mode}, k + 3)) break;
+    const Child& c = d.children[k];
+    if (!fn({c.name, c.ino, nodes_[c.ino].attr.mode}, k + 3)) break;
   }
   return Status::Ok();
 }

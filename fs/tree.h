@@ -50,17 +50,25 @@ struct NodeAttr {
   uint32_t mtime_nsec = 0;
 };
 
-struct Node {
-  Ino parent = 0;
+struct Node;
+
+// A name in a directory. Hard links are several Child entries (in one or
+// more directories) naming the same inode.
+struct Child {
   std::string name;
+  Ino ino;
+};
+
+struct Node {
+  Ino parent = 0;  // directories: for ".."; others: the first directory linked from
   NodeAttr attr;
   ContentKind kind = ContentKind::kNone;
   uint32_t content_id = 0;
   uint64_t content_arg = 0;
   std::string link_target;              // symlinks
   std::shared_ptr<const Xattrs> xattrs;  // shared: most entries have none
-  // Directories: children sorted by name (inode numbers).
-  std::vector<Ino> children;
+  // Directories: children sorted by name.
+  std::vector<Child> children;
   // Directories whose contents are filled in later (a layer not yet indexed):
   // nonzero is the id passed to the Tree's populate hook.
   uint32_t pending_id = 0;
@@ -77,9 +85,15 @@ class Tree {
   Tree();  // creates the root directory (mode 0555, dr-xr-xr-x)
 
   // Building. AddChild keeps the parent's children sorted; adding an existing
-  // name replaces nothing and returns the existing inode (callers decide).
-  Ino AddChild(Ino parent, Node node);
+  // name replaces nothing and returns the existing inode, with *existed set
+  // (callers decide what a duplicate means).
+  Ino AddChild(Ino parent, std::string name, Node node, bool* existed = nullptr);
   Ino AddDir(Ino parent, std::string name, uint32_t perm = 0555);
+  // A hard link: `name` in `parent` names the existing inode `target`, whose
+  // link count goes up by one. False if the name exists or target is a dir.
+  bool Link(Ino parent, std::string name, Ino target);
+  // Edits a node in place (not its children), under the write lock.
+  void Update(Ino ino, const std::function<void(Node&)>& fn);
   // Marks `dir` as filled later, by populate(id).
   void SetPending(Ino dir, uint32_t id);
   void ClearPending(Ino dir);
@@ -99,7 +113,7 @@ class Tree {
   size_t Count() const;
 
  private:
-  Ino AddChildLocked(Ino parent, Node node);
+  Ino AddChildLocked(Ino parent, std::string name, Node node, bool* existed);
   Result<Ino> LookupLocked(Ino parent, std::string_view name) const;
 
   mutable std::shared_mutex mu_;  // guards nodes_ (and every Node in it)

@@ -1,0 +1,197 @@
+// Issue 4's figures, in one run, against a local docker-registry:
+//  - cold sequential `cat` of a >=100 MB blob through a regfs mount, as a
+//    ratio to `curl -o /dev/null` of the same blob (target >= 0.7), and the
+//    same for httpdirfs --single-file-mode on the same URL;
+//  - warm re-read after dropping the page cache (bytes come from the chunk
+//    cache) as a ratio to reading a local copy after dropping the page cache
+//    (target >= 0.5);
+//  - p50/p99 latency of cold random 4 KiB reads, regfs and httpdirfs.
+//
+//   mount_bench [size_mib=128] [runs=3]
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "tests/support/bench_util.h"
+#include "tests/support/fuse_env.h"
+#include "tests/support/image_builder.h"
+#include "tests/support/run_command.h"
+#include "tests/support/test_registry.h"
+
+using namespace regfs;           // NOLINT
+using namespace regfs::testing;  // NOLINT
+
+namespace {
+
+bool CatToNull(const std::string& path, uint64_t expect) {
+  int fd = open(path.c_str(), O_RDONLY);
+  if (fd < 0) return false;
+  std::vector<char> buf(1 << 20);
+  uint64_t total = 0;
+  ssize_t n;
+  while ((n = read(fd, buf.data(), buf.size())) > 0) total += static_cast<uint64_t>(n);
+  close(fd);
+  if (total != expect) {
+    std::fprintf(stderr, "read %llu of %llu bytes from %s\n", (unsigned long long)total,
+                 (unsigned long long)expect, path.c_str());
+  }
+  return n == 0 && total == expect;
+}
+
+std::vector<double> RandomReadLatencies(const std::string& path, uint64_t size, int count,
+                                        uint32_t seed) {
+  std::vector<double> lat;
+  int fd = open(path.c_str(), O_RDONLY);
+  if (fd < 0) return lat;
+  std::mt19937_64 rng(seed);
+  char buf[4096];
+  for (int i = 0; i < count; ++i) {
+    uint64_t off = (rng() % (size / 4096)) * 4096;
+    double t = TimeIt([&] {
+      if (pread(fd, buf, sizeof buf, static_cast<off_t>(off)) != 4096) std::abort();
+    });
+    lat.push_back(t * 1000);
+  }
+  close(fd);
+  return lat;
+}
+
+struct Mounted {
+  std::string mnt;
+  bool ok = false;
+  ~Mounted() {
+    if (ok) RunCommand({"fusermount3", "-u", mnt});
+  }
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  uint64_t size = (argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 128) << 20;
+  int runs = argc > 2 ? std::atoi(argv[2]) : 3;
+  std::string why = FuseUnavailableReason();
+  if (!why.empty()) {
+    std::fprintf(stderr, "mount_bench needs FUSE: %s\n", why.c_str());
+    return 1;
+  }
+  TestRegistry registry;
+  if (Status s = registry.Start(); !s.ok()) {
+    std::fprintf(stderr, "registry: %s\n", s.ToString().c_str());
+    return 1;
+  }
+  ImagePusher pusher(registry);
+  Result<BlobDescriptor> blob = pusher.PushRandomBlob("bench/big", size, 11, "v1");
+  if (!blob.ok()) {
+    std::fprintf(stderr, "push: %s\n", blob.status().ToString().c_str());
+    return 1;
+  }
+  const std::string ref = registry.Ref("bench/big", "v1");
+  const std::string url = registry.Url() + "/v2/bench/big/blobs/" + blob->digest;
+  TempDir tmp("regfs-bench");
+  std::printf("mount_bench: %llu MiB blob, docker-registry on %s, median of %d runs\n",
+              (unsigned long long)(size >> 20), registry.HostPort().c_str(), runs);
+  const double mib = static_cast<double>(size) / (1 << 20);
+  const std::string regfs = RegfsBinary();
+
+  auto mount_regfs = [&](const std::string& mnt, const std::string& cache) {
+    mkdir(mnt.c_str(), 0755);
+    CommandResult r = RunCommand(
+        {regfs, "mount", "--tls-verify=false", "--cache-dir", cache, ref, mnt});
+    if (r.exit_code != 0) std::fprintf(stderr, "regfs mount: %s\n", r.output.c_str());
+    return r.exit_code == 0;
+  };
+
+  // curl
+  std::vector<double> curl_s;
+  for (int r = 0; r < runs; ++r) {
+    curl_s.push_back(TimeIt([&] { RunCommand({"curl", "-sf", "-o", "/dev/null", url}); }));
+  }
+  // regfs cold: a fresh cache each run.
+  std::vector<double> cold_s, warm_s;
+  for (int r = 0; r < runs; ++r) {
+    Mounted m{tmp.Sub("m" + std::to_string(r))};
+    m.ok = mount_regfs(m.mnt, tmp.Sub("cache" + std::to_string(r)));
+    if (!m.ok) return 1;
+    std::string path = m.mnt + "/blobs/" + blob->digest;
+    bool ok = true;
+    cold_s.push_back(TimeIt([&] { ok = CatToNull(path, size); }));
+    if (!ok) return 1;
+    DropPageCache();
+    warm_s.push_back(TimeIt([&] { ok = CatToNull(path, size); }));
+    if (!ok) return 1;
+  }
+  // httpdirfs cold.
+  std::vector<double> hdf_s;
+  std::string hdf_file;
+  for (int r = 0; r < runs; ++r) {
+    Mounted m{tmp.Sub("h" + std::to_string(r))};
+    mkdir(m.mnt.c_str(), 0755);
+    CommandResult hr = RunCommand({"httpdirfs", "--single-file-mode", url, m.mnt});
+    m.ok = hr.exit_code == 0;
+    if (!m.ok) {
+      std::fprintf(stderr, "httpdirfs: %s\n", hr.output.c_str());
+      break;
+    }
+    hdf_file = m.mnt + "/" + blob->digest;
+    bool ok = true;
+    hdf_s.push_back(TimeIt([&] { ok = CatToNull(hdf_file, size); }));
+    if (!ok) {
+      hdf_s.pop_back();
+      break;
+    }
+  }
+  // A local copy, read after dropping the page cache.
+  std::string local = tmp.Sub("local.blob");
+  RunCommand({"curl", "-sf", "-o", local, url});
+  std::vector<double> local_s;
+  for (int r = 0; r < runs; ++r) {
+    DropPageCache();
+    local_s.push_back(TimeIt([&] { CatToNull(local, size); }));
+  }
+  // Cold random 4 KiB reads.
+  std::vector<double> rnd_regfs, rnd_hdf;
+  {
+    Mounted m{tmp.Sub("rnd")};
+    m.ok = mount_regfs(m.mnt, tmp.Sub("cache-rnd"));
+    if (m.ok) rnd_regfs = RandomReadLatencies(m.mnt + "/blobs/" + blob->digest, size, 300, 5);
+  }
+  {
+    Mounted m{tmp.Sub("rndh")};
+    mkdir(m.mnt.c_str(), 0755);
+    m.ok = RunCommand({"httpdirfs", "--single-file-mode", url, m.mnt}).exit_code == 0;
+    if (m.ok) rnd_hdf = RandomReadLatencies(m.mnt + "/" + blob->digest, size, 300, 5);
+  }
+
+  double curl_tp = mib / Median(curl_s);
+  double cold_tp = mib / Median(cold_s);
+  double warm_tp = mib / Median(warm_s);
+  double local_tp = mib / Median(local_s);
+  Report("mount", "curl -o /dev/null", curl_tp, "MiB/s");
+  Report("mount", "regfs cold cat (empty cache)", cold_tp, "MiB/s");
+  Report("mount", "ratio regfs cold / curl", cold_tp / curl_tp, "x", "target >= 0.7");
+  if (!hdf_s.empty()) {
+    double hdf_tp = mib / Median(hdf_s);
+    Report("mount", "httpdirfs --single-file-mode cold cat", hdf_tp, "MiB/s");
+    Report("mount", "ratio httpdirfs cold / curl", hdf_tp / curl_tp, "x");
+  } else {
+    std::printf("  httpdirfs: did not run (see stderr)\n");
+  }
+  Report("mount", "local copy, page cache dropped", local_tp, "MiB/s");
+  Report("mount", "regfs warm re-read, page cache dropped", warm_tp, "MiB/s");
+  Report("mount", "ratio regfs warm / local copy", warm_tp / local_tp, "x", "target >= 0.5");
+  if (!rnd_regfs.empty()) {
+    Report("mount", "regfs cold random 4 KiB read p50", Percentile(rnd_regfs, 50), "ms");
+    Report("mount", "regfs cold random 4 KiB read p99", Percentile(rnd_regfs, 99), "ms");
+  }
+  if (!rnd_hdf.empty()) {
+    Report("mount", "httpdirfs cold random 4 KiB read p50", Percentile(rnd_hdf, 50), "ms");
+    Report("mount", "httpdirfs cold random 4 KiB read p99", Percentile(rnd_hdf, 99), "ms");
+  }
+  return 0;
+}

@@ -1,0 +1,57 @@
+#include "tests/support/bench_util.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+namespace regfs::testing {
+
+double NowSeconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+double TimeIt(const std::function<void()>& fn) {
+  double t0 = NowSeconds();
+  fn();
+  return NowSeconds() - t0;
+}
+
+double Median(std::vector<double> v) { return Percentile(std::move(v), 50); }
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  size_t rank = static_cast<size_t>(std::ceil(p / 100.0 * static_cast<double>(v.size())));
+  rank = std::clamp<size_t>(rank, 1, v.size());
+  return v[rank - 1];
+}
+
+bool DropPageCache() {
+  sync();
+  std::ofstream f("/proc/sys/vm/drop_caches");
+  if (!f) return false;
+  f << "3\n";
+  return static_cast<bool>(f);
+}
+
+void Report(const std::string& bench, const std::string& name, double value,
+            const std::string& unit, const std::string& note) {
+  std::printf("  %-58s %12.3f %s%s%s\n", name.c_str(), value, unit.c_str(),
+              note.empty() ? "" : "   ", note.c_str());
+  std::fflush(stdout);
+  const char* path = std::getenv("REGFS_BENCH_JSON");
+  if (!path || !*path) return;
+  nlohmann::json j = {{"bench", bench}, {"name", name}, {"value", value}, {"unit", unit}};
+  if (!note.empty()) j["note"] = note;
+  std::ofstream out(path, std::ios::app);
+  out << j.dump() << "\n";
+}
+
+}  // namespace regfs::testing
