@@ -228,6 +228,28 @@ TEST(TarReaderTest, PaxOverridesGnuLongNamesAndTypes) {
   EXPECT_TRUE(stats.saw_end_marker);
 }
 
+TEST(TarReaderTest, Base256SizeAndSignedChecksumEntries) {
+  TarWriter w;
+  TarHdr h;
+  h.name = "b256";
+  h.size = 1000;
+  h.base256_size = true;
+  h.signed_checksum = true;
+  h.uname = "\xc3\xa9t\xc3\xa9";  // high bytes make the signed sum differ
+  w.Header(h);
+  w.Data(std::string(1000, 'q'));
+  w.File("next", "n");
+  w.End();
+  Status st;
+  auto es = ReadAll(w.str(), &st);
+  ASSERT_OK(st);
+  ASSERT_EQ(es.size(), 2u);
+  EXPECT_EQ(es[0].size, 1000u);
+  EXPECT_EQ(es[0].data_offset, 512u);
+  EXPECT_EQ(es[1].path, "next");
+  EXPECT_EQ(es[1].data_offset, 512u + 1024u + 512u);
+}
+
 TEST(TarReaderTest, PolicySkipsAndFatalErrors) {
   TarWriter w;
   w.File("../escape", "x");
