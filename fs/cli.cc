@@ -195,6 +195,11 @@ int RegfsMain(int argc, char** argv) {
       ->delimiter(',');
   mount->add_option("--log-file", mo.log_file, "where the background daemon logs");
   mount->add_flag("--fuse-debug", mo.fuse_debug, "libfuse request tracing");
+  std::string whiteouts = "tar";
+  mount->add_option("--whiteouts", whiteouts,
+                    "tar: show .wh. files as the layer has them; overlay: as overlayfs "
+                    "whiteouts (0:0 char devices, opaque xattrs)")
+      ->check(CLI::IsMember({"tar", "overlay"}));
   mount->add_option("REF", ref_text, "image reference")->required();
   mount->add_option("MOUNTPOINT", mo.mountpoint, "an empty directory")->required();
 
@@ -227,6 +232,7 @@ int RegfsMain(int argc, char** argv) {
     ApplyVerbosity(common);
     mo.common = common;
     mo.ref = ref_text;
+    mo.overlay_whiteouts = whiteouts == "overlay";
     return RunMount(mo);
   }
   if (umount->parsed()) {

@@ -2,11 +2,19 @@
 
 #include <algorithm>
 
+#include "reader/base/log.h"
+#include "reader/image/manifest.h"
+#include "reader/layer/index_builder.h"
+
 namespace regfs {
 
 ImageFs::ImageFs(ImageFsInput input, BlobSource* blobs, std::function<std::string()> status,
                  ImageFsOptions opts)
-    : input_(std::move(input)), blobs_(blobs), status_(std::move(status)), opts_(opts) {
+    : input_(std::move(input)),
+      blobs_(blobs),
+      status_(std::move(status)),
+      opts_(std::move(opts)),
+      index_source_(blobs, &cancelled_) {
   if (opts_.readahead_threads > 0) {
     prefetcher_ = std::make_unique<Prefetcher>(blobs_, opts_.readahead_threads,
                                                opts_.readahead_job);
@@ -14,7 +22,15 @@ ImageFs::ImageFs(ImageFsInput input, BlobSource* blobs, std::function<std::strin
   Build();
 }
 
-ImageFs::~ImageFs() = default;
+ImageFs::~ImageFs() {
+  cancelled_ = true;
+  {
+    std::lock_guard lock(layers_mu_);
+    stop_ = true;
+  }
+  layers_cv_.notify_all();
+  for (auto& t : index_threads_) t.join();
+}
 
 void ImageFs::Build() {
   auto file = [&](Ino parent, std::string name, ContentKind kind, uint32_t id, uint64_t size) {
@@ -47,6 +63,16 @@ void ImageFs::Build() {
   for (Ino dir : {kRootIno, blobs, meta}) {
     tree_.SetTimesAndOwner(dir, input_.mtime_sec, opts_.uid, opts_.gid);
   }
+  if (opts_.layers) {
+    Ino layers = tree_.AddDir(kRootIno, "layers");
+    tree_.SetTimesAndOwner(layers, input_.mtime_sec, opts_.uid, opts_.gid);
+    layers_.resize(input_.layers.size());
+    for (size_t i = 0; i < input_.layers.size(); ++i) {
+      layers_[i].dir = tree_.AddDir(layers, std::to_string(i), 0755);
+      tree_.SetTimesAndOwner(layers_[i].dir, input_.mtime_sec, opts_.uid, opts_.gid);
+      tree_.SetPending(layers_[i].dir, static_cast<uint32_t>(i + 1));
+    }
+  }
 }
 
 Result<size_t> ImageFs::Read(const Node& node, uint64_t offset, std::span<uint8_t> out) {
@@ -64,6 +90,19 @@ Result<size_t> ImageFs::Read(const Node& node, uint64_t offset, std::span<uint8_
       size_t n = static_cast<size_t>(std::min<uint64_t>(out.size(), blob.size - offset));
       MaybeReadAhead(blob, offset, n);
       RETURN_IF_ERROR(blobs_->ReadAt(blob, offset, out.first(n)));
+      return n;
+    }
+    case ContentKind::kLayerEntry: {
+      LayerReader* reader = nullptr;
+      {
+        std::lock_guard lock(layers_mu_);
+        if (node.content_id < layers_.size()) reader = layers_[node.content_id].reader.get();
+      }
+      if (!reader) return Status::NotFound("layer not indexed");
+      if (offset >= node.attr.size) return size_t{0};
+      size_t n = static_cast<size_t>(std::min<uint64_t>(out.size(), node.attr.size - offset));
+      ASSIGN_OR_RETURN(size_t got, reader->ReadAt(node.content_arg + offset, out.first(n)));
+      if (got != n) return Status::Corrupt("layer stream ends inside a file");
       return n;
     }
     default:
@@ -103,7 +142,128 @@ Result<std::string> ImageFs::Generate(const Node& node) {
 }
 
 Status ImageFs::Populate(uint32_t id) {
-  return Status::NotFound("no pending directory " + std::to_string(id));
+  size_t i = id - 1;
+  std::unique_lock lock(layers_mu_);
+  if (id == 0 || i >= layers_.size()) return Status::NotFound("no such layer");
+  if (layers_[i].state == Layer::State::kPending) {
+    // On demand before background: whoever looks first builds it.
+    layers_[i].state = Layer::State::kBuilding;
+    lock.unlock();
+    BuildLayer(i);
+    lock.lock();
+  }
+  layers_cv_.wait(lock, [&] {
+    return layers_[i].state == Layer::State::kReady || layers_[i].state == Layer::State::kFailed;
+  });
+  return layers_[i].state == Layer::State::kReady ? Status::Ok() : layers_[i].error;
+}
+
+void ImageFs::StartIndexing() {
+  if (!opts_.layers || layers_.empty()) return;
+  int n = std::max(1, std::min<int>(opts_.index_threads, static_cast<int>(layers_.size())));
+  for (int t = 0; t < n; ++t) index_threads_.emplace_back([this] { IndexWorker(); });
+}
+
+void ImageFs::IndexWorker() {
+  for (;;) {
+    size_t next = layers_.size();
+    {
+      std::lock_guard lock(layers_mu_);
+      if (stop_) return;
+      for (size_t i = 0; i < layers_.size(); ++i) {
+        if (layers_[i].state == Layer::State::kPending) {
+          layers_[i].state = Layer::State::kBuilding;
+          next = i;
+          break;
+        }
+      }
+    }
+    if (next == layers_.size()) return;
+    BuildLayer(next);
+  }
+}
+
+Result<std::shared_ptr<const LayerIndex>> ImageFs::LoadOrBuildIndex(size_t i) {
+  const BlobDescriptor& blob = input_.layers[i];
+  if (opts_.index_store.get) {
+    if (std::optional<std::string> bytes = opts_.index_store.get(blob.digest)) {
+      Result<LayerIndex> idx = LayerIndex::Deserialize(*bytes);
+      if (idx.ok() && idx->blob_digest == blob.digest) {
+        std::lock_guard lock(layers_mu_);
+        layers_[i].from_cache = true;
+        layers_[i].done = blob.size;
+        return std::make_shared<const LayerIndex>(std::move(*idx));
+      }
+      LOG_WARN("layer " + std::to_string(i) + ": stored index unusable (" +
+               idx.status().ToString() + "); rebuilding");
+    }
+  }
+  IndexBuildOptions bo;
+  bo.progress = [this, i](uint64_t done, uint64_t total) {
+    {
+      std::lock_guard lock(layers_mu_);
+      layers_[i].done = done;
+    }
+    if (opts_.progress) {
+      opts_.progress("indexing layer " + std::to_string(i) + ": " +
+                     std::to_string(total ? done * 100 / total : 100) + "%");
+    }
+  };
+  ASSIGN_OR_RETURN(LayerIndex idx, BuildLayerIndex(&index_source_, blob,
+                                                   CompressionOfMediaType(blob.media_type), bo));
+  if (opts_.index_store.put) opts_.index_store.put(blob.digest, idx.Serialize());
+  return std::make_shared<const LayerIndex>(std::move(idx));
+}
+
+void ImageFs::BuildLayer(size_t i) {
+  Result<std::shared_ptr<const LayerIndex>> idx = LoadOrBuildIndex(i);
+  if (!idx.ok()) {
+    LOG_ERROR("layer " + std::to_string(i) + " (" + input_.layers[i].digest +
+              "): cannot index: " + idx.status().ToString());
+    std::lock_guard lock(layers_mu_);
+    layers_[i].state = Layer::State::kFailed;
+    layers_[i].error = idx.status();
+    layers_cv_.notify_all();
+    return;
+  }
+  auto reader = std::make_unique<LayerReader>(blobs_, input_.layers[i], *idx);
+  Ino dir;
+  {
+    std::lock_guard lock(layers_mu_);
+    dir = layers_[i].dir;
+    layers_[i].index = *idx;
+    layers_[i].reader = std::move(reader);
+  }
+  LayerTreeStats ts = AddLayerEntries(tree_, dir, static_cast<uint32_t>(i), **idx,
+                                      opts_.whiteouts);
+  tree_.ClearPending(dir);
+  std::lock_guard lock(layers_mu_);
+  layers_[i].tree_stats = ts;
+  layers_[i].state = Layer::State::kReady;
+  layers_cv_.notify_all();
+  if (opts_.progress) opts_.progress("layer " + std::to_string(i) + " ready");
+}
+
+std::vector<LayerIndexStatus> ImageFs::LayerStatuses() const {
+  std::lock_guard lock(layers_mu_);
+  std::vector<LayerIndexStatus> out;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const Layer& l = layers_[i];
+    LayerIndexStatus st;
+    static const char* kNames[] = {"pending", "building", "ready", "failed"};
+    st.state = kNames[static_cast<int>(l.state)];
+    uint64_t size = input_.layers[i].size;
+    st.percent = l.state == Layer::State::kReady ? 100.0
+                 : size ? 100.0 * static_cast<double>(l.done) / static_cast<double>(size)
+                        : 0.0;
+    st.from_cache = l.from_cache;
+    st.entries = l.tree_stats.entries;
+    st.skipped = l.tree_stats.skipped;
+    st.sequential_only = l.index && l.index->NeedsSequentialDecompression();
+    if (!l.error.ok()) st.error = l.error.ToString();
+    out.push_back(st);
+  }
+  return out;
 }
 
 }  // namespace regfs

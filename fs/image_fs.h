@@ -13,16 +13,21 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <atomic>
+#include <condition_variable>
 #include <mutex>
+#include <thread>
 #include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
 #include "fs/fuse_daemon.h"
+#include "fs/layer_tree.h"
 #include "fs/prefetcher.h"
 #include "fs/tree.h"
 #include "reader/base/blob_source.h"
+#include "reader/layer/layer_reader.h"
 
 namespace regfs {
 
@@ -34,11 +39,35 @@ struct ImageFsInput {
   int64_t mtime_sec = 0;                   // for the top-level files (image creation time)
 };
 
+// Where layer indexes persist (the chunk cache's table), by layer digest.
+// Either function may be empty; a failing put only costs a rebuild later.
+struct IndexStore {
+  std::function<std::optional<std::string>(const std::string& digest)> get;
+  std::function<void(const std::string& digest, const std::string& bytes)> put;
+};
+
+// What .regfs/status.json says of one layer's index.
+struct LayerIndexStatus {
+  std::string state;         // "pending", "building", "ready", "failed"
+  double percent = 0;        // of the blob read by the index pass
+  bool from_cache = false;   // the index came from the cache database
+  uint64_t entries = 0;
+  uint64_t skipped = 0;
+  bool sequential_only = false;  // single-frame zstd: reads decompress from the start
+  std::string error;
+};
+
 struct ImageFsOptions {
   int readahead_threads = 3;
   uint64_t readahead_job = 4ull << 20;      // one cache request each
   uint64_t readahead_max = 32ull << 20;     // the window grows up to this
   uint32_t uid = 0, gid = 0;                // owner of the synthetic files
+  bool layers = true;                       // show layers/<N>
+  WhiteoutMode whiteouts = WhiteoutMode::kAsInTar;
+  int index_threads = 2;                    // background index builds at once
+  IndexStore index_store;
+  // Called as index builds progress (the -f progress line); may be empty.
+  std::function<void(const std::string&)> progress;
 };
 
 class ImageFs : public FsContent {
@@ -46,7 +75,12 @@ class ImageFs : public FsContent {
   // `blobs` must outlive this. `status` makes .regfs/status.json's bytes.
   ImageFs(ImageFsInput input, BlobSource* blobs, std::function<std::string()> status,
           ImageFsOptions opts = {});
-  ~ImageFs() override;
+  ~ImageFs() override;  // stops index builds
+
+  // Starts building layer indexes in the background. Call once the mount is
+  // live (after any fork): it starts threads.
+  void StartIndexing();
+  std::vector<LayerIndexStatus> LayerStatuses() const;
 
   Tree& tree() { return tree_; }
   const ImageFsInput& input() const { return input_; }
@@ -58,6 +92,22 @@ class ImageFs : public FsContent {
  private:
   void Build();
   void MaybeReadAhead(const BlobDescriptor& blob, uint64_t offset, size_t len);
+
+  struct Layer {
+    enum class State { kPending, kBuilding, kReady, kFailed } state = State::kPending;
+    Ino dir = 0;
+    Status error;
+    uint64_t done = 0;
+    bool from_cache = false;
+    LayerTreeStats tree_stats;
+    std::shared_ptr<const LayerIndex> index;
+    std::unique_ptr<LayerReader> reader;
+  };
+  // Builds layer i's index (or loads it) and fills its directory. Called by
+  // whoever claimed the layer (state kBuilding).
+  void BuildLayer(size_t i);
+  Result<std::shared_ptr<const LayerIndex>> LoadOrBuildIndex(size_t i);
+  void IndexWorker();
 
   ImageFsInput input_;
   BlobSource* blobs_;
@@ -72,6 +122,28 @@ class ImageFs : public FsContent {
     uint64_t window = 0;   // current read-ahead window
     uint64_t ahead_to = 0; // read-ahead queued up to here
   };
+  mutable std::mutex layers_mu_;  // guards layers_ (not the readers' internals) and stop_
+  std::condition_variable layers_cv_;
+  std::vector<Layer> layers_;
+  bool stop_ = false;
+  std::vector<std::thread> index_threads_;
+  // Index passes read through this, so that unmounting cancels them.
+  class CancellableSource : public BlobSourceWrapper {
+   public:
+    CancellableSource(BlobSource* target, const std::atomic<bool>* cancelled)
+        : BlobSourceWrapper(target), cancelled_(cancelled) {}
+    Status ReadAt(const BlobDescriptor& blob, uint64_t offset,
+                  std::span<uint8_t> out) override {
+      if (cancelled_->load()) return Status::IoError("unmounting");
+      return BlobSourceWrapper::ReadAt(blob, offset, out);
+    }
+
+   private:
+    const std::atomic<bool>* cancelled_;
+  };
+  std::atomic<bool> cancelled_{false};
+  CancellableSource index_source_{nullptr, &cancelled_};
+
   std::mutex streams_mu_;  // guards streams_
   std::unordered_map<std::string, Stream> streams_;  // by blob digest
 };

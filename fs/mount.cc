@@ -21,6 +21,9 @@
 namespace regfs {
 namespace {
 
+// The layer index format tag in the cache; bump with LayerIndex::kFormatVersion.
+const std::string kIndexFormat = "tar-index/v" + std::to_string(LayerIndex::kFormatVersion);
+
 // An fd closed on scope exit.
 class UniqueFd {
  public:
@@ -81,7 +84,8 @@ void TakeOwnOptions(MountOptions* mo) {
 }
 
 std::string StatusJson(const ResolvedImage& img, CachedBlobSource* cached,
-                       RegistryClient* client, std::chrono::steady_clock::time_point start) {
+                       RegistryClient* client, const ImageFs* fs,
+                       std::chrono::steady_clock::time_point start) {
   nlohmann::json j;
   j["image"] = img.ref.Normalized();
   j["manifestDigest"] = img.manifest_digest;
@@ -90,6 +94,8 @@ std::string StatusJson(const ResolvedImage& img, CachedBlobSource* cached,
   j["uptimeSeconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
                            .count();
   uint64_t hits = 0, misses = 0;
+  std::vector<LayerIndexStatus> idx;
+  if (fs) idx = fs->LayerStatuses();
   j["layers"] = nlohmann::json::array();
   for (size_t i = 0; i < img.manifest.layers.size(); ++i) {
     const BlobDescriptor& l = img.manifest.layers[i];
@@ -104,6 +110,18 @@ std::string StatusJson(const ResolvedImage& img, CachedBlobSource* cached,
       lj["percentCached"] = cached->PercentCached(l);
       hits += c.hits;
       misses += c.misses;
+    }
+    if (i < idx.size()) {
+      nlohmann::json ij = {{"state", idx[i].state},
+                           {"percent", idx[i].percent},
+                           {"fromCache", idx[i].from_cache},
+                           {"entries", idx[i].entries},
+                           {"skippedEntries", idx[i].skipped}};
+      if (idx[i].sequential_only) {
+        ij["note"] = "single-frame zstd: reads decompress from the start of the layer";
+      }
+      if (!idx[i].error.empty()) ij["error"] = idx[i].error;
+      lj["index"] = ij;
     }
     j["layers"].push_back(lj);
   }
@@ -169,8 +187,28 @@ int Serve(MountOptions mo, ReadyPipe* ready) {
   in.index_bytes = img->index_bytes;
   in.layers = img->manifest.layers;
   in.mtime_sec = ParseCreated(img->config_bytes);
+  ImageFsOptions fso;
+  fso.whiteouts = mo.overlay_whiteouts ? WhiteoutMode::kOverlay : WhiteoutMode::kAsInTar;
+  ChunkCache* db = cache->get();
+  fso.index_store.get = [db](const std::string& digest) -> std::optional<std::string> {
+    Result<std::optional<std::string>> r = db->GetLayerIndex(digest, kIndexFormat);
+    if (!r.ok()) return std::nullopt;
+    return *r;
+  };
+  fso.index_store.put = [db](const std::string& digest, const std::string& bytes) {
+    Status put = db->PutLayerIndex(digest, kIndexFormat, bytes);
+    if (!put.ok()) LOG_WARN("cannot store the index of " + digest + ": " + put.ToString());
+  };
+  if (!ready) {  // -f: a progress line on the terminal
+    fso.progress = [](const std::string& line) {
+      std::fprintf(stderr, "\r\033[Kregfs: %s", line.c_str());
+      if (line.find("ready") != std::string::npos) std::fprintf(stderr, "\n");
+    };
+  }
+  ImageFs* fs_ptr = nullptr;
   ImageFs fs(std::move(in), &cached,
-             [&] { return StatusJson(*img, &cached, client.get(), start); });
+             [&] { return StatusJson(*img, &cached, client.get(), fs_ptr, start); }, fso);
+  fs_ptr = &fs;
 
   FuseOptions fo;
   fo.mountpoint = mo.mountpoint;
@@ -193,6 +231,7 @@ int Serve(MountOptions mo, ReadyPipe* ready) {
     }
     if (chdir("/") != 0) LOG_WARN("chdir / failed");
   }
+  fs.StartIndexing();
   Status s = daemon.Loop(true);
   if (!s.ok()) {
     LOG_ERROR("daemon: " + s.ToString());

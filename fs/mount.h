@@ -21,6 +21,7 @@ struct MountOptions {
   std::vector<std::string> fuse_opts;  // -o; regfs's own keys are taken out
   bool foreground = false;
   bool fuse_debug = false;
+  bool overlay_whiteouts = false;  // --whiteouts=overlay
   std::string log_file;
 };
 
