@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <condition_variable>
 #include <cstring>
-#include <set>
+#include <cstdint>
 
 #include "reader/base/digest.h"
 #include "reader/base/log.h"
@@ -101,14 +101,13 @@ Status CachedBlobSource::ReadAt(const BlobDescriptor& blob, uint64_t offset,
   return Status::Ok();
 }
 
-Status CachedBlobSource::ReadRange(const BlobDescriptor& blob, uint64_t offset,
-                                   std::span<uint8_t> out) {
+std::vector<uint64_t> CachedBlobSource::Lookup(const BlobDescriptor& blob, uint64_t offset,
+                                               std::span<uint8_t> out,
+                                               const std::vector<uint64_t>& chunks) {
   const uint64_t cs = cache_->chunk_size();
-  const uint64_t first = offset / cs, last = (offset + out.size() - 1) / cs;
-  ChunkCache::Pin pin(cache_, blob.digest, first, last);
   std::vector<uint64_t> missing;
   uint64_t hits = 0;
-  for (uint64_t c = first; c <= last; ++c) {
+  for (uint64_t c : chunks) {
     const uint64_t a = std::max(offset, c * cs);
     const uint64_t b = std::min(offset + out.size(), (c + 1) * cs);
     auto r = cache_->ReadChunk(blob.digest, c, static_cast<uint32_t>(a - c * cs),
@@ -122,14 +121,38 @@ Status CachedBlobSource::ReadRange(const BlobDescriptor& blob, uint64_t offset,
       missing.push_back(c);
     }
   }
-  Count(blob.digest, hits, missing.size(), 0, 0);
-  if (missing.empty()) return Status::Ok();
-  return FetchMissing(blob, offset, out, missing);
+  if (hits) Count(blob.digest, hits, 0, 0, 0);
+  return missing;
+}
+
+Status CachedBlobSource::ReadRange(const BlobDescriptor& blob, uint64_t offset,
+                                   std::span<uint8_t> out) {
+  const uint64_t cs = cache_->chunk_size();
+  const uint64_t first = offset / cs, last = (offset + out.size() - 1) / cs;
+  ChunkCache::Pin pin(cache_, blob.digest, first, last);
+  std::vector<uint64_t> todo;
+  for (uint64_t c = first; c <= last; ++c) todo.push_back(c);
+  // A miss can go stale if another reader's fetch stores the chunk between our
+  // lookup and our registration; then look again rather than fetch it twice.
+  for (int attempt = 0;; ++attempt) {
+    const uint64_t gen = completed_gen_.load(std::memory_order_acquire);
+    std::vector<uint64_t> missing = Lookup(blob, offset, out, todo);
+    if (missing.empty()) return Status::Ok();
+    bool stale = false;
+    Status st = FetchMissing(blob, offset, out, missing, attempt < 3 ? gen : UINT64_MAX, &stale);
+    if (!stale) {
+      Count(blob.digest, 0, missing.size(), 0, 0);
+      return st;
+    }
+    todo = std::move(missing);
+  }
 }
 
 Status CachedBlobSource::FetchMissing(const BlobDescriptor& blob, uint64_t offset,
                                       std::span<uint8_t> out,
-                                      const std::vector<uint64_t>& missing) {
+                                      const std::vector<uint64_t>& missing, uint64_t gen,
+                                      bool* stale) {
+  *stale = false;
   const uint64_t cs = cache_->chunk_size();
   const uint64_t nchunks = (blob.size + cs - 1) / cs;
   const uint64_t max_chunks = std::max<uint64_t>(1, options_.max_fetch_bytes / cs);
@@ -162,6 +185,10 @@ Status CachedBlobSource::FetchMissing(const BlobDescriptor& blob, uint64_t offse
   std::map<uint64_t, std::shared_ptr<Flight>> needed;               // chunk of the request
   {
     std::lock_guard<std::mutex> lock(flights_mu_);
+    if (gen != UINT64_MAX && completed_gen_.load(std::memory_order_relaxed) != gen) {
+      *stale = true;
+      return Status::Ok();
+    }
     for (uint64_t c : missing) {
       auto key = std::make_pair(blob.digest, c);
       auto it = flights_.find(key);
@@ -233,6 +260,7 @@ Status CachedBlobSource::FetchRun(const BlobDescriptor& blob, uint64_t first, ui
     // Stored before unregistering: a newcomer finds either the flight or the chunk.
     std::lock_guard<std::mutex> lock(flights_mu_);
     for (uint64_t c = first; c <= last; ++c) flights_.erase({blob.digest, c});
+    completed_gen_.fetch_add(1, std::memory_order_release);
   }
   for (uint64_t c = first; c <= last; ++c) {
     const uint64_t off = (c - first) * cs;

@@ -24,6 +24,7 @@
 #ifndef REGFS_CACHE_CACHED_BLOB_SOURCE_H_
 #define REGFS_CACHE_CACHED_BLOB_SOURCE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -87,8 +88,13 @@ class CachedBlobSource : public BlobSource {
 
   // Reads [offset, offset + out.size()) through the cache; no digest tracking.
   Status ReadRange(const BlobDescriptor& blob, uint64_t offset, std::span<uint8_t> out);
+  // Looks chunks up in the cache, copying hits into out; returns the misses.
+  std::vector<uint64_t> Lookup(const BlobDescriptor& blob, uint64_t offset,
+                               std::span<uint8_t> out, const std::vector<uint64_t>& chunks);
+  // Fetches `missing` (single flight, coalesced). If a fetch finished since
+  // `gen` was read (so a miss may be stale), registers nothing and sets *stale.
   Status FetchMissing(const BlobDescriptor& blob, uint64_t offset, std::span<uint8_t> out,
-                      const std::vector<uint64_t>& missing);
+                      const std::vector<uint64_t>& missing, uint64_t gen, bool* stale);
   Status FetchRun(const BlobDescriptor& blob, uint64_t first, uint64_t last,
                   const std::vector<std::shared_ptr<Flight>>& flights);
   Status CheckChunkHashes(const BlobDescriptor& blob, uint64_t first,
@@ -107,6 +113,8 @@ class CachedBlobSource : public BlobSource {
   std::mutex flights_mu_;  // guards flights_ and readahead_; never held across I/O
   std::map<std::pair<std::string, uint64_t>, std::shared_ptr<Flight>> flights_;
   std::map<std::string, Readahead> readahead_;
+  // Bumped (under flights_mu_) whenever a fetch unregisters its flights.
+  std::atomic<uint64_t> completed_gen_{0};
 
   std::mutex seq_mu_;  // guards seq_ (the map); each SeqHash has its own mutex
   std::map<std::string, std::shared_ptr<SeqHash>> seq_;
