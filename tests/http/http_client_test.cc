@@ -210,3 +210,54 @@ TEST_F(HttpClientTest, ConnectionRefusedIsTransient) {
 
 }  // namespace
 }  // namespace regfs::testing
+
+namespace regfs::testing {
+namespace {
+
+TEST(ConnectionPoolTest, BorrowWaitsWhenAllAreLentOut) {
+  ConnectionPool pool(2);
+  auto a = pool.Borrow();
+  auto b = pool.Borrow();
+  ASSERT_OK(a);
+  ASSERT_OK(b);
+  EXPECT_EQ(pool.Stats().borrowed, 2);
+  std::atomic<bool> got{false};
+  std::thread waiter([&] {
+    auto c = pool.Borrow();
+    got = c.ok();
+  });
+  // The waiter registers as waiting and stays blocked while both are lent.
+  for (int i = 0; i < 500 && pool.Stats().waits == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  EXPECT_EQ(pool.Stats().waits, 1u);
+  EXPECT_FALSE(got.load());
+  CURL* first = a->get();
+  { auto release = std::move(a).value(); }  // returns the handle
+  waiter.join();
+  EXPECT_TRUE(got.load());
+  PoolStats st = pool.Stats();
+  EXPECT_EQ(st.created, 2);
+  EXPECT_EQ(st.borrowed, 1);
+  // The returned handle is reused, not a new one.
+  auto again = pool.Borrow();
+  ASSERT_OK(again);
+  EXPECT_EQ(again->get(), first);
+}
+
+TEST(ConnectionPoolTest, DiscardedHandleFreesItsSlot) {
+  ConnectionPool pool(1);
+  {
+    auto a = pool.Borrow();
+    ASSERT_OK(a);
+    a->Discard();
+  }
+  PoolStats st = pool.Stats();
+  EXPECT_EQ(st.created, 0);
+  EXPECT_EQ(st.borrowed, 0);
+  auto b = pool.Borrow();
+  EXPECT_OK(b);
+}
+
+}  // namespace
+}  // namespace regfs::testing

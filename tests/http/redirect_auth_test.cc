@@ -76,6 +76,39 @@ TEST_F(Redirect, DropsAuthorizationToOtherPortOfSameHost) {
   for (const auto& r : cdn_.requests()) EXPECT_EQ(r.Header("authorization"), "");
 }
 
+TEST_F(Redirect, DropsAuthorizationToOtherHostNameOnSamePort) {
+  // "localhost" and "127.0.0.1" reach the same server but are different
+  // origins: no credentials cross, even when the target asks for them.
+  options_.credentials.explicit_creds = Credentials{"user", "pw-secret", "test"};
+  server_.RequireBasic("user", "pw-secret");
+  server_.AddFault(blob_path(), Fault{FaultKind::kRedirect, -1,
+                                      "http://localhost:" + std::to_string(server_.port()) + blob_path()});
+  std::string got;
+  EXPECT_EQ(Read(0, 100, &got).code(), Code::kUnauthorized);
+  int to_localhost = 0;
+  for (const auto& r : server_.requests()) {
+    if (r.Header("host").rfind("localhost", 0) == 0) {
+      ++to_localhost;
+      EXPECT_EQ(r.Header("authorization"), "");
+    }
+  }
+  EXPECT_GE(to_localhost, 1);
+}
+
+TEST_F(Redirect, ManifestAcceptHeaderStaysWithRegistry) {
+  std::string manifest = R"({"schemaVersion":2})";
+  std::string path = std::string("/v2/") + kRepo + "/manifests/latest";
+  server_.AddResource(path, manifest);
+  cdn_.AddResource("/cdn/manifest", manifest);
+  server_.AddFault(path, Fault{FaultKind::kRedirect, -1, cdn_.url() + "/cdn/manifest"});
+  auto m = client().GetManifest("latest");
+  ASSERT_OK(m);
+  EXPECT_EQ(m->digest, Sha256Digest(manifest));
+  ASSERT_EQ(cdn_.requests().size(), 1u);
+  EXPECT_EQ(cdn_.requests()[0].Header("accept").find("vnd.oci"), std::string::npos);
+  EXPECT_NE(server_.requests().back().Header("accept").find("vnd.oci"), std::string::npos);
+}
+
 TEST_F(Redirect, ReResolvedWhenCachedTargetRefuses) {
   server_.AddFault(blob_path(), Fault{FaultKind::kRedirect, -1, cdn_url()}, 2);
   std::string got;
