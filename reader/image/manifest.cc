@@ -75,6 +75,12 @@ std::optional<std::string> GetString(const json& j, const char* key) {
   return it->get<std::string>();
 }
 
+// A malformed digest in a document from the registry is corruption; another
+// algorithm (sha512) is a valid thing we do not handle.
+Code DigestErrorCode(const Status& st) {
+  return st.code() == Code::kUnsupported ? Code::kUnsupported : Code::kCorrupt;
+}
+
 Result<BlobDescriptor> ParseDescriptor(const json& j, std::string_view what) {
   if (!j.is_object()) return Status::Corrupt(std::string(what) + ": descriptor is not an object");
   BlobDescriptor d;
@@ -86,7 +92,7 @@ Result<BlobDescriptor> ParseDescriptor(const json& j, std::string_view what) {
   auto digest = GetString(j, "digest");
   if (!digest) return CorruptField(what, "digest");
   Status st = ValidateDigest(*digest);
-  if (!st.ok()) return Status(st.code(), std::string(what) + ": " + st.message());
+  if (!st.ok()) return Status(DigestErrorCode(st), std::string(what) + ": " + st.message());
   d.digest = *digest;
   auto size = j.find("size");
   if (size == j.end() || !size->is_number_integer()) return CorruptField(what, "size");
@@ -219,7 +225,7 @@ Result<ImageConfig> ParseConfigImpl(std::string_view body) {
     if (!id.is_string()) return CorruptField("config", "rootfs.diff_ids");
     std::string s = id.get<std::string>();
     Status st = ValidateDigest(s);
-    if (!st.ok()) return Status(st.code(), "config: rootfs.diff_ids: " + st.message());
+    if (!st.ok()) return Status(DigestErrorCode(st), "config: rootfs.diff_ids: " + st.message());
     c.diff_ids.push_back(std::move(s));
   }
   return c;

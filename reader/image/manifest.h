@@ -76,6 +76,9 @@ bool IsManifestMediaType(std::string_view media_type);
 
 // `media_type` is the Content-Type the registry sent (may be empty: then the
 // body's "mediaType" field decides). Corrupt on malformed JSON or missing fields.
+// Corrupt when the Content-Type and the body's mediaType disagree (generic
+// types such as application/json are ignored); Unsupported for Docker schema 1
+// and for digests of another algorithm. Never throws.
 Result<ImageIndex> ParseIndex(std::string_view body, std::string_view media_type);
 Result<ImageManifest> ParseManifest(std::string_view body, std::string_view media_type);
 Result<ImageConfig> ParseConfig(std::string_view body);

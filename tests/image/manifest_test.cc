@@ -171,7 +171,10 @@ TEST(ManifestTest, ParseManifestRejectsBadInput) {
   expect_code(x.dump(), "", Code::kCorrupt);
   x = m;
   x["layers"][0]["digest"] = "sha256:xyz";
-  expect_code(x.dump(), "", Code::kInvalidArgument);
+  expect_code(x.dump(), "", Code::kCorrupt);
+  x = m;
+  x["layers"][0]["digest"] = "sha512:" + std::string(128, 'a');
+  expect_code(x.dump(), "", Code::kUnsupported);
   x = m;
   x["config"] = "nope";
   expect_code(x.dump(), "", Code::kCorrupt);
