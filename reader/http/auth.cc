@@ -4,14 +4,14 @@
 
 #include <algorithm>
 #include <cctype>
-
 #include <nlohmann/json.hpp>
 
 namespace regfs {
 namespace {
 
 bool IsTokenChar(char c) {
-  return std::isalnum(static_cast<unsigned char>(c)) || std::string_view("!#$%&'*+-.^_`|~/").find(c) != std::string_view::npos;
+  return std::isalnum(static_cast<unsigned char>(c)) ||
+         std::string_view("!#$%&'*+-.^_`|~/").find(c) != std::string_view::npos;
 }
 
 std::string Lower(std::string s) {
@@ -159,13 +159,13 @@ Status Authenticator::OnRejected(long http_status, std::string_view www_authenti
   }
   if (basic) {
     if (!creds_) {
-      return Status::Unauthorized(code + ": the registry requires credentials and none were "
-                                         "found (--creds, --authfile, auth.json)");
+      return Status::Unauthorized(code +
+                                  ": the registry requires credentials and none were "
+                                  "found (--creds, --authfile, auth.json)");
     }
     std::lock_guard<std::mutex> lock(mu_);
     if (mode_ == Mode::kBasic && !sent.empty()) {
-      return Status::Unauthorized(code + ": credentials " + creds_->ToString() +
-                                  " were rejected");
+      return Status::Unauthorized(code + ": credentials " + creds_->ToString() + " were rejected");
     }
     mode_ = Mode::kBasic;
     return Status::Ok();

@@ -54,8 +54,8 @@ class Authenticator {
   // The registry answered 401 or 403 to a request that carried `sent` (the
   // header line or ""). OK means retrying may now succeed (new token, or
   // basic credentials to send); Unauthorized means it cannot.
-  Status OnRejected(long http_status, std::string_view www_authenticate,
-                    const std::string& scope, const std::string& sent);
+  Status OnRejected(long http_status, std::string_view www_authenticate, const std::string& scope,
+                    const std::string& sent);
 
   uint64_t token_fetches() const { return token_fetches_.load(); }
 
@@ -76,9 +76,9 @@ class Authenticator {
 
   std::mutex fetch_mu_;  // single-flight token fetches; taken before mu_
   mutable std::mutex mu_;
-  Mode mode_ = Mode::kNone;                // guarded by mu_
-  std::string realm_, service_;            // guarded by mu_
-  std::map<std::string, Token> tokens_;    // guarded by mu_; by scope
+  Mode mode_ = Mode::kNone;              // guarded by mu_
+  std::string realm_, service_;          // guarded by mu_
+  std::map<std::string, Token> tokens_;  // guarded by mu_; by scope
   std::atomic<uint64_t> token_fetches_{0};
 };
 

@@ -4,7 +4,6 @@
 #include <cctype>
 #include <charconv>
 #include <cstring>
-
 #include <nlohmann/json.hpp>
 
 namespace regfs {
@@ -22,8 +21,8 @@ std::string LowerAscii(std::string_view s) {
 
 std::string_view Trim(std::string_view s) {
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r' ||
-                        s.back() == '\n')) {
+  while (!s.empty() &&
+         (s.back() == ' ' || s.back() == '\t' || s.back() == '\r' || s.back() == '\n')) {
     s.remove_suffix(1);
   }
   return s;
@@ -100,8 +99,8 @@ struct Transfer {
     std::string raw = resp->Header("content-range");
     std::optional<ContentRange> cr = ParseContentRange(raw);
     if (!cr) {
-      abort = Status::Protocol(what + (raw.empty() ? ": 206 without Content-Range"
-                                                   : ": malformed Content-Range"));
+      abort = Status::Protocol(
+          what + (raw.empty() ? ": 206 without Content-Range" : ": malformed Content-Range"));
       return false;
     }
     bool total_ok = !req->expected_total || (cr->total && *cr->total == *req->expected_total);
@@ -219,8 +218,9 @@ Status MapCurlCode(CURLcode code, std::string_view what, std::string_view detail
     case CURLE_SSL_CACERT_BADFILE:
     case CURLE_SSL_CERTPROBLEM:
     case CURLE_SSL_ISSUER_ERROR:
-      return Status::Protocol(msg + " (TLS verification failed; --tls-verify=false accepts "
-                                    "self-signed registries)");
+      return Status::Protocol(msg +
+                              " (TLS verification failed; --tls-verify=false accepts "
+                              "self-signed registries)");
     default:
       return Status::Protocol(msg);
   }
@@ -339,8 +339,8 @@ std::string RegistryErrorMessage(std::string_view body) {
   return out;
 }
 
-Status StatusFromHttp(CURLcode code, long http_status, std::string_view body,
-                      std::string_view what, std::string_view curl_detail) {
+Status StatusFromHttp(CURLcode code, long http_status, std::string_view body, std::string_view what,
+                      std::string_view curl_detail) {
   if (curl_detail.empty()) curl_detail = curl_easy_strerror(code);
   if ((http_status >= 200 && http_status < 300) || (http_status == 0 && code != CURLE_OK)) {
     return MapCurlCode(code, what, curl_detail);

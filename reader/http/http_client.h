@@ -43,10 +43,10 @@ namespace regfs {
 // Connection pool
 
 struct PoolStats {
-  int limit = 0;        // the most easy handles (= connections) it will create
-  int created = 0;      // handles created so far (never exceeds limit)
-  int borrowed = 0;     // handles lent out right now
-  uint64_t waits = 0;   // borrows that had to wait for a free handle
+  int limit = 0;       // the most easy handles (= connections) it will create
+  int created = 0;     // handles created so far (never exceeds limit)
+  int borrowed = 0;    // handles lent out right now
+  uint64_t waits = 0;  // borrows that had to wait for a free handle
 };
 
 // A bounded set of easy handles for one origin. Borrow() waits while all
@@ -125,10 +125,10 @@ struct HttpRequest {
 };
 
 struct HttpResponse {
-  long status = 0;  // 0 when no status line arrived
+  long status = 0;                                           // 0 when no status line arrived
   std::vector<std::pair<std::string, std::string>> headers;  // names lowercase
-  std::string body;        // 2xx body (no body_out) or the (capped) error body
-  uint64_t body_bytes = 0; // 2xx body bytes delivered (body_out or body)
+  std::string body;         // 2xx body (no body_out) or the (capped) error body
+  uint64_t body_bytes = 0;  // 2xx body bytes delivered (body_out or body)
   bool headers_complete = false;
 
   // First value of header `name` (lowercase), or empty.
@@ -145,8 +145,8 @@ struct HttpResult {
 // prefixes the message ("GET <redacted url>"); `curl_detail` is curl's error
 // buffer (empty: curl_easy_strerror). An HTTP error status wins over a
 // transport error that followed it.
-Status StatusFromHttp(CURLcode code, long http_status, std::string_view body,
-                      std::string_view what, std::string_view curl_detail = {});
+Status StatusFromHttp(CURLcode code, long http_status, std::string_view body, std::string_view what,
+                      std::string_view curl_detail = {});
 // "CODE: message; CODE2: message2" from a registry error body, or empty.
 std::string RegistryErrorMessage(std::string_view body);
 
@@ -163,7 +163,7 @@ struct HttpClientOptions {
 
 struct HttpCounters {
   uint64_t requests = 0;
-  uint64_t body_bytes = 0;    // 2xx body bytes received
+  uint64_t body_bytes = 0;  // 2xx body bytes received
   uint64_t transport_errors = 0;
 };
 

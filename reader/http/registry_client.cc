@@ -3,9 +3,8 @@
 #include <algorithm>
 #include <cctype>
 #include <charconv>
-#include <thread>
-
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "reader/base/digest.h"
 #include "reader/base/log.h"
@@ -85,8 +84,8 @@ Result<std::unique_ptr<RegistryClient>> RegistryClient::Create(const Reference& 
   } else {
     ASSIGN_OR_RETURN(creds, LookupCredentials(ref.registry, options.credentials));
   }
-  return std::unique_ptr<RegistryClient>(new RegistryClient(ref, std::move(options),
-                                                            std::move(creds)));
+  return std::unique_ptr<RegistryClient>(
+      new RegistryClient(ref, std::move(options), std::move(creds)));
 }
 
 static HttpClientOptions HttpOptionsFrom(const RegistryClientOptions& o) {
@@ -112,8 +111,12 @@ RegistryClient::~RegistryClient() = default;
 
 RegistryCounters RegistryClient::Counters() const {
   HttpCounters h = http_.Counters();
-  return RegistryCounters{h.requests,     h.body_bytes,          retries_.load(),
-                          resumes_.load(), redirects_followed_.load(), auth_.token_fetches()};
+  return RegistryCounters{h.requests,
+                          h.body_bytes,
+                          retries_.load(),
+                          resumes_.load(),
+                          redirects_followed_.load(),
+                          auth_.token_fetches()};
 }
 
 std::string RegistryClient::BaseUrl() {
@@ -190,7 +193,8 @@ Status RegistryClient::AttemptOnce(Call& call, bool* progressed) {
     const long code = r.response.status;
     if (IsRedirect(code) && r.response.headers_complete) {
       std::string location = r.response.Header("location");
-      if (location.empty()) return Status::Protocol("redirect without Location from " + RedactUrl(url));
+      if (location.empty())
+        return Status::Protocol("redirect without Location from " + RedactUrl(url));
       ASSIGN_OR_RETURN(url, ResolveUrl(url, location));
       redirects_followed_.fetch_add(1, std::memory_order_relaxed);
       continue;
@@ -219,7 +223,8 @@ Status RegistryClient::AttemptOnce(Call& call, bool* progressed) {
       return r.status;
     }
     if (to_registry && (code == 401 || code == 403)) {
-      Status auth = auth_.OnRejected(code, r.response.Header("www-authenticate"), scope_, sent_auth);
+      Status auth =
+          auth_.OnRejected(code, r.response.Header("www-authenticate"), scope_, sent_auth);
       if (auth.ok()) {
         call.retry_now = true;
         call.auth_round = true;
@@ -230,7 +235,8 @@ Status RegistryClient::AttemptOnce(Call& call, bool* progressed) {
       }
       return auth;
     }
-    if (code == 429 || code == 503) call.retry_after = ParseRetryAfter(r.response.Header("retry-after"));
+    if (code == 429 || code == 503)
+      call.retry_after = ParseRetryAfter(r.response.Header("retry-after"));
     return r.status;
   }
   return Status::Protocol("more than " + std::to_string(kMaxRedirects) + " redirects for " +
@@ -276,7 +282,8 @@ Status RegistryClient::Execute(Call& call) {
 }
 
 Result<FetchedManifest> RegistryClient::GetManifest(std::string_view reference) {
-  const bool by_digest = reference.rfind("sha256:", 0) == 0 || reference.find(':') != std::string_view::npos;
+  const bool by_digest =
+      reference.rfind("sha256:", 0) == 0 || reference.find(':') != std::string_view::npos;
   if (by_digest) {
     RETURN_IF_ERROR(ValidateDigest(reference));
   } else if (!IsValidTag(reference)) {
@@ -292,7 +299,8 @@ Result<FetchedManifest> RegistryClient::GetManifest(std::string_view reference) 
   m.bytes = std::move(call.response.body);
   m.digest = Sha256Digest(m.bytes);
   if (by_digest && m.digest != reference) {
-    return Status::Corrupt("manifest " + std::string(reference) + ": content hashes to " + m.digest);
+    return Status::Corrupt("manifest " + std::string(reference) + ": content hashes to " +
+                           m.digest);
   }
   std::string header = call.response.Header("docker-content-digest");
   if (!by_digest && !header.empty() && header != m.digest) {
@@ -320,7 +328,8 @@ Result<std::string> RegistryClient::GetBlob(const BlobDescriptor& desc, size_t m
                            " bytes, descriptor says " + std::to_string(desc.size));
   }
   std::string got = Sha256Digest(body);
-  if (got != desc.digest) return Status::Corrupt("blob " + desc.digest + ": content hashes to " + got);
+  if (got != desc.digest)
+    return Status::Corrupt("blob " + desc.digest + ": content hashes to " + got);
   return body;
 }
 
@@ -375,8 +384,9 @@ Result<ResolvedImage> ResolveImage(RegistryClient& client, const Reference& ref,
     img.index_media_type = media;
     ASSIGN_OR_RETURN(chosen, client.GetManifest(desc.digest));
     if (chosen.bytes.size() != desc.size) {
-      return Status::Corrupt("manifest " + desc.digest + ": " + std::to_string(chosen.bytes.size()) +
-                             " bytes, index says " + std::to_string(desc.size));
+      return Status::Corrupt("manifest " + desc.digest + ": " +
+                             std::to_string(chosen.bytes.size()) + " bytes, index says " +
+                             std::to_string(desc.size));
     }
     media = chosen.media_type;
     if (!IsManifestMediaType(media)) media = desc.media_type;

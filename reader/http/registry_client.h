@@ -66,11 +66,11 @@ struct RegistryClientOptions {
 };
 
 struct RegistryCounters {
-  uint64_t requests = 0;       // HTTP exchanges, token and redirect hops included
-  uint64_t bytes = 0;          // 2xx body bytes received
-  uint64_t retries = 0;        // attempts after the first (transient failures)
-  uint64_t resumes = 0;        // ranged reads continued after a partial body
-  uint64_t redirects = 0;      // redirect hops followed
+  uint64_t requests = 0;   // HTTP exchanges, token and redirect hops included
+  uint64_t bytes = 0;      // 2xx body bytes received
+  uint64_t retries = 0;    // attempts after the first (transient failures)
+  uint64_t resumes = 0;    // ranged reads continued after a partial body
+  uint64_t redirects = 0;  // redirect hops followed
   uint64_t token_fetches = 0;
 };
 

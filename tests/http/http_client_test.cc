@@ -19,10 +19,11 @@ TEST(StatusMap, HttpStatusesMapToTypedCodes) {
   struct Case {
     long http;
     Code want;
-  } cases[] = {{401, Code::kUnauthorized}, {403, Code::kUnauthorized}, {404, Code::kNotFound},
-               {416, Code::kRangeNotSatisfiable}, {429, Code::kTransient}, {500, Code::kTransient},
-               {502, Code::kTransient}, {503, Code::kTransient}, {408, Code::kTransient},
-               {400, Code::kInvalidArgument}, {418, Code::kProtocol}, {302, Code::kProtocol}};
+  } cases[] = {
+      {401, Code::kUnauthorized},        {403, Code::kUnauthorized}, {404, Code::kNotFound},
+      {416, Code::kRangeNotSatisfiable}, {429, Code::kTransient},    {500, Code::kTransient},
+      {502, Code::kTransient},           {503, Code::kTransient},    {408, Code::kTransient},
+      {400, Code::kInvalidArgument},     {418, Code::kProtocol},     {302, Code::kProtocol}};
   for (const Case& c : cases) {
     EXPECT_EQ(StatusFromHttp(CURLE_OK, c.http, "", "GET x").code(), c.want) << c.http;
     // A transport error after the status line does not hide the status.

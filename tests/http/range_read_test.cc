@@ -44,8 +44,8 @@ TEST_F(RangeRead, ResetMidBodyResumes) {
   auto log = server_.requests();
   ASSERT_GE(log.size(), 2u);
   // The second request starts where the first body stopped.
-  EXPECT_EQ(log.back().Header("range"),
-            "bytes=" + std::to_string(1000 + 32 * 1024) + "-" + std::to_string(1000 + 64 * 1024 - 1));
+  EXPECT_EQ(log.back().Header("range"), "bytes=" + std::to_string(1000 + 32 * 1024) + "-" +
+                                            std::to_string(1000 + 64 * 1024 - 1));
 }
 
 TEST_F(RangeRead, TruncatedBodyResumes) {
@@ -170,7 +170,8 @@ TEST_F(Retry, TimeBudgetBoundsResumes) {
   // attempt count never runs out; the time budget must still end it.
   options_.retry.total_budget = std::chrono::milliseconds(300);
   options_.retry.max_attempts = 1000;
-  server_.AddFault(blob_path(), Fault{FaultKind::kStall, -1, "", std::chrono::milliseconds(200)}, 1000);
+  server_.AddFault(blob_path(), Fault{FaultKind::kStall, -1, "", std::chrono::milliseconds(200)},
+                   1000);
   std::string got;
   Status st = Read(0, 64 * 1024, &got);
   EXPECT_EQ(st.code(), Code::kTransient) << st.ToString();

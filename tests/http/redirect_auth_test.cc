@@ -81,8 +81,9 @@ TEST_F(Redirect, DropsAuthorizationToOtherHostNameOnSamePort) {
   // origins: no credentials cross, even when the target asks for them.
   options_.credentials.explicit_creds = Credentials{"user", "pw-secret", "test"};
   server_.RequireBasic("user", "pw-secret");
-  server_.AddFault(blob_path(), Fault{FaultKind::kRedirect, -1,
-                                      "http://localhost:" + std::to_string(server_.port()) + blob_path()});
+  server_.AddFault(blob_path(),
+                   Fault{FaultKind::kRedirect, -1,
+                         "http://localhost:" + std::to_string(server_.port()) + blob_path()});
   std::string got;
   EXPECT_EQ(Read(0, 100, &got).code(), Code::kUnauthorized);
   int to_localhost = 0;
@@ -154,7 +155,8 @@ TEST_F(Auth, AnonymousBearerTokenFetchedOnceAndCached) {
   EXPECT_EQ(CountStatus(server_, 401), 1);
   bool scoped = false;
   for (const auto& r : server_.requests()) {
-    if (r.path == "/token") scoped = r.target.find("scope=repository%3Atest%2Frepo%3Apull") != std::string::npos;
+    if (r.path == "/token")
+      scoped = r.target.find("scope=repository%3Atest%2Frepo%3Apull") != std::string::npos;
   }
   EXPECT_TRUE(scoped);
 }

@@ -21,13 +21,16 @@ class Resolve : public ReaderTest {
     std::string config_bytes = config.dump();
     std::string config_digest = Sha256Digest(config_bytes);
     server_.AddResource(BlobPath(config_digest), config_bytes);
-    json manifest = {
-        {"schemaVersion", 2},
-        {"mediaType", std::string(kMediaTypeOciManifest)},
-        {"config",
-         {{"mediaType", std::string(kMediaTypeOciConfig)}, {"digest", config_digest}, {"size", config_bytes.size()}}},
-        {"layers",
-         {{{"mediaType", std::string(kMediaTypeOciLayerGzip)}, {"digest", blob_.digest}, {"size", blob_.size}}}}};
+    json manifest = {{"schemaVersion", 2},
+                     {"mediaType", std::string(kMediaTypeOciManifest)},
+                     {"config",
+                      {{"mediaType", std::string(kMediaTypeOciConfig)},
+                       {"digest", config_digest},
+                       {"size", config_bytes.size()}}},
+                     {"layers",
+                      {{{"mediaType", std::string(kMediaTypeOciLayerGzip)},
+                        {"digest", blob_.digest},
+                        {"size", blob_.size}}}}};
     std::string bytes = manifest.dump();
     std::string digest = Sha256Digest(bytes);
     server_.AddResource(ManifestPath(digest), bytes, std::string(kMediaTypeOciManifest));
@@ -71,11 +74,17 @@ TEST_F(Resolve, IndexPicksRequestedPlatformAndSkipsUnknownTypes) {
       {"schemaVersion", 2},
       {"mediaType", std::string(kMediaTypeOciIndex)},
       {"manifests",
-       {{{"mediaType", "application/vnd.example.unknown+json"}, {"digest", Sha256Digest("x")}, {"size", 1},
+       {{{"mediaType", "application/vnd.example.unknown+json"},
+         {"digest", Sha256Digest("x")},
+         {"size", 1},
          {"platform", {{"os", "linux"}, {"architecture", "arm64"}}}},
-        {{"mediaType", std::string(kMediaTypeOciManifest)}, {"digest", amd}, {"size", amd_bytes.size()},
+        {{"mediaType", std::string(kMediaTypeOciManifest)},
+         {"digest", amd},
+         {"size", amd_bytes.size()},
          {"platform", {{"os", "linux"}, {"architecture", "amd64"}}}},
-        {{"mediaType", std::string(kMediaTypeOciManifest)}, {"digest", arm}, {"size", arm_bytes.size()},
+        {{"mediaType", std::string(kMediaTypeOciManifest)},
+         {"digest", arm},
+         {"size", arm_bytes.size()},
          {"platform", {{"os", "linux"}, {"architecture", "arm64"}, {"variant", "v8"}}}}}}};
   std::string bytes = index.dump();
   server_.AddResource(ManifestPath("latest"), bytes, std::string(kMediaTypeOciIndex));
@@ -107,7 +116,8 @@ TEST_F(Resolve, TagDigestHeaderMismatchIsCorrupt) {
 
 TEST_F(Resolve, ManifestByDigestIsVerified) {
   std::string digest = AddImage("amd64");
-  server_.AddResource(ManifestPath(digest), "{\"tampered\":true}", std::string(kMediaTypeOciManifest));
+  server_.AddResource(ManifestPath(digest), "{\"tampered\":true}",
+                      std::string(kMediaTypeOciManifest));
   auto m = client().GetManifest(digest);
   EXPECT_EQ(m.status().code(), Code::kCorrupt);
 }

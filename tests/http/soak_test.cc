@@ -32,9 +32,9 @@ Fault PickFault(std::mt19937& rng) {
     int upto;
     FaultKind kind;
   } table[] = {
-      {2500, FaultKind::kResetMidBody},   {4500, FaultKind::kTruncate},
-      {6000, FaultKind::kServiceUnavailable}, {7200, FaultKind::kInternalError},
-      {8000, FaultKind::kTooManyRequests}, {8500, FaultKind::kWrongContentRange},
+      {2500, FaultKind::kResetMidBody},        {4500, FaultKind::kTruncate},
+      {6000, FaultKind::kServiceUnavailable},  {7200, FaultKind::kInternalError},
+      {8000, FaultKind::kTooManyRequests},     {8500, FaultKind::kWrongContentRange},
       {9000, FaultKind::kMissingContentRange}, {9500, FaultKind::kIgnoreRange},
       {9950, FaultKind::kRangeNotSatisfiable}, {10000, FaultKind::kStall},
   };
@@ -99,7 +99,8 @@ TEST_F(Soak, TenThousandRangedReadsWithFaults) {
   int errors = 0;
   for (auto& [code, n] : codes) errors += n;
   std::string summary;
-  for (auto& [code, n] : codes) summary += std::string(CodeName(code)) + "=" + std::to_string(n) + " ";
+  for (auto& [code, n] : codes)
+    summary += std::string(CodeName(code)) + "=" + std::to_string(n) + " ";
   RegistryCounters counters = c.Counters();
   uint64_t faulted = 0;
   for (const auto& r : server_.requests()) faulted += r.fault != FaultKind::kNone;

@@ -16,7 +16,7 @@
 namespace regfs::testing {
 
 struct FaultServer::Conn {
-  int fd = -1;              // guarded by FaultServer::mu_ once registered
+  int fd = -1;                // guarded by FaultServer::mu_ once registered
   bool counted_open = false;  // guarded by FaultServer::mu_
   std::thread thread;
   std::atomic<bool> done{false};
@@ -62,18 +62,30 @@ bool SendAll(int fd, const char* p, size_t n) {
 
 const char* Reason(int status) {
   switch (status) {
-    case 200: return "OK";
-    case 206: return "Partial Content";
-    case 307: return "Temporary Redirect";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 416: return "Range Not Satisfiable";
-    case 429: return "Too Many Requests";
-    case 500: return "Internal Server Error";
-    case 503: return "Service Unavailable";
-    default: return "Status";
+    case 200:
+      return "OK";
+    case 206:
+      return "Partial Content";
+    case 307:
+      return "Temporary Redirect";
+    case 400:
+      return "Bad Request";
+    case 401:
+      return "Unauthorized";
+    case 403:
+      return "Forbidden";
+    case 404:
+      return "Not Found";
+    case 416:
+      return "Range Not Satisfiable";
+    case 429:
+      return "Too Many Requests";
+    case 500:
+      return "Internal Server Error";
+    case 503:
+      return "Service Unavailable";
+    default:
+      return "Status";
   }
 }
 
@@ -96,7 +108,8 @@ std::optional<std::pair<uint64_t, std::optional<uint64_t>>> ParseRange(const std
   if (v.rfind("bytes=", 0) != 0) return std::nullopt;
   std::string spec = v.substr(6);
   size_t dash = spec.find('-');
-  if (dash == std::string::npos || dash == 0 || spec.find(',') != std::string::npos) return std::nullopt;
+  if (dash == std::string::npos || dash == 0 || spec.find(',') != std::string::npos)
+    return std::nullopt;
   uint64_t a = 0, b = 0;
   auto r1 = std::from_chars(spec.data(), spec.data() + dash, a);
   if (r1.ec != std::errc() || r1.ptr != spec.data() + dash) return std::nullopt;
@@ -110,21 +123,36 @@ std::optional<std::pair<uint64_t, std::optional<uint64_t>>> ParseRange(const std
 
 const char* FaultKindName(FaultKind k) {
   switch (k) {
-    case FaultKind::kNone: return "none";
-    case FaultKind::kResetMidBody: return "reset-mid-body";
-    case FaultKind::kStall: return "stall";
-    case FaultKind::kTruncate: return "truncate";
-    case FaultKind::kIgnoreRange: return "ignore-range";
-    case FaultKind::kWrongContentRange: return "wrong-content-range";
-    case FaultKind::kMissingContentRange: return "missing-content-range";
-    case FaultKind::kRangeNotSatisfiable: return "416";
-    case FaultKind::kUnauthorized: return "401";
-    case FaultKind::kForbidden: return "403";
-    case FaultKind::kTooManyRequests: return "429";
-    case FaultKind::kServiceUnavailable: return "503";
-    case FaultKind::kInternalError: return "500";
-    case FaultKind::kRedirect: return "redirect";
-    case FaultKind::kRedirectLoop: return "redirect-loop";
+    case FaultKind::kNone:
+      return "none";
+    case FaultKind::kResetMidBody:
+      return "reset-mid-body";
+    case FaultKind::kStall:
+      return "stall";
+    case FaultKind::kTruncate:
+      return "truncate";
+    case FaultKind::kIgnoreRange:
+      return "ignore-range";
+    case FaultKind::kWrongContentRange:
+      return "wrong-content-range";
+    case FaultKind::kMissingContentRange:
+      return "missing-content-range";
+    case FaultKind::kRangeNotSatisfiable:
+      return "416";
+    case FaultKind::kUnauthorized:
+      return "401";
+    case FaultKind::kForbidden:
+      return "403";
+    case FaultKind::kTooManyRequests:
+      return "429";
+    case FaultKind::kServiceUnavailable:
+      return "503";
+    case FaultKind::kInternalError:
+      return "500";
+    case FaultKind::kRedirect:
+      return "redirect";
+    case FaultKind::kRedirectLoop:
+      return "redirect-loop";
   }
   return "?";
 }
@@ -245,7 +273,8 @@ void FaultServer::Serve(Conn* c) {
       // ClientHello from an https probe) is answered 400 and closed at once.
       bool bad = !buf.empty() && !std::isupper(static_cast<unsigned char>(buf[0]));
       if (bad || buf.size() > kMaxRequestHead) {
-        std::string resp = "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        std::string resp =
+            "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
         SendAll(fd, resp.data(), resp.size());
         keep = false;
         break;
@@ -275,7 +304,8 @@ void FaultServer::Serve(Conn* c) {
       if (e == std::string::npos) e = head.size();
       std::string h = head.substr(pos, e - pos);
       size_t colon = h.find(':');
-      if (colon != std::string::npos) req.headers[Lower(Trim(h.substr(0, colon)))] = Trim(h.substr(colon + 1));
+      if (colon != std::string::npos)
+        req.headers[Lower(Trim(h.substr(0, colon)))] = Trim(h.substr(colon + 1));
       pos = e + 2;
     }
     // Discard a request body, if any.
@@ -356,7 +386,8 @@ bool FaultServer::Handle(Conn* c, RecordedRequest& req) {
       } else {
         std::string tok = "tok" + std::to_string(++next_token_);
         tokens_[tok] = now + bearer_->second;
-        small_body = "{\"token\":\"" + tok + "\",\"expires_in\":" + std::to_string(bearer_->first) + "}";
+        small_body =
+            "{\"token\":\"" + tok + "\",\"expires_in\":" + std::to_string(bearer_->first) + "}";
         headers.emplace_back("Content-Type", "application/json");
       }
       decided = true;
@@ -369,8 +400,9 @@ bool FaultServer::Handle(Conn* c, RecordedRequest& req) {
       if (!ok) {
         respond_error(401, "UNAUTHORIZED", "authentication required");
         std::string scope = ScopeOf(req.path);
-        headers.emplace_back("WWW-Authenticate", "Bearer realm=\"" + url() + "/token\",service=\"fault\"" +
-                                                     (scope.empty() ? "" : ",scope=\"" + scope + "\""));
+        headers.emplace_back("WWW-Authenticate",
+                             "Bearer realm=\"" + url() + "/token\",service=\"fault\"" +
+                                 (scope.empty() ? "" : ",scope=\"" + scope + "\""));
         decided = true;
       }
     } else if (!basic_.empty() && auth != basic_) {
@@ -418,7 +450,8 @@ bool FaultServer::Handle(Conn* c, RecordedRequest& req) {
         break;
       case FaultKind::kUnauthorized:
         respond_error(401, "UNAUTHORIZED", "injected 401");
-        headers.emplace_back("WWW-Authenticate", "Bearer realm=\"" + url() + "/token\",service=\"fault\"");
+        headers.emplace_back("WWW-Authenticate",
+                             "Bearer realm=\"" + url() + "/token\",service=\"fault\"");
         decided = true;
         break;
       case FaultKind::kForbidden:
@@ -427,8 +460,10 @@ bool FaultServer::Handle(Conn* c, RecordedRequest& req) {
         break;
       case FaultKind::kTooManyRequests:
       case FaultKind::kServiceUnavailable:
-        respond_error(fault.kind == FaultKind::kTooManyRequests ? 429 : 503, "TOOMANYREQUESTS", "injected");
-        if (fault.retry_after_s >= 0) headers.emplace_back("Retry-After", std::to_string(fault.retry_after_s));
+        respond_error(fault.kind == FaultKind::kTooManyRequests ? 429 : 503, "TOOMANYREQUESTS",
+                      "injected");
+        if (fault.retry_after_s >= 0)
+          headers.emplace_back("Retry-After", std::to_string(fault.retry_after_s));
         decided = true;
         break;
       case FaultKind::kInternalError:
@@ -439,7 +474,8 @@ bool FaultServer::Handle(Conn* c, RecordedRequest& req) {
       case FaultKind::kRedirectLoop:
         status = 307;
         headers.clear();
-        headers.emplace_back("Location", fault.kind == FaultKind::kRedirect ? fault.location : req.target);
+        headers.emplace_back("Location",
+                             fault.kind == FaultKind::kRedirect ? fault.location : req.target);
         decided = true;
         break;
       default:
@@ -477,10 +513,12 @@ bool FaultServer::Handle(Conn* c, RecordedRequest& req) {
         body_len = last - first + 1;
         if (fault.kind == FaultKind::kWrongContentRange) {
           headers.emplace_back("Content-Range", "bytes " + std::to_string(first + 1) + "-" +
-                                                    std::to_string(last + 1) + "/" + std::to_string(size + 1));
+                                                    std::to_string(last + 1) + "/" +
+                                                    std::to_string(size + 1));
         } else if (fault.kind != FaultKind::kMissingContentRange) {
           headers.emplace_back("Content-Range", "bytes " + std::to_string(first) + "-" +
-                                                    std::to_string(last) + "/" + std::to_string(size));
+                                                    std::to_string(last) + "/" +
+                                                    std::to_string(size));
         }
       }
     }

@@ -52,16 +52,16 @@ const char* FaultKindName(FaultKind k);
 struct Fault {
   FaultKind kind = FaultKind::kNone;
   int retry_after_s = -1;
-  std::string location;                       // kRedirect: absolute URL
-  std::chrono::milliseconds stall{60000};     // kStall: at most this long
+  std::string location;                    // kRedirect: absolute URL
+  std::chrono::milliseconds stall{60000};  // kStall: at most this long
 };
 
 struct RecordedRequest {
   std::string method;
-  std::string target;  // path and query as sent
-  std::string path;    // without the query
+  std::string target;                          // path and query as sent
+  std::string path;                            // without the query
   std::map<std::string, std::string> headers;  // names lowercase
-  int status = 0;      // the status answered
+  int status = 0;                              // the status answered
   FaultKind fault = FaultKind::kNone;
   std::string Header(const std::string& name) const;
 };
@@ -134,19 +134,19 @@ class FaultServer {
 
   mutable std::mutex mu_;
   std::condition_variable stall_cv_;
-  std::vector<std::unique_ptr<Conn>> conns_;  // guarded by mu_
-  int open_ = 0, peak_ = 0;                   // guarded by mu_
-  uint64_t accepted_ = 0;                     // guarded by mu_
-  std::map<std::string, Resource> resources_;                 // guarded by mu_
+  std::vector<std::unique_ptr<Conn>> conns_;                         // guarded by mu_
+  int open_ = 0, peak_ = 0;                                          // guarded by mu_
+  uint64_t accepted_ = 0;                                            // guarded by mu_
+  std::map<std::string, Resource> resources_;                        // guarded by mu_
   std::map<std::string, std::deque<std::pair<Fault, int>>> faults_;  // guarded by mu_
-  std::function<Fault(const RecordedRequest&)> picker_;      // guarded by mu_
+  std::function<Fault(const RecordedRequest&)> picker_;              // guarded by mu_
   std::optional<std::pair<int, std::chrono::milliseconds>> bearer_;  // guarded by mu_
-  std::string token_basic_, basic_;            // guarded by mu_; expected header values
+  std::string token_basic_, basic_;  // guarded by mu_; expected header values
   std::map<std::string, std::chrono::steady_clock::time_point> tokens_;  // guarded by mu_
-  uint64_t next_token_ = 0;                    // guarded by mu_
-  bool reject_auth_ = false;                   // guarded by mu_
-  std::vector<RecordedRequest> log_;           // guarded by mu_
-  uint64_t total_requests_ = 0;                // guarded by mu_
+  uint64_t next_token_ = 0;                                              // guarded by mu_
+  bool reject_auth_ = false;                                             // guarded by mu_
+  std::vector<RecordedRequest> log_;                                     // guarded by mu_
+  uint64_t total_requests_ = 0;                                          // guarded by mu_
   std::atomic<uint64_t> body_bytes_sent_{0}, token_requests_{0};
 };
 
