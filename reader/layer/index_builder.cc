@@ -352,6 +352,8 @@ Result<LayerIndex> BuildLayerIndex(BlobSource* source, const BlobDescriptor& blo
 
   TarReader tar(stream.get());
   std::unordered_map<std::string, size_t> by_path;
+  // Hard links by the path of the entry whose inode they share.
+  std::unordered_map<std::string, std::vector<size_t>> links_to;
   std::vector<bool> dead;
   TarEntry e;
   uint64_t skipped = 0;
@@ -362,9 +364,9 @@ Result<LayerIndex> BuildLayerIndex(BlobSource* source, const BlobDescriptor& blo
     if (e.type == EntryType::kHardLink) {
       auto it = by_path.find(e.link_target);
       const TarEntry* t = it == by_path.end() ? nullptr : &index.entries[it->second];
-      if (t == nullptr || t->type == EntryType::kDirectory) {
+      if (t == nullptr || t->type == EntryType::kDirectory || e.link_target == e.path) {
         LOG_WARN("tar: skipping hard link '" + e.path + "': target '" + e.link_target +
-                 (t ? "' is a directory" : "' is not in the layer before it"));
+                 (t == nullptr ? "' is not in the layer before it" : "' cannot be linked"));
         ++skipped;
         continue;
       }
@@ -375,9 +377,31 @@ Result<LayerIndex> BuildLayerIndex(BlobSource* source, const BlobDescriptor& blo
     auto [it, inserted] = by_path.try_emplace(e.path, index.entries.size());
     if (!inserted) {
       LOG_DEBUG("tar: '" + e.path + "' appears again; the later entry wins");
-      dead[it->second] = true;
+      const size_t old = it->second;
+      dead[old] = true;
       it->second = index.entries.size();
+      // Extraction unlinks the old file; its inode lives on in its hard links.
+      // The first surviving link takes over the old entry's metadata and the
+      // others now share its inode.
+      auto links = links_to.find(e.path);
+      if (links != links_to.end()) {
+        std::vector<size_t> alive;
+        for (size_t l : links->second) {
+          if (!dead[l]) alive.push_back(l);
+        }
+        links_to.erase(links);
+        if (!alive.empty()) {
+          TarEntry& heir = index.entries[alive[0]];
+          std::string heir_path = std::move(heir.path);
+          heir = index.entries[old];
+          heir.path = heir_path;
+          for (size_t k = 1; k < alive.size(); ++k) index.entries[alive[k]].link_target = heir_path;
+          alive.erase(alive.begin());
+          if (!alive.empty()) links_to[heir_path] = std::move(alive);
+        }
+      }
     }
+    if (e.type == EntryType::kHardLink) links_to[e.link_target].push_back(index.entries.size());
     index.entries.push_back(std::move(e));
     dead.push_back(false);
     e = TarEntry();

@@ -268,6 +268,36 @@ TEST_F(LayerBadInputTest, BadChecksumAbsurdSizeAndPolicy) {
   EXPECT_EQ(r->skipped_entries, 3u);
 }
 
+// As extraction: replacing a file keeps its old inode alive in its hard links.
+TEST_F(LayerBadInputTest, DuplicateOfHardLinkTarget) {
+  TarWriter w;
+  w.File("a", "AAA", 0600);
+  for (const char* name : {"l1", "l2"}) {
+    TarHdr l;
+    l.name = name;
+    l.type = '1';
+    l.linkname = "a";
+    w.Header(l);
+  }
+  w.File("a", "BBBB", 0644);
+  w.End();
+  MemBlobSource src(w.str());
+  auto r = BuildLayerIndex(&src, src.Descriptor(), LayerCompression::kNone);
+  ASSERT_OK(r);
+  std::map<std::string, TarEntry> by;
+  for (const TarEntry& e : r->entries) by[e.path] = e;
+  ASSERT_EQ(by.size(), 3u);
+  EXPECT_EQ(by["a"].type, EntryType::kRegular);
+  EXPECT_EQ(by["a"].size, 4u);
+  EXPECT_EQ(by["l1"].type, EntryType::kRegular);
+  EXPECT_EQ(by["l1"].mode, 0600u);
+  EXPECT_EQ(by["l1"].size, 3u);
+  EXPECT_EQ(src.data().substr(by["l1"].data_offset, 3), "AAA");
+  EXPECT_EQ(by["l2"].type, EntryType::kHardLink);
+  EXPECT_EQ(by["l2"].link_target, "l1");
+  EXPECT_EQ(by["l2"].data_offset, by["l1"].data_offset);
+}
+
 TEST_F(LayerBadInputTest, DeserializeGarbageIsCorrupt) {
   TarWriter w;
   w.File("a", "1");
