@@ -298,6 +298,19 @@ TEST_F(LayerBadInputTest, DuplicateOfHardLinkTarget) {
   EXPECT_EQ(by["l2"].data_offset, by["l1"].data_offset);
 }
 
+TEST_F(LayerBadInputTest, IndexOfAnotherBlobIsRefused) {
+  TarWriter w;
+  w.File("f", "content");
+  w.End();
+  MemBlobSource a(Gzip(w.str()));
+  MemBlobSource b(Gzip(w.str(), 1));
+  auto r = BuildLayerIndex(&a, a.Descriptor(), LayerCompression::kGzip);
+  ASSERT_OK(r);
+  LayerReader reader(&b, b.Descriptor(), std::make_shared<LayerIndex>(std::move(r).value()));
+  uint8_t buf[4];
+  EXPECT_EQ(reader.ReadAt(0, buf).status().code(), Code::kInvalidArgument);
+}
+
 TEST_F(LayerBadInputTest, DeserializeGarbageIsCorrupt) {
   TarWriter w;
   w.File("a", "1");

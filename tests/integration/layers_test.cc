@@ -1,0 +1,149 @@
+// layers/<N> against bsdtar: for layers holding every entry type, in gzip,
+// zstd (several frames and one frame) and plain tar, the mounted tree equals
+// what `bsdtar -x` extracts from the same blob, in full.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "tests/support/fd_count.h"
+#include "tests/support/fuse_env.h"
+#include "tests/support/image_builder.h"
+#include "tests/support/rich_entries.h"
+#include "tests/support/run_command.h"
+#include "tests/support/status_matchers.h"
+#include "tests/support/test_registry.h"
+#include "tests/support/tree_snapshot.h"
+
+namespace regfs {
+namespace {
+
+using namespace regfs::testing;  // NOLINT
+
+class LayersTest : public FdCheckedTest {
+ protected:
+  void SetUp() override {
+    std::string why = FuseUnavailableReason();
+    if (!why.empty()) GTEST_SKIP() << "FUSE unavailable: " << why;
+    if (geteuid() != 0) GTEST_SKIP() << "bsdtar needs root to extract devices and owners";
+    FdCheckedTest::SetUp();
+    registry_ = std::make_unique<TestRegistry>();
+    ASSERT_OK(registry_->Start());
+    ImageSpec spec;
+    spec.layers.push_back({RichEntries("gzip"), Compression::kGzip});
+    LayerSpec zmulti{RichEntries("zstd-frames"), Compression::kZstd};
+    zmulti.zstd_frame_bytes = 1 << 20;
+    spec.layers.push_back(zmulti);
+    spec.layers.push_back({RichEntries("plain"), Compression::kNone});
+    spec.layers.push_back({RichEntries("zstd-one"), Compression::kZstd});
+    std::vector<TarEntry> wh = SampleEntries("wh");
+    // Parents listed, as image builders write them: an unlisted parent gets
+    // the extraction time from bsdtar, which no mount can match.
+    wh.push_back(TarEntry::Dir("usr"));
+    wh.push_back(TarEntry::Dir("usr/share"));
+    wh.push_back(TarEntry::Whiteout("etc/os-release"));
+    wh.push_back(TarEntry::OpaqueWhiteout("usr/share"));
+    spec.layers.push_back({wh, Compression::kGzip});
+    image_ = BuildImage(spec);
+    ImagePusher pusher(*registry_);
+    ASSERT_OK(pusher.PushImage("test/rich", "v1", image_));
+    dir_ = std::make_unique<TempDir>();
+    mnt_ = dir_->Sub("mnt");
+    ASSERT_EQ(mkdir(mnt_.c_str(), 0755), 0);
+  }
+  void TearDown() override {
+    if (!registry_) return;
+    if (IsMountPoint(mnt_)) {
+      RunCommand({REGFS_BINARY, "umount", mnt_});
+      ADD_FAILURE() << "test left " << mnt_ << " mounted";
+    }
+    registry_.reset();
+    dir_.reset();
+    FdCheckedTest::TearDown();
+  }
+  CommandResult Mount(std::vector<std::string> extra = {}) {
+    std::vector<std::string> argv = {REGFS_BINARY, "mount", "--tls-verify=false", "--cache-dir",
+                                     dir_->Sub("cache"), "--log-file", dir_->Sub("daemon.log")};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    argv.push_back(registry_->Ref("test/rich", "v1"));
+    argv.push_back(mnt_);
+    return RunCommand(argv);
+  }
+  void Umount() {
+    CommandResult r = RunCommand({REGFS_BINARY, "umount", mnt_});
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+  }
+  std::string Extract(size_t layer) {
+    std::string blob = dir_->Sub("blob" + std::to_string(layer));
+    std::ofstream(blob, std::ios::binary) << image_.layers[layer].blob;
+    std::string out = dir_->Sub("x" + std::to_string(layer));
+    mkdir(out.c_str(), 0755);
+    CommandResult r = RunCommand(
+        {"bsdtar", "-x", "-p", "--xattrs", "--numeric-owner", "-f", blob, "-C", out});
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    return out;
+  }
+  std::string DaemonLog() {
+    std::string s;
+    ReadWholeFile(dir_->Sub("daemon.log"), &s);
+    return s;
+  }
+
+  std::unique_ptr<TestRegistry> registry_;
+  BuiltImage image_;
+  std::unique_ptr<TempDir> dir_;
+  std::string mnt_;
+};
+
+TEST_F(LayersTest, EachLayerEqualsBsdtarExtraction) {
+  CommandResult m = Mount();
+  ASSERT_EQ(m.exit_code, 0) << m.output;
+  for (size_t i = 0; i < image_.layers.size(); ++i) {
+    SCOPED_TRACE("layer " + std::to_string(i));
+    std::string want_dir = Extract(i);
+    SnapshotOptions so;
+    TreeSnapshot want = SnapshotTree(want_dir, so);
+    TreeSnapshot got = SnapshotTree(mnt_ + "/layers/" + std::to_string(i), so);
+    // The roots are the extraction directory and layers/<N>: not compared.
+    want.erase("");
+    got.erase("");
+    ASSERT_GT(want.size(), 10u);
+    EXPECT_EQ(DiffSnapshots(want, got), "") << DaemonLog();
+  }
+  std::string status;
+  ASSERT_TRUE(ReadWholeFile(mnt_ + "/.regfs/status.json", &status));
+  auto j = nlohmann::json::parse(status);
+  for (const auto& l : j["layers"]) EXPECT_EQ(l["index"]["state"], "ready") << status;
+  Umount();
+}
+
+TEST_F(LayersTest, OverlayWhiteoutsAndHardLinkInodes) {
+  CommandResult m = Mount({"--whiteouts=overlay"});
+  ASSERT_EQ(m.exit_code, 0) << m.output;
+  std::string l4 = mnt_ + "/layers/4";
+  struct stat st;
+  ASSERT_EQ(lstat((l4 + "/etc/os-release").c_str(), &st), 0) << DaemonLog();
+  EXPECT_TRUE(S_ISCHR(st.st_mode));
+  EXPECT_EQ(major(st.st_rdev), 0u);
+  EXPECT_EQ(minor(st.st_rdev), 0u);
+  EXPECT_NE(lstat((l4 + "/etc/.wh.os-release").c_str(), &st), 0);
+  char v[8] = {};
+  EXPECT_EQ(lgetxattr((l4 + "/usr/share").c_str(), "trusted.overlay.opaque", v, sizeof v), 1);
+  EXPECT_EQ(v[0], 'y');
+  EXPECT_EQ(lgetxattr((l4 + "/usr/share").c_str(), "user.overlay.opaque", v, sizeof v), 1);
+  EXPECT_NE(lstat((l4 + "/usr/share/.wh..wh..opq").c_str(), &st), 0);
+  // Hard links: one inode, st_nlink 3.
+  struct stat a, b;
+  ASSERT_EQ(lstat((mnt_ + "/layers/0/usr/bin/tool").c_str(), &a), 0);
+  ASSERT_EQ(lstat((mnt_ + "/layers/0/usr/bin/tool-hard2").c_str(), &b), 0);
+  EXPECT_EQ(a.st_ino, b.st_ino);
+  EXPECT_EQ(a.st_nlink, 3u);
+  Umount();
+}
+
+}  // namespace
+}  // namespace regfs
