@@ -22,7 +22,7 @@ using sqlite::Transaction;
 namespace {
 
 constexpr int kSchemaVersion = 1;
-constexpr int kPageSize = 16384;
+constexpr int kPageSize = 65536;
 constexpr size_t kMaxPendingTouches = 20000;
 
 // Migration i takes the schema from version i to i + 1. Never edit a shipped
@@ -99,7 +99,12 @@ std::span<const uint8_t> AsBytes(std::string_view s) {
 Status ApplyPragmas(const Db& db) {
   return db.Exec(
       "PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF; PRAGMA temp_store=MEMORY;"
-      "PRAGMA journal_size_limit=67108864;");
+      "PRAGMA journal_size_limit=67108864;"
+      // Memory-mapped reads (clamped by sqlite to its compile-time limit, 2 GB
+      // on Debian): hits then copy straight from the page cache, and walking a
+      // chunk's overflow pages costs no read() calls. Measured: 4 KiB hit p50
+      // ~105 us without, ~13 us with (tests/bench/cache_bench).
+      "PRAGMA mmap_size=1099511627776;");
 }
 
 }  // namespace
