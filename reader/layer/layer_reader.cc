@@ -294,6 +294,10 @@ Result<std::unique_ptr<LayerReader::Decoder>> LayerReader::NewDecoder(uint64_t o
 
 Result<size_t> LayerReader::ReadAt(uint64_t offset, std::span<uint8_t> out) {
   const LayerIndex& x = *index_;
+  if (x.blob_digest != blob_.digest || x.blob_size != blob_.size) {
+    return Status::InvalidArgument("layer: index of " + x.blob_digest + " used for " +
+                                   blob_.digest);
+  }
   if (offset >= x.uncompressed_size || out.empty()) return size_t{0};
   const size_t n = static_cast<size_t>(std::min<uint64_t>(out.size(), x.uncompressed_size - offset));
   out = out.first(n);

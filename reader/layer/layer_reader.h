@@ -50,7 +50,8 @@ class LayerReader {
   LayerReader& operator=(const LayerReader&) = delete;
 
   // Uncompressed bytes [offset, offset + n) where n = min(out.size(), what is
-  // left of the stream); returns n (0 at or past the end).
+  // left of the stream); returns n (0 at or past the end). InvalidArgument if
+  // the index describes another blob.
   Result<size_t> ReadAt(uint64_t offset, std::span<uint8_t> out);
   // Bytes of an entry's data (regular files and hard links to them); returns
   // the count, 0 at or past the entry's end. InvalidArgument for other types.
