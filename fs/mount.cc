@@ -15,6 +15,7 @@
 #include "cache/chunk_cache.h"
 #include "fs/fuse_daemon.h"
 #include "fs/image_fs.h"
+#include "reader/base/digest.h"
 #include "reader/base/log.h"
 #include "reader/image/reference.h"
 
@@ -145,6 +146,67 @@ int64_t ParseCreated(const std::string& config_bytes) {
   return static_cast<int64_t>(timegm(&tm));
 }
 
+// The cache remembers what a reference resolved to (manifest, index and
+// config bytes by digest, and the reference -> digests mapping), so that a
+// mount of an image seen before works while the registry is unreachable.
+constexpr std::string_view kResolutionType = "application/vnd.regfs.resolution.v1+json";
+
+std::string ResolutionKey(const Reference& ref, const CommonOptions& o) {
+  return "ref:" + ref.Normalized() + "|" + (o.platform.empty() ? "host" : o.platform);
+}
+
+void RememberResolution(ChunkCache* db, const ResolvedImage& img, const CommonOptions& o) {
+  Status s = db->PutManifest(img.manifest_digest, img.manifest_media_type, img.manifest_bytes);
+  if (s.ok()) {
+    s = db->PutManifest(img.manifest.config.digest, img.manifest.config.media_type,
+                        img.config_bytes);
+  }
+  if (s.ok() && img.index_bytes) {
+    s = db->PutManifest(img.index_digest, img.index_media_type, *img.index_bytes);
+  }
+  nlohmann::json j = {{"manifest", img.manifest_digest},
+                      {"index", img.index_bytes ? img.index_digest : ""},
+                      {"platform", img.platform.ToString()}};
+  if (s.ok()) s = db->PutManifest(ResolutionKey(img.ref, o), kResolutionType, j.dump());
+  if (!s.ok()) LOG_WARN("cannot remember the resolution in the cache: " + s.ToString());
+}
+
+Result<ResolvedImage> RecallResolution(ChunkCache* db, const Reference& ref,
+                                       const CommonOptions& o) {
+  auto get = [&](const std::string& key) -> Result<StoredManifest> {
+    ASSIGN_OR_RETURN(std::optional<StoredManifest> m, db->GetManifest(key));
+    if (!m) return Status::NotFound("not in the cache: " + key);
+    return *m;
+  };
+  ASSIGN_OR_RETURN(StoredManifest res, get(ResolutionKey(ref, o)));
+  auto j = nlohmann::json::parse(res.bytes, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return Status::Corrupt("bad cached resolution");
+  ResolvedImage img;
+  img.ref = ref;
+  img.manifest_digest = j.value("manifest", "");
+  ASSIGN_OR_RETURN(StoredManifest man, get(img.manifest_digest));
+  img.manifest_bytes = man.bytes;
+  img.manifest_media_type = man.media_type;
+  ASSIGN_OR_RETURN(img.manifest, ParseManifest(man.bytes, man.media_type));
+  ASSIGN_OR_RETURN(StoredManifest cfg, get(img.manifest.config.digest));
+  img.config_bytes = cfg.bytes;
+  ASSIGN_OR_RETURN(img.config, ParseConfig(cfg.bytes));
+  std::string index_digest = j.value("index", "");
+  if (!index_digest.empty()) {
+    ASSIGN_OR_RETURN(StoredManifest idx, get(index_digest));
+    img.index_bytes = idx.bytes;
+    img.index_digest = index_digest;
+    img.index_media_type = idx.media_type;
+  }
+  ASSIGN_OR_RETURN(img.platform, ParsePlatform(j.value("platform", "")));
+  // The cache's bytes are what was verified when stored; check them again.
+  if (Sha256Digest(img.manifest_bytes) != img.manifest_digest ||
+      Sha256Digest(img.config_bytes) != img.manifest.config.digest) {
+    return Status::Corrupt("cached manifest or config does not match its digest");
+  }
+  return img;
+}
+
 // Everything after the fork: resolve, mount, tell the parent, serve.
 int Serve(MountOptions mo, ReadyPipe* ready) {
   auto fail = [&](const std::string& what, const Status& s) {
@@ -163,10 +225,6 @@ int Serve(MountOptions mo, ReadyPipe* ready) {
   }
   Result<Reference> ref = ParseReference(mo.ref);
   if (!ref.ok()) return fail(mo.ref, ref.status());
-  std::unique_ptr<RegistryClient> client;
-  Result<ResolvedImage> img = ResolveFromFlags(mo.common, *ref, &client);
-  if (!img.ok()) return fail("cannot resolve " + ref->Normalized(), img.status());
-
   CacheOptions co;
   co.dir = mo.common.cache_dir.empty() ? DefaultCacheDir() : mo.common.cache_dir;
   if (!mo.common.cache_max_size.empty()) {
@@ -176,10 +234,21 @@ int Serve(MountOptions mo, ReadyPipe* ready) {
   }
   Result<std::unique_ptr<ChunkCache>> cache = ChunkCache::Open(co);
   if (!cache.ok()) return fail("cannot open the cache in " + co.dir, cache.status());
+  std::unique_ptr<RegistryClient> client;
+  Result<ResolvedImage> img = ResolveFromFlags(mo.common, *ref, &client);
+  if (img.ok()) {
+    RememberResolution(cache->get(), *img, mo.common);
+  } else if (img.status().code() == Code::kTransient && client) {
+    // The registry is unreachable: an image seen before mounts from the cache.
+    Result<ResolvedImage> recalled = RecallResolution(cache->get(), *ref, mo.common);
+    if (!recalled.ok()) return fail("cannot resolve " + ref->Normalized(), img.status());
+    LOG_WARN("registry unreachable (" + img.status().ToString() + "); mounting " +
+             ref->Normalized() + " as last resolved: " + recalled->manifest_digest);
+    img = std::move(recalled);
+  } else {
+    return fail("cannot resolve " + ref->Normalized(), img.status());
+  }
   CachedBlobSource cached(cache->get(), client.get());
-  // Remember the manifests by digest; a failure here only costs a refetch.
-  (void)(*cache)->PutManifest(img->manifest_digest, img->manifest_media_type,
-                              img->manifest_bytes);
 
   ImageFsInput in;
   in.manifest_bytes = img->manifest_bytes;

@@ -147,3 +147,35 @@ TEST_F(LayersTest, OverlayWhiteoutsAndHardLinkInodes) {
 
 }  // namespace
 }  // namespace regfs
+
+namespace regfs {
+namespace {
+
+TEST_F(LayersTest, SecondMountWorksWithTheRegistryStopped) {
+  CommandResult m = Mount();
+  ASSERT_EQ(m.exit_code, 0) << m.output;
+  SnapshotOptions so;
+  std::vector<TreeSnapshot> first;
+  for (size_t i = 0; i < image_.layers.size(); ++i) {
+    first.push_back(SnapshotTree(mnt_ + "/layers/" + std::to_string(i), so));
+  }
+  Umount();
+  registry_->Stop();
+  m = Mount({"--retry-timeout", "2"});
+  ASSERT_EQ(m.exit_code, 0) << m.output << DaemonLog();
+  for (size_t i = 0; i < image_.layers.size(); ++i) {
+    TreeSnapshot again = SnapshotTree(mnt_ + "/layers/" + std::to_string(i), so);
+    EXPECT_EQ(DiffSnapshots(first[i], again), "") << "layer " << i << "\n" << DaemonLog();
+  }
+  std::string status;
+  ASSERT_TRUE(ReadWholeFile(mnt_ + "/.regfs/status.json", &status));
+  auto j = nlohmann::json::parse(status);
+  for (const auto& l : j["layers"]) {
+    EXPECT_EQ(l["index"]["fromCache"], true) << status;
+    EXPECT_EQ(l["fetchedBytes"], 0) << status;
+  }
+  Umount();
+}
+
+}  // namespace
+}  // namespace regfs
