@@ -72,6 +72,9 @@ void ImageFs::Build() {
       tree_.SetTimesAndOwner(layers_[i].dir, input_.mtime_sec, opts_.uid, opts_.gid);
       tree_.SetPending(layers_[i].dir, static_cast<uint32_t>(i + 1));
     }
+    rootfs_dir_ = tree_.AddDir(kRootIno, "rootfs", 0755);
+    tree_.SetTimesAndOwner(rootfs_dir_, input_.mtime_sec, opts_.uid, opts_.gid);
+    tree_.SetPending(rootfs_dir_, static_cast<uint32_t>(layers_.size() + 1));
   }
 }
 
@@ -143,6 +146,7 @@ Result<std::string> ImageFs::Generate(const Node& node) {
 
 Status ImageFs::Populate(uint32_t id) {
   size_t i = id - 1;
+  if (opts_.layers && id == layers_.size() + 1) return PopulateRootfs();
   std::unique_lock lock(layers_mu_);
   if (id == 0 || i >= layers_.size()) return Status::NotFound("no such layer");
   if (layers_[i].state == Layer::State::kPending) {
@@ -178,7 +182,11 @@ void ImageFs::IndexWorker() {
         }
       }
     }
-    if (next == layers_.size()) return;
+    if (next == layers_.size()) {
+      // Every layer is claimed: the merged view is the next background job.
+      (void)PopulateRootfs();
+      return;
+    }
     BuildLayer(next);
   }
 }
@@ -242,6 +250,40 @@ void ImageFs::BuildLayer(size_t i) {
   layers_[i].state = Layer::State::kReady;
   layers_cv_.notify_all();
   if (opts_.progress) opts_.progress("layer " + std::to_string(i) + " ready");
+}
+
+Status ImageFs::PopulateRootfs() {
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    Status s = Populate(static_cast<uint32_t>(i + 1));
+    if (!s.ok()) return s.Annotate("rootfs needs layer " + std::to_string(i));
+  }
+  std::unique_lock lock(layers_mu_);
+  if (rootfs_state_ == Layer::State::kPending) {
+    rootfs_state_ = Layer::State::kBuilding;
+    std::vector<Ino> roots;
+    for (const Layer& l : layers_) roots.push_back(l.dir);
+    lock.unlock();
+    MergeStats ms = MergeLayers(tree_, roots, rootfs_dir_, opts_.whiteouts);
+    tree_.ClearPending(rootfs_dir_);
+    lock.lock();
+    rootfs_stats_ = ms;
+    rootfs_state_ = Layer::State::kReady;
+    layers_cv_.notify_all();
+    if (opts_.progress) opts_.progress("rootfs ready");
+  }
+  layers_cv_.wait(lock, [&] { return rootfs_state_ == Layer::State::kReady; });
+  return Status::Ok();
+}
+
+std::string ImageFs::RootfsState() const {
+  static const char* kNames[] = {"pending", "building", "ready", "failed"};
+  std::lock_guard lock(layers_mu_);
+  return kNames[static_cast<int>(rootfs_state_)];
+}
+
+MergeStats ImageFs::RootfsStats() const {
+  std::lock_guard lock(layers_mu_);
+  return rootfs_stats_;
 }
 
 std::vector<LayerIndexStatus> ImageFs::LayerStatuses() const {

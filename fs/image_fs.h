@@ -24,6 +24,7 @@
 
 #include "fs/fuse_daemon.h"
 #include "fs/layer_tree.h"
+#include "fs/rootfs_merge.h"
 #include "fs/prefetcher.h"
 #include "fs/tree.h"
 #include "reader/base/blob_source.h"
@@ -62,7 +63,7 @@ struct ImageFsOptions {
   uint64_t readahead_job = 4ull << 20;      // one cache request each
   uint64_t readahead_max = 32ull << 20;     // the window grows up to this
   uint32_t uid = 0, gid = 0;                // owner of the synthetic files
-  bool layers = true;                       // show layers/<N>
+  bool layers = true;                       // show layers/<N> and rootfs/
   WhiteoutMode whiteouts = WhiteoutMode::kAsInTar;
   int index_threads = 2;                    // background index builds at once
   IndexStore index_store;
@@ -81,6 +82,9 @@ class ImageFs : public FsContent {
   // live (after any fork): it starts threads.
   void StartIndexing();
   std::vector<LayerIndexStatus> LayerStatuses() const;
+  // "pending", "building", "ready" or "failed", and the merge's figures.
+  std::string RootfsState() const;
+  MergeStats RootfsStats() const;
 
   Tree& tree() { return tree_; }
   const ImageFsInput& input() const { return input_; }
@@ -108,6 +112,7 @@ class ImageFs : public FsContent {
   void BuildLayer(size_t i);
   Result<std::shared_ptr<const LayerIndex>> LoadOrBuildIndex(size_t i);
   void IndexWorker();
+  Status PopulateRootfs();
 
   ImageFsInput input_;
   BlobSource* blobs_;
@@ -127,6 +132,10 @@ class ImageFs : public FsContent {
   std::vector<Layer> layers_;
   bool stop_ = false;
   std::vector<std::thread> index_threads_;
+  Ino rootfs_dir_ = 0;
+  Layer::State rootfs_state_ = Layer::State::kPending;
+  Status rootfs_error_;
+  MergeStats rootfs_stats_;
   // Index passes read through this, so that unmounting cancels them.
   class CancellableSource : public BlobSourceWrapper {
    public:

@@ -141,6 +141,7 @@ class Builder {
     auto x = XattrsOf(e);
     tree_.Update(ino, [&](Node& n) {
       uint32_t nlink = n.attr.nlink;
+      n.flags &= static_cast<uint8_t>(~Node::kImplicitDir);
       n.attr = a;
       n.attr.nlink = nlink;  // counts subdirectories already added
       if (x) {
@@ -167,6 +168,7 @@ class Builder {
     Node n;
     n.attr.mode = S_IFDIR | 0755;
     n.attr.nlink = 2;
+    n.flags = Node::kImplicitDir;
     bool existed = false;
     Ino ino = tree_.AddChild(parent, std::string(name), std::move(n), &existed);
     if (existed && !IsDir(ino)) return 0;

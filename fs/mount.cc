@@ -126,6 +126,13 @@ std::string StatusJson(const ResolvedImage& img, CachedBlobSource* cached,
     }
     j["layers"].push_back(lj);
   }
+  if (fs) {
+    MergeStats ms = fs->RootfsStats();
+    j["rootfs"] = {{"state", fs->RootfsState()},
+                   {"entries", ms.entries},
+                   {"whiteoutsApplied", ms.whiteouts},
+                   {"opaqueDirs", ms.opaque}};
+  }
   RegistryCounters rc = client->Counters();
   j["totals"] = {{"httpRequests", rc.requests}, {"httpBytes", rc.bytes},
                  {"retries", rc.retries},       {"resumes", rc.resumes},

@@ -49,14 +49,14 @@ Ino Tree::AddDir(Ino parent, std::string name, uint32_t perm) {
   return AddChild(parent, std::move(name), std::move(n));
 }
 
-bool Tree::Link(Ino parent, std::string name, Ino target) {
+bool Tree::Link(Ino parent, std::string name, Ino target, bool count_link) {
   std::unique_lock lock(mu_);
   if (target == 0 || target >= nodes_.size() || S_ISDIR(nodes_[target].attr.mode)) return false;
   std::vector<Child>& kids = nodes_[parent].children;
   auto it = std::lower_bound(kids.begin(), kids.end(), name, ChildLess);
   if (it != kids.end() && it->name == name) return false;
   kids.insert(it, Child{std::move(name), target});
-  nodes_[target].attr.nlink++;
+  if (count_link) nodes_[target].attr.nlink++;
   return true;
 }
 
@@ -122,6 +122,7 @@ Result<Node> Tree::Get(Ino ino) const {
   copy.link_target = n.link_target;
   copy.xattrs = n.xattrs;
   copy.pending_id = n.pending_id;
+  copy.flags = n.flags;
   return copy;
 }
 

@@ -69,6 +69,10 @@ struct Node {
   std::shared_ptr<const Xattrs> xattrs;  // shared: most entries have none
   // Directories: children sorted by name.
   std::vector<Child> children;
+  // kImplicitDir: a parent directory its layer did not list (attributes
+  // are defaults, so a merge keeps those of a lower layer's real entry).
+  static constexpr uint8_t kImplicitDir = 1;
+  uint8_t flags = 0;
   // Directories whose contents are filled in later (a layer not yet indexed):
   // nonzero is the id passed to the Tree's populate hook.
   uint32_t pending_id = 0;
@@ -91,7 +95,9 @@ class Tree {
   Ino AddDir(Ino parent, std::string name, uint32_t perm = 0555);
   // A hard link: `name` in `parent` names the existing inode `target`, whose
   // link count goes up by one. False if the name exists or target is a dir.
-  bool Link(Ino parent, std::string name, Ino target);
+  // With count_link false the name is an alias that leaves st_nlink alone
+  // (rootfs/ shows a layer's file under a second path).
+  bool Link(Ino parent, std::string name, Ino target, bool count_link = true);
   // Edits a node in place (not its children), under the write lock.
   void Update(Ino ino, const std::function<void(Node&)>& fn);
   // Marks `dir` as filled later, by populate(id).

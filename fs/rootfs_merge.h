@@ -1,0 +1,40 @@
+// rootfs/: the image's filesystem, built from the layer subtrees already in
+// the Tree (layers/0 .. layers/N-1) by the OCI image-spec changeset rules,
+// bottom to top:
+//  - `.wh.NAME` hides NAME of lower layers; `.wh..wh..opq` hides everything
+//    lower layers had in that directory (in overlay whiteout mode: a 0:0
+//    character device, and the trusted.overlay.opaque xattr, mean the same);
+//    a whiteout never hides what its own layer adds;
+//  - a later entry replaces an earlier one of any type; directories merge,
+//    taking the upper layer's attributes (unless the upper layer only
+//    implied the directory as a parent);
+//  - whiteouts themselves never appear; hard links stay within their layer.
+// Non-directories are shared with their layer's inode (same bytes, no copy);
+// hard-linked ones get a rootfs inode per group so st_nlink counts the names
+// that survive the merge. Directories are new inodes.
+//
+// Failure: none; it works on what the Tree holds.
+#ifndef REGFS_FS_ROOTFS_MERGE_H_
+#define REGFS_FS_ROOTFS_MERGE_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "fs/layer_tree.h"
+#include "fs/tree.h"
+
+namespace regfs {
+
+struct MergeStats {
+  uint64_t entries = 0;     // names in rootfs/
+  uint64_t whiteouts = 0;   // whiteouts applied
+  uint64_t opaque = 0;      // opaque directories applied
+  uint64_t replaced = 0;    // entries replaced by an upper layer
+};
+
+MergeStats MergeLayers(Tree& tree, const std::vector<Ino>& layer_roots, Ino rootfs,
+                       WhiteoutMode mode);
+
+}  // namespace regfs
+
+#endif  // REGFS_FS_ROOTFS_MERGE_H_
