@@ -31,6 +31,17 @@ if [[ "${REGFS_SKIP_SANITIZERS:-0}" != 1 ]]; then
   TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" run_sanitized build-tsan -DREGFS_TSAN=ON
 fi
 
+# Fuzz smoke: a short libFuzzer run of each target (clang builds them).
+if [[ "${REGFS_SKIP_FUZZ:-0}" != 1 ]] && command -v clang++-14 >/dev/null; then
+  CC=clang-14 CXX=clang++-14 cmake -S "$ROOT" -B build-fuzz -G Ninja -DREGFS_BUILD_FUZZ=ON \
+    -DREGFS_BUILD_TESTS=OFF -DREGFS_BUILD_BENCH=OFF -DREGFS_WERROR=ON >/dev/null
+  ninja -C build-fuzz -j "$JOBS" tar_header_fuzz index_builder_fuzz
+  for f in tar_header_fuzz index_builder_fuzz; do
+    echo "== fuzz smoke: $f"
+    build-fuzz/tests/$f -runs=20000 -max_total_time=10 2>&1 | tail -2
+  done
+fi
+
 cmake -S "$ROOT" -B build -G Ninja -DREGFS_WERROR=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 ninja -C build -j "$JOBS"
 ctest --test-dir build --output-on-failure -j "$JOBS"
