@@ -234,16 +234,24 @@ void ImageFs::BuildLayer(size_t i) {
     layers_cv_.notify_all();
     return;
   }
-  auto reader = std::make_unique<LayerReader>(blobs_, input_.layers[i], *idx);
   Ino dir;
   {
     std::lock_guard lock(layers_mu_);
     dir = layers_[i].dir;
-    layers_[i].index = *idx;
-    layers_[i].reader = std::move(reader);
   }
   LayerTreeStats ts = AddLayerEntries(tree_, dir, static_cast<uint32_t>(i), **idx,
                                       opts_.whiteouts);
+  // The tree holds the entries now; the reader needs only the restart points.
+  auto trimmed = std::make_shared<LayerIndex>(**idx);
+  trimmed->entries.clear();
+  trimmed->entries.shrink_to_fit();
+  idx->reset();
+  auto reader = std::make_unique<LayerReader>(blobs_, input_.layers[i], trimmed);
+  {
+    std::lock_guard lock(layers_mu_);
+    layers_[i].index = trimmed;
+    layers_[i].reader = std::move(reader);
+  }
   tree_.ClearPending(dir);
   std::lock_guard lock(layers_mu_);
   layers_[i].tree_stats = ts;
