@@ -7,39 +7,123 @@ namespace regfs {
 
 Tree::Tree() {
   nodes_.resize(2);
-  Node& root = nodes_[kRootIno];
+  Packed& root = nodes_[kRootIno];
   root.parent = kRootIno;
-  root.attr.mode = S_IFDIR | 0555;
-  root.attr.nlink = 2;
+  root.mode = S_IFDIR | 0555;
+  root.nlink = 2;
+  dirs_.emplace_back();
+  root.dir = 1;
 }
 
-namespace {
-bool ChildLess(const Child& c, std::string_view n) { return c.name < n; }
-}  // namespace
+std::vector<Tree::Child>* Tree::Kids(Ino ino) {
+  Packed& p = nodes_[ino];
+  return p.dir ? &dirs_[p.dir - 1] : nullptr;
+}
 
-Ino Tree::AddChildLocked(Ino parent, std::string name, Node node, bool* existed) {
-  std::vector<Child>& kids = nodes_[parent].children;
-  auto it = std::lower_bound(kids.begin(), kids.end(), name, ChildLess);
-  if (it != kids.end() && it->name == name) {
+const std::vector<Tree::Child>* Tree::Kids(Ino ino) const {
+  const Packed& p = nodes_[ino];
+  return p.dir ? &dirs_[p.dir - 1] : nullptr;
+}
+
+std::pair<size_t, bool> Tree::Find(const std::vector<Child>& kids, std::string_view name) const {
+  auto it = std::lower_bound(kids.begin(), kids.end(), name,
+                             [this](const Child& c, std::string_view n) { return NameOf(c) < n; });
+  return {static_cast<size_t>(it - kids.begin()), it != kids.end() && NameOf(*it) == name};
+}
+
+Tree::Child Tree::MakeChild(std::string_view name, Ino ino) {
+  Child c{static_cast<uint32_t>(names_.size()), static_cast<uint32_t>(name.size()), ino};
+  names_.append(name);
+  return c;
+}
+
+void Tree::Store(Packed* p, const Node& n) {
+  p->parent = n.parent;
+  p->size = n.attr.size;
+  p->mtime_sec = n.attr.mtime_sec;
+  p->mtime_nsec = n.attr.mtime_nsec;
+  p->mode = n.attr.mode;
+  p->uid = n.attr.uid;
+  p->gid = n.attr.gid;
+  p->nlink = n.attr.nlink;
+  bool device = S_ISCHR(n.attr.mode) || S_ISBLK(n.attr.mode);
+  p->arg = device ? n.attr.rdev : n.content_arg;
+  p->content_id = n.content_id;
+  p->kind = n.kind;
+  p->flags = n.flags;
+  p->pending_id = n.pending_id;
+  if (!n.link_target.empty()) {
+    if (p->link) {
+      links_[p->link - 1] = n.link_target;
+    } else {
+      links_.push_back(n.link_target);
+      p->link = static_cast<uint32_t>(links_.size());
+    }
+  }
+  if (n.xattrs) {
+    if (p->xattrs) {
+      xattrs_[p->xattrs - 1] = n.xattrs;
+    } else {
+      xattrs_.push_back(n.xattrs);
+      p->xattrs = static_cast<uint32_t>(xattrs_.size());
+    }
+  } else if (p->xattrs) {
+    xattrs_[p->xattrs - 1] = nullptr;
+  }
+  if (S_ISDIR(n.attr.mode) && !p->dir) {
+    dirs_.emplace_back();
+    p->dir = static_cast<uint32_t>(dirs_.size());
+  }
+}
+
+Node Tree::Unpack(const Packed& p) const {
+  Node n;
+  n.parent = p.parent;
+  n.attr.mode = p.mode;
+  n.attr.uid = p.uid;
+  n.attr.gid = p.gid;
+  n.attr.nlink = p.nlink;
+  n.attr.size = p.size;
+  n.attr.mtime_sec = p.mtime_sec;
+  n.attr.mtime_nsec = p.mtime_nsec;
+  bool device = S_ISCHR(p.mode) || S_ISBLK(p.mode);
+  n.attr.rdev = device ? p.arg : 0;
+  n.content_arg = device ? 0 : p.arg;
+  n.content_id = p.content_id;
+  n.kind = p.kind;
+  n.flags = p.flags;
+  n.pending_id = p.pending_id;
+  if (p.link) n.link_target = links_[p.link - 1];
+  if (p.xattrs) n.xattrs = xattrs_[p.xattrs - 1];
+  return n;
+}
+
+Ino Tree::AddChildLocked(Ino parent, std::string_view name, const Node& node, bool* existed) {
+  std::vector<Child>* kids = Kids(parent);
+  if (!kids) {
+    if (existed) *existed = true;  // not a directory: nothing can be added
+    return 0;
+  }
+  auto [pos, found] = Find(*kids, name);
+  if (found) {
     if (existed) *existed = true;
-    return it->ino;
+    return (*kids)[pos].ino;
   }
   if (existed) *existed = false;
   Ino ino = nodes_.size();
-  bool is_dir = S_ISDIR(node.attr.mode);
-  node.parent = parent;
-  size_t pos = it - kids.begin();
-  nodes_.push_back(std::move(node));
-  // push_back may have moved the vector; re-take the parent by index.
-  std::vector<Child>& pkids = nodes_[parent].children;
-  pkids.insert(pkids.begin() + pos, Child{std::move(name), ino});
-  if (is_dir) nodes_[parent].attr.nlink++;
+  nodes_.emplace_back();
+  Store(&nodes_.back(), node);
+  nodes_.back().parent = parent;
+  // Store() may have grown dirs_: take the parent's list again.
+  kids = Kids(parent);
+  kids->insert(kids->begin() + static_cast<ptrdiff_t>(pos), MakeChild(name, ino));
+  if (S_ISDIR(node.attr.mode)) nodes_[parent].nlink++;
   return ino;
 }
 
 Ino Tree::AddChild(Ino parent, std::string name, Node node, bool* existed) {
   std::unique_lock lock(mu_);
-  return AddChildLocked(parent, std::move(name), std::move(node), existed);
+  return AddChildLocked(parent, name, node, existed);
 }
 
 Ino Tree::AddDir(Ino parent, std::string name, uint32_t perm) {
@@ -51,19 +135,22 @@ Ino Tree::AddDir(Ino parent, std::string name, uint32_t perm) {
 
 bool Tree::Link(Ino parent, std::string name, Ino target, bool count_link) {
   std::unique_lock lock(mu_);
-  if (target == 0 || target >= nodes_.size() || S_ISDIR(nodes_[target].attr.mode)) return false;
-  std::vector<Child>& kids = nodes_[parent].children;
-  auto it = std::lower_bound(kids.begin(), kids.end(), name, ChildLess);
-  if (it != kids.end() && it->name == name) return false;
-  kids.insert(it, Child{std::move(name), target});
-  if (count_link) nodes_[target].attr.nlink++;
+  if (target == 0 || target >= nodes_.size() || S_ISDIR(nodes_[target].mode)) return false;
+  std::vector<Child>* kids = Kids(parent);
+  if (!kids) return false;
+  auto [pos, found] = Find(*kids, name);
+  if (found) return false;
+  kids->insert(kids->begin() + static_cast<ptrdiff_t>(pos), MakeChild(name, target));
+  if (count_link) nodes_[target].nlink++;
   return true;
 }
 
 void Tree::Update(Ino ino, const std::function<void(Node&)>& fn) {
   std::unique_lock lock(mu_);
   if (ino == 0 || ino >= nodes_.size()) return;
-  fn(nodes_[ino]);
+  Node n = Unpack(nodes_[ino]);
+  fn(n);
+  Store(&nodes_[ino], n);
 }
 
 void Tree::SetPending(Ino dir, uint32_t id) {
@@ -79,9 +166,9 @@ void Tree::ClearPending(Ino dir) {
 void Tree::SetTimesAndOwner(Ino ino, int64_t mtime_sec, uint32_t uid, uint32_t gid) {
   std::unique_lock lock(mu_);
   if (ino == 0 || ino >= nodes_.size()) return;
-  nodes_[ino].attr.mtime_sec = mtime_sec;
-  nodes_[ino].attr.uid = uid;
-  nodes_[ino].attr.gid = gid;
+  nodes_[ino].mtime_sec = mtime_sec;
+  nodes_[ino].uid = uid;
+  nodes_[ino].gid = gid;
 }
 
 void Tree::Mutate(const std::function<void(Tree&)>& fn) {
@@ -94,14 +181,14 @@ void Tree::Mutate(const std::function<void(Tree&)>& fn) {
 
 Result<Ino> Tree::LookupLocked(Ino parent, std::string_view name) const {
   if (parent == 0 || parent >= nodes_.size()) return Status::NotFound("no such inode");
-  const Node& p = nodes_[parent];
-  if (!S_ISDIR(p.attr.mode)) return Status::InvalidArgument("not a directory");
+  const Packed& p = nodes_[parent];
+  const std::vector<Child>* kids = Kids(parent);
+  if (!kids) return Status::InvalidArgument("not a directory");
   if (name == ".") return parent;
   if (name == "..") return p.parent;
-  const std::vector<Child>& kids = p.children;
-  auto it = std::lower_bound(kids.begin(), kids.end(), name, ChildLess);
-  if (it == kids.end() || it->name != name) return Status::NotFound(std::string(name));
-  return it->ino;
+  auto [pos, found] = Find(*kids, name);
+  if (!found) return Status::NotFound(std::string(name));
+  return (*kids)[pos].ino;
 }
 
 Result<Ino> Tree::Lookup(Ino parent, std::string_view name) const {
@@ -112,18 +199,7 @@ Result<Ino> Tree::Lookup(Ino parent, std::string_view name) const {
 Result<Node> Tree::Get(Ino ino) const {
   std::shared_lock lock(mu_);
   if (ino == 0 || ino >= nodes_.size()) return Status::NotFound("no such inode");
-  const Node& n = nodes_[ino];
-  Node copy;
-  copy.parent = n.parent;
-  copy.attr = n.attr;
-  copy.kind = n.kind;
-  copy.content_id = n.content_id;
-  copy.content_arg = n.content_arg;
-  copy.link_target = n.link_target;
-  copy.xattrs = n.xattrs;
-  copy.pending_id = n.pending_id;
-  copy.flags = n.flags;
-  return copy;
+  return Unpack(nodes_[ino]);
 }
 
 uint32_t Tree::PendingId(Ino ino) const {
@@ -135,13 +211,13 @@ Status Tree::ReadDir(Ino dir, uint64_t offset,
                      const std::function<bool(const DirEntry&, uint64_t)>& fn) const {
   std::shared_lock lock(mu_);
   if (dir == 0 || dir >= nodes_.size()) return Status::NotFound("no such inode");
-  const Node& d = nodes_[dir];
-  if (!S_ISDIR(d.attr.mode)) return Status::InvalidArgument("not a directory");
+  const std::vector<Child>* kids = Kids(dir);
+  if (!kids) return Status::InvalidArgument("not a directory");
   if (offset == 0 && !fn({".", dir, S_IFDIR}, 1)) return Status::Ok();
-  if (offset <= 1 && !fn({"..", d.parent, S_IFDIR}, 2)) return Status::Ok();
-  for (uint64_t k = offset < 2 ? 0 : offset - 2; k < d.children.size(); ++k) {
-    const Child& c = d.children[k];
-    if (!fn({c.name, c.ino, nodes_[c.ino].attr.mode}, k + 3)) break;
+  if (offset <= 1 && !fn({"..", nodes_[dir].parent, S_IFDIR}, 2)) return Status::Ok();
+  for (uint64_t k = offset < 2 ? 0 : offset - 2; k < kids->size(); ++k) {
+    const Child& c = (*kids)[k];
+    if (!fn({std::string(NameOf(c)), c.ino, nodes_[c.ino].mode}, k + 3)) break;
   }
   return Status::Ok();
 }

@@ -1,7 +1,10 @@
 // The inode table of a mount: every path regfs shows, with its metadata and
-// where its bytes come from. Inode numbers are indexes into one vector, so
+// where its bytes come from. Inode numbers are indexes into one table, so
 // they are stable for the life of the mount and lookups are O(log n) in the
-// directory. Subtrees may be added after the mount is live (a layer's tree
+// directory. Storage is packed (an image can have millions of entries):
+// Node is the API's view; inside, a node is ~80 bytes, a directory entry 16
+// bytes plus its name in one arena, and the rare parts (symlink targets,
+// xattrs, children lists) live in side tables. Subtrees may be added after the mount is live (a layer's tree
 // appears when its index is ready); a shared_mutex guards that, readers never
 // wait for each other.
 //
@@ -13,6 +16,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <shared_mutex>
@@ -50,15 +54,6 @@ struct NodeAttr {
   uint32_t mtime_nsec = 0;
 };
 
-struct Node;
-
-// A name in a directory. Hard links are several Child entries (in one or
-// more directories) naming the same inode.
-struct Child {
-  std::string name;
-  Ino ino;
-};
-
 struct Node {
   Ino parent = 0;  // directories: for ".."; others: the first directory linked from
   NodeAttr attr;
@@ -67,8 +62,6 @@ struct Node {
   uint64_t content_arg = 0;
   std::string link_target;              // symlinks
   std::shared_ptr<const Xattrs> xattrs;  // shared: most entries have none
-  // Directories: children sorted by name.
-  std::vector<Child> children;
   // kImplicitDir: a parent directory its layer did not list (attributes
   // are defaults, so a merge keeps those of a lower layer's real entry).
   static constexpr uint8_t kImplicitDir = 1;
@@ -119,11 +112,48 @@ class Tree {
   size_t Count() const;
 
  private:
-  Ino AddChildLocked(Ino parent, std::string name, Node node, bool* existed);
-  Result<Ino> LookupLocked(Ino parent, std::string_view name) const;
+  // A name in a directory. Hard links are several entries naming one inode.
+  struct Child {
+    uint32_t name_off;  // in names_
+    uint32_t name_len;
+    Ino ino;
+  };
+  struct Packed {
+    Ino parent = 0;
+    uint64_t size = 0;
+    int64_t mtime_sec = 0;
+    uint64_t arg = 0;  // content_arg, or rdev for devices
+    uint32_t mode = 0, uid = 0, gid = 0, nlink = 1;
+    uint32_t mtime_nsec = 0;
+    uint32_t content_id = 0;
+    uint32_t link = 0;     // 1 + index into links_, or 0
+    uint32_t xattrs = 0;   // 1 + index into xattrs_, or 0
+    uint32_t dir = 0;      // 1 + index into dirs_, or 0
+    uint32_t pending_id = 0;
+    ContentKind kind = ContentKind::kNone;
+    uint8_t flags = 0;
+  };
 
-  mutable std::shared_mutex mu_;  // guards nodes_ (and every Node in it)
-  std::vector<Node> nodes_;       // index = inode number; [0] unused
+  Ino AddChildLocked(Ino parent, std::string_view name, const Node& node, bool* existed);
+  Result<Ino> LookupLocked(Ino parent, std::string_view name) const;
+  std::string_view NameOf(const Child& c) const {
+    return std::string_view(names_).substr(c.name_off, c.name_len);
+  }
+  // The children of a directory inode; nullptr for others.
+  std::vector<Child>* Kids(Ino ino);
+  const std::vector<Child>* Kids(Ino ino) const;
+  // Finds `name` in `kids`: the insertion point, and whether it is there.
+  std::pair<size_t, bool> Find(const std::vector<Child>& kids, std::string_view name) const;
+  Child MakeChild(std::string_view name, Ino ino);
+  void Store(Packed* p, const Node& n);
+  Node Unpack(const Packed& p) const;
+
+  mutable std::shared_mutex mu_;  // guards everything below
+  std::deque<Packed> nodes_;      // index = inode number; [0] unused; never moves
+  std::string names_;             // every directory entry's name, appended
+  std::vector<std::vector<Child>> dirs_;
+  std::vector<std::string> links_;
+  std::vector<std::shared_ptr<const Xattrs>> xattrs_;
 };
 
 }  // namespace regfs

@@ -1,0 +1,121 @@
+#include "fs/tree.h"
+
+#include <gtest/gtest.h>
+#include <sys/sysmacros.h>
+
+#include "tests/support/status_matchers.h"
+
+namespace regfs {
+namespace {
+
+Node File(uint64_t size, std::string link = "") {
+  Node n;
+  n.attr.mode = (link.empty() ? S_IFREG : S_IFLNK) | 0644;
+  n.attr.size = size;
+  n.link_target = std::move(link);
+  return n;
+}
+
+std::vector<std::string> Names(const Tree& t, Ino dir) {
+  std::vector<std::string> out;
+  EXPECT_OK(t.ReadDir(dir, 0, [&](const DirEntry& e, uint64_t) {
+    out.push_back(e.name);
+    return true;
+  }));
+  return out;
+}
+
+TEST(TreeTest, AddLookupAndSortedListing) {
+  Tree t;
+  Ino d = t.AddDir(kRootIno, "dir", 0755);
+  t.AddChild(d, "b", File(2));
+  t.AddChild(d, "a", File(1));
+  t.AddChild(d, "c", File(3, "target"));
+  EXPECT_EQ(Names(t, d), (std::vector<std::string>{".", "..", "a", "b", "c"}));
+  Result<Ino> c = t.Lookup(d, "c");
+  ASSERT_OK(c);
+  Result<Node> n = t.Get(*c);
+  ASSERT_OK(n);
+  EXPECT_EQ(n->link_target, "target");
+  EXPECT_EQ(n->attr.size, 3u);
+  EXPECT_EQ(t.Lookup(d, "zz").status().code(), Code::kNotFound);
+  EXPECT_EQ(*t.Lookup(d, ".."), kRootIno);
+  EXPECT_EQ(t.Get(kRootIno)->attr.nlink, 3u);  // ".", "..", and dir's ".."
+}
+
+TEST(TreeTest, DuplicateNamesAreReported) {
+  Tree t;
+  bool existed = true;
+  Ino a = t.AddChild(kRootIno, "x", File(1), &existed);
+  EXPECT_FALSE(existed);
+  Ino b = t.AddChild(kRootIno, "x", File(9), &existed);
+  EXPECT_TRUE(existed);
+  EXPECT_EQ(a, b);
+  EXPECT_EQ(t.Get(a)->attr.size, 1u);
+  // Nothing can be added under a file.
+  t.AddChild(a, "child", File(1), &existed);
+  EXPECT_TRUE(existed);
+}
+
+TEST(TreeTest, HardLinksShareOneInodeAndCount) {
+  Tree t;
+  Ino f = t.AddChild(kRootIno, "f", File(5));
+  Ino d = t.AddDir(kRootIno, "d");
+  EXPECT_TRUE(t.Link(d, "g", f));
+  EXPECT_FALSE(t.Link(d, "g", f));       // name taken
+  EXPECT_FALSE(t.Link(kRootIno, "h", d));  // no links to directories
+  EXPECT_EQ(*t.Lookup(d, "g"), f);
+  EXPECT_EQ(t.Get(f)->attr.nlink, 2u);
+  EXPECT_TRUE(t.Link(kRootIno, "alias", f, /*count_link=*/false));
+  EXPECT_EQ(t.Get(f)->attr.nlink, 2u);
+}
+
+TEST(TreeTest, UpdateKeepsChildrenAndSideTables) {
+  Tree t;
+  Ino d = t.AddDir(kRootIno, "d");
+  t.AddChild(d, "x", File(1));
+  t.Update(d, [](Node& n) {
+    n.attr.mode = S_IFDIR | 0700;
+    n.xattrs = std::make_shared<const Xattrs>(Xattrs{{"user.a", "1"}});
+  });
+  EXPECT_EQ(Names(t, d).size(), 3u);
+  Result<Node> n = t.Get(d);
+  ASSERT_OK(n);
+  EXPECT_EQ(n->attr.mode, S_IFDIR | 0700u);
+  ASSERT_TRUE(n->xattrs);
+  EXPECT_EQ((*n->xattrs)[0].second, "1");
+  t.Update(d, [](Node& m) { m.xattrs = nullptr; });
+  EXPECT_FALSE(t.Get(d)->xattrs);
+}
+
+TEST(TreeTest, DevicesKeepTheirNumbers) {
+  Tree t;
+  Node dev;
+  dev.attr.mode = S_IFCHR | 0600;
+  dev.attr.rdev = makedev(4, 64);
+  Ino i = t.AddChild(kRootIno, "tty", dev);
+  EXPECT_EQ(t.Get(i)->attr.rdev, makedev(4, 64));
+}
+
+TEST(TreeTest, ReadDirResumesAtOffsets) {
+  Tree t;
+  for (int i = 0; i < 10; ++i) t.AddChild(kRootIno, "f" + std::to_string(i), File(1));
+  std::vector<std::string> got;
+  uint64_t off = 0;
+  for (;;) {
+    int n = 0;
+    uint64_t next = off;
+    ASSERT_OK(t.ReadDir(kRootIno, off, [&](const DirEntry& e, uint64_t nx) {
+      got.push_back(e.name);
+      next = nx;
+      return ++n < 3;  // three per call, as a small buffer would
+    }));
+    if (next == off) break;
+    off = next;
+  }
+  EXPECT_EQ(got.size(), 12u);
+  EXPECT_EQ(got.back(), "f9");
+}
+
+}  // namespace
+}  // namespace regfs
