@@ -43,7 +43,7 @@ CREATE TABLE chunks(
   blob_id INTEGER NOT NULL,
   idx INTEGER NOT NULL,
   size INTEGER NOT NULL,
-  crcs BLOB NOT NULL,                   -- CRC-32C per 32 KiB block, little endian
+  crcs BLOB NOT NULL,                   -- BlockChecksum per 32 KiB block, little endian
   atime INTEGER NOT NULL,               -- microseconds; LRU order
   UNIQUE(blob_id, idx)
 );
@@ -80,7 +80,7 @@ std::string CrcsOf(std::span<const uint8_t> chunk) {
   std::string out;
   for (size_t off = 0; off < chunk.size(); off += kChunkCrcBlock) {
     size_t n = std::min<size_t>(kChunkCrcBlock, chunk.size() - off);
-    uint32_t c = Crc32c(chunk.data() + off, n);
+    uint32_t c = BlockChecksum(chunk.data() + off, n);
     for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((c >> (8 * i)) & 0xff));
   }
   return out;
@@ -398,7 +398,7 @@ Result<bool> ChunkCache::ReadChunk(std::string_view digest, uint64_t index, uint
             dst = conn->scratch.data();
           }
           RETURN_IF_ERROR(blob->Read(dst, static_cast<int>(blen), static_cast<int>(bstart)));
-          if (Crc32c(dst, blen) != CrcAt(crc_view, b)) {
+          if (BlockChecksum(dst, blen) != CrcAt(crc_view, b)) {
             corrupt = true;
           } else if (dst == conn->scratch.data()) {
             uint64_t from = std::max(bstart, uint64_t{offset});
