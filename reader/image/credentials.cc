@@ -18,9 +18,8 @@
 #include <cstring>
 #include <fstream>
 #include <memory>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 extern char** environ;
 
@@ -187,7 +186,8 @@ Credentials FromUserSecret(std::string user, std::string secret, std::string sou
 // One "auths" entry; nullopt when it holds nothing usable (docker writes
 // empty entries next to a credsStore).
 Result<std::optional<Credentials>> ParseAuthEntry(const json& e, const std::string& source) {
-  if (!e.is_object()) return Status::InvalidArgument(source + ": an 'auths' entry is not an object");
+  if (!e.is_object())
+    return Status::InvalidArgument(source + ": an 'auths' entry is not an object");
   auto str = [&](const char* k) -> std::string {
     auto it = e.find(k);
     return it != e.end() && it->is_string() ? it->get<std::string>() : std::string();
@@ -220,7 +220,7 @@ Result<std::pair<bool, std::optional<Credentials>>> LookupInFile(const std::stri
                                                                  std::string_view registry,
                                                                  const CredentialOptions& opts) {
   using Out = std::pair<bool, std::optional<Credentials>>;
-  struct stat st{};
+  struct stat st {};
   if (::stat(path.c_str(), &st) != 0) return Out{false, std::nullopt};  // missing: skip
   if (!S_ISREG(st.st_mode)) return Status::InvalidArgument(path + ": not a regular file");
   if (static_cast<size_t>(st.st_size) > kMaxAuthFileSize) {
@@ -268,8 +268,8 @@ Result<std::pair<bool, std::optional<Credentials>>> LookupInFile(const std::stri
   if (store != j.end()) {
     if (!store->is_string()) return Status::InvalidArgument(path + ": 'credsStore' malformed");
     if (!store->get<std::string>().empty()) {
-      ASSIGN_OR_RETURN(auto creds,
-                       RunCredentialHelper(store->get<std::string>(), HelperServer(registry), opts));
+      ASSIGN_OR_RETURN(
+          auto creds, RunCredentialHelper(store->get<std::string>(), HelperServer(registry), opts));
       if (creds) return Out{true, std::move(creds)};
     }
   }
@@ -297,9 +297,11 @@ Result<std::optional<Credentials>> RunCredentialHelper(std::string_view helper,
   }
   UniqueFd in_parent(sv[0]), in_child(sv[1]);
   int out[2], err[2];
-  if (::pipe2(out, O_CLOEXEC) != 0) return Status::IoError(name + ": pipe: " + std::strerror(errno));
+  if (::pipe2(out, O_CLOEXEC) != 0)
+    return Status::IoError(name + ": pipe: " + std::strerror(errno));
   UniqueFd out_read(out[0]), out_write(out[1]);
-  if (::pipe2(err, O_CLOEXEC) != 0) return Status::IoError(name + ": pipe: " + std::strerror(errno));
+  if (::pipe2(err, O_CLOEXEC) != 0)
+    return Status::IoError(name + ": pipe: " + std::strerror(errno));
   UniqueFd err_read(err[0]), err_write(err[1]);
 
   SpawnActions actions;
@@ -318,14 +320,14 @@ Result<std::optional<Credentials>> RunCredentialHelper(std::string_view helper,
   err_write.Reset();
 
   std::string request(server_url);
-  if (::send(in_parent.get(), request.data(), request.size(), MSG_NOSIGNAL) < 0 &&
-      errno != EPIPE) {
+  if (::send(in_parent.get(), request.data(), request.size(), MSG_NOSIGNAL) < 0 && errno != EPIPE) {
     return Status::IoError(name + ": writing stdin: " + std::strerror(errno));
   }
   in_parent.Reset();  // EOF for the helper
 
   std::string stdout_data, stderr_data;
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(opts.helper_timeout_ms);
+  auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(opts.helper_timeout_ms);
   bool out_open = true, err_open = true;
   while (out_open || err_open) {
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(

@@ -21,13 +21,13 @@ namespace regfs {
 
 struct Credentials {
   std::string username;
-  std::string password;       // or an identity token when username is "<token>"
-  std::string source;         // which file or helper it came from, for logs
+  std::string password;          // or an identity token when username is "<token>"
+  std::string source;            // which file or helper it came from, for logs
   std::string ToString() const;  // "user@source (password redacted)"
 };
 
 struct CredentialOptions {
-  std::string authfile;               // --authfile; empty = search the usual places
+  std::string authfile;                       // --authfile; empty = search the usual places
   std::optional<Credentials> explicit_creds;  // --creds user:pass wins over files
   // For tests: overrides of the environment ($HOME etc.); empty = getenv.
   std::string home, xdg_runtime_dir, registry_auth_file;

@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <cctype>
 #include <limits>
-
 #include <nlohmann/json.hpp>
 
 #include "reader/base/digest.h"
@@ -65,8 +64,8 @@ void NormalizeArch(std::string& arch, std::string& variant) {
 }
 
 Status CorruptField(std::string_view what, std::string_view field) {
-  return Status::Corrupt(std::string(what) + ": missing or malformed field '" +
-                         std::string(field) + "'");
+  return Status::Corrupt(std::string(what) + ": missing or malformed field '" + std::string(field) +
+                         "'");
 }
 
 std::optional<std::string> GetString(const json& j, const char* key) {
@@ -243,8 +242,7 @@ std::string EffectiveVariant(const Platform& p) {
 
 std::string ManifestAcceptHeader() {
   return std::string(kMediaTypeOciIndex) + ", " + std::string(kMediaTypeOciManifest) + ", " +
-         std::string(kMediaTypeDockerManifestList) + ", " +
-         std::string(kMediaTypeDockerManifest);
+         std::string(kMediaTypeDockerManifestList) + ", " + std::string(kMediaTypeDockerManifest);
 }
 
 std::string Platform::ToString() const {
@@ -375,8 +373,7 @@ Result<BlobDescriptor> SelectPlatform(const ImageIndex& index, const Platform& w
       continue;
     }
     offered.push_back(e.platform->ToString());
-    std::string os = Lower(e.platform->os), arch = Lower(e.platform->architecture),
-                variant;
+    std::string os = Lower(e.platform->os), arch = Lower(e.platform->architecture), variant;
     NormalizeArch(arch, variant);
     if (os != want_os || arch != want_arch) continue;
     std::string entry_variant = EffectiveVariant(*e.platform);

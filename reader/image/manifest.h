@@ -35,9 +35,9 @@ inline constexpr std::string_view kMediaTypeDockerLayerGzip =
 std::string ManifestAcceptHeader();
 
 struct Platform {
-  std::string os;            // "linux"
-  std::string architecture;  // "amd64", "arm64"
-  std::string variant;       // "v8", or empty
+  std::string os;                // "linux"
+  std::string architecture;      // "amd64", "arm64"
+  std::string variant;           // "v8", or empty
   std::string ToString() const;  // "linux/arm64/v8"
 };
 

@@ -29,8 +29,8 @@ bool HasUpper(std::string_view s) {
 }
 
 Status Bad(std::string_view ref, std::string_view why) {
-  return Status::InvalidArgument("invalid reference '" + std::string(ref) + "': " +
-                                 std::string(why));
+  return Status::InvalidArgument("invalid reference '" + std::string(ref) +
+                                 "': " + std::string(why));
 }
 
 // path-component := [a-z0-9]+ (separator [a-z0-9]+)*
@@ -176,8 +176,8 @@ Result<Reference> ParseReference(std::string_view ref) {
   }
   if (name.empty()) return Bad(ref, "no repository name");
   if (name.size() > kMaxNameLength) {
-    return Bad(ref, "repository name is longer than " + std::to_string(kMaxNameLength) +
-                        " characters");
+    return Bad(ref,
+               "repository name is longer than " + std::to_string(kMaxNameLength) + " characters");
   }
   if (name.back() == '/') return Bad(ref, "repository name ends with '/'");
   if (name.front() == '/') return Bad(ref, "repository name starts with '/'");

@@ -94,14 +94,27 @@ TEST_F(BuilderTest, GnuTarListsEveryForm) {
   std::ofstream(dir_ + "/a.tar", std::ios::binary) << tar;
   auto [rc, out] = Shell("tar -tvf " + dir_ + "/a.tar --full-time --numeric-owner");
   ASSERT_EQ(rc, 0) << out;
-  for (const std::string& want : std::vector<std::string>{
-           "drwxr-xr-x 0/0 ", "-rwsr-sr-x 1000/2000 ", "22:13:20.123456789 d/f\n", "d/s -> f\n",
-        "hrw-r--r-- ", "d/h link to d/f\n", "crw-rw-rw- 0/0 ", "1,3 ", "brw-rw---- ", "8,1 ",
-        "prw-r--r-- ", " d/" + std::string(150, 'p') + "\n",
-        " d/" + std::string(150, 'g') + "\n",
-        " " + std::string(80, 'a') + "/" + std::string(90, 'u') + "\n",
-        "d/ls -> " + std::string(200, 't') + "\n", "d/gl -> " + std::string(200, 'k') + "\n",
-        "3000000/4000000 ", "drwxrwxrwt 0/0 ", " d/.wh.gone\n", " t/.wh..wh..opq\n"}) {
+  for (const std::string& want :
+       std::vector<std::string>{"drwxr-xr-x 0/0 ",
+                                "-rwsr-sr-x 1000/2000 ",
+                                "22:13:20.123456789 d/f\n",
+                                "d/s -> f\n",
+                                "hrw-r--r-- ",
+                                "d/h link to d/f\n",
+                                "crw-rw-rw- 0/0 ",
+                                "1,3 ",
+                                "brw-rw---- ",
+                                "8,1 ",
+                                "prw-r--r-- ",
+                                " d/" + std::string(150, 'p') + "\n",
+                                " d/" + std::string(150, 'g') + "\n",
+                                " " + std::string(80, 'a') + "/" + std::string(90, 'u') + "\n",
+                                "d/ls -> " + std::string(200, 't') + "\n",
+                                "d/gl -> " + std::string(200, 'k') + "\n",
+                                "3000000/4000000 ",
+                                "drwxrwxrwt 0/0 ",
+                                " d/.wh.gone\n",
+                                " t/.wh..wh..opq\n"}) {
     EXPECT_NE(out.find(want), std::string::npos) << "missing '" << want << "' in\n" << out;
   }
   auto [brc, bout] = Shell("bsdtar -tvf " + dir_ + "/a.tar");

@@ -2,13 +2,13 @@
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
-#include <sys/wait.h>
 
 #include "tests/support/fd_count.h"
 #include "tests/support/status_matchers.h"
@@ -76,9 +76,7 @@ class CredentialsTest : public testing::FdCheckedTest {
   CredentialOptions opts_;
 };
 
-TEST_F(CredentialsTest, NoFilesMeansAnonymous) {
-  EXPECT_FALSE(Lookup("quay.io").has_value());
-}
+TEST_F(CredentialsTest, NoFilesMeansAnonymous) { EXPECT_FALSE(Lookup("quay.io").has_value()); }
 
 TEST_F(CredentialsTest, AuthsWithBase64AndFields) {
   Write("home/.docker/config.json",
@@ -102,8 +100,8 @@ TEST_F(CredentialsTest, AuthsWithBase64AndFields) {
 }
 
 TEST_F(CredentialsTest, DockerHubAliases) {
-  for (std::string key : {"https://index.docker.io/v1/", "index.docker.io", "docker.io",
-                          "registry-1.docker.io"}) {
+  for (std::string key :
+       {"https://index.docker.io/v1/", "index.docker.io", "docker.io", "registry-1.docker.io"}) {
     Write("home/.docker/config.json",
           R"({"auths":{")" + key + R"(":{"auth":")" + B64("hub:pw") + R"("}}})");
     auto c = Lookup("docker.io");
@@ -116,8 +114,10 @@ TEST_F(CredentialsTest, FileOrder) {
   Write("explicit.json", R"({"auths":{"r.io":{"auth":")" + B64("explicit:1") + R"("}}})");
   Write("raf.json", R"({"auths":{"r.io":{"auth":")" + B64("raf:2") + R"("}}})");
   Write("xdg/containers/auth.json", R"({"auths":{"r.io":{"auth":")" + B64("xdg:3") + R"("}}})");
-  Write("home/.docker/config.json", R"({"auths":{"r.io":{"auth":")" + B64("home:4") + R"("},)"
-                                    R"("only-home.io":{"auth":")" + B64("home:5") + R"("}}})");
+  Write("home/.docker/config.json", R"({"auths":{"r.io":{"auth":")" + B64("home:4") +
+                                        R"("},)"
+                                        R"("only-home.io":{"auth":")" +
+                                        B64("home:5") + R"("}}})");
   opts_.authfile = dir_ + "/explicit.json";
   opts_.registry_auth_file = dir_ + "/raf.json";
   EXPECT_EQ(Lookup("r.io")->username, "explicit");
@@ -137,8 +137,9 @@ TEST_F(CredentialsTest, FileOrder) {
 
 TEST_F(CredentialsTest, CredHelpersAndCredsStore) {
   // The helper echoes the server it was asked about as the user name.
-  Helper("fake", "read server\necho \"{\\\"ServerURL\\\":\\\"$server\\\",\\\"Username\\\":"
-                 "\\\"$server\\\",\\\"Secret\\\":\\\"helper-secret\\\"}\"\n");
+  Helper("fake",
+         "read server\necho \"{\\\"ServerURL\\\":\\\"$server\\\",\\\"Username\\\":"
+         "\\\"$server\\\",\\\"Secret\\\":\\\"helper-secret\\\"}\"\n");
   Helper("none", "echo 'credentials not found in native keychain'\nexit 1\n");
   Helper("broken", "echo 'boom' >&2\nexit 3\n");
   Helper("garbage", "echo 'not json'\n");
@@ -146,8 +147,10 @@ TEST_F(CredentialsTest, CredHelpersAndCredsStore) {
   Write("home/.docker/config.json",
         R"({"credHelpers":{"helped.io":"fake","missing.io":"none","broken.io":"broken",)"
         R"("garbage.io":"garbage","slow.io":"slow","docker.io":"fake","nohelper.io":"absent"},)"
-        R"("auths":{"helped.io":{"auth":")" + B64("file:pw") + R"("}, "store.io":{}},)"
-        R"("credsStore":"fake"})");
+        R"("auths":{"helped.io":{"auth":")" +
+            B64("file:pw") +
+            R"("}, "store.io":{}},)"
+            R"("credsStore":"fake"})");
   auto h = Lookup("helped.io");
   ASSERT_TRUE(h.has_value());
   EXPECT_EQ(h->username, "helped.io");  // credHelpers beat auths
@@ -183,15 +186,15 @@ TEST_F(CredentialsTest, CredHelpersAndCredsStore) {
 }
 
 TEST_F(CredentialsTest, MalformedFilesAreErrorsNamingTheFile) {
-  for (const std::string& text : std::vector<std::string>{"{", "[]", R"({"auths":[]})", R"({"auths":{"r.io":{"auth":"!!"}}})",
-                           R"({"auths":{"r.io":{"auth":")" + B64("nocolon") + R"("}}})",
-                           R"({"credHelpers":{"r.io":5}})", R"({"credsStore":1})"}) {
+  for (const std::string& text :
+       std::vector<std::string>{"{", "[]", R"({"auths":[]})", R"({"auths":{"r.io":{"auth":"!!"}}})",
+                                R"({"auths":{"r.io":{"auth":")" + B64("nocolon") + R"("}}})",
+                                R"({"credHelpers":{"r.io":5}})", R"({"credsStore":1})"}) {
     Write("home/.docker/config.json", text);
     auto r = LookupCredentials("r.io", opts_);
     ASSERT_FALSE(r.ok()) << text;
     EXPECT_EQ(r.status().code(), Code::kInvalidArgument) << text;
-    EXPECT_NE(r.status().message().find("config.json"), std::string::npos)
-        << r.status().ToString();
+    EXPECT_NE(r.status().message().find("config.json"), std::string::npos) << r.status().ToString();
   }
 }
 

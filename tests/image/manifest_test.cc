@@ -3,9 +3,8 @@
 #include <gtest/gtest.h>
 #include <sys/utsname.h>
 
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "tests/support/status_matchers.h"
 
@@ -28,16 +27,12 @@ TEST(ManifestTest, ParsePlatform) {
   struct Case {
     std::string in, os, arch, variant;
   };
-  for (const Case& c : {Case{"linux/amd64", "linux", "amd64", ""},
-                        Case{"linux/arm64/v8", "linux", "arm64", "v8"},
-                        Case{"linux/arm/v7", "linux", "arm", "v7"},
-                        Case{"Linux/AMD64", "linux", "amd64", ""},
-                        Case{"linux/x86_64", "linux", "amd64", ""},
-                        Case{"linux/aarch64", "linux", "arm64", ""},
-                        Case{"linux/armhf", "linux", "arm", "v7"},
-                        Case{"linux/arm/7", "linux", "arm", "v7"},
-                        Case{"linux/i386", "linux", "386", ""},
-                        Case{"windows/amd64", "windows", "amd64", ""}}) {
+  for (const Case& c :
+       {Case{"linux/amd64", "linux", "amd64", ""}, Case{"linux/arm64/v8", "linux", "arm64", "v8"},
+        Case{"linux/arm/v7", "linux", "arm", "v7"}, Case{"Linux/AMD64", "linux", "amd64", ""},
+        Case{"linux/x86_64", "linux", "amd64", ""}, Case{"linux/aarch64", "linux", "arm64", ""},
+        Case{"linux/armhf", "linux", "arm", "v7"}, Case{"linux/arm/7", "linux", "arm", "v7"},
+        Case{"linux/i386", "linux", "386", ""}, Case{"windows/amd64", "windows", "amd64", ""}}) {
     auto p = ParsePlatform(c.in);
     ASSERT_OK(p);
     EXPECT_EQ(p->os, c.os) << c.in;
@@ -80,12 +75,10 @@ TEST(ManifestTest, CompressionOfMediaType) {
             LayerCompression::kNone);
   EXPECT_EQ(CompressionOfMediaType("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"),
             LayerCompression::kGzip);
-  EXPECT_EQ(
-      CompressionOfMediaType("application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"),
-      LayerCompression::kGzip);
-  EXPECT_EQ(
-      CompressionOfMediaType("application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"),
-      LayerCompression::kZstd);
+  EXPECT_EQ(CompressionOfMediaType("application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"),
+            LayerCompression::kGzip);
+  EXPECT_EQ(CompressionOfMediaType("application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"),
+            LayerCompression::kZstd);
   EXPECT_EQ(CompressionOfMediaType("application/vnd.oci.image.layer.nondistributable.v1.tar"),
             LayerCompression::kNone);
   EXPECT_EQ(CompressionOfMediaType("application/vnd.oci.image.layer.v1.tar+gzip+encrypted"),
@@ -103,7 +96,8 @@ std::string OciManifest() {
   json m = {{"schemaVersion", 2},
             {"mediaType", kMediaTypeOciManifest},
             {"config", Desc(kMediaTypeOciConfig, 'c', 123)},
-            {"layers", {Desc(kMediaTypeOciLayerGzip, '1', 1000), Desc(kMediaTypeOciLayerZstd, '2', 2000)}}};
+            {"layers",
+             {Desc(kMediaTypeOciLayerGzip, '1', 1000), Desc(kMediaTypeOciLayerZstd, '2', 2000)}}};
   return m.dump();
 }
 
@@ -213,9 +207,10 @@ TEST(ManifestTest, ParseIndexBothKinds) {
   EXPECT_EQ(idx->manifests[1].platform->ToString(), "linux/arm64/v8");
   EXPECT_FALSE(idx->manifests[2].platform.has_value());
 
-  auto list = ParseIndex(Index(kMediaTypeDockerManifestList,
-                               json::array({Entry(kMediaTypeDockerManifest, 'a', "linux", "amd64")})),
-                         "");
+  auto list =
+      ParseIndex(Index(kMediaTypeDockerManifestList,
+                       json::array({Entry(kMediaTypeDockerManifest, 'a', "linux", "amd64")})),
+                 "");
   ASSERT_OK(list);
   EXPECT_EQ(list->media_type, kMediaTypeDockerManifestList);
   EXPECT_TRUE(IsIndexMediaType(list->media_type));
@@ -231,7 +226,8 @@ TEST(ManifestTest, ParseIndexBothKinds) {
   bad_platform["platform"] = {{"os", "linux"}};
   EXPECT_EQ(ParseIndex(Index(kMediaTypeOciIndex, json::array({bad_platform})), "").status().code(),
             Code::kCorrupt);
-  EXPECT_EQ(ParseIndex(Index(kMediaTypeOciIndex, json::array({"x"})), "").status().code(), Code::kCorrupt);
+  EXPECT_EQ(ParseIndex(Index(kMediaTypeOciIndex, json::array({"x"})), "").status().code(),
+            Code::kCorrupt);
 }
 
 TEST(ManifestTest, ParseConfig) {
@@ -302,7 +298,8 @@ TEST(ManifestTest, SelectPlatformRules) {
   ASSERT_OK(idx3);
   EXPECT_EQ(SelectPlatform(*idx3, {"linux", "arm", "v7"})->digest, D('2'));
   // Only unknown types: NotFound saying so.
-  auto idx4 = ParseIndex(Index(kMediaTypeOciIndex, json::array({Entry("application/x", '3', "linux", "amd64")})), "");
+  auto idx4 = ParseIndex(
+      Index(kMediaTypeOciIndex, json::array({Entry("application/x", '3', "linux", "amd64")})), "");
   ASSERT_OK(idx4);
   auto r4 = SelectPlatform(*idx4, {"linux", "amd64", ""});
   ASSERT_FALSE(r4.ok());

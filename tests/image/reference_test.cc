@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cctype>
 #include <ostream>
 #include <string>
 
@@ -17,7 +18,19 @@ struct Good {
   std::string in, registry, repository, tag, digest, normalized;
 };
 
-void PrintTo(const Good& g, std::ostream* os) { *os << '"' << g.in.substr(0, 60) << '"'; }
+// Test names shown by ctest: the input, shortened, with only safe characters.
+std::string SafeName(const std::string& in) {
+  std::string out = in.empty() ? "(empty)" : in.substr(0, 48);
+  for (char& c : out) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != ':' && c != '/' &&
+        c != '-' && c != '@' && c != '(' && c != ')') {
+      c = '_';
+    }
+  }
+  return out;
+}
+
+void PrintTo(const Good& g, std::ostream* os) { *os << SafeName(g.in); }
 
 class ReferenceGoodTest : public ::testing::TestWithParam<Good> {};
 
@@ -77,8 +90,8 @@ INSTANTIATE_TEST_SUITE_P(
         // No slash: "localhost:5000" is name "localhost" with tag "5000".
         Good{"localhost:5000", "docker.io", "library/localhost", "5000", "",
              "docker.io/library/localhost:5000"},
-        Good{"my-registry.example.com/team/app:" + std::string(128, 'x'),
-             "my-registry.example.com", "team/app", std::string(128, 'x'), "",
+        Good{"my-registry.example.com/team/app:" + std::string(128, 'x'), "my-registry.example.com",
+             "team/app", std::string(128, 'x'), "",
              "my-registry.example.com/team/app:" + std::string(128, 'x')}));
 
 struct Bad {
@@ -86,7 +99,7 @@ struct Bad {
   std::string message_part;
 };
 
-void PrintTo(const Bad& b, std::ostream* os) { *os << '"' << b.in.substr(0, 60) << '"'; }
+void PrintTo(const Bad& b, std::ostream* os) { *os << SafeName(b.in); }
 
 class ReferenceBadTest : public ::testing::TestWithParam<Bad> {};
 
@@ -109,11 +122,10 @@ INSTANTIATE_TEST_SUITE_P(
         Bad{"alpine:", "empty tag"}, Bad{"alpine:-bad", "must start"},
         Bad{"alpine:ta+g", "character '+'"}, Bad{"alpine:" + std::string(129, 'x'), "129"},
         Bad{"alpine@sha256:abc", "64 hex"}, Bad{"alpine@", "empty digest"},
-        Bad{"alpine@sha256:" + std::string(64, 'G'), "hex"},
-        Bad{"alpine@md5:abc", "not supported"}, Bad{"alpine/", "ends with '/'"},
-        Bad{"/alpine", "starts with '/'"}, Bad{"a//b", "empty path component"},
-        Bad{"foo_/bar", "path component 'foo_'"}, Bad{"foo___bar", "path component"},
-        Bad{"-foo", "path component"}, Bad{kHex, "image ID"},
+        Bad{"alpine@sha256:" + std::string(64, 'G'), "hex"}, Bad{"alpine@md5:abc", "not supported"},
+        Bad{"alpine/", "ends with '/'"}, Bad{"/alpine", "starts with '/'"},
+        Bad{"a//b", "empty path component"}, Bad{"foo_/bar", "path component 'foo_'"},
+        Bad{"foo___bar", "path component"}, Bad{"-foo", "path component"}, Bad{kHex, "image ID"},
         Bad{"localhost:abc/foo", "registry host"}, Bad{"example.com:/foo", "registry host"},
         Bad{"bad..host/foo", "registry host"}, Bad{"al pine", "whitespace"},
         Bad{"a/" + std::string(300, 'b'), "longer than 255"},

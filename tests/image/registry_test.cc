@@ -9,9 +9,8 @@
 #include <cstring>
 #include <filesystem>
 #include <memory>
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "reader/base/digest.h"
 #include "reader/image/manifest.h"
@@ -115,8 +114,8 @@ TEST_F(RegistryTest, AnonymousPushAndFetchBack) {
   EXPECT_GT(reg.port(), 0);
   EXPECT_EQ(reg.HostPort(), "127.0.0.1:" + std::to_string(reg.port()));
   ImagePusher pusher(reg);
-  BuiltImage img = BuildImage(TwoLayerSpec(ManifestFormat::kOci, Compression::kGzip,
-                                           Compression::kZstd));
+  BuiltImage img =
+      BuildImage(TwoLayerSpec(ManifestFormat::kOci, Compression::kGzip, Compression::kZstd));
   ASSERT_OK(pusher.PushImage("test/oci", "v1", img));
 
   Fetched f = CurlGet(reg.Url() + "/v2/test/oci/manifests/v1", ManifestAcceptHeader());
@@ -160,8 +159,8 @@ TEST_F(RegistryTest, BasicAuthRequiresCredentials) {
   TestRegistry reg(o);
   ASSERT_OK(reg.Start());
   ImagePusher pusher(reg);
-  BuiltImage img = BuildImage(TwoLayerSpec(ManifestFormat::kDocker, Compression::kGzip,
-                                           Compression::kGzip));
+  BuiltImage img =
+      BuildImage(TwoLayerSpec(ManifestFormat::kDocker, Compression::kGzip, Compression::kGzip));
   ASSERT_OK(pusher.PushImage("basic/img", "latest", img));
 
   std::string url = reg.Url() + "/v2/basic/img/manifests/latest";
@@ -184,8 +183,8 @@ TEST_F(RegistryTest, TokenAuthIssuesWorkingTokens) {
   ASSERT_OK(reg.Start());
   ASSERT_NE(reg.token_server(), nullptr);
   ImagePusher pusher(reg);
-  BuiltImage img = BuildImage(TwoLayerSpec(ManifestFormat::kOci, Compression::kNone,
-                                           Compression::kGzip));
+  BuiltImage img =
+      BuildImage(TwoLayerSpec(ManifestFormat::kOci, Compression::kNone, Compression::kGzip));
   ASSERT_OK(pusher.PushImage("tok/img", "t1", img));
   EXPECT_GE(reg.token_server()->tokens_issued(), 1);
 
@@ -197,9 +196,10 @@ TEST_F(RegistryTest, TokenAuthIssuesWorkingTokens) {
       << anon.headers;
 
   // Anonymous pull token from the token endpoint.
-  Fetched tok = CurlGet(reg.token_server()->RealmUrl() + "?service=" +
-                            reg.token_server()->service() + "&scope=repository:tok/img:pull",
-                        "");
+  Fetched tok =
+      CurlGet(reg.token_server()->RealmUrl() + "?service=" + reg.token_server()->service() +
+                  "&scope=repository:tok/img:pull",
+              "");
   ASSERT_EQ(tok.status, 200) << tok.body;
   auto j = nlohmann::json::parse(tok.body);
   std::string token = j["token"].get<std::string>();
@@ -209,16 +209,18 @@ TEST_F(RegistryTest, TokenAuthIssuesWorkingTokens) {
   EXPECT_EQ(ok.body, img.manifest);
 
   // An anonymous token cannot push.
-  Fetched bad_creds = CurlGet(reg.token_server()->RealmUrl() + "?service=" +
-                                  reg.token_server()->service() + "&scope=repository:tok/img:pull",
-                              "", o.username + ":nope");
+  Fetched bad_creds =
+      CurlGet(reg.token_server()->RealmUrl() + "?service=" + reg.token_server()->service() +
+                  "&scope=repository:tok/img:pull",
+              "", o.username + ":nope");
   EXPECT_EQ(bad_creds.status, 401);
 
   // Tokens whose exp is past the registry's 60 s leeway are refused.
   reg.token_server()->set_exp_skew_s(-(o.token_lifetime_s + 600));
-  Fetched old_tok = CurlGet(reg.token_server()->RealmUrl() + "?service=" +
-                                reg.token_server()->service() + "&scope=repository:tok/img:pull",
-                            "");
+  Fetched old_tok =
+      CurlGet(reg.token_server()->RealmUrl() + "?service=" + reg.token_server()->service() +
+                  "&scope=repository:tok/img:pull",
+              "");
   ASSERT_EQ(old_tok.status, 200);
   std::string expired = nlohmann::json::parse(old_tok.body)["token"].get<std::string>();
   Fetched refused = CurlGet(url, ManifestAcceptHeader(), "", expired);
@@ -231,9 +233,10 @@ TEST_F(RegistryTest, TokenAuthWithoutAnonymousPullNeedsUser) {
   o.auth = RegistryAuth::kToken;
   TestRegistry reg(o);
   ASSERT_OK(reg.Start());
-  Fetched anon = CurlGet(reg.token_server()->RealmUrl() + "?service=" +
-                             reg.token_server()->service() + "&scope=repository:x/y:pull",
-                         "");
+  Fetched anon =
+      CurlGet(reg.token_server()->RealmUrl() + "?service=" + reg.token_server()->service() +
+                  "&scope=repository:x/y:pull",
+              "");
   EXPECT_EQ(anon.status, 401);
   ImagePusher nobody(reg.Url());
   auto r = nobody.Get("/v2/x/y/manifests/latest", ManifestAcceptHeader());
@@ -270,8 +273,8 @@ TEST_F(RegistryTest, IndexesWithSeveralPlatforms) {
     ASSERT_OK(amd_pick);
     EXPECT_EQ(amd_pick->media_type, idx.images[0].manifest_descriptor.media_type);
     // The per-platform manifest by digest.
-    Fetched m = CurlGet(reg.Url() + "/v2/" + repo + "/manifests/" + pick->digest,
-                        ManifestAcceptHeader());
+    Fetched m =
+        CurlGet(reg.Url() + "/v2/" + repo + "/manifests/" + pick->digest, ManifestAcceptHeader());
     ASSERT_EQ(m.status, 200);
     EXPECT_EQ(m.body, idx.images[1].manifest);
   }
@@ -292,13 +295,13 @@ TEST_F(RegistryTest, RestartKeepsPortAndStorage) {
   ASSERT_OK(reg.Start());
   int port = reg.port();
   ImagePusher pusher(reg);
-  BuiltImage img = BuildImage(TwoLayerSpec(ManifestFormat::kOci, Compression::kGzip,
-                                           Compression::kGzip));
+  BuiltImage img =
+      BuildImage(TwoLayerSpec(ManifestFormat::kOci, Compression::kGzip, Compression::kGzip));
   ASSERT_OK(pusher.PushImage("re/start", "v1", img));
   reg.Stop();
   EXPECT_FALSE(reg.running());
   Fetched down = CurlGet(reg.Url() + "/v2/re/start/manifests/v1", ManifestAcceptHeader());
-  EXPECT_EQ(down.status, 0);  // connection refused
+  EXPECT_EQ(down.status, 0);                       // connection refused
   EXPECT_EQ(::waitpid(-1, nullptr, WNOHANG), -1);  // reaped: no child left
   ASSERT_OK(reg.Restart());
   EXPECT_EQ(reg.port(), port);
@@ -365,11 +368,11 @@ TEST_F(RegistryTest, SkopeoAndUmociAcceptPushedImages) {
   TestRegistry reg;
   ASSERT_OK(reg.Start());
   ImagePusher pusher(reg);
-  BuiltImage oci = BuildImage(TwoLayerSpec(ManifestFormat::kOci, Compression::kGzip,
-                                           Compression::kZstd));
+  BuiltImage oci =
+      BuildImage(TwoLayerSpec(ManifestFormat::kOci, Compression::kGzip, Compression::kZstd));
   ASSERT_OK(pusher.PushImage("tools/oci", "v1", oci));
-  BuiltImage docker = BuildImage(TwoLayerSpec(ManifestFormat::kDocker, Compression::kGzip,
-                                              Compression::kGzip));
+  BuiltImage docker =
+      BuildImage(TwoLayerSpec(ManifestFormat::kDocker, Compression::kGzip, Compression::kGzip));
   ASSERT_OK(pusher.PushImage("tools/docker", "v1", docker));
   IndexSpec is;
   ImageSpec arm = TwoLayerSpec(ManifestFormat::kOci, Compression::kGzip, Compression::kGzip);
@@ -387,23 +390,24 @@ TEST_F(RegistryTest, SkopeoAndUmociAcceptPushedImages) {
     EXPECT_EQ(j["Digest"], digest);
     EXPECT_EQ(j["Layers"].size(), 2u);
   }
-  auto [rc_raw, raw] = RunShell("skopeo inspect --raw --tls-verify=false docker://" +
-                           reg.Ref("tools/index", "v1"));
+  auto [rc_raw, raw] =
+      RunShell("skopeo inspect --raw --tls-verify=false docker://" + reg.Ref("tools/index", "v1"));
   ASSERT_EQ(rc_raw, 0) << raw;
   EXPECT_EQ(raw, idx.body);
-  auto [rc_arm, arm_out] = RunShell("skopeo inspect --override-arch arm64 --tls-verify=false docker://" +
-                               reg.Ref("tools/index", "v1"));
+  auto [rc_arm, arm_out] =
+      RunShell("skopeo inspect --override-arch arm64 --tls-verify=false docker://" +
+               reg.Ref("tools/index", "v1"));
   ASSERT_EQ(rc_arm, 0) << arm_out;
   EXPECT_EQ(nlohmann::json::parse(arm_out, nullptr, false)["Architecture"], "arm64");
 
   // skopeo copy to an OCI layout (verifies every blob digest) and umoci unpack.
   if (::access("/usr/bin/umoci", X_OK) != 0) return;
   std::string tmp = reg.dir() + "/oci-out";
-  auto [rc_copy, copy_out] =
-      RunShell("skopeo copy --src-tls-verify=false docker://" + reg.Ref("tools/docker", "v1") +
-          " oci:" + tmp + ":img");
+  auto [rc_copy, copy_out] = RunShell("skopeo copy --src-tls-verify=false docker://" +
+                                      reg.Ref("tools/docker", "v1") + " oci:" + tmp + ":img");
   ASSERT_EQ(rc_copy, 0) << copy_out;
-  auto [rc_un, un_out] = RunShell("umoci unpack --rootless --image " + tmp + ":img " + tmp + "/bundle");
+  auto [rc_un, un_out] =
+      RunShell("umoci unpack --rootless --image " + tmp + ":img " + tmp + "/bundle");
   ASSERT_EQ(rc_un, 0) << un_out;
   std::string rootfs = tmp + "/bundle/rootfs";
   // Upper layer replaced etc/hostname, whited out the symlink, emptied tmp/.

@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <cstring>
 #include <memory>
-
 #include <nlohmann/json.hpp>
 
 #include "reader/base/digest.h"
@@ -39,15 +38,21 @@ const std::string_view kUnknownMediaType = "application/vnd.regfs.test.unknown+j
 std::string LayerMediaType(Compression c, ManifestFormat f) {
   if (f == ManifestFormat::kDocker) {
     switch (c) {
-      case Compression::kGzip: return std::string(kMediaTypeDockerLayerGzip);
-      case Compression::kNone: return "application/vnd.docker.image.rootfs.diff.tar";
-      case Compression::kZstd: return std::string(kMediaTypeOciLayerZstd);
+      case Compression::kGzip:
+        return std::string(kMediaTypeDockerLayerGzip);
+      case Compression::kNone:
+        return "application/vnd.docker.image.rootfs.diff.tar";
+      case Compression::kZstd:
+        return std::string(kMediaTypeOciLayerZstd);
     }
   }
   switch (c) {
-    case Compression::kGzip: return std::string(kMediaTypeOciLayerGzip);
-    case Compression::kNone: return std::string(kMediaTypeOciLayerTar);
-    case Compression::kZstd: return std::string(kMediaTypeOciLayerZstd);
+    case Compression::kGzip:
+      return std::string(kMediaTypeOciLayerGzip);
+    case Compression::kNone:
+      return std::string(kMediaTypeOciLayerTar);
+    case Compression::kZstd:
+      return std::string(kMediaTypeOciLayerZstd);
   }
   return "";
 }
@@ -202,9 +207,15 @@ BuiltLayer BuildLayer(const LayerSpec& spec, ManifestFormat format) {
   l.tar = spec.raw_tar.empty() ? BuildTar(spec.entries) : spec.raw_tar;
   l.compression = spec.compression;
   switch (spec.compression) {
-    case Compression::kNone: l.blob = l.tar; break;
-    case Compression::kGzip: l.blob = GzipCompress(l.tar, spec.level); break;
-    case Compression::kZstd: l.blob = ZstdCompress(l.tar, spec.zstd_frame_bytes, spec.level); break;
+    case Compression::kNone:
+      l.blob = l.tar;
+      break;
+    case Compression::kGzip:
+      l.blob = GzipCompress(l.tar, spec.level);
+      break;
+    case Compression::kZstd:
+      l.blob = ZstdCompress(l.tar, spec.zstd_frame_bytes, spec.level);
+      break;
   }
   l.diff_id = Sha256Digest(l.tar);
   l.descriptor.media_type =
@@ -335,8 +346,8 @@ std::string DeterministicDigest(uint64_t seed, uint64_t size) {
 
 struct ImagePusher::Request {
   std::string method = "GET";
-  std::string url;           // absolute, or a path appended to base_url_
-  std::string repo;          // for the token cache
+  std::string url;   // absolute, or a path appended to base_url_
+  std::string repo;  // for the token cache
   std::vector<std::string> headers;
   // Upload body: `size` bytes from `fill`.
   uint64_t body_size = 0;
@@ -398,14 +409,15 @@ size_t ReadBody(char* buffer, size_t size, size_t nitems, void* userdata) {
 }  // namespace
 
 ImagePusher::ImagePusher(std::string base_url, std::string username, std::string password)
-    : base_url_(std::move(base_url)), username_(std::move(username)), password_(std::move(password)) {}
+    : base_url_(std::move(base_url)),
+      username_(std::move(username)),
+      password_(std::move(password)) {}
 
 ImagePusher::ImagePusher(const TestRegistry& registry)
-    : ImagePusher(registry.Url(),
-                  registry.options().auth == RegistryAuth::kAnonymous ? ""
-                                                                       : registry.options().username,
-                  registry.options().auth == RegistryAuth::kAnonymous ? ""
-                                                                       : registry.options().password) {}
+    : ImagePusher(
+          registry.Url(),
+          registry.options().auth == RegistryAuth::kAnonymous ? "" : registry.options().username,
+          registry.options().auth == RegistryAuth::kAnonymous ? "" : registry.options().password) {}
 
 Result<HttpResult> ImagePusher::PerformOnce(Request& req) {
   CurlPtr curl(curl_easy_init());
@@ -452,7 +464,8 @@ Result<HttpResult> ImagePusher::PerformOnce(Request& req) {
                      static_cast<curl_off_t>(req.has_body ? req.body_size : 0));
     curl_easy_setopt(curl.get(), CURLOPT_READFUNCTION, ReadBody);
     curl_easy_setopt(curl.get(), CURLOPT_READDATA, &up);
-    if (req.method != "PUT") curl_easy_setopt(curl.get(), CURLOPT_CUSTOMREQUEST, req.method.c_str());
+    if (req.method != "PUT")
+      curl_easy_setopt(curl.get(), CURLOPT_CUSTOMREQUEST, req.method.c_str());
   } else if (req.method == "POST") {
     curl_easy_setopt(curl.get(), CURLOPT_POST, 1L);
     curl_easy_setopt(curl.get(), CURLOPT_POSTFIELDSIZE, 0L);
@@ -485,8 +498,8 @@ Status ImagePusher::Authenticate(const HttpResult& challenge, std::string_view r
   std::string realm = params["realm"];
   if (realm.empty()) return Status::Protocol("Bearer challenge without realm");
   // Always ask for pull+push on the repo so one token serves a whole push.
-  std::string scope = repo.empty() ? params["scope"]
-                                   : "repository:" + std::string(repo) + ":pull,push";
+  std::string scope =
+      repo.empty() ? params["scope"] : "repository:" + std::string(repo) + ":pull,push";
   std::string url = realm + (realm.find('?') == std::string::npos ? "?" : "&") +
                     "service=" + UrlEncode(params["service"]);
   if (!scope.empty()) url += "&scope=" + UrlEncode(scope);
@@ -506,7 +519,8 @@ Status ImagePusher::Authenticate(const HttpResult& challenge, std::string_view r
   }
   ++requests_;
   CURLcode rc = curl_easy_perform(curl.get());
-  if (rc != CURLE_OK) return Status::Transient("token request: " + std::string(curl_easy_strerror(rc)));
+  if (rc != CURLE_OK)
+    return Status::Transient("token request: " + std::string(curl_easy_strerror(rc)));
   long code = 0;
   curl_easy_getinfo(curl.get(), CURLINFO_RESPONSE_CODE, &code);
   if (code != 200) {
@@ -573,8 +587,8 @@ Status ImagePusher::PushBlobStream(std::string_view repo, uint64_t size, const s
   post.repo = r;
   ASSIGN_OR_RETURN(HttpResult started, Perform(post));
   if (started.status != 202) {
-    return Status::Protocol("POST upload for " + r + " answered " +
-                            std::to_string(started.status) + ": " + started.body);
+    return Status::Protocol("POST upload for " + r + " answered " + std::to_string(started.status) +
+                            ": " + started.body);
   }
   std::string location = started.headers["location"];
   if (location.empty()) return Status::Protocol("upload POST without Location");
@@ -597,14 +611,13 @@ Status ImagePusher::PushBlobStream(std::string_view repo, uint64_t size, const s
 
 Status ImagePusher::PushBlob(std::string_view repo, std::string_view data) {
   std::string digest = Sha256Digest(data);
-  return PushBlobStream(repo, data.size(), digest,
-                        [data](uint64_t off, std::span<uint8_t> out) {
-                          std::memcpy(out.data(), data.data() + off, out.size());
-                        });
+  return PushBlobStream(repo, data.size(), digest, [data](uint64_t off, std::span<uint8_t> out) {
+    std::memcpy(out.data(), data.data() + off, out.size());
+  });
 }
 
-Status ImagePusher::PushManifest(std::string_view repo, std::string_view ref,
-                                 std::string_view body, std::string_view media_type) {
+Status ImagePusher::PushManifest(std::string_view repo, std::string_view ref, std::string_view body,
+                                 std::string_view media_type) {
   Request put;
   put.method = "PUT";
   put.url = "/v2/" + std::string(repo) + "/manifests/" + std::string(ref);
@@ -644,10 +657,9 @@ Result<BlobDescriptor> ImagePusher::PushRandomBlob(std::string_view repo, uint64
   d.media_type = std::string(kMediaTypeOciLayerTar);
   d.size = size;
   d.digest = DeterministicDigest(seed, size);
-  RETURN_IF_ERROR(PushBlobStream(repo, size, d.digest,
-                                 [seed](uint64_t off, std::span<uint8_t> out) {
-                                   FillDeterministic(seed, off, out);
-                                 }));
+  RETURN_IF_ERROR(PushBlobStream(
+      repo, size, d.digest,
+      [seed](uint64_t off, std::span<uint8_t> out) { FillDeterministic(seed, off, out); }));
   // A manifest that references it, so it is an ordinary layer of an image.
   ordered_json config{{"architecture", "amd64"},
                       {"os", "linux"},

@@ -54,10 +54,10 @@ struct LayerSpec {
 };
 
 struct BuiltLayer {
-  std::string tar;             // uncompressed
-  std::string blob;            // as pushed (compressed)
-  BlobDescriptor descriptor;   // media type, digest and size of blob
-  std::string diff_id;         // sha256 of tar
+  std::string tar;            // uncompressed
+  std::string blob;           // as pushed (compressed)
+  BlobDescriptor descriptor;  // media type, digest and size of blob
+  std::string diff_id;        // sha256 of tar
   Compression compression = Compression::kGzip;
 };
 
@@ -67,7 +67,8 @@ struct ImageSpec {
   std::vector<LayerSpec> layers;
   Platform platform{"linux", "amd64", ""};
   ManifestFormat format = ManifestFormat::kOci;
-  std::vector<std::string> env = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"};
+  std::vector<std::string> env = {
+      "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"};
   std::vector<std::string> cmd = {"/bin/sh"};
   std::string working_dir;
   std::map<std::string, std::string> labels;
@@ -77,7 +78,7 @@ struct BuiltImage {
   std::vector<BuiltLayer> layers;  // bottom first
   std::string config;              // exact config bytes
   BlobDescriptor config_descriptor;
-  std::string manifest;            // exact manifest bytes
+  std::string manifest;  // exact manifest bytes
   BlobDescriptor manifest_descriptor;
   Platform platform;
   ManifestFormat format = ManifestFormat::kOci;
@@ -86,7 +87,7 @@ struct BuiltImage {
 BuiltImage BuildImage(const ImageSpec& spec);
 
 struct IndexSpec {
-  std::vector<ImageSpec> images;  // each image's format is forced to `format`
+  std::vector<ImageSpec> images;                 // each image's format is forced to `format`
   ManifestFormat format = ManifestFormat::kOci;  // OCI index or Docker manifest list
   // Puts first an entry with an unknown media type
   // ("application/vnd.regfs.test.unknown+json") and images[0]'s platform,
@@ -96,8 +97,8 @@ struct IndexSpec {
 
 struct BuiltIndex {
   std::vector<BuiltImage> images;
-  std::string body;               // exact index bytes
-  BlobDescriptor descriptor;      // index media type, digest, size
+  std::string body;           // exact index bytes
+  BlobDescriptor descriptor;  // index media type, digest, size
   ManifestFormat format = ManifestFormat::kOci;
 };
 
@@ -125,8 +126,7 @@ struct HttpResult {
 class ImagePusher {
  public:
   // Anonymous, or basic/token with `username` when not empty.
-  explicit ImagePusher(std::string base_url, std::string username = "",
-                       std::string password = "");
+  explicit ImagePusher(std::string base_url, std::string username = "", std::string password = "");
   // Uses the registry's URL and its configured user (for kBasic and kToken).
   explicit ImagePusher(const TestRegistry& registry);
 
@@ -150,8 +150,8 @@ class ImagePusher {
 
   // Authenticated GET/HEAD of `path` ("/v2/..."), for checks in tests. The
   // body is kept up to `max_body` bytes.
-  Result<HttpResult> Get(std::string_view path, std::string_view accept = "",
-                         bool head = false, size_t max_body = 64 << 20);
+  Result<HttpResult> Get(std::string_view path, std::string_view accept = "", bool head = false,
+                         size_t max_body = 64 << 20);
 
   int requests() const { return requests_; }
 

@@ -92,13 +92,20 @@ std::string PaxRecord(std::string_view key, std::string_view value) {
 
 char TypeFlag(TarType t) {
   switch (t) {
-    case TarType::kFile: return '0';
-    case TarType::kHardlink: return '1';
-    case TarType::kSymlink: return '2';
-    case TarType::kCharDev: return '3';
-    case TarType::kBlockDev: return '4';
-    case TarType::kDir: return '5';
-    case TarType::kFifo: return '6';
+    case TarType::kFile:
+      return '0';
+    case TarType::kHardlink:
+      return '1';
+    case TarType::kSymlink:
+      return '2';
+    case TarType::kCharDev:
+      return '3';
+    case TarType::kBlockDev:
+      return '4';
+    case TarType::kDir:
+      return '5';
+    case TarType::kFifo:
+      return '6';
   }
   return '0';
 }
@@ -176,10 +183,10 @@ TarEntry TarEntry::Fifo(std::string path, uint32_t mode) {
 }
 TarEntry TarEntry::Whiteout(std::string_view path) {
   size_t slash = path.rfind('/');
-  std::string wh = slash == std::string_view::npos
-                       ? ".wh." + std::string(path)
-                       : std::string(path.substr(0, slash + 1)) + ".wh." +
-                             std::string(path.substr(slash + 1));
+  std::string wh =
+      slash == std::string_view::npos
+          ? ".wh." + std::string(path)
+          : std::string(path.substr(0, slash + 1)) + ".wh." + std::string(path.substr(slash + 1));
   return File(std::move(wh), "", 0644);
 }
 TarEntry TarEntry::OpaqueWhiteout(std::string_view dir) {

@@ -43,8 +43,7 @@ struct TarEntry {
   static TarEntry Symlink(std::string path, std::string target);
   static TarEntry Hardlink(std::string path, std::string target);
   static TarEntry CharDev(std::string path, uint32_t major, uint32_t minor, uint32_t mode = 0666);
-  static TarEntry BlockDev(std::string path, uint32_t major, uint32_t minor,
-                           uint32_t mode = 0660);
+  static TarEntry BlockDev(std::string path, uint32_t major, uint32_t minor, uint32_t mode = 0660);
   static TarEntry Fifo(std::string path, uint32_t mode = 0644);
   // "dir/name" -> an empty file "dir/.wh.name" (the overlay whiteout of name).
   static TarEntry Whiteout(std::string_view path);

@@ -2,8 +2,15 @@
 
 #include <arpa/inet.h>
 #include <crypt.h>
+#include <curl/curl.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <openssl/bio.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
@@ -13,14 +20,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <curl/curl.h>
-#include <openssl/bio.h>
-#include <openssl/evp.h>
-#include <openssl/pem.h>
-#include <openssl/rand.h>
-#include <openssl/x509.h>
-#include <openssl/x509v3.h>
-
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -28,9 +27,8 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "reader/base/digest.h"
 
@@ -117,12 +115,18 @@ std::string Base64Decode(std::string_view in) {
   int bits = 0;
   for (char c : in) {
     int v;
-    if (c >= 'A' && c <= 'Z') v = c - 'A';
-    else if (c >= 'a' && c <= 'z') v = c - 'a' + 26;
-    else if (c >= '0' && c <= '9') v = c - '0' + 52;
-    else if (c == '+' || c == '-') v = 62;
-    else if (c == '/' || c == '_') v = 63;
-    else continue;
+    if (c >= 'A' && c <= 'Z')
+      v = c - 'A';
+    else if (c >= 'a' && c <= 'z')
+      v = c - 'a' + 26;
+    else if (c >= '0' && c <= '9')
+      v = c - '0' + 52;
+    else if (c == '+' || c == '-')
+      v = 62;
+    else if (c == '/' || c == '_')
+      v = 63;
+    else
+      continue;
     acc = (acc << 6) | static_cast<uint32_t>(v);
     bits += 6;
     if (bits >= 8) {
@@ -248,8 +252,8 @@ Status TokenServer::Start(const std::string& cert_path) {
     X509V3_CTX ctx;
     X509V3_set_ctx_nodb(&ctx);
     X509V3_set_ctx(&ctx, x, x, nullptr, nullptr, 0);
-    X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &ctx, NID_basic_constraints,
-                                              "critical,CA:TRUE");
+    X509_EXTENSION* ext =
+        X509V3_EXT_conf_nid(nullptr, &ctx, NID_basic_constraints, "critical,CA:TRUE");
     if (ext) {
       X509_add_ext(x, ext, -1);
       X509_EXTENSION_free(ext);
@@ -347,14 +351,10 @@ Result<std::string> TokenServer::IssueToken(const std::string& subject,
                       {"name", scope.substr(first + 1, last - first - 1)},
                       {"actions", actions}});
   }
-  json claims = {{"iss", issuer_},
-                 {"sub", subject},
-                 {"aud", service_},
-                 {"iat", now},
-                 {"nbf", now - 10},
-                 {"exp", now + lifetime_s_.load() + exp_skew_s_.load()},
-                 {"jti", RandomHex(12)},
-                 {"access", access}};
+  json claims = {{"iss", issuer_},       {"sub", subject},
+                 {"aud", service_},      {"iat", now},
+                 {"nbf", now - 10},      {"exp", now + lifetime_s_.load() + exp_skew_s_.load()},
+                 {"jti", RandomHex(12)}, {"access", access}};
   std::string signing_input = Base64(header.dump(), true) + "." + Base64(claims.dump(), true);
   std::unique_ptr<EVP_MD_CTX, MdCtxFree> md(EVP_MD_CTX_new());
   size_t sig_len = 0;
@@ -392,10 +392,10 @@ void TokenServer::HandleConnection(int fd) {
   ++requests_;
   auto reply = [&](int code, const std::string& reason, const std::string& body,
                    const std::string& extra_headers) {
-    std::string resp = "HTTP/1.1 " + std::to_string(code) + " " + reason +
-                       "\r\nContent-Type: application/json\r\nContent-Length: " +
-                       std::to_string(body.size()) + "\r\nConnection: close\r\n" + extra_headers +
-                       "\r\n" + body;
+    std::string resp =
+        "HTTP/1.1 " + std::to_string(code) + " " + reason +
+        "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
+        "\r\nConnection: close\r\n" + extra_headers + "\r\n" + body;
     size_t off = 0;
     while (off < resp.size()) {
       ssize_t w = ::send(fd, resp.data() + off, resp.size() - off, MSG_NOSIGNAL);
@@ -565,8 +565,7 @@ Status TestRegistry::Prepare() {
     case RegistryAuth::kBasic: {
       ASSIGN_OR_RETURN(std::string hash, Bcrypt(opts_.password));
       RETURN_IF_ERROR(WriteFile(dir_ + "/htpasswd", opts_.username + ":" + hash + "\n"));
-      auth = "auth:\n  htpasswd:\n    realm: regfs-basic-realm\n    path: " + dir_ +
-             "/htpasswd\n";
+      auth = "auth:\n  htpasswd:\n    realm: regfs-basic-realm\n    path: " + dir_ + "/htpasswd\n";
       break;
     }
     case RegistryAuth::kToken: {
@@ -584,11 +583,12 @@ Status TestRegistry::Prepare() {
   std::string config =
       "version: 0.1\n"
       "log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n"
-      "storage:\n  filesystem:\n    rootdirectory: " + storage_dir_ +
+      "storage:\n  filesystem:\n    rootdirectory: " +
+      storage_dir_ +
       "\n  delete:\n    enabled: true\n"
       "  maintenance:\n    uploadpurging:\n      enabled: false\n"
-      "http:\n  addr: 127.0.0.1:" + std::to_string(port_) +
-      "\n  secret: regfs-test-secret\n" + auth;
+      "http:\n  addr: 127.0.0.1:" +
+      std::to_string(port_) + "\n  secret: regfs-test-secret\n" + auth;
   return WriteFile(config_path_, config);
 }
 

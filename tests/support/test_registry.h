@@ -7,8 +7,9 @@
 //                issues RS256 JWTs carrying an x5c self-signed certificate.
 // The registry process is always killed and reaped: by Stop(), or by the
 // destructor; it also gets SIGKILL when the thread that started it exits
-// (setpriv --pdeathsig), so start it from the test's main thread. Start() fails with a Status (never aborts) when the binary is
-// missing or the registry does not answer /v2/ within a bounded time.
+// (setpriv --pdeathsig), so start it from the test's main thread. Start() fails with a Status
+// (never aborts) when the binary is missing or the registry does not answer /v2/ within a bounded
+// time.
 //
 // Requests are counted from the registry's access log (one combined-log line
 // per request, written to access_log_path()); log lines can lag the response
@@ -55,8 +56,8 @@ struct TestRegistryOptions {
 // written to cert_path() for the registry's rootcertbundle.
 class TokenServer {
  public:
-  TokenServer(std::string service, std::string issuer, std::string username,
-              std::string password, bool anonymous_pull, int lifetime_s);
+  TokenServer(std::string service, std::string issuer, std::string username, std::string password,
+              bool anonymous_pull, int lifetime_s);
   ~TokenServer();  // Stop()s
   TokenServer(const TokenServer&) = delete;
   TokenServer& operator=(const TokenServer&) = delete;
@@ -81,7 +82,7 @@ class TokenServer {
   void set_reject_all(bool v) { reject_all_ = v; }
 
   // Counters.
-  int requests() const { return requests_; }          // all token requests
+  int requests() const { return requests_; }  // all token requests
   int tokens_issued() const { return tokens_issued_; }
   // The raw query strings received, for assertions on scope/service.
   std::vector<std::string> Queries() const;
@@ -118,7 +119,7 @@ struct AccessLogEntry {
   std::string method;  // "GET"
   std::string path;    // "/v2/a/b/blobs/sha256:..", query included
   int status = 0;
-  std::string user;    // "-" when anonymous
+  std::string user;  // "-" when anonymous
 };
 
 class TestRegistry {
