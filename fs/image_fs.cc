@@ -1,5 +1,7 @@
 #include "fs/image_fs.h"
 
+#include <malloc.h>
+
 #include <algorithm>
 
 #include "reader/base/log.h"
@@ -276,6 +278,8 @@ Status ImageFs::PopulateRootfs() {
     lock.lock();
     rootfs_stats_ = ms;
     rootfs_state_ = Layer::State::kReady;
+    // Index builds freed their buffers: give the memory back to the system.
+    malloc_trim(0);
     layers_cv_.notify_all();
     if (opts_.progress) opts_.progress("rootfs ready");
   }

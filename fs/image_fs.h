@@ -85,6 +85,8 @@ class ImageFs : public FsContent {
   // "pending", "building", "ready" or "failed", and the merge's figures.
   std::string RootfsState() const;
   MergeStats RootfsStats() const;
+  uint64_t TreeMemoryBytes() const { return tree_.MemoryBytes(); }
+  uint64_t TreeNodeCount() const { return tree_.Count(); }
 
   Tree& tree() { return tree_; }
   const ImageFsInput& input() const { return input_; }

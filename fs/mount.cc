@@ -128,6 +128,8 @@ std::string StatusJson(const ResolvedImage& img, CachedBlobSource* cached,
   }
   if (fs) {
     MergeStats ms = fs->RootfsStats();
+    j["treeBytes"] = fs->TreeMemoryBytes();
+    j["treeNodes"] = fs->TreeNodeCount();
     j["rootfs"] = {{"state", fs->RootfsState()},
                    {"entries", ms.entries},
                    {"whiteoutsApplied", ms.whiteouts},

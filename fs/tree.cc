@@ -222,6 +222,17 @@ Status Tree::ReadDir(Ino dir, uint64_t offset,
   return Status::Ok();
 }
 
+uint64_t Tree::MemoryBytes() const {
+  std::shared_lock lock(mu_);
+  uint64_t b = nodes_.size() * sizeof(Packed) + names_.capacity() +
+               dirs_.capacity() * sizeof(std::vector<Child>) +
+               links_.capacity() * sizeof(std::string) +
+               xattrs_.capacity() * sizeof(std::shared_ptr<const Xattrs>);
+  for (const auto& d : dirs_) b += d.capacity() * sizeof(Child);
+  for (const auto& l : links_) b += l.capacity() > 15 ? l.capacity() : 0;
+  return b;
+}
+
 size_t Tree::Count() const {
   std::shared_lock lock(mu_);
   return nodes_.size() - 1;

@@ -110,6 +110,8 @@ class Tree {
   Status ReadDir(Ino dir, uint64_t offset,
                  const std::function<bool(const DirEntry&, uint64_t next_off)>& fn) const;
   size_t Count() const;
+  // Bytes the table holds (capacities, not just sizes), for status.json.
+  uint64_t MemoryBytes() const;
 
  private:
   // A name in a directory. Hard links are several entries naming one inode.
