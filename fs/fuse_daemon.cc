@@ -133,6 +133,9 @@ void OpLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
     e.ino = *ino;
     e.generation = 1;
     FillStat(*ino, node->attr, &e.attr);
+    // A directory still to be filled (a layer being indexed) changes its
+    // attributes when it is: the kernel must not keep them.
+    if (node->pending_id) e.attr_timeout = 0;
     fuse_reply_entry(req, &e);
   });
 }
@@ -154,7 +157,8 @@ void OpGetattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
     }
     struct stat st;
     FillStat(ino, node->attr, &st);
-    double timeout = node->kind == ContentKind::kDynamic ? 0 : self->opts.timeout_s;
+    double timeout =
+        node->kind == ContentKind::kDynamic || node->pending_id ? 0 : self->opts.timeout_s;
     fuse_reply_attr(req, &st, timeout);
   });
 }
@@ -221,7 +225,7 @@ void DoReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus
               if (!node.ok()) return true;  // vanished: cannot happen, skip
               e.ino = de.ino;
               e.generation = 1;
-              e.attr_timeout = self->opts.timeout_s;
+              e.attr_timeout = node->pending_id ? 0 : self->opts.timeout_s;
               e.entry_timeout = self->opts.timeout_s;
               FillStat(de.ino, node->attr, &e.attr);
             } else {

@@ -50,7 +50,7 @@ cp /etc/os-release "$R/etc/os-release"
 cp -a /usr/share/common-licenses "$R/usr/share/" 2>/dev/null || true
 cp /bin/ls /bin/cat "$R/bin/"
 echo "hello from layer 0" > "$R/etc/motd"
-umoci repack --image "$WORK/oci:demo" "$WORK/bundle" >/dev/null
+umoci repack --refresh-bundle --image "$WORK/oci:demo" "$WORK/bundle" >/dev/null
 rm "$R/etc/motd"
 echo "hello from layer 1" > "$R/hello.txt"
 umoci repack --image "$WORK/oci:demo" "$WORK/bundle" >/dev/null
@@ -68,8 +68,10 @@ set -x
 ls -la
 ls -la blobs
 sha256sum blobs/*
-ls layers rootfs 2>/dev/null || true
-cat rootfs/etc/os-release 2>/dev/null || true
+ls layers layers/* rootfs
+ls -la layers/1/etc    # layer 1 deletes etc/motd: a whiteout in the layer...
+ls -la rootfs/etc      # ...and no motd in the merged rootfs
+cat rootfs/etc/os-release rootfs/hello.txt
 cat .regfs/status.json
 set +x
 cd /
