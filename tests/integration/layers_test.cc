@@ -18,21 +18,18 @@
 #include "tests/support/status_matchers.h"
 #include "tests/support/test_registry.h"
 #include "tests/support/tree_snapshot.h"
+#include "tests/integration/regfs_fixture.h"
 
 namespace regfs {
 namespace {
 
 using namespace regfs::testing;  // NOLINT
 
-class LayersTest : public FdCheckedTest {
+class LayersTest : public RegfsFixture {
  protected:
   void SetUp() override {
-    std::string why = FuseUnavailableReason();
-    if (!why.empty()) GTEST_SKIP() << "FUSE unavailable: " << why;
-    if (geteuid() != 0) GTEST_SKIP() << "bsdtar needs root to extract devices and owners";
-    FdCheckedTest::SetUp();
-    registry_ = std::make_unique<TestRegistry>();
-    ASSERT_OK(registry_->Start());
+    SetUpRegfs("bsdtar extracting devices and owners");
+    if (IsSkipped() || HasFatalFailure()) return;
     ImageSpec spec;
     spec.layers.push_back({RichEntries("gzip"), Compression::kGzip});
     LayerSpec zmulti{RichEntries("zstd-frames"), Compression::kZstd};
@@ -51,31 +48,9 @@ class LayersTest : public FdCheckedTest {
     image_ = BuildImage(spec);
     ImagePusher pusher(*registry_);
     ASSERT_OK(pusher.PushImage("test/rich", "v1", image_));
-    dir_ = std::make_unique<TempDir>();
-    mnt_ = dir_->Sub("mnt");
-    ASSERT_EQ(mkdir(mnt_.c_str(), 0755), 0);
   }
-  void TearDown() override {
-    if (!registry_) return;
-    if (IsMountPoint(mnt_)) {
-      RunCommand({REGFS_BINARY, "umount", mnt_});
-      ADD_FAILURE() << "test left " << mnt_ << " mounted";
-    }
-    registry_.reset();
-    dir_.reset();
-    FdCheckedTest::TearDown();
-  }
-  CommandResult Mount(std::vector<std::string> extra = {}) {
-    std::vector<std::string> argv = {REGFS_BINARY, "mount", "--tls-verify=false", "--cache-dir",
-                                     dir_->Sub("cache"), "--log-file", dir_->Sub("daemon.log")};
-    argv.insert(argv.end(), extra.begin(), extra.end());
-    argv.push_back(registry_->Ref("test/rich", "v1"));
-    argv.push_back(mnt_);
-    return RunCommand(argv);
-  }
-  void Umount() {
-    CommandResult r = RunCommand({REGFS_BINARY, "umount", mnt_});
-    EXPECT_EQ(r.exit_code, 0) << r.output;
+  CommandResult Mount(const std::vector<std::string>& extra = {}) {
+    return RegfsFixture::Mount(registry_->Ref("test/rich", "v1"), extra);
   }
   std::string Extract(size_t layer) {
     std::string blob = dir_->Sub("blob" + std::to_string(layer));
@@ -87,16 +62,8 @@ class LayersTest : public FdCheckedTest {
     EXPECT_EQ(r.exit_code, 0) << r.output;
     return out;
   }
-  std::string DaemonLog() {
-    std::string s;
-    ReadWholeFile(dir_->Sub("daemon.log"), &s);
-    return s;
-  }
 
-  std::unique_ptr<TestRegistry> registry_;
   BuiltImage image_;
-  std::unique_ptr<TempDir> dir_;
-  std::string mnt_;
 };
 
 TEST_F(LayersTest, EachLayerEqualsBsdtarExtraction) {

@@ -19,6 +19,7 @@
 #include "tests/support/run_command.h"
 #include "tests/support/status_matchers.h"
 #include "tests/support/test_registry.h"
+#include "tests/integration/regfs_fixture.h"
 
 namespace regfs {
 namespace {
@@ -45,14 +46,11 @@ int CountFdsOf(pid_t pid, int* sockets) {
   return n;
 }
 
-class MountTest : public FdCheckedTest {
+class MountTest : public RegfsFixture {
  protected:
   void SetUp() override {
-    std::string why = FuseUnavailableReason();
-    if (!why.empty()) GTEST_SKIP() << "FUSE unavailable: " << why;
-    FdCheckedTest::SetUp();
-    registry_ = std::make_unique<TestRegistry>();
-    ASSERT_OK(registry_->Start());
+    SetUpRegfs();
+    if (IsSkipped() || HasFatalFailure()) return;
     ImagePusher pusher(*registry_);
     ImageSpec spec;
     spec.layers.push_back({SampleEntries("a"), Compression::kGzip});
@@ -63,53 +61,10 @@ class MountTest : public FdCheckedTest {
     auto big = pusher.PushRandomBlob("test/big", 24 << 20, 42, "v1");
     ASSERT_OK(big);
     big_ = *big;
-    dir_ = std::make_unique<TempDir>();
-    mnt_ = dir_->Sub("mnt");
-    cache_ = dir_->Sub("cache");
-    ASSERT_EQ(mkdir(mnt_.c_str(), 0755), 0);
-  }
-  void TearDown() override {
-    if (!registry_) return;
-    if (IsMountPoint(mnt_)) {
-      RunCommand({REGFS_BINARY, "umount", mnt_});
-      ADD_FAILURE() << "test left " << mnt_ << " mounted";
-    }
-    registry_.reset();
-    dir_.reset();
-    FdCheckedTest::TearDown();
   }
 
-  CommandResult Mount(const std::string& ref, std::vector<std::string> extra = {}) {
-    std::vector<std::string> argv = {REGFS_BINARY,  "mount",        "--tls-verify=false",
-                                     "--cache-dir", cache_,         "--log-file",
-                                     dir_->Sub("daemon.log")};
-    argv.insert(argv.end(), extra.begin(), extra.end());
-    argv.push_back(ref);
-    argv.push_back(mnt_);
-    return RunCommand(argv);
-  }
-  void Umount() {
-    CommandResult r = RunCommand({REGFS_BINARY, "umount", mnt_});
-    EXPECT_EQ(r.exit_code, 0) << r.output;
-    EXPECT_FALSE(IsMountPoint(mnt_));
-  }
-  pid_t DaemonPid() {
-    std::string s;
-    if (!ReadWholeFile(mnt_ + "/.regfs/status.json", &s)) return -1;
-    auto j = nlohmann::json::parse(s, nullptr, false);
-    return j.is_discarded() ? -1 : j.value("pid", -1);
-  }
-  std::string DaemonLog() {
-    std::string s;
-    ReadWholeFile(dir_->Sub("daemon.log"), &s);
-    return s;
-  }
-
-  std::unique_ptr<TestRegistry> registry_;
   BuiltImage image_;
   BlobDescriptor big_;
-  std::unique_ptr<TempDir> dir_;
-  std::string mnt_, cache_;
 };
 
 TEST_F(MountTest, Sha256sumOfBlobsEqualsTheirDigests) {

@@ -15,6 +15,7 @@
 #include "tests/support/status_matchers.h"
 #include "tests/support/test_registry.h"
 #include "tests/support/tree_snapshot.h"
+#include "tests/integration/regfs_fixture.h"
 
 namespace regfs {
 namespace {
@@ -93,15 +94,11 @@ std::vector<TarEntry> Layer2() {
   return e;
 }
 
-class RootfsTest : public FdCheckedTest {
+class RootfsTest : public RegfsFixture {
  protected:
   void SetUp() override {
-    std::string why = FuseUnavailableReason();
-    if (!why.empty()) GTEST_SKIP() << "FUSE unavailable: " << why;
-    if (geteuid() != 0) GTEST_SKIP() << "umoci unpack needs root to keep owners and devices";
-    FdCheckedTest::SetUp();
-    registry_ = std::make_unique<TestRegistry>();
-    ASSERT_OK(registry_->Start());
+    SetUpRegfs("umoci unpack keeping owners and devices");
+    if (IsSkipped() || HasFatalFailure()) return;
     ImageSpec spec;
     spec.layers.push_back({Layer0(), Compression::kGzip});
     // umoci 0.4.7 (Debian 12) cannot unpack zstd layers: gzip and plain only here;
@@ -111,30 +108,9 @@ class RootfsTest : public FdCheckedTest {
     image_ = BuildImage(spec);
     ImagePusher pusher(*registry_);
     ASSERT_OK(pusher.PushImage("test/merge", "v1", image_));
-    dir_ = std::make_unique<TempDir>();
-    mnt_ = dir_->Sub("mnt");
-    ASSERT_EQ(mkdir(mnt_.c_str(), 0755), 0);
-  }
-  void TearDown() override {
-    if (!registry_) return;
-    if (IsMountPoint(mnt_)) {
-      RunCommand({REGFS_BINARY, "umount", mnt_});
-      ADD_FAILURE() << "test left " << mnt_ << " mounted";
-    }
-    registry_.reset();
-    dir_.reset();
-    FdCheckedTest::TearDown();
-  }
-  std::string DaemonLog() {
-    std::string s;
-    ReadWholeFile(dir_->Sub("daemon.log"), &s);
-    return s;
   }
 
-  std::unique_ptr<TestRegistry> registry_;
   BuiltImage image_;
-  std::unique_ptr<TempDir> dir_;
-  std::string mnt_;
 };
 
 TEST_F(RootfsTest, MergedTreeEqualsUmociUnpack) {
@@ -147,9 +123,7 @@ TEST_F(RootfsTest, MergedTreeEqualsUmociUnpack) {
   c = RunCommand({"umoci", "unpack", "--image", layout + ":v1", bundle});
   ASSERT_EQ(c.exit_code, 0) << c.output;
 
-  CommandResult m = RunCommand({REGFS_BINARY, "mount", "--tls-verify=false", "--cache-dir",
-                                dir_->Sub("cache"), "--log-file", dir_->Sub("daemon.log"), ref,
-                                mnt_});
+  CommandResult m = Mount(ref);
   ASSERT_EQ(m.exit_code, 0) << m.output;
   SnapshotOptions so;
   TreeSnapshot want = SnapshotTree(bundle + "/rootfs", so);
@@ -165,11 +139,8 @@ TEST_F(RootfsTest, MergedTreeEqualsUmociUnpack) {
   EXPECT_TRUE(S_ISREG(got["repl/filedir"].mode));
   EXPECT_TRUE(S_ISDIR(got["repl/dirsym"].mode));
   EXPECT_EQ(got["hl/a"].nlink, 2u);
-  std::string status;
-  ASSERT_TRUE(ReadWholeFile(mnt_ + "/.regfs/status.json", &status));
-  EXPECT_EQ(nlohmann::json::parse(status)["rootfs"]["state"], "ready") << status;
-  c = RunCommand({REGFS_BINARY, "umount", mnt_});
-  EXPECT_EQ(c.exit_code, 0) << c.output;
+  EXPECT_EQ(StatusJson()["rootfs"]["state"], "ready") << StatusJson().dump();
+  Umount();
 }
 
 }  // namespace
