@@ -15,6 +15,9 @@ PKGS=(
   iproute2 procps psmisc
   # benchmarks: the peers we measure against
   httpdirfs archivemount
+  # benchmarks over an emulated WAN (tests/bench/wan): a static /bin/sh for
+  # the test image, and the plots
+  busybox-static gnuplot-nox
 )
 
 SUDO=""
