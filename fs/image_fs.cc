@@ -4,11 +4,29 @@
 
 #include <algorithm>
 
+#include "reader/base/digest.h"
 #include "reader/base/log.h"
 #include "reader/image/manifest.h"
 #include "reader/layer/index_builder.h"
 
 namespace regfs {
+namespace {
+
+// The uncompressed stream of a layer as a blob, for the chunk cache to keep.
+class DecompressedSource : public BlobSource {
+ public:
+  explicit DecompressedSource(LayerReader* reader) : reader_(reader) {}
+  Status ReadAt(const BlobDescriptor&, uint64_t offset, std::span<uint8_t> out) override {
+    ASSIGN_OR_RETURN(size_t n, reader_->ReadAt(offset, out));
+    if (n != out.size()) return Status::Corrupt("layer stream shorter than its index says");
+    return Status::Ok();
+  }
+
+ private:
+  LayerReader* reader_;
+};
+
+}  // namespace
 
 ImageFs::ImageFs(ImageFsInput input, BlobSource* blobs, std::function<std::string()> status,
                  ImageFsOptions opts)
@@ -99,13 +117,23 @@ Result<size_t> ImageFs::Read(const Node& node, uint64_t offset, std::span<uint8_
     }
     case ContentKind::kLayerEntry: {
       LayerReader* reader = nullptr;
+      BlobSource* raw = nullptr;
+      BlobDescriptor raw_desc;
       {
         std::lock_guard lock(layers_mu_);
-        if (node.content_id < layers_.size()) reader = layers_[node.content_id].reader.get();
+        if (node.content_id < layers_.size()) {
+          reader = layers_[node.content_id].reader.get();
+          raw = layers_[node.content_id].raw.get();
+          raw_desc = layers_[node.content_id].raw_desc;
+        }
       }
       if (!reader) return Status::NotFound("layer not indexed");
       if (offset >= node.attr.size) return size_t{0};
       size_t n = static_cast<size_t>(std::min<uint64_t>(out.size(), node.attr.size - offset));
+      if (raw) {
+        RETURN_IF_ERROR(raw->ReadAt(raw_desc, node.content_arg + offset, out.first(n)));
+        return n;
+      }
       ASSIGN_OR_RETURN(size_t got, reader->ReadAt(node.content_arg + offset, out.first(n)));
       if (got != n) return Status::Corrupt("layer stream ends inside a file");
       return n;
@@ -185,8 +213,10 @@ void ImageFs::IndexWorker() {
       }
     }
     if (next == layers_.size()) {
-      // Every layer is claimed: the merged view is the next background job.
+      // Every layer is claimed: the merged view is the next background job,
+      // then random access into single-frame zstd layers.
       (void)PopulateRootfs();
+      FillRawLayers();
       return;
     }
     BuildLayer(next);
@@ -249,10 +279,22 @@ void ImageFs::BuildLayer(size_t i) {
   trimmed->entries.shrink_to_fit();
   idx->reset();
   auto reader = std::make_unique<LayerReader>(blobs_, input_.layers[i], trimmed);
+  std::unique_ptr<BlobSource> raw_upstream, raw;
+  BlobDescriptor raw_desc;
+  if (trimmed->NeedsSequentialDecompression() && opts_.make_cached &&
+      i < input_.diff_ids.size() && ValidateDigest(input_.diff_ids[i]).ok()) {
+    raw_desc = {"application/vnd.oci.image.layer.v1.tar", input_.diff_ids[i],
+                trimmed->uncompressed_size};
+    raw_upstream = std::make_unique<DecompressedSource>(reader.get());
+    raw = opts_.make_cached(raw_upstream.get());
+  }
   {
     std::lock_guard lock(layers_mu_);
     layers_[i].index = trimmed;
     layers_[i].reader = std::move(reader);
+    layers_[i].raw_upstream = std::move(raw_upstream);
+    layers_[i].raw = std::move(raw);
+    layers_[i].raw_desc = raw_desc;
   }
   tree_.ClearPending(dir);
   std::lock_guard lock(layers_mu_);
@@ -287,6 +329,31 @@ Status ImageFs::PopulateRootfs() {
   return Status::Ok();
 }
 
+void ImageFs::FillRawLayers() {
+  for (size_t i = 0;; ++i) {
+    BlobSource* raw = nullptr;
+    BlobDescriptor desc;
+    {
+      std::lock_guard lock(layers_mu_);
+      if (i >= layers_.size() || stop_) return;
+      if (!layers_[i].raw || layers_[i].raw_filled) continue;
+      layers_[i].raw_filled = true;  // claimed: one worker fills each layer
+      raw = layers_[i].raw.get();
+      desc = layers_[i].raw_desc;
+    }
+    std::vector<uint8_t> buf(4 << 20);
+    for (uint64_t off = 0; off < desc.size && !cancelled_; off += buf.size()) {
+      size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), desc.size - off));
+      Status s = raw->ReadAt(desc, off, std::span(buf.data(), n));
+      if (!s.ok()) {
+        LOG_WARN("layer " + std::to_string(i) + ": keeping its decompressed tar failed: " +
+                 s.ToString() + " (reads decompress from the start instead)");
+        break;
+      }
+    }
+  }
+}
+
 std::string ImageFs::RootfsState() const {
   static const char* kNames[] = {"pending", "building", "ready", "failed"};
   std::lock_guard lock(layers_mu_);
@@ -313,7 +380,8 @@ std::vector<LayerIndexStatus> ImageFs::LayerStatuses() const {
     st.from_cache = l.from_cache;
     st.entries = l.tree_stats.entries;
     st.skipped = l.tree_stats.skipped;
-    st.sequential_only = l.index && l.index->NeedsSequentialDecompression();
+    st.sequential_only = l.index && l.index->NeedsSequentialDecompression() && !l.raw;
+    st.raw_cached = l.raw != nullptr;
     if (!l.error.ok()) st.error = l.error.ToString();
     out.push_back(st);
   }

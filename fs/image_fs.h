@@ -37,6 +37,7 @@ struct ImageFsInput {
   std::string config_bytes;
   std::optional<std::string> index_bytes;  // when the reference went through an index
   std::vector<BlobDescriptor> layers;      // bottom first
+  std::vector<std::string> diff_ids;       // config rootfs.diff_ids, bottom first
   int64_t mtime_sec = 0;                   // for the top-level files (image creation time)
 };
 
@@ -55,6 +56,7 @@ struct LayerIndexStatus {
   uint64_t entries = 0;
   uint64_t skipped = 0;
   bool sequential_only = false;  // single-frame zstd: reads decompress from the start
+  bool raw_cached = false;       // single-frame zstd kept decompressed in the cache
   std::string error;
 };
 
@@ -67,6 +69,11 @@ struct ImageFsOptions {
   WhiteoutMode whiteouts = WhiteoutMode::kAsInTar;
   int index_threads = 2;                    // background index builds at once
   IndexStore index_store;
+  // Wraps a source in the chunk cache. With it, a single-frame zstd layer
+  // (no restart points) is decompressed once and its tar kept in the cache
+  // under its diff_id, so reads inside it are random-access; without it such
+  // reads decompress from the start of the layer.
+  std::function<std::unique_ptr<BlobSource>(BlobSource* upstream)> make_cached;
   // Called as index builds progress (the -f progress line); may be empty.
   std::function<void(const std::string&)> progress;
 };
@@ -108,7 +115,16 @@ class ImageFs : public FsContent {
     LayerTreeStats tree_stats;
     std::shared_ptr<const LayerIndex> index;
     std::unique_ptr<LayerReader> reader;
+    // Single-frame zstd: the uncompressed tar as a cached blob (digest =
+    // diff_id), filled from `reader` on a miss.
+    std::unique_ptr<BlobSource> raw_upstream;
+    std::unique_ptr<BlobSource> raw;
+    BlobDescriptor raw_desc;
+    bool raw_filled = false;
   };
+  // Reads the whole decompressed tar of single-frame zstd layers through the
+  // cache once (background), so later reads hit.
+  void FillRawLayers();
   // Builds layer i's index (or loads it) and fills its directory. Called by
   // whoever claimed the layer (state kBuilding).
   void BuildLayer(size_t i);
