@@ -4,7 +4,8 @@
 // digest. Keys are digests only, so a layer shared by many images is stored
 // once and never goes stale. Several processes may share one database.
 //
-// Integrity: every chunk carries CRC-32C checksums of its 32 KiB blocks,
+// Integrity: every chunk carries a checksum (BlockChecksum, CRC-32C based)
+// of each of its 32 KiB blocks,
 // checked on every read; a chunk that fails is deleted and reported as a miss,
 // never served. Blob-level sha256 verification happens in CachedBlobSource,
 // which records per-chunk sha256s here (SetVerified) so that a later refetch of
