@@ -10,6 +10,7 @@
 #include "fs/fuse_daemon.h"
 #include "fs/mount.h"
 #include "fs/options.h"
+#include "fs/store.h"
 #include "reader/base/log.h"
 #include "reader/http/registry_client.h"
 #include "reader/image/reference.h"
@@ -203,6 +204,21 @@ int RegfsMain(int argc, char** argv) {
   mount->add_option("REF", ref_text, "image reference")->required();
   mount->add_option("MOUNTPOINT", mo.mountpoint, "an empty directory")->required();
 
+  MountOptions so;
+  CLI::App* store = app.add_subcommand(
+      "store", "serve an additional layer store for podman and CRI-O (storage.conf's "
+               "additionallayerstores = [\"MOUNTPOINT:ref\"])");
+  AddCommonOptions(store, &common);
+  store->add_option("--cache-dir", common.cache_dir, "chunk cache directory");
+  store->add_option("--cache-max-size", common.cache_max_size, "cache size cap, e.g. 10G");
+  store->add_flag("-f,--foreground", so.foreground, "stay in the foreground");
+  store->add_option("-o", so.fuse_opts, "extra FUSE mount options")
+      ->allow_extra_args(false)
+      ->delimiter(',');
+  store->add_option("--log-file", so.log_file, "where the background daemon logs");
+  store->add_flag("--fuse-debug", so.fuse_debug, "libfuse request tracing");
+  store->add_option("MOUNTPOINT", so.mountpoint, "an empty directory")->required();
+
   std::string umount_path;
   CLI::App* umount = app.add_subcommand("umount", "unmount a regfs mount");
   umount->alias("unmount");
@@ -234,6 +250,11 @@ int RegfsMain(int argc, char** argv) {
     mo.ref = ref_text;
     mo.overlay_whiteouts = whiteouts == "overlay";
     return RunMount(mo);
+  }
+  if (store->parsed()) {
+    ApplyVerbosity(common);
+    so.common = common;
+    return RunStore(so);
   }
   if (umount->parsed()) {
     Status s = UnmountPath(umount_path);

@@ -117,6 +117,17 @@ void OpLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
     e.attr_timeout = self->opts.timeout_s;
     e.entry_timeout = self->opts.timeout_s;
     Result<Ino> ino = self->tree->Lookup(parent, name);
+    if (!ino.ok() && ino.status().code() == Code::kNotFound) {
+      bool cache_negative = true;
+      Status miss = self->content->LookupMiss(parent, name, &cache_negative);
+      if (miss.ok()) {
+        ino = self->tree->Lookup(parent, name);
+      } else if (miss.code() != Code::kNotFound) {
+        ReplyStatus(req, miss, "F18 lookup miss");
+        return;
+      }
+      if (!cache_negative) e.entry_timeout = 0;
+    }
     if (!ino.ok()) {
       if (ino.status().code() == Code::kNotFound) {
         fuse_reply_entry(req, &e);  // ino 0: a negative entry the kernel caches
@@ -409,6 +420,21 @@ void OpStatfs(fuse_req_t req, fuse_ino_t) {
   });
 }
 
+void OpCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t, fuse_file_info*) {
+  Guard(req, "create",
+        [&] { fuse_reply_err(req, Self(req)->content->CreateErrno(parent, name)); });
+}
+
+void OpMknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t, dev_t) {
+  Guard(req, "mknod",
+        [&] { fuse_reply_err(req, Self(req)->content->CreateErrno(parent, name)); });
+}
+
+void OpRmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  Guard(req, "rmdir",
+        [&] { fuse_reply_err(req, Self(req)->content->RmdirErrno(parent, name)); });
+}
+
 void OpAccess(fuse_req_t req, fuse_ino_t, int mask) {
   fuse_reply_err(req, (mask & W_OK) ? EROFS : 0);
 }
@@ -433,6 +459,9 @@ const fuse_lowlevel_ops kOps = [] {
   ops.listxattr = OpListxattr;
   ops.statfs = OpStatfs;
   ops.access = OpAccess;
+  ops.create = OpCreate;
+  ops.mknod = OpMknod;
+  ops.rmdir = OpRmdir;
   return ops;
 }();
 
@@ -493,7 +522,8 @@ FuseDaemon::~FuseDaemon() { Unmount(); }
 Status FuseDaemon::Mount() {
   ArgvHolder argv;
   argv.strings.push_back("regfs");
-  std::string o = "ro,default_permissions,fsname=" + impl_->opts.fsname + ",subtype=regfs";
+  std::string o = std::string(impl_->opts.read_only ? "ro," : "") +
+                  "default_permissions,fsname=" + impl_->opts.fsname + ",subtype=regfs";
   for (const auto& m : impl_->opts.mount_opts) o += "," + m;
   argv.strings.push_back("-o");
   argv.strings.push_back(o);

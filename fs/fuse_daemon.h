@@ -8,11 +8,13 @@
 #define REGFS_FS_FUSE_DAEMON_H_
 
 #include <atomic>
+#include <cerrno>
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <span>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -35,6 +37,18 @@ class FsContent {
   // Blocks until the pending directory `id` is filled in (a layer's index is
   // ready), or fails. Called before a lookup in, or listing of, such a dir.
   virtual Status Populate(uint32_t id) = 0;
+  // A lookup found no `name` in `parent`: the content may add it (a layer
+  // store resolves references on demand). Ok means "look again"; any error is
+  // answered as is. `cache_negative` (initially true) may be cleared so that
+  // the kernel does not remember the miss.
+  virtual Status LookupMiss(Ino /*parent*/, std::string_view /*name*/,
+                            bool* /*cache_negative*/) {
+    return Status::NotFound("no such entry");
+  }
+  // Creating `name` in `parent` (open O_CREAT, mknod) and removing the
+  // directory `name`: the errno to answer. The tree never changes by these.
+  virtual int CreateErrno(Ino /*parent*/, std::string_view /*name*/) { return EROFS; }
+  virtual int RmdirErrno(Ino /*parent*/, std::string_view /*name*/) { return EROFS; }
 };
 
 struct FuseOptions {
@@ -45,6 +59,9 @@ struct FuseOptions {
   double timeout_s = 86400;  // entry and attr timeouts: everything is immutable
   bool debug = false;
   unsigned read_ahead_kb = 4096;  // the kernel's read-ahead on this mount; 0 = leave it
+  // Mount "ro". A layer store mounts rw so that create/rmdir notifications
+  // reach CreateErrno/RmdirErrno; nothing is writable either way.
+  bool read_only = true;
 };
 
 class FuseDaemon {

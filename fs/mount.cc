@@ -44,10 +44,10 @@ class UniqueFd {
 };
 
 // The child's half of the readiness pipe: "OK" or an error message.
-class ReadyPipe {
+class ReadyPipe : public DaemonReady {
  public:
   explicit ReadyPipe(int fd) : fd_(fd) {}
-  void Send(const std::string& msg) {
+  void Send(const std::string& msg) override {
     if (fd_.get() < 0) return;
     (void)!write(fd_.get(), msg.data(), msg.size());
     fd_.Reset();
@@ -56,33 +56,6 @@ class ReadyPipe {
  private:
   UniqueFd fd_;
 };
-
-// Splits regfs's own keys out of -o (as mount -t fuse.regfs passes them):
-// tls-verify=, platform=, cache-dir=, cache-max-size=, authfile=.
-// Options that make no sense read-only (rw) are dropped; the rest go to FUSE.
-void TakeOwnOptions(MountOptions* mo) {
-  std::vector<std::string> rest;
-  for (const std::string& opt : mo->fuse_opts) {
-    auto eq = opt.find('=');
-    std::string key = opt.substr(0, eq), val = eq == std::string::npos ? "" : opt.substr(eq + 1);
-    if (key == "tls-verify" || key == "tls_verify") {
-      mo->common.tls_verify = !(val == "false" || val == "0" || val == "no");
-    } else if (key == "platform") {
-      mo->common.platform = val;
-    } else if (key == "cache-dir" || key == "cache_dir") {
-      mo->common.cache_dir = val;
-    } else if (key == "cache-max-size" || key == "cache_max_size") {
-      mo->common.cache_max_size = val;
-    } else if (key == "authfile") {
-      mo->common.authfile = val;
-    } else if (key == "rw" || key == "ro" || key.empty()) {
-      // always read-only
-    } else {
-      rest.push_back(opt);
-    }
-  }
-  mo->fuse_opts = rest;
-}
 
 std::string StatusJson(const ResolvedImage& img, CachedBlobSource* cached,
                        RegistryClient* client, const ImageFs* fs,
@@ -217,7 +190,7 @@ Result<ResolvedImage> RecallResolution(ChunkCache* db, const Reference& ref,
 }
 
 // Everything after the fork: resolve, mount, tell the parent, serve.
-int Serve(MountOptions mo, ReadyPipe* ready) {
+int Serve(MountOptions mo, DaemonReady* ready) {
   auto fail = [&](const std::string& what, const Status& s) {
     std::string msg = what + ": " + s.ToString();
     if (ready) {
@@ -234,15 +207,8 @@ int Serve(MountOptions mo, ReadyPipe* ready) {
   }
   Result<Reference> ref = ParseReference(mo.ref);
   if (!ref.ok()) return fail(mo.ref, ref.status());
-  CacheOptions co;
-  co.dir = mo.common.cache_dir.empty() ? DefaultCacheDir() : mo.common.cache_dir;
-  if (!mo.common.cache_max_size.empty()) {
-    Result<uint64_t> n = ParseSize(mo.common.cache_max_size);
-    if (!n.ok()) return fail("--cache-max-size", n.status());
-    co.max_size = *n;
-  }
-  Result<std::unique_ptr<ChunkCache>> cache = ChunkCache::Open(co);
-  if (!cache.ok()) return fail("cannot open the cache in " + co.dir, cache.status());
+  Result<std::unique_ptr<ChunkCache>> cache = OpenCache(mo.common);
+  if (!cache.ok()) return fail("cannot open the cache", cache.status());
   std::unique_ptr<RegistryClient> client;
   Result<ResolvedImage> img = ResolveFromFlags(mo.common, *ref, &client);
   if (img.ok()) {
@@ -267,16 +233,7 @@ int Serve(MountOptions mo, ReadyPipe* ready) {
   in.mtime_sec = ParseCreated(img->config_bytes);
   ImageFsOptions fso;
   fso.whiteouts = mo.overlay_whiteouts ? WhiteoutMode::kOverlay : WhiteoutMode::kAsInTar;
-  ChunkCache* db = cache->get();
-  fso.index_store.get = [db](const std::string& digest) -> std::optional<std::string> {
-    Result<std::optional<std::string>> r = db->GetLayerIndex(digest, kIndexFormat);
-    if (!r.ok()) return std::nullopt;
-    return *r;
-  };
-  fso.index_store.put = [db](const std::string& digest, const std::string& bytes) {
-    Status put = db->PutLayerIndex(digest, kIndexFormat, bytes);
-    if (!put.ok()) LOG_WARN("cannot store the index of " + digest + ": " + put.ToString());
-  };
+  fso.index_store = CacheIndexStore(cache->get());
   if (!ready) {  // -f: a progress line on the terminal
     fso.progress = [](const std::string& line) {
       std::fprintf(stderr, "\r\033[Kregfs: %s", line.c_str());
@@ -299,15 +256,7 @@ int Serve(MountOptions mo, ReadyPipe* ready) {
            mo.mountpoint);
   if (ready) {
     ready->Send("OK");
-    // Detach from the terminal: the parent has exited by now.
-    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
-    if (null >= 0) {
-      dup2(null, STDIN_FILENO);
-      dup2(null, STDOUT_FILENO);
-      dup2(null, STDERR_FILENO);  // logs go to --log-file, if any
-      close(null);
-    }
-    if (chdir("/") != 0) LOG_WARN("chdir / failed");
+    DetachFromTerminal();
   }
   fs.StartIndexing();
   Status s = daemon.Loop(true);
@@ -333,18 +282,89 @@ Result<ResolvedImage> ResolveFromFlags(const CommonOptions& o, const Reference& 
   return img;
 }
 
+// Splits regfs's own keys out of -o (as mount -t fuse.regfs passes them):
+// tls-verify=, platform=, cache-dir=, cache-max-size=, authfile=.
+// Options that make no sense read-only (rw) are dropped; the rest go to FUSE.
+void TakeOwnOptions(MountOptions* mo) {
+  std::vector<std::string> rest;
+  for (const std::string& opt : mo->fuse_opts) {
+    auto eq = opt.find('=');
+    std::string key = opt.substr(0, eq), val = eq == std::string::npos ? "" : opt.substr(eq + 1);
+    if (key == "tls-verify" || key == "tls_verify") {
+      mo->common.tls_verify = !(val == "false" || val == "0" || val == "no");
+    } else if (key == "platform") {
+      mo->common.platform = val;
+    } else if (key == "cache-dir" || key == "cache_dir") {
+      mo->common.cache_dir = val;
+    } else if (key == "cache-max-size" || key == "cache_max_size") {
+      mo->common.cache_max_size = val;
+    } else if (key == "authfile") {
+      mo->common.authfile = val;
+    } else if (key == "rw" || key == "ro" || key.empty()) {
+      // always read-only
+    } else {
+      rest.push_back(opt);
+    }
+  }
+  mo->fuse_opts = rest;
+}
+
+Result<std::unique_ptr<ChunkCache>> OpenCache(const CommonOptions& o) {
+  CacheOptions co;
+  co.dir = o.cache_dir.empty() ? DefaultCacheDir() : o.cache_dir;
+  if (!o.cache_max_size.empty()) {
+    ASSIGN_OR_RETURN(co.max_size, ParseSize(o.cache_max_size));
+  }
+  Result<std::unique_ptr<ChunkCache>> cache = ChunkCache::Open(co);
+  if (!cache.ok()) return cache.status().Annotate("cache in " + co.dir);
+  return cache;
+}
+
+IndexStore CacheIndexStore(ChunkCache* db) {
+  IndexStore st;
+  st.get = [db](const std::string& digest) -> std::optional<std::string> {
+    Result<std::optional<std::string>> r = db->GetLayerIndex(digest, kIndexFormat);
+    if (!r.ok()) return std::nullopt;
+    return *r;
+  };
+  st.put = [db](const std::string& digest, const std::string& bytes) {
+    Status put = db->PutLayerIndex(digest, kIndexFormat, bytes);
+    if (!put.ok()) LOG_WARN("cannot store the index of " + digest + ": " + put.ToString());
+  };
+  return st;
+}
+
+void DetachFromTerminal() {
+  int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (null >= 0) {
+    dup2(null, STDIN_FILENO);
+    dup2(null, STDOUT_FILENO);
+    dup2(null, STDERR_FILENO);  // logs go to --log-file, if any
+    close(null);
+  }
+  if (chdir("/") != 0) LOG_WARN("chdir / failed");
+}
+
 int RunMount(MountOptions mo) {
   TakeOwnOptions(&mo);
-  if (!mo.log_file.empty()) {
-    std::FILE* f = std::fopen(mo.log_file.c_str(), "ae");
+  std::string log_file = mo.log_file;
+  bool foreground = mo.foreground;
+  return RunDaemon(log_file, foreground,
+                   [&](DaemonReady* ready) { return Serve(std::move(mo), ready); });
+}
+
+int RunDaemon(const std::string& log_file, bool foreground,
+              const std::function<int(DaemonReady*)>& serve) {
+  if (!log_file.empty()) {
+    std::FILE* f = std::fopen(log_file.c_str(), "ae");
     if (!f) {
-      std::fprintf(stderr, "regfs: cannot open log file %s: %s\n", mo.log_file.c_str(),
+      std::fprintf(stderr, "regfs: cannot open log file %s: %s\n", log_file.c_str(),
                    std::strerror(errno));
       return 1;
     }
     SetLogFile(f);  // lives as long as the process
   }
-  if (mo.foreground) return Serve(std::move(mo), nullptr);
+  if (foreground) return serve(nullptr);
 
   int fds[2];
   if (pipe2(fds, O_CLOEXEC) != 0) {
@@ -362,7 +382,7 @@ int RunMount(MountOptions mo) {
     rd.Reset();
     setsid();
     ReadyPipe ready(fds[1]);
-    _exit(Serve(std::move(mo), &ready));
+    _exit(serve(&ready));
   }
   close(fds[1]);
   std::string msg;

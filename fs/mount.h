@@ -6,9 +6,12 @@
 #define REGFS_FS_MOUNT_H_
 
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "cache/chunk_cache.h"
+#include "fs/image_fs.h"
 #include "fs/options.h"
 #include "reader/http/registry_client.h"
 
@@ -32,6 +35,29 @@ Result<ResolvedImage> ResolveFromFlags(const CommonOptions& o, const Reference& 
 
 // Returns the exit status.
 int RunMount(MountOptions mo);
+
+// Pieces `regfs mount` and `regfs store` share.
+//
+// Moves regfs's own keys (tls-verify=, platform=, cache-dir=, cache-max-size=,
+// authfile=) out of -o into `common`; drops rw/ro.
+void TakeOwnOptions(MountOptions* mo);
+// Opens the chunk cache --cache-dir / --cache-max-size name.
+Result<std::unique_ptr<ChunkCache>> OpenCache(const CommonOptions& o);
+// Layer indexes kept in the cache's table (failures logged, never fatal).
+IndexStore CacheIndexStore(ChunkCache* db);
+// The daemon's half of the readiness pipe: Send("OK") or an error, once.
+class DaemonReady {
+ public:
+  virtual ~DaemonReady() = default;
+  virtual void Send(const std::string& msg) = 0;
+};
+// Opens `log_file` (if any), then runs `serve` in the foreground (ready =
+// nullptr) or in a forked, detached child whose parent waits for the
+// readiness message, prints an error and exits 1 if it is not "OK".
+int RunDaemon(const std::string& log_file, bool foreground,
+              const std::function<int(DaemonReady*)>& serve);
+// After "OK": stdio to /dev/null, cwd to / (the parent has exited).
+void DetachFromTerminal();
 
 }  // namespace regfs
 

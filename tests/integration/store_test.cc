@@ -1,0 +1,384 @@
+// `regfs store` as podman's additional layer store: the protocol files for a
+// test image, then real `podman pull` / `podman run` (runc, no network) on a
+// private storage.conf whose additionallayerstores names the store. The pull
+// must take every layer from the store (no layer blob GET at the registry),
+// the container must see what a normal pull shows, `podman rmi` must release
+// the layers, and repeated pulls must not grow the daemon's fds.
+#include <dirent.h>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "fs/store.h"
+#include "tests/support/fd_count.h"
+#include "tests/support/fuse_env.h"
+#include "tests/support/image_builder.h"
+#include "tests/support/rich_entries.h"
+#include "tests/support/run_command.h"
+#include "tests/support/status_matchers.h"
+#include "tests/support/test_registry.h"
+#include "tests/support/tree_snapshot.h"
+
+namespace regfs {
+namespace {
+
+using namespace regfs::testing;  // NOLINT
+using TE = regfs::testing::TarEntry;
+
+std::string Base64(std::string_view in) {
+  static const char* kAlphabet =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  size_t i = 0;
+  for (; i + 3 <= in.size(); i += 3) {
+    uint32_t v = (static_cast<uint8_t>(in[i]) << 16) | (static_cast<uint8_t>(in[i + 1]) << 8) |
+                 static_cast<uint8_t>(in[i + 2]);
+    for (int k = 3; k >= 0; --k) out.push_back(kAlphabet[(v >> (6 * k)) & 63]);
+  }
+  size_t rest = in.size() - i;
+  if (rest > 0) {
+    uint32_t v = static_cast<uint8_t>(in[i]) << 16;
+    if (rest == 2) v |= static_cast<uint8_t>(in[i + 1]) << 8;
+    out.push_back(kAlphabet[(v >> 18) & 63]);
+    out.push_back(kAlphabet[(v >> 12) & 63]);
+    out.push_back(rest == 2 ? kAlphabet[(v >> 6) & 63] : '=');
+    out.push_back('=');
+  }
+  return out;
+}
+
+std::string Quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) {
+    if (c == '\'') {
+      q += "'\\''";
+    } else {
+      q.push_back(c);
+    }
+  }
+  return q + "'";
+}
+
+std::string ReadHostFile(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+int CountFds(int pid) {
+  std::string dir = "/proc/" + std::to_string(pid) + "/fd";
+  DIR* d = opendir(dir.c_str());
+  if (!d) return -1;
+  int n = 0;
+  while (dirent* e = readdir(d)) n += e->d_name[0] != '.';
+  closedir(d);
+  return n;
+}
+
+TEST(StoreBase64, DecodesWhatPodmanEncodes) {
+  for (std::string s : {"127.0.0.1:5000/a/b:tag", "docker.io/library/x:1", "a", "ab", "abc"}) {
+    std::optional<std::string> back = DecodeBase64(Base64(s));
+    ASSERT_TRUE(back.has_value()) << s;
+    EXPECT_EQ(*back, s);
+  }
+  EXPECT_FALSE(DecodeBase64("abc").has_value());
+  EXPECT_FALSE(DecodeBase64("a=bc").has_value());
+  EXPECT_FALSE(DecodeBase64("ab!c").has_value());
+  EXPECT_FALSE(DecodeBase64("").has_value());
+}
+
+class StoreTest : public FdCheckedTest {
+ protected:
+  void SetUp() override {
+    std::string why = FuseUnavailableReason();
+    if (!why.empty()) GTEST_SKIP() << "FUSE unavailable: " << why;
+    if (geteuid() != 0) GTEST_SKIP() << "the store serves root's overlayfs: needs root";
+    FdCheckedTest::SetUp();
+    registry_ = std::make_unique<TestRegistry>();
+    ASSERT_OK(registry_->Start());
+    image_ = BuildImage(Spec());
+    ImagePusher pusher(*registry_);
+    ASSERT_OK(pusher.PushImage("test/app", "v1", image_));
+    ref_ = registry_->Ref("test/app", "v1");
+    dir_ = std::make_unique<TempDir>("regfs-store");
+    mnt_ = dir_->Sub("store");
+    ASSERT_EQ(mkdir(mnt_.c_str(), 0755), 0);
+  }
+
+  void TearDown() override {
+    if (!registry_) return;
+    for (const std::string& root : roots_) {
+      Podman(root, "rm -a -f");
+      Podman(root, "rmi -a -f");
+      // containers/storage leaves its graph's overlay dir bind-mounted.
+      RunShell("umount " + Quote(dir_->Sub(root + "/graph/overlay")) + " 2>/dev/null");
+    }
+    if (IsMountPoint(mnt_)) {
+      CommandResult r = RunCommand({REGFS_BINARY, "umount", mnt_});
+      EXPECT_EQ(r.exit_code, 0) << r.output;
+    }
+    registry_.reset();
+    dir_.reset();
+    FdCheckedTest::TearDown();
+  }
+
+  // Layer 0: the host's cat and what it links to, and a file later layers
+  // change. Layer 1: every entry type (devices, setuid, xattrs, hard links).
+  // Layer 2: a deletion, an opaque directory, a replaced file.
+  static ImageSpec Spec() {
+    std::vector<TE> base;
+    for (const char* d : {"bin", "lib", "lib/x86_64-linux-gnu", "lib64", "etc", "opq"}) {
+      base.push_back(TE::Dir(d));
+    }
+    base.push_back(TE::File("bin/cat", ReadHostFile("/bin/cat"), 0755));
+    base.push_back(TE::File("lib/x86_64-linux-gnu/libc.so.6",
+                                  ReadHostFile("/lib/x86_64-linux-gnu/libc.so.6"), 0755));
+    base.push_back(TE::File("lib64/ld-linux-x86-64.so.2",
+                                  ReadHostFile("/lib64/ld-linux-x86-64.so.2"), 0755));
+    base.push_back(TE::File("etc/message", "from layer 0\n"));
+    base.push_back(TE::File("etc/gone", "deleted by layer 2\n"));
+    base.push_back(TE::File("opq/old", "hidden by the opaque dir\n"));
+    std::vector<TE> top = {TE::Dir("etc"), TE::Dir("opq")};
+    top.push_back(TE::Whiteout("etc/gone"));
+    top.push_back(TE::OpaqueWhiteout("opq"));
+    top.push_back(TE::File("opq/new", "after the opaque marker\n"));
+    top.push_back(TE::File("etc/message", "from layer 2\n"));
+    ImageSpec spec;
+    spec.layers.push_back({base, Compression::kGzip});
+    spec.layers.push_back({RichEntries("store"), Compression::kZstd});
+    spec.layers.push_back({top, Compression::kGzip});
+    spec.cmd = {"/bin/cat", "/etc/message"};
+    return spec;
+  }
+
+  void StartStore() {
+    CommandResult r =
+        RunCommand({REGFS_BINARY, "store", "--tls-verify=false", "--cache-dir",
+                    dir_->Sub("cache"), "--log-file", dir_->Sub("store.log"), mnt_});
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    ASSERT_TRUE(IsMountPoint(mnt_));
+  }
+
+  // A private podman configuration under dir_/<root>: storage in the temp
+  // dir, with or without the store.
+  void Configure(const std::string& root, bool with_store) {
+    roots_.push_back(root);
+    std::string base = dir_->Sub(root);
+    ASSERT_EQ(mkdir(base.c_str(), 0700), 0);
+    std::ofstream(base + "/storage.conf")
+        << "[storage]\n"
+        << "driver = \"overlay\"\n"
+        << "graphroot = \"" << base << "/graph\"\n"
+        << "runroot = \"" << base << "/run\"\n"
+        << "[storage.options]\n"
+        << (with_store ? "additionallayerstores = [\"" + mnt_ + ":ref\"]\n" : "");
+    std::ofstream(base + "/containers.conf")
+        << "[containers]\n"
+        << "default_ulimits = []\n"
+        << "[engine]\n"
+        << "cgroup_manager = \"cgroupfs\"\n"
+        << "events_logger = \"file\"\n"
+        << "events_logfile_path = \"" << base << "/events.log\"\n"
+        << "tmp_dir = \"" << base << "/tmp\"\n";
+    std::ofstream(base + "/registries.conf") << "unqualified-search-registries = []\n";
+  }
+
+  CommandResult Podman(const std::string& root, const std::string& args, int timeout_s = 180) {
+    std::string base = dir_->Sub(root);
+    return RunShell("CONTAINERS_STORAGE_CONF=" + Quote(base + "/storage.conf") +
+                        " CONTAINERS_CONF=" + Quote(base + "/containers.conf") +
+                        " CONTAINERS_REGISTRIES_CONF=" + Quote(base + "/registries.conf") +
+                        " podman " + args,
+                    timeout_s);
+  }
+
+  int LayerBlobGets() const {
+    int n = 0;
+    for (const BuiltLayer& l : image_.layers) {
+      n += registry_->CountRequests("GET", "/blobs/" + l.descriptor.digest);
+    }
+    return n;
+  }
+
+  nlohmann::json StoreStatus() {
+    std::string s;
+    EXPECT_TRUE(ReadWholeFile(mnt_ + "/.regfs/status.json", &s));
+    return nlohmann::json::parse(s, nullptr, false);
+  }
+
+  std::string StoreLog() {
+    std::string s;
+    ReadWholeFile(dir_->Sub("store.log"), &s);
+    return s;
+  }
+
+  bool HavePodman() {
+    return RunShell("command -v podman && command -v /usr/sbin/runc").exit_code == 0;
+  }
+
+  std::unique_ptr<TestRegistry> registry_;
+  BuiltImage image_;
+  std::string ref_;
+  std::unique_ptr<TempDir> dir_;
+  std::string mnt_;
+  std::vector<std::string> roots_;
+};
+
+TEST_F(StoreTest, ServesTheProtocolFiles) {
+  StartStore();
+  std::string image_dir = mnt_ + "/" + Base64(ref_);
+  struct stat st;
+  // Unknown names: ENOENT, and the root lists nothing but .regfs.
+  EXPECT_NE(lstat((mnt_ + "/" + Base64("127.0.0.1:1/no/such:tag")).c_str(), &st), 0);
+  EXPECT_NE(lstat((mnt_ + "/not-base64!").c_str(), &st), 0);
+  EXPECT_EQ(errno, ENOENT);
+  ASSERT_EQ(lstat(image_dir.c_str(), &st), 0) << StoreLog();
+  ASSERT_TRUE(S_ISDIR(st.st_mode));
+  for (size_t i = 0; i < image_.layers.size(); ++i) {
+    SCOPED_TRACE("layer " + std::to_string(i));
+    const BuiltLayer& l = image_.layers[i];
+    std::string ld = image_dir + "/" + l.descriptor.digest;
+    for (const char* f : {"diff", "info", "blob"}) {
+      EXPECT_EQ(stat((ld + "/" + f).c_str(), &st), 0) << f;
+    }
+    EXPECT_NE(stat((ld + "/diff1").c_str(), &st), 0);
+    EXPECT_EQ(errno, ENOENT);
+    std::string info;
+    ASSERT_TRUE(ReadWholeFile(ld + "/info", &info));
+    auto j = nlohmann::json::parse(info, nullptr, false);
+    ASSERT_TRUE(j.is_object()) << info;
+    EXPECT_EQ(j["diff-digest"], l.diff_id);
+    EXPECT_EQ(j["compressed-diff-digest"], l.descriptor.digest);
+    EXPECT_EQ(j["compressed-size"], l.blob.size());
+    EXPECT_EQ(j["compression"], l.compression == Compression::kZstd ? 4 : 2);
+    std::string blob;
+    ASSERT_TRUE(ReadWholeFile(ld + "/blob", &blob));
+    EXPECT_TRUE(blob == l.blob) << "blob differs";
+    // `use` is counted and answered ENOENT; so is rmdir of the layer dir.
+    errno = 0;
+    int fd = open((ld + "/use").c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    EXPECT_EQ(fd, -1);
+    EXPECT_EQ(errno, ENOENT);
+    if (fd >= 0) close(fd);
+    EXPECT_NE(rmdir(ld.c_str()), 0);
+    EXPECT_EQ(errno, ENOENT);
+  }
+  // The layer trees are in overlay form: whiteout as a 0:0 char device,
+  // opaque directory with both xattrs.
+  std::string top = image_dir + "/" + image_.layers[2].descriptor.digest + "/diff";
+  ASSERT_EQ(lstat((top + "/etc/gone").c_str(), &st), 0) << StoreLog();
+  EXPECT_TRUE(S_ISCHR(st.st_mode));
+  EXPECT_EQ(st.st_rdev, makedev(0, 0));
+  char v[8];
+  EXPECT_EQ(lgetxattr((top + "/opq").c_str(), "trusted.overlay.opaque", v, sizeof v), 1);
+  EXPECT_EQ(lgetxattr((top + "/opq").c_str(), "user.overlay.opaque", v, sizeof v), 1);
+  std::string msg;
+  ASSERT_TRUE(ReadWholeFile(top + "/etc/message", &msg));
+  EXPECT_EQ(msg, "from layer 2\n");
+  nlohmann::json s = StoreStatus();
+  EXPECT_EQ(s["uses"], image_.layers.size()) << s.dump();
+  EXPECT_EQ(s["releases"], image_.layers.size()) << s.dump();
+  EXPECT_EQ(s["images"], 1) << s.dump();
+}
+
+TEST_F(StoreTest, PodmanPullsFromTheStoreAndRuns) {
+  if (!HavePodman()) GTEST_SKIP() << "podman or /usr/sbin/runc missing (packaging/install-deps.sh)";
+  StartStore();
+  Configure("lazy", true);
+  CommandResult pull = Podman("lazy", "--log-level=debug pull --tls-verify=false " + ref_);
+  ASSERT_EQ(pull.exit_code, 0) << pull.output << StoreLog();
+  // Every layer came from the store: podman says so, the registry agrees.
+  for (const BuiltLayer& l : image_.layers) {
+    std::string hex = l.descriptor.digest.substr(7, 12);
+    EXPECT_NE(pull.output.find("Copying blob " + hex + " skipped: already exists"),
+              std::string::npos)
+        << l.descriptor.digest << "\n"
+        << pull.output;
+  }
+  EXPECT_EQ(LayerBlobGets(), 0) << pull.output;
+
+  CommandResult run = Podman("lazy", "run --rm --runtime /usr/sbin/runc --network none " + ref_ +
+                                         " cat /etc/message /opq/new");
+  ASSERT_EQ(run.exit_code, 0) << run.output << StoreLog();
+  EXPECT_EQ(run.output, "from layer 2\nafter the opaque marker\n");
+  // Deleted and opaque-hidden files are gone; setuid and devices show.
+  CommandResult gone = Podman("lazy", "run --rm --runtime /usr/sbin/runc --network none " +
+                                          ref_ + " cat /etc/gone");
+  EXPECT_NE(gone.exit_code, 0) << gone.output;
+  CommandResult hidden = Podman("lazy", "run --rm --runtime /usr/sbin/runc --network none " +
+                                            ref_ + " cat /opq/old");
+  EXPECT_NE(hidden.exit_code, 0) << hidden.output;
+  nlohmann::json s = StoreStatus();
+  EXPECT_GE(s["uses"].get<int>(), static_cast<int>(image_.layers.size())) << s.dump();
+  EXPECT_GT(s["indexedLayers"].get<int>(), 0) << s.dump();
+
+  CommandResult rmi = Podman("lazy", "rmi " + ref_);
+  ASSERT_EQ(rmi.exit_code, 0) << rmi.output;
+  s = StoreStatus();
+  EXPECT_GE(s["releases"].get<int>(), static_cast<int>(image_.layers.size())) << s.dump();
+}
+
+TEST_F(StoreTest, ContainerSeesWhatANormalPullShows) {
+  if (!HavePodman()) GTEST_SKIP() << "podman or /usr/sbin/runc missing (packaging/install-deps.sh)";
+  StartStore();
+  std::map<std::string, TreeSnapshot> snaps;
+  for (bool lazy : {true, false}) {
+    std::string root = lazy ? "lazy" : "plain";
+    Configure(root, lazy);
+    CommandResult pull = Podman(root, "pull --tls-verify=false " + ref_);
+    ASSERT_EQ(pull.exit_code, 0) << pull.output;
+    CommandResult create = Podman(root, "create --runtime /usr/sbin/runc --network none " + ref_);
+    ASSERT_EQ(create.exit_code, 0) << create.output;
+    std::string id = create.output.substr(0, create.output.find('\n'));
+    CommandResult mount = Podman(root, "mount " + id);
+    ASSERT_EQ(mount.exit_code, 0) << mount.output;
+    std::string merged = mount.output.substr(0, mount.output.find('\n'));
+    SnapshotOptions so;
+    so.ignore_xattr_prefixes = {"security.selinux"};
+    snaps[root] = SnapshotTree(merged, so);
+    snaps[root].erase("");
+    EXPECT_GT(snaps[root].size(), 20u);
+    CommandResult um = Podman(root, "umount " + id);
+    EXPECT_EQ(um.exit_code, 0) << um.output;
+  }
+  EXPECT_EQ(DiffSnapshots(snaps["plain"], snaps["lazy"]), "") << StoreLog();
+}
+
+TEST_F(StoreTest, RepeatedPullsDoNotGrowFds) {
+  if (!HavePodman()) GTEST_SKIP() << "podman or /usr/sbin/runc missing (packaging/install-deps.sh)";
+  StartStore();
+  Configure("lazy", true);
+  int pid = StoreStatus()["pid"].get<int>();
+  int first = -1;
+  int gets_after_first = -1;
+  constexpr int kRounds = 6;
+  for (int round = 0; round < kRounds; ++round) {
+    CommandResult pull = Podman("lazy", "pull --tls-verify=false " + ref_);
+    ASSERT_EQ(pull.exit_code, 0) << pull.output;
+    CommandResult run = Podman("lazy", "run --rm --runtime /usr/sbin/runc --network none " +
+                                           ref_ + " cat /etc/message");
+    ASSERT_EQ(run.exit_code, 0) << run.output;
+    EXPECT_EQ(run.output, "from layer 2\n");
+    CommandResult rmi = Podman("lazy", "rmi " + ref_);
+    ASSERT_EQ(rmi.exit_code, 0) << rmi.output;
+    int fds = CountFds(pid);
+    ASSERT_GT(fds, 0);
+    if (round == 0) gets_after_first = LayerBlobGets();
+    if (round == 1) first = fds;  // after the first round's connections settle
+    if (round > 1) {
+      EXPECT_LE(fds, first + 2) << "round " << round;
+    }
+  }
+  EXPECT_EQ(LayerBlobGets(), gets_after_first) << "later rounds are served from the cache";
+}
+
+}  // namespace
+}  // namespace regfs
