@@ -13,6 +13,8 @@ PKGS=(
   libgtest-dev libgmock-dev googletest clang libclang-rt-14-dev
   docker-registry skopeo umoci curl tar libarchive-tools zstd gzip
   iproute2 procps psmisc
+  # regfs store: podman pulls and runs through the additional layer store
+  podman runc
   # benchmarks: the peers we measure against
   httpdirfs archivemount
   # benchmarks over an emulated WAN (tests/bench/wan): a static /bin/sh for
