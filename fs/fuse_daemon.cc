@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <climits>
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -103,6 +104,11 @@ void OpInit(void* userdata, fuse_conn_info* conn) {
   // Everything is immutable: the kernel may keep pages and attributes.
   conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
   conn->time_gran = 1;
+  // libfuse derives the kernel's max_pages (the largest request) from
+  // max_write: raise it so a sequential read arrives in 1 MiB requests, not
+  // 128 or 256 KiB ones. We never write; the number only sizes requests.
+  conn->max_write = 1u << 20;
+  conn->max_readahead = std::max(conn->max_readahead, 1u << 20);
 }
 
 void OpLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
@@ -421,18 +427,15 @@ void OpStatfs(fuse_req_t req, fuse_ino_t) {
 }
 
 void OpCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t, fuse_file_info*) {
-  Guard(req, "create",
-        [&] { fuse_reply_err(req, Self(req)->content->CreateErrno(parent, name)); });
+  Guard(req, "create", [&] { fuse_reply_err(req, Self(req)->content->CreateErrno(parent, name)); });
 }
 
 void OpMknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t, dev_t) {
-  Guard(req, "mknod",
-        [&] { fuse_reply_err(req, Self(req)->content->CreateErrno(parent, name)); });
+  Guard(req, "mknod", [&] { fuse_reply_err(req, Self(req)->content->CreateErrno(parent, name)); });
 }
 
 void OpRmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
-  Guard(req, "rmdir",
-        [&] { fuse_reply_err(req, Self(req)->content->RmdirErrno(parent, name)); });
+  Guard(req, "rmdir", [&] { fuse_reply_err(req, Self(req)->content->RmdirErrno(parent, name)); });
 }
 
 void OpAccess(fuse_req_t req, fuse_ino_t, int mask) {

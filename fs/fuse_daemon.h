@@ -41,8 +41,7 @@ class FsContent {
   // store resolves references on demand). Ok means "look again"; any error is
   // answered as is. `cache_negative` (initially true) may be cleared so that
   // the kernel does not remember the miss.
-  virtual Status LookupMiss(Ino /*parent*/, std::string_view /*name*/,
-                            bool* /*cache_negative*/) {
+  virtual Status LookupMiss(Ino /*parent*/, std::string_view /*name*/, bool* /*cache_negative*/) {
     return Status::NotFound("no such entry");
   }
   // Creating `name` in `parent` (open O_CREAT, mknod) and removing the

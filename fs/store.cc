@@ -27,6 +27,13 @@ Node FileNode(ContentKind kind, uint32_t id, uint64_t size) {
   return n;
 }
 
+Node DirNode() {
+  Node n;
+  n.attr.mode = S_IFDIR | 0755;
+  n.attr.nlink = 2;
+  return n;
+}
+
 }  // namespace
 
 std::optional<std::string> DecodeBase64(std::string_view text) {
@@ -142,27 +149,16 @@ Status LayerStore::AddImage(std::string_view name, bool* cache_negative) {
   }
   const std::vector<BlobDescriptor>& blobs = img->manifest.layers;
   if (img->config.diff_ids.size() != blobs.size()) {
-    LOG_WARN("store: " + *text + ": config lists " +
-             std::to_string(img->config.diff_ids.size()) + " diff_ids for " +
-             std::to_string(blobs.size()) + " layers");
+    LOG_WARN("store: " + *text + ": config lists " + std::to_string(img->config.diff_ids.size()) +
+             " diff_ids for " + std::to_string(blobs.size()) + " layers");
     return Status::NotFound("diff_ids do not match the layers");
   }
   // Nobody sees the image directory's children before this lookup answers:
   // the kernel sends one lookup at a time for a name in a directory.
-  Ino image_dir = tree_.AddChild(kRootIno, std::string(name), [] {
-    Node n;
-    n.attr.mode = S_IFDIR | 0755;
-    n.attr.nlink = 2;
-    return n;
-  }());
+  Ino image_dir = tree_.AddChild(kRootIno, std::string(name), DirNode());
   for (size_t i = 0; i < blobs.size(); ++i) {
     bool existed = false;
-    Ino dir = tree_.AddChild(image_dir, blobs[i].digest, [] {
-      Node n;
-      n.attr.mode = S_IFDIR | 0755;
-      n.attr.nlink = 2;
-      return n;
-    }(), &existed);
+    Ino dir = tree_.AddChild(image_dir, blobs[i].digest, DirNode(), &existed);
     if (existed) continue;  // the same layer twice in one image
     size_t id;
     {
@@ -186,8 +182,8 @@ Status LayerStore::AddImage(std::string_view name, bool* cache_negative) {
   }
   std::lock_guard lock(mu_);
   ++counters_.images;
-  LOG_INFO("store: " + *text + " -> " + img->manifest_digest + " (" +
-           std::to_string(blobs.size()) + " layers)");
+  LOG_INFO("store: " + *text + " -> " + img->manifest_digest + " (" + std::to_string(blobs.size()) +
+           " layers)");
   return Status::Ok();
 }
 
@@ -306,8 +302,8 @@ void LayerStore::BuildLayer(size_t i) {
   // The tree holds the entries now; the reader needs only the restart points.
   idx->entries.clear();
   idx->entries.shrink_to_fit();
-  auto reader = std::make_unique<LayerReader>(
-      source, blob, std::make_shared<const LayerIndex>(std::move(*idx)));
+  auto reader = std::make_unique<LayerReader>(source, blob,
+                                              std::make_shared<const LayerIndex>(std::move(*idx)));
   tree_.ClearPending(diff);
   std::lock_guard lock(mu_);
   layers_[i].reader = std::move(reader);

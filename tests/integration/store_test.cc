@@ -4,6 +4,8 @@
 // must take every layer from the store (no layer blob GET at the registry),
 // the container must see what a normal pull shows, `podman rmi` must release
 // the layers, and repeated pulls must not grow the daemon's fds.
+#include "fs/store.h"
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -16,7 +18,6 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "fs/store.h"
 #include "tests/support/fd_count.h"
 #include "tests/support/fuse_env.h"
 #include "tests/support/image_builder.h"
@@ -33,8 +34,7 @@ using namespace regfs::testing;  // NOLINT
 using TE = regfs::testing::TarEntry;
 
 std::string Base64(std::string_view in) {
-  static const char* kAlphabet =
-      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  static const char* kAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
   std::string out;
   size_t i = 0;
   for (; i + 3 <= in.size(); i += 3) {
@@ -140,9 +140,9 @@ class StoreTest : public FdCheckedTest {
     }
     base.push_back(TE::File("bin/cat", ReadHostFile("/bin/cat"), 0755));
     base.push_back(TE::File("lib/x86_64-linux-gnu/libc.so.6",
-                                  ReadHostFile("/lib/x86_64-linux-gnu/libc.so.6"), 0755));
-    base.push_back(TE::File("lib64/ld-linux-x86-64.so.2",
-                                  ReadHostFile("/lib64/ld-linux-x86-64.so.2"), 0755));
+                            ReadHostFile("/lib/x86_64-linux-gnu/libc.so.6"), 0755));
+    base.push_back(
+        TE::File("lib64/ld-linux-x86-64.so.2", ReadHostFile("/lib64/ld-linux-x86-64.so.2"), 0755));
     base.push_back(TE::File("etc/message", "from layer 0\n"));
     base.push_back(TE::File("etc/gone", "deleted by layer 2\n"));
     base.push_back(TE::File("opq/old", "hidden by the opaque dir\n"));
@@ -170,9 +170,8 @@ class StoreTest : public FdCheckedTest {
   }
 
   void StartStore() {
-    CommandResult r =
-        RunCommand({REGFS_BINARY, "store", "--tls-verify=false", "--cache-dir",
-                    dir_->Sub("cache"), "--log-file", dir_->Sub("store.log"), mnt_});
+    CommandResult r = RunCommand({REGFS_BINARY, "store", "--tls-verify=false", "--cache-dir",
+                                  dir_->Sub("cache"), "--log-file", dir_->Sub("store.log"), mnt_});
     ASSERT_EQ(r.exit_code, 0) << r.output;
     ASSERT_TRUE(IsMountPoint(mnt_));
   }
@@ -319,11 +318,11 @@ TEST_F(StoreTest, PodmanPullsFromTheStoreAndRuns) {
   ASSERT_EQ(run.exit_code, 0) << run.output << StoreLog();
   EXPECT_EQ(run.output, "from layer 2\nafter the opaque marker\n");
   // Deleted and opaque-hidden files are gone; setuid and devices show.
-  CommandResult gone = Podman("lazy", "run --rm --runtime /usr/sbin/runc --network none " +
-                                          ref_ + " cat /etc/gone");
+  CommandResult gone =
+      Podman("lazy", "run --rm --runtime /usr/sbin/runc --network none " + ref_ + " cat /etc/gone");
   EXPECT_NE(gone.exit_code, 0) << gone.output;
-  CommandResult hidden = Podman("lazy", "run --rm --runtime /usr/sbin/runc --network none " +
-                                            ref_ + " cat /opq/old");
+  CommandResult hidden =
+      Podman("lazy", "run --rm --runtime /usr/sbin/runc --network none " + ref_ + " cat /opq/old");
   EXPECT_NE(hidden.exit_code, 0) << hidden.output;
   nlohmann::json s = StoreStatus();
   EXPECT_GE(s["uses"].get<int>(), static_cast<int>(image_.layers.size())) << s.dump();
@@ -375,8 +374,8 @@ TEST_F(StoreTest, RepeatedPullsDoNotGrowFds) {
   for (int round = 0; round < kRounds; ++round) {
     CommandResult pull = Podman("lazy", "pull --tls-verify=false " + ref_);
     ASSERT_EQ(pull.exit_code, 0) << pull.output;
-    CommandResult run = Podman("lazy", "run --rm --runtime /usr/sbin/runc --network none " +
-                                           ref_ + " cat /etc/message");
+    CommandResult run = Podman(
+        "lazy", "run --rm --runtime /usr/sbin/runc --network none " + ref_ + " cat /etc/message");
     ASSERT_EQ(run.exit_code, 0) << run.output;
     EXPECT_EQ(run.output, "from layer 2\n");
     CommandResult rmi = Podman("lazy", "rmi " + ref_);
