@@ -1,0 +1,243 @@
+// Issue 8's figure: time to a container's first command
+// (`podman pull` + `podman run --runtime /usr/sbin/runc --network none IMAGE
+// cat /etc/os-release`) through `regfs store`, cold (empty cache, no index)
+// and with the layer indexes present (the cache pruned of its chunks), as
+// ratios to a normal `podman pull` + `run` of the same image in the same run
+// (target with the index present: <= 0.3x). Every podman run uses a private
+// storage.conf/containers.conf in a temp dir.
+//
+//   store_bench [data_mib=64] [runs=3] [rtt_ms=0]
+//
+// rtt_ms > 0 puts tests/bench/wan/delay_proxy.py (half the RTT each way, no
+// rate limit) between the clients and the registry.
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "tests/support/bench_util.h"
+#include "tests/support/fuse_env.h"
+#include "tests/support/image_builder.h"
+#include "tests/support/run_command.h"
+#include "tests/support/test_registry.h"
+
+using namespace regfs;           // NOLINT
+using namespace regfs::testing;  // NOLINT
+using TE = regfs::testing::TarEntry;
+
+namespace {
+
+std::string ReadHostFile(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+std::string Quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+ImageSpec Spec(uint64_t data_mib) {
+  std::vector<TE> base;
+  for (const char* d : {"bin", "lib", "lib/x86_64-linux-gnu", "lib64", "etc"}) {
+    base.push_back(TE::Dir(d));
+  }
+  base.push_back(TE::File("bin/cat", ReadHostFile("/bin/cat"), 0755));
+  base.push_back(TE::File("lib/x86_64-linux-gnu/libc.so.6",
+                          ReadHostFile("/lib/x86_64-linux-gnu/libc.so.6"), 0755));
+  base.push_back(
+      TE::File("lib64/ld-linux-x86-64.so.2", ReadHostFile("/lib64/ld-linux-x86-64.so.2"), 0755));
+  base.push_back(TE::File("etc/os-release", "ID=regfs-bench\n"));
+  // The bulk of the image: files the first command never reads.
+  std::vector<TE> data = {TE::Dir("data")};
+  constexpr uint64_t kFile = 4ull << 20;
+  for (uint64_t i = 0; i * kFile < (data_mib << 20); ++i) {
+    std::string bytes(kFile, '\0');
+    FillDeterministic(100 + i, 0,
+                      std::span<uint8_t>(reinterpret_cast<uint8_t*>(bytes.data()), bytes.size()));
+    data.push_back(TE::File("data/f" + std::to_string(i), std::move(bytes)));
+  }
+  ImageSpec spec;
+  spec.layers.push_back({base, Compression::kGzip});
+  spec.layers.push_back({data, Compression::kGzip, 0, 1});
+  spec.cmd = {"/bin/cat", "/etc/os-release"};
+  return spec;
+}
+
+class Bench {
+ public:
+  explicit Bench(TempDir* tmp) : tmp_(tmp) {}
+
+  // A fresh private podman configuration; with_store names the store.
+  std::string Configure(const std::string& name, const std::string& store_mnt) {
+    std::string base = tmp_->Sub(name);
+    mkdir(base.c_str(), 0700);
+    std::ofstream(base + "/storage.conf")
+        << "[storage]\ndriver = \"overlay\"\ngraphroot = \"" << base << "/graph\"\n"
+        << "runroot = \"" << base << "/run\"\n[storage.options]\n"
+        << (store_mnt.empty() ? "" : "additionallayerstores = [\"" + store_mnt + ":ref\"]\n");
+    std::ofstream(base + "/containers.conf")
+        << "[containers]\ndefault_ulimits = []\n[engine]\ncgroup_manager = \"cgroupfs\"\n"
+        << "events_logger = \"file\"\nevents_logfile_path = \"" << base << "/events.log\"\n"
+        << "tmp_dir = \"" << base << "/tmp\"\n";
+    roots_.push_back(name);
+    return name;
+  }
+
+  CommandResult Podman(const std::string& name, const std::string& args) {
+    std::string base = tmp_->Sub(name);
+    return RunShell("CONTAINERS_STORAGE_CONF=" + Quote(base + "/storage.conf") +
+                        " CONTAINERS_CONF=" + Quote(base + "/containers.conf") + " podman " + args,
+                    600);
+  }
+
+  // pull + run; seconds, or -1 on failure (printed).
+  double FirstCommand(const std::string& name, const std::string& ref) {
+    bool ok = true;
+    double t = TimeIt([&] {
+      CommandResult p = Podman(name, "pull -q --tls-verify=false " + ref);
+      CommandResult r = p.exit_code == 0
+                            ? Podman(name, "run --rm --runtime /usr/sbin/runc --network none " +
+                                               ref + " cat /etc/os-release")
+                            : p;
+      ok = r.exit_code == 0 && r.output == "ID=regfs-bench\n";
+      if (!ok) std::fprintf(stderr, "%s: %s\n", name.c_str(), r.output.c_str());
+    });
+    return ok ? t : -1;
+  }
+
+  ~Bench() {
+    for (const std::string& name : roots_) {
+      Podman(name, "rm -a -f");
+      Podman(name, "rmi -a -f");
+      RunShell("umount " + Quote(tmp_->Sub(name + "/graph/overlay")) + " 2>/dev/null");
+    }
+  }
+
+ private:
+  TempDir* tmp_;
+  std::vector<std::string> roots_;
+};
+
+struct Store {
+  std::string mnt;
+  bool ok = false;
+  Store(const std::string& m, const std::string& cache) : mnt(m) {
+    mkdir(mnt.c_str(), 0755);
+    CommandResult r =
+        RunCommand({RegfsBinary(), "store", "--tls-verify=false", "--cache-dir", cache, mnt});
+    ok = r.exit_code == 0;
+    if (!ok) std::fprintf(stderr, "regfs store: %s\n", r.output.c_str());
+  }
+  ~Store() {
+    if (ok) RunCommand({RegfsBinary(), "umount", mnt});
+  }
+};
+
+// The delaying proxy, killed on scope exit.
+struct Proxy {
+  pid_t pid = -1;
+  ~Proxy() {
+    if (pid > 0) {
+      kill(pid, SIGTERM);
+      waitpid(pid, nullptr, 0);
+    }
+  }
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  uint64_t data_mib = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 64;
+  int runs = argc > 2 ? std::atoi(argv[2]) : 3;
+  int rtt_ms = argc > 3 ? std::atoi(argv[3]) : 0;
+  std::string why = FuseUnavailableReason();
+  if (!why.empty()) {
+    std::fprintf(stderr, "store_bench needs FUSE: %s\n", why.c_str());
+    return 1;
+  }
+  if (RunShell("command -v podman && command -v /usr/sbin/runc").exit_code != 0) {
+    std::fprintf(stderr, "store_bench needs podman and /usr/sbin/runc\n");
+    return 1;
+  }
+  TestRegistry registry;
+  if (Status s = registry.Start(); !s.ok()) {
+    std::fprintf(stderr, "registry: %s\n", s.ToString().c_str());
+    return 1;
+  }
+  ImagePusher pusher(registry);
+  if (Status s = pusher.PushImage("bench/app", "v1", BuildImage(Spec(data_mib))); !s.ok()) {
+    std::fprintf(stderr, "push: %s\n", s.ToString().c_str());
+    return 1;
+  }
+  std::string ref = registry.Ref("bench/app", "v1");
+  Proxy proxy;
+  std::string profile = "loopback";
+  if (rtt_ms > 0) {
+    int port = registry.port() + 1;  // best effort: a free port next to the registry's
+    std::string here = __FILE__;
+    std::string script = here.substr(0, here.rfind('/')) + "/wan/delay_proxy.py";
+    proxy.pid = fork();
+    if (proxy.pid == 0) {
+      std::string listen = std::to_string(port), target = std::to_string(registry.port()),
+                  delay = std::to_string(rtt_ms / 2);
+      execlp("python3", "python3", script.c_str(), "--listen", listen.c_str(), "--target",
+             target.c_str(), "--delay-ms", delay.c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    sleep(1);
+    ref = "127.0.0.1:" + std::to_string(port) + "/bench/app:v1";
+    profile = "rtt" + std::to_string(rtt_ms) + "ms";
+  }
+  TempDir tmp("regfs-store-bench");
+  std::printf("store_bench: %llu MiB of data in a 2-layer image, %s, median of %d runs\n",
+              (unsigned long long)data_mib, profile.c_str(), runs);
+  std::vector<double> normal, cold, indexed;
+  for (int r = 0; r < runs; ++r) {
+    std::string n = std::to_string(r);
+    Bench bench(&tmp);
+    double t = bench.FirstCommand(bench.Configure("normal" + n, ""), ref);
+    if (t < 0) return 1;
+    normal.push_back(t);
+    std::string cache = tmp.Sub("cache" + n);
+    {
+      Store store(tmp.Sub("store-cold" + n), cache);
+      if (!store.ok) return 1;
+      t = bench.FirstCommand(bench.Configure("cold" + n, store.mnt), ref);
+      if (t < 0) return 1;
+      cold.push_back(t);
+      bench.Podman("cold" + n, "rm -a -f");
+      bench.Podman("cold" + n, "rmi -a -f");
+    }
+    // The indexes stay in the cache; the chunks go.
+    RunCommand({RegfsBinary(), "cache", "prune", "--cache-dir", cache, "--max-size", "0"});
+    {
+      Store store(tmp.Sub("store-idx" + n), cache);
+      if (!store.ok) return 1;
+      t = bench.FirstCommand(bench.Configure("idx" + n, store.mnt), ref);
+      if (t < 0) return 1;
+      indexed.push_back(t);
+      bench.Podman("idx" + n, "rm -a -f");
+      bench.Podman("idx" + n, "rmi -a -f");
+    }
+  }
+  double base = Median(normal);
+  Report("store_bench", profile + " normal pull+run", base, "s");
+  Report("store_bench", profile + " store cold pull+run", Median(cold), "s");
+  Report("store_bench", profile + " store with index pull+run", Median(indexed), "s");
+  Report("store_bench", profile + " cold / normal", Median(cold) / base, "x");
+  Report("store_bench", profile + " with index / normal (target <= 0.3)", Median(indexed) / base,
+         "x");
+  return 0;
+}
