@@ -256,7 +256,9 @@ Status LayerStore::Populate(uint32_t id) {
   std::unique_lock lock(mu_);
   if (id == 0 || id > layers_.size()) return Status::NotFound("no such layer");
   size_t i = id - 1;
-  if (layers_[i].state == Layer::State::kPending) {
+  // A failed build (the registry was unreachable, say) is tried again by the
+  // next lookup rather than leaving diff/ broken for the life of the store.
+  if (layers_[i].state == Layer::State::kPending || layers_[i].state == Layer::State::kFailed) {
     layers_[i].state = Layer::State::kBuilding;
     lock.unlock();
     BuildLayer(i);
