@@ -17,15 +17,13 @@
 
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
-#include <random>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "tests/support/bench_util.h"
 #include "tests/support/fuse_env.h"
 #include "tests/support/image_builder.h"
+#include "tests/support/podman_env.h"
 #include "tests/support/run_command.h"
 #include "tests/support/test_registry.h"
 
@@ -35,29 +33,8 @@ using TE = regfs::testing::TarEntry;
 
 namespace {
 
-std::string ReadHostFile(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-std::string Quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
 ImageSpec Spec(uint64_t data_mib) {
-  std::vector<TE> base;
-  for (const char* d : {"bin", "lib", "lib/x86_64-linux-gnu", "lib64", "etc"}) {
-    base.push_back(TE::Dir(d));
-  }
-  base.push_back(TE::File("bin/cat", ReadHostFile("/bin/cat"), 0755));
-  base.push_back(TE::File("lib/x86_64-linux-gnu/libc.so.6",
-                          ReadHostFile("/lib/x86_64-linux-gnu/libc.so.6"), 0755));
-  base.push_back(
-      TE::File("lib64/ld-linux-x86-64.so.2", ReadHostFile("/lib64/ld-linux-x86-64.so.2"), 0755));
+  std::vector<TE> base = HostCatEntries();
   base.push_back(TE::File("etc/os-release", "ID=regfs-bench\n"));
   // The bulk of the image: files the first command never reads.
   std::vector<TE> data = {TE::Dir("data")};
@@ -75,60 +52,21 @@ ImageSpec Spec(uint64_t data_mib) {
   return spec;
 }
 
-class Bench {
- public:
-  explicit Bench(TempDir* tmp) : tmp_(tmp) {}
-
-  // A fresh private podman configuration; with_store names the store.
-  std::string Configure(const std::string& name, const std::string& store_mnt) {
-    std::string base = tmp_->Sub(name);
-    mkdir(base.c_str(), 0700);
-    std::ofstream(base + "/storage.conf")
-        << "[storage]\ndriver = \"overlay\"\ngraphroot = \"" << base << "/graph\"\n"
-        << "runroot = \"" << base << "/run\"\n[storage.options]\n"
-        << (store_mnt.empty() ? "" : "additionallayerstores = [\"" + store_mnt + ":ref\"]\n");
-    std::ofstream(base + "/containers.conf")
-        << "[containers]\ndefault_ulimits = []\n[engine]\ncgroup_manager = \"cgroupfs\"\n"
-        << "events_logger = \"file\"\nevents_logfile_path = \"" << base << "/events.log\"\n"
-        << "tmp_dir = \"" << base << "/tmp\"\n";
-    roots_.push_back(name);
-    return name;
-  }
-
-  CommandResult Podman(const std::string& name, const std::string& args) {
-    std::string base = tmp_->Sub(name);
-    return RunShell("CONTAINERS_STORAGE_CONF=" + Quote(base + "/storage.conf") +
-                        " CONTAINERS_CONF=" + Quote(base + "/containers.conf") + " podman " + args,
-                    600);
-  }
-
-  // pull + run; seconds, or -1 on failure (printed).
-  double FirstCommand(const std::string& name, const std::string& ref) {
-    bool ok = true;
-    double t = TimeIt([&] {
-      CommandResult p = Podman(name, "pull -q --tls-verify=false " + ref);
-      CommandResult r = p.exit_code == 0
-                            ? Podman(name, "run --rm --runtime /usr/sbin/runc --network none " +
-                                               ref + " cat /etc/os-release")
-                            : p;
-      ok = r.exit_code == 0 && r.output == "ID=regfs-bench\n";
-      if (!ok) std::fprintf(stderr, "%s: %s\n", name.c_str(), r.output.c_str());
-    });
-    return ok ? t : -1;
-  }
-
-  ~Bench() {
-    for (const std::string& name : roots_) {
-      Podman(name, "rm -a -f");
-      Podman(name, "rmi -a -f");
-      RunShell("umount " + Quote(tmp_->Sub(name + "/graph/overlay")) + " 2>/dev/null");
-    }
-  }
-
- private:
-  TempDir* tmp_;
-  std::vector<std::string> roots_;
-};
+// pull + run; seconds, or -1 on failure (printed).
+double FirstCommand(const PodmanEnv& env, const std::string& ref) {
+  bool ok = true;
+  double t = TimeIt([&] {
+    CommandResult p = env.Run("pull -q --tls-verify=false " + ref, 600);
+    CommandResult r = p.exit_code == 0
+                          ? env.Run("run --rm --runtime /usr/sbin/runc --network none " + ref +
+                                        " cat /etc/os-release",
+                                    600)
+                          : p;
+    ok = r.exit_code == 0 && r.output == "ID=regfs-bench\n";
+    if (!ok) std::fprintf(stderr, "%s: %s\n", env.dir().c_str(), r.output.c_str());
+  });
+  return ok ? t : -1;
+}
 
 struct Store {
   std::string mnt;
@@ -167,7 +105,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "store_bench needs FUSE: %s\n", why.c_str());
     return 1;
   }
-  if (RunShell("command -v podman && command -v /usr/sbin/runc").exit_code != 0) {
+  if (!HavePodman()) {
     std::fprintf(stderr, "store_bench needs podman and /usr/sbin/runc\n");
     return 1;
   }
@@ -206,30 +144,25 @@ int main(int argc, char** argv) {
   std::vector<double> normal, cold, indexed;
   for (int r = 0; r < runs; ++r) {
     std::string n = std::to_string(r);
-    Bench bench(&tmp);
-    double t = bench.FirstCommand(bench.Configure("normal" + n, ""), ref);
+    double t = FirstCommand(PodmanEnv(tmp.Sub("normal" + n), ""), ref);
     if (t < 0) return 1;
     normal.push_back(t);
     std::string cache = tmp.Sub("cache" + n);
     {
       Store store(tmp.Sub("store-cold" + n), cache);
       if (!store.ok) return 1;
-      t = bench.FirstCommand(bench.Configure("cold" + n, store.mnt), ref);
+      t = FirstCommand(PodmanEnv(tmp.Sub("cold" + n), store.mnt), ref);
       if (t < 0) return 1;
       cold.push_back(t);
-      bench.Podman("cold" + n, "rm -a -f");
-      bench.Podman("cold" + n, "rmi -a -f");
     }
     // The indexes stay in the cache; the chunks go.
     RunCommand({RegfsBinary(), "cache", "prune", "--cache-dir", cache, "--max-size", "0"});
     {
       Store store(tmp.Sub("store-idx" + n), cache);
       if (!store.ok) return 1;
-      t = bench.FirstCommand(bench.Configure("idx" + n, store.mnt), ref);
+      t = FirstCommand(PodmanEnv(tmp.Sub("idx" + n), store.mnt), ref);
       if (t < 0) return 1;
       indexed.push_back(t);
-      bench.Podman("idx" + n, "rm -a -f");
-      bench.Podman("idx" + n, "rmi -a -f");
     }
   }
   double base = Median(normal);

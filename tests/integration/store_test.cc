@@ -21,6 +21,7 @@
 #include "tests/support/fd_count.h"
 #include "tests/support/fuse_env.h"
 #include "tests/support/image_builder.h"
+#include "tests/support/podman_env.h"
 #include "tests/support/rich_entries.h"
 #include "tests/support/run_command.h"
 #include "tests/support/status_matchers.h"
@@ -52,25 +53,6 @@ std::string Base64(std::string_view in) {
     out.push_back('=');
   }
   return out;
-}
-
-std::string Quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) {
-    if (c == '\'') {
-      q += "'\\''";
-    } else {
-      q.push_back(c);
-    }
-  }
-  return q + "'";
-}
-
-std::string ReadHostFile(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
 }
 
 int CountFds(int pid) {
@@ -115,12 +97,7 @@ class StoreTest : public FdCheckedTest {
 
   void TearDown() override {
     if (!registry_) return;
-    for (const std::string& root : roots_) {
-      Podman(root, "rm -a -f");
-      Podman(root, "rmi -a -f");
-      // containers/storage leaves its graph's overlay dir bind-mounted.
-      RunShell("umount " + Quote(dir_->Sub(root + "/graph/overlay")) + " 2>/dev/null");
-    }
+    envs_.clear();  // podman lets go of the store before it is unmounted
     if (IsMountPoint(mnt_)) {
       CommandResult r = RunCommand({REGFS_BINARY, "umount", mnt_});
       EXPECT_EQ(r.exit_code, 0) << r.output;
@@ -134,15 +111,8 @@ class StoreTest : public FdCheckedTest {
   // change. Layer 1: every entry type (devices, setuid, xattrs, hard links).
   // Layer 2: a deletion, an opaque directory, a replaced file.
   static ImageSpec Spec() {
-    std::vector<TE> base;
-    for (const char* d : {"bin", "lib", "lib/x86_64-linux-gnu", "lib64", "etc", "opq"}) {
-      base.push_back(TE::Dir(d));
-    }
-    base.push_back(TE::File("bin/cat", ReadHostFile("/bin/cat"), 0755));
-    base.push_back(TE::File("lib/x86_64-linux-gnu/libc.so.6",
-                            ReadHostFile("/lib/x86_64-linux-gnu/libc.so.6"), 0755));
-    base.push_back(
-        TE::File("lib64/ld-linux-x86-64.so.2", ReadHostFile("/lib64/ld-linux-x86-64.so.2"), 0755));
+    std::vector<TE> base = HostCatEntries();
+    base.push_back(TE::Dir("opq"));
     base.push_back(TE::File("etc/message", "from layer 0\n"));
     base.push_back(TE::File("etc/gone", "deleted by layer 2\n"));
     base.push_back(TE::File("opq/old", "hidden by the opaque dir\n"));
@@ -176,37 +146,14 @@ class StoreTest : public FdCheckedTest {
     ASSERT_TRUE(IsMountPoint(mnt_));
   }
 
-  // A private podman configuration under dir_/<root>: storage in the temp
-  // dir, with or without the store.
+  // A private podman configuration under dir_/<root>, with or without the
+  // store.
   void Configure(const std::string& root, bool with_store) {
-    roots_.push_back(root);
-    std::string base = dir_->Sub(root);
-    ASSERT_EQ(mkdir(base.c_str(), 0700), 0);
-    std::ofstream(base + "/storage.conf")
-        << "[storage]\n"
-        << "driver = \"overlay\"\n"
-        << "graphroot = \"" << base << "/graph\"\n"
-        << "runroot = \"" << base << "/run\"\n"
-        << "[storage.options]\n"
-        << (with_store ? "additionallayerstores = [\"" + mnt_ + ":ref\"]\n" : "");
-    std::ofstream(base + "/containers.conf")
-        << "[containers]\n"
-        << "default_ulimits = []\n"
-        << "[engine]\n"
-        << "cgroup_manager = \"cgroupfs\"\n"
-        << "events_logger = \"file\"\n"
-        << "events_logfile_path = \"" << base << "/events.log\"\n"
-        << "tmp_dir = \"" << base << "/tmp\"\n";
-    std::ofstream(base + "/registries.conf") << "unqualified-search-registries = []\n";
+    envs_[root] = std::make_unique<PodmanEnv>(dir_->Sub(root), with_store ? mnt_ : "");
   }
 
-  CommandResult Podman(const std::string& root, const std::string& args, int timeout_s = 180) {
-    std::string base = dir_->Sub(root);
-    return RunShell("CONTAINERS_STORAGE_CONF=" + Quote(base + "/storage.conf") +
-                        " CONTAINERS_CONF=" + Quote(base + "/containers.conf") +
-                        " CONTAINERS_REGISTRIES_CONF=" + Quote(base + "/registries.conf") +
-                        " podman " + args,
-                    timeout_s);
+  CommandResult Podman(const std::string& root, const std::string& args) {
+    return envs_.at(root)->Run(args, 180);
   }
 
   int LayerBlobGets() const {
@@ -229,16 +176,12 @@ class StoreTest : public FdCheckedTest {
     return s;
   }
 
-  bool HavePodman() {
-    return RunShell("command -v podman && command -v /usr/sbin/runc").exit_code == 0;
-  }
-
   std::unique_ptr<TestRegistry> registry_;
   BuiltImage image_;
   std::string ref_;
   std::unique_ptr<TempDir> dir_;
   std::string mnt_;
-  std::vector<std::string> roots_;
+  std::map<std::string, std::unique_ptr<PodmanEnv>> envs_;
 };
 
 TEST_F(StoreTest, ServesTheProtocolFiles) {
