@@ -94,6 +94,9 @@ std::string StatusJson(const ResolvedImage& img, CachedBlobSource* cached,
       if (idx[i].sequential_only) {
         ij["note"] = "single-frame zstd: reads decompress from the start of the layer";
       }
+      if (idx[i].raw_cached) {
+        ij["note"] = "single-frame zstd: the decompressed tar is kept in the cache (by diff_id)";
+      }
       if (!idx[i].error.empty()) ij["error"] = idx[i].error;
       lj["index"] = ij;
     }
@@ -230,10 +233,15 @@ int Serve(MountOptions mo, DaemonReady* ready) {
   in.config_bytes = img->config_bytes;
   in.index_bytes = img->index_bytes;
   in.layers = img->manifest.layers;
+  in.diff_ids = img->config.diff_ids;
   in.mtime_sec = ParseCreated(img->config_bytes);
   ImageFsOptions fso;
   fso.whiteouts = mo.overlay_whiteouts ? WhiteoutMode::kOverlay : WhiteoutMode::kAsInTar;
   fso.index_store = CacheIndexStore(cache->get());
+  ChunkCache* db = cache->get();
+  fso.make_cached = [db](BlobSource* upstream) -> std::unique_ptr<BlobSource> {
+    return std::make_unique<CachedBlobSource>(db, upstream);
+  };
   if (!ready) {  // -f: a progress line on the terminal
     fso.progress = [](const std::string& line) {
       std::fprintf(stderr, "\r\033[Kregfs: %s", line.c_str());
