@@ -37,6 +37,7 @@ set ylabel "seconds (log scale)"
 set grid ytics
 set key top right
 set xtics font ",8"
+set bmargin 5
 plot "$OUT/ttfr-plot.dat" using 2:xtic(1) title "cat rootfs/etc/os-release", \
      "" using 3 title "chroot rootfs /bin/sh -c true"
 GP
@@ -51,7 +52,7 @@ set title "Cold read of a 100 MiB blob over the link ($profile), 0.5 s moving av
 set xlabel "seconds from start (regfs: from the mount)"
 set ylabel "Mbit/s on the link"
 set grid
-set key bottom right
+set key top right
 plot "$f" index 0 using 2:3 with steps lw 2 title "curl", \
      "" index 1 using 2:3 with steps lw 2 title "regfs mount + cat"
 GP

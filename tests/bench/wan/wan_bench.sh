@@ -203,6 +203,7 @@ IN tc filter add dev lo parent 1: protocol ip prio 1 u32 match ip dport $PROXY_P
 # Scenario 1: cold sequential read, curl then regfs, with the link's counters
 # sampled every 100 ms (proxy trace) for the throughput plot.
 mark() { echo "$1 $(now)" >>"$WORK/marks"; }
+sleep 1
 mark curl-start
 t0=$(now)
 IN curl -fsS -o /dev/null "http://127.0.0.1:$PROXY_PORT/v2/bench/big/blobs/$BIG"
@@ -243,7 +244,7 @@ marks = dict((l.split()[0], float(l.split()[1])) for l in open(sys.argv[2]))
 print("# tool\tseconds_from_start\tMbit/s (profile %s)" % sys.argv[3])
 for tool in ("curl", "regfs"):
     s, e = marks[tool + "-start"], marks[tool + "-end"] + 0.2
-    pts = [p for p in trace if s - 0.6 <= p[0] <= e]
+    pts = [p for p in trace if s - 0.1 <= p[0] <= e]
     # Mbit/s over the 0.5 s before each sample (the proxy's counters advance
     # in bursts of its 256 KiB writes, so single 100 ms steps are jagged).
     j = 0
@@ -347,19 +348,28 @@ lat.sort()
 print("%.3f %.3f" % (lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]))
 PYEOF
 )
+settle
+b0=$(down_bytes)
 mount_regfs "$WORK/cache-rnd" bench/big:v1 "$WORK/m-rnd"
 read -r P50 P99 < <(IN "$PY" -c "$RANDREAD" "$WORK/m-rnd/blobs/$BIG" "$BIG_SIZE" "$RANDOM_READS")
 umount_regfs "$WORK/m-rnd"
-report "regfs cold random 4 KiB read p50" "$P50" "ms"
+settle
+b1=$(down_bytes)
+report "regfs cold random 4 KiB read p50" "$P50" "ms" "$RANDOM_READS reads"
 report "regfs cold random 4 KiB read p99" "$P99" "ms"
+report "regfs random reads: bytes over the link" "$((b1 - b0))" "B"
 mkdir -p "$WORK/h-rnd"
 MOUNTS+=("$WORK/h-rnd")
 if IN httpdirfs --single-file-mode "http://127.0.0.1:$PROXY_PORT/v2/bench/big/blobs/$BIG" \
   "$WORK/h-rnd" >"$WORK/httpdirfs.log" 2>&1; then
+  b0=$(down_bytes)
   read -r P50 P99 < <(IN "$PY" -c "$RANDREAD" "$WORK/h-rnd/$BIG" "$BIG_SIZE" "$RANDOM_READS")
   unmount_fuse "$WORK/h-rnd"
-  report "httpdirfs cold random 4 KiB read p50" "$P50" "ms"
+  settle
+  b1=$(down_bytes)
+  report "httpdirfs cold random 4 KiB read p50" "$P50" "ms" "$RANDOM_READS reads"
   report "httpdirfs cold random 4 KiB read p99" "$P99" "ms"
+  report "httpdirfs random reads: bytes over the link" "$((b1 - b0))" "B"
 else
   log "httpdirfs failed: $(tail -3 "$WORK/httpdirfs.log")"
 fi
