@@ -11,9 +11,13 @@ import json
 import sys
 
 
+def cell(s):
+    return str(s).replace("|", "\\|")
+
+
 def fmt(v):
     if isinstance(v, (int, float)):
-        if abs(v) >= 1e6:
+        if abs(v) >= 1e4:
             return "{:,.0f}".format(v)
         return "{:.4g}".format(v)
     return str(v)
@@ -39,8 +43,8 @@ def main():
         out.append("|---|---:|---|---|")
         for r in local:
             if r["bench"] == b:
-                out.append("| %s | %s | %s | %s |" % (r["name"], fmt(r["value"]), r["unit"],
-                                                      r.get("note", "")))
+                out.append("| %s | %s | %s | %s |" % (cell(r["name"]), fmt(r["value"]),
+                                                      r["unit"], cell(r.get("note", ""))))
         out.append("")
     if wan:
         profiles = []
@@ -60,8 +64,8 @@ def main():
         for n in names:
             cells = [fmt(val[(n, p)]["value"]) if (n, p) in val else "" for p in profiles]
             any_r = next(r for r in wan if r["name"] == n)
-            out.append("| %s | %s | %s | %s |" % (n, " | ".join(cells), any_r["unit"],
-                                                  any_r.get("note", "")))
+            out.append("| %s | %s | %s | %s |" % (cell(n), " | ".join(cells), any_r["unit"],
+                                                  cell(any_r.get("note", ""))))
         out.append("")
     print("\n".join(out))
 
