@@ -288,3 +288,42 @@ TEST_F(MountTest, MountHelperAndFstab) {
 
 }  // namespace
 }  // namespace regfs
+
+namespace regfs {
+namespace {
+
+TEST_F(MountTest, CacheStatsAndPrune) {
+  CommandResult m = Mount(registry_->Ref("test/app", "v1"));
+  ASSERT_EQ(m.exit_code, 0) << m.output;
+  CommandResult sums = RunShell("cat '" + mnt_ + "'/blobs/* > /dev/null && ls '" + mnt_ +
+                                "/rootfs' > /dev/null");
+  ASSERT_EQ(sums.exit_code, 0) << sums.output;
+  Umount();
+  auto stats = [&] {
+    CommandResult r = RunCommand({REGFS_BINARY, "cache", "stats", "--json", "--cache-dir", cache_});
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    auto j = nlohmann::json::parse(r.output, nullptr, false);
+    return j.is_discarded() ? nlohmann::json::object() : j;
+  };
+  nlohmann::json before = stats();
+  uint64_t blob_bytes = 0;
+  for (const auto& l : image_.layers) blob_bytes += l.descriptor.size;
+  // The three layer blobs, and the single-frame zstd layer's tar kept
+  // decompressed (under its diff_id) for random access.
+  EXPECT_GT(before.value("bytes", 0ull), blob_bytes) << before.dump();
+  EXPECT_EQ(before.value("completeBlobs", 0), 4) << before.dump();
+  EXPECT_EQ(before.value("layerIndexes", 0), 3) << before.dump();
+  EXPECT_GT(before.value("lastRunHits", 0), 0) << before.dump();
+  CommandResult p = RunCommand({REGFS_BINARY, "cache", "prune", "--max-size", "0", "--cache-dir",
+                                cache_});
+  EXPECT_EQ(p.exit_code, 0) << p.output;
+  nlohmann::json after = stats();
+  EXPECT_EQ(after.value("bytes", 1ull), 0u) << after.dump();
+  EXPECT_EQ(after.value("layerIndexes", 0), 3) << "indexes are kept: " << after.dump();
+  CommandResult bad = RunCommand({REGFS_BINARY, "cache", "prune", "--max-size", "lots",
+                                  "--cache-dir", cache_});
+  EXPECT_NE(bad.exit_code, 0);
+}
+
+}  // namespace
+}  // namespace regfs
