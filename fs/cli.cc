@@ -196,6 +196,10 @@ int RegfsMain(int argc, char** argv) {
       ->delimiter(',');
   mount->add_option("--log-file", mo.log_file, "where the background daemon logs");
   mount->add_flag("--fuse-debug", mo.fuse_debug, "libfuse request tracing");
+  mount->add_option("--readahead-threads", mo.readahead_threads,
+                    "threads reading blobs ahead of a sequential reader (0: only the cache's "
+                    "own read-ahead)")
+      ->check(CLI::Range(0, 16));
   std::string whiteouts = "tar";
   mount->add_option("--whiteouts", whiteouts,
                     "tar: show .wh. files as the layer has them; overlay: as overlayfs "

@@ -237,6 +237,7 @@ int Serve(MountOptions mo, DaemonReady* ready) {
   in.mtime_sec = ParseCreated(img->config_bytes);
   ImageFsOptions fso;
   fso.whiteouts = mo.overlay_whiteouts ? WhiteoutMode::kOverlay : WhiteoutMode::kAsInTar;
+  fso.readahead_threads = mo.readahead_threads;
   fso.index_store = CacheIndexStore(cache->get());
   ChunkCache* db = cache->get();
   fso.make_cached = [db](BlobSource* upstream) -> std::unique_ptr<BlobSource> {

@@ -25,6 +25,7 @@ struct MountOptions {
   bool foreground = false;
   bool fuse_debug = false;
   bool overlay_whiteouts = false;  // --whiteouts=overlay
+  int readahead_threads = 3;       // --readahead-threads: background read-ahead of blobs
   std::string log_file;
 };
 

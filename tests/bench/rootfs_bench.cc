@@ -63,7 +63,7 @@ nlohmann::json ReadStatusJson(const std::string& mnt) {
 
 int main(int argc, char** argv) {
   std::string l0 = argc > 2 ? argv[1] : "etc,usr/bin,usr/lib/os-release";
-  std::string l1 = argc > 2 ? argv[2] : "usr/lib/python3,usr/share/perl,usr/share/doc";
+  std::string l1 = argc > 2 ? argv[2] : "usr/lib/python3";
   std::string why = FuseUnavailableReason();
   if (!why.empty()) {
     std::fprintf(stderr, "rootfs_bench needs FUSE: %s\n", why.c_str());
