@@ -37,7 +37,7 @@ ImageFs::ImageFs(ImageFsInput input, BlobSource* blobs, std::function<std::strin
       index_source_(blobs, &cancelled_) {
   if (opts_.readahead_threads > 0) {
     prefetcher_ = std::make_unique<Prefetcher>(blobs_, opts_.readahead_threads,
-                                               opts_.readahead_job);
+                                               opts_.readahead_job, opts_.is_cached);
   }
   Build();
 }

@@ -62,6 +62,7 @@ struct LayerIndexStatus {
 
 struct ImageFsOptions {
   int readahead_threads = 3;
+  Prefetcher::CachedFn is_cached;           // skips read-ahead of cached bytes
   uint64_t readahead_job = 4ull << 20;      // one cache request each
   uint64_t readahead_max = 32ull << 20;     // the window grows up to this
   uint32_t uid = 0, gid = 0;                // owner of the synthetic files

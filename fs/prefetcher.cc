@@ -6,8 +6,8 @@
 
 namespace regfs {
 
-Prefetcher::Prefetcher(BlobSource* source, int threads, uint64_t job_size)
-    : source_(source), job_size_(job_size) {
+Prefetcher::Prefetcher(BlobSource* source, int threads, uint64_t job_size, CachedFn is_cached)
+    : source_(source), job_size_(job_size), is_cached_(std::move(is_cached)) {
   for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Run(); });
 }
 
@@ -43,6 +43,11 @@ uint64_t Prefetcher::jobs_done() const {
   return done_;
 }
 
+uint64_t Prefetcher::jobs_skipped() const {
+  std::lock_guard lock(mu_);
+  return skipped_;
+}
+
 void Prefetcher::Run() {
   std::vector<uint8_t> buf;
   for (;;) {
@@ -53,6 +58,12 @@ void Prefetcher::Run() {
       if (stop_) return;
       job = std::move(queue_.front());
       queue_.pop_front();
+    }
+    if (is_cached_ && is_cached_(job.blob, job.offset, job.len)) {
+      std::lock_guard lock(mu_);
+      pending_.erase({job.blob.digest, job.offset});
+      ++skipped_;
+      continue;
     }
     buf.resize(job.len);
     Status s = source_->ReadAt(job.blob, job.offset, buf);

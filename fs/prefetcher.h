@@ -10,6 +10,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <set>
 #include <string>
@@ -23,7 +24,10 @@ namespace regfs {
 
 class Prefetcher {
  public:
-  Prefetcher(BlobSource* source, int threads, uint64_t job_size);
+  // `is_cached(blob, offset, len)`, if given, lets a job whose bytes are all
+  // cached already be skipped instead of read through for nothing.
+  using CachedFn = std::function<bool(const BlobDescriptor&, uint64_t, uint64_t)>;
+  Prefetcher(BlobSource* source, int threads, uint64_t job_size, CachedFn is_cached = nullptr);
   ~Prefetcher();  // drops queued jobs, joins the threads
   Prefetcher(const Prefetcher&) = delete;
   Prefetcher& operator=(const Prefetcher&) = delete;
@@ -32,6 +36,7 @@ class Prefetcher {
   // aligned to job_size. Pieces already queued or running are skipped.
   void Enqueue(const BlobDescriptor& blob, uint64_t offset, uint64_t len);
   uint64_t jobs_done() const;
+  uint64_t jobs_skipped() const;
 
  private:
   struct Job {
@@ -43,6 +48,7 @@ class Prefetcher {
 
   BlobSource* source_;
   const uint64_t job_size_;
+  const CachedFn is_cached_;
   static constexpr size_t kMaxQueue = 256;
 
   mutable std::mutex mu_;  // guards everything below
@@ -51,6 +57,7 @@ class Prefetcher {
   std::set<std::pair<std::string, uint64_t>> pending_;  // (digest, offset) queued or running
   bool stop_ = false;
   uint64_t done_ = 0;
+  uint64_t skipped_ = 0;
   std::vector<std::thread> threads_;
 };
 
