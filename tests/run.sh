@@ -18,10 +18,17 @@ run_sanitized() {
   cmake -S "$ROOT" -B "$dir" -G Ninja -DREGFS_WERROR=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O1 -g1" \
     -DREGFS_BUILD_BENCH=OFF "$@" >/dev/null
-  local targets=()
+  local targets=() all
+  # Listed once into a variable: `ninja | grep -q` under pipefail fails when
+  # grep exits early and ninja gets SIGPIPE.
+  all=$(ninja -C "$dir" -t targets all)
   for t in "${SAN_TESTS[@]}"; do
-    if ninja -C "$dir" -t targets all | grep -q "^tests/$t:"; then targets+=("$t"); fi
+    if grep -q "^tests/$t:" <<<"$all"; then targets+=("$t"); fi
   done
+  if [[ ${#targets[@]} -ne ${#SAN_TESTS[@]} ]]; then
+    echo "tests/run.sh: sanitizer targets missing: have ${targets[*]}, want ${SAN_TESTS[*]}" >&2
+    exit 1
+  fi
   ninja -C "$dir" -j "$JOBS" "${targets[@]}"
   for t in "${targets[@]}"; do
     echo "== $dir: $t"
