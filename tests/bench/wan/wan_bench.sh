@@ -205,6 +205,18 @@ IN tc filter add dev lo parent 1: protocol ip prio 1 u32 match ip dport $PROXY_P
 # Scenario 1: cold sequential read, curl then regfs, with the link's counters
 # sampled every 100 ms (proxy trace) for the throughput plot.
 mark() { echo "$1 $(now)" >>"$WORK/marks"; }
+# Bytes the rate-limited class sent towards the clients, every 100 ms (what
+# left the shaper, unlike the proxy's counters, which include what is still in
+# socket buffers).
+sample_tc() {
+  while :; do
+    echo "$(now) $(IN tc -s class show dev lo classid 1:10 | awk '/Sent/ {print $2; exit}')"
+    sleep 0.1
+  done
+}
+sample_tc >"$WORK/tc.trace" &
+SAMPLER=$!
+PIDS+=($SAMPLER)
 sleep 1
 mark curl-start
 t0=$(now)
@@ -236,19 +248,20 @@ report "regfs cat alone (after the mount returned)" \
   "$(calc "$BIG_SIZE * 8 / ($t1 - $tm) / 1e6")" "Mbit/s"
 report "regfs cold read: bytes over the link / blob size" "$(calc "($b1 - $b0) / $BIG_SIZE")" "x"
 
-# Throughput over time for the plot: Mbit/s at each 100 ms sample (over the
-# preceding 0.5 s), time from each read's start.
-cp "$WORK/proxy.trace" "$OUT/proxy-trace-$NAME.txt"
-"$PY" - "$WORK/proxy.trace" "$WORK/marks" "$NAME" >"$OUT/throughput-$NAME.tsv" <<'PYEOF'
+# Throughput over time for the plot: Mbit/s leaving the shaper at each 100 ms
+# sample (over the preceding 0.5 s), time from each read's start.
+kill "$SAMPLER" 2>/dev/null
+"$PY" - "$WORK/tc.trace" "$WORK/marks" "$NAME" >"$OUT/throughput-$NAME.tsv" <<'PYEOF'
 import sys
-trace = [tuple(map(float, l.split()[:2])) for l in open(sys.argv[1]) if l.strip()]
+trace = [tuple(map(float, l.split()[:2])) for l in open(sys.argv[1])
+         if len(l.split()) >= 2]
 marks = dict((l.split()[0], float(l.split()[1])) for l in open(sys.argv[2]))
 print("# tool\tseconds_from_start\tMbit/s (profile %s)" % sys.argv[3])
 for tool in ("curl", "regfs"):
     s, e = marks[tool + "-start"], marks[tool + "-end"] + 0.2
     pts = [p for p in trace if s - 0.1 <= p[0] <= e]
-    # Mbit/s over the 0.5 s before each sample (the proxy's counters advance
-    # in bursts of its 256 KiB writes, so single 100 ms steps are jagged).
+    # Mbit/s over the 0.5 s before each sample (single 100 ms steps are
+    # jagged: the samples are not evenly spaced).
     j = 0
     for tb, bb in pts:
         if tb < s:
