@@ -30,7 +30,9 @@ while [[ $# -gt 0 ]]; do
   esac
   shift
 done
-BENCHES=(reader_bench cache_bench layer_bench mount_bench rootfs_bench)
+# Every tests/bench/*.cc is a benchmark program of the same name.
+BENCHES=()
+for src in tests/bench/*.cc; do BENCHES+=("$(basename "$src" .cc)"); done
 
 if ((BUILD)); then
   bash packaging/install-deps.sh >&2 || exit 1
