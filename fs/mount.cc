@@ -192,21 +192,35 @@ Result<ResolvedImage> RecallResolution(ChunkCache* db, const Reference& ref,
   return img;
 }
 
+}  // namespace
+
+int FailStartup(DaemonReady* ready, const std::string& what, const Status& s) {
+  std::string msg = what + ": " + s.ToString();
+  if (ready) {
+    ready->Send(msg);
+  } else {
+    std::fprintf(stderr, "regfs: %s\n", msg.c_str());
+  }
+  return 1;
+}
+
+Status CheckMountpoint(const std::string& path) {
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) return Status::NotFound(std::strerror(errno));
+  if (!S_ISDIR(st.st_mode)) return Status::InvalidArgument("not a directory");
+  return Status::Ok();
+}
+
+namespace {
+
 // Everything after the fork: resolve, mount, tell the parent, serve.
 int Serve(MountOptions mo, DaemonReady* ready) {
   auto fail = [&](const std::string& what, const Status& s) {
-    std::string msg = what + ": " + s.ToString();
-    if (ready) {
-      ready->Send(msg);
-    } else {
-      std::fprintf(stderr, "regfs: %s\n", msg.c_str());
-    }
-    return 1;
+    return FailStartup(ready, what, s);
   };
   auto start = std::chrono::steady_clock::now();
-  struct stat st;
-  if (stat(mo.mountpoint.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
-    return fail("mountpoint " + mo.mountpoint, Status::NotFound("not a directory"));
+  if (Status s = CheckMountpoint(mo.mountpoint); !s.ok()) {
+    return fail("mountpoint " + mo.mountpoint, s);
   }
   Result<Reference> ref = ParseReference(mo.ref);
   if (!ref.ok()) return fail(mo.ref, ref.status());

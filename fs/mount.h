@@ -52,6 +52,13 @@ class DaemonReady {
   virtual ~DaemonReady() = default;
   virtual void Send(const std::string& msg) = 0;
 };
+
+// Reports a startup failure: to the waiting parent through `ready`, or on
+// stderr in the foreground (ready == nullptr). Returns the exit status, 1.
+int FailStartup(DaemonReady* ready, const std::string& what, const Status& s);
+// OK when `path` is a directory to mount on.
+Status CheckMountpoint(const std::string& path);
+
 // Opens `log_file` (if any), then runs `serve` in the foreground (ready =
 // nullptr) or in a forked, detached child whose parent waits for the
 // readiness message, prints an error and exits 1 if it is not "OK".

@@ -341,17 +341,10 @@ int RunStore(MountOptions mo) {
   bool foreground = mo.foreground;
   return RunDaemon(log_file, foreground, [&](DaemonReady* ready) {
     auto fail = [&](const std::string& what, const Status& s) {
-      std::string msg = what + ": " + s.ToString();
-      if (ready) {
-        ready->Send(msg);
-      } else {
-        std::fprintf(stderr, "regfs: %s\n", msg.c_str());
-      }
-      return 1;
+      return FailStartup(ready, what, s);
     };
-    struct stat st;
-    if (stat(mo.mountpoint.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
-      return fail("mountpoint " + mo.mountpoint, Status::NotFound("not a directory"));
+    if (Status s = CheckMountpoint(mo.mountpoint); !s.ok()) {
+      return fail("mountpoint " + mo.mountpoint, s);
     }
     Result<std::unique_ptr<ChunkCache>> cache = OpenCache(mo.common);
     if (!cache.ok()) return fail("cannot open the cache", cache.status());
