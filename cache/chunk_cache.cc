@@ -689,18 +689,23 @@ Result<BlobCacheState> ChunkCache::GetBlobState(std::string_view digest) {
   return s;
 }
 
-Status ChunkCache::PutLayerIndex(std::string_view layer_digest, std::string_view format,
-                                 std::string_view bytes) {
+Status ChunkCache::PutKeyedRow(const char* sql, std::string_view key, std::string_view tag,
+                               std::string_view bytes) {
   if (!writable_) return Status::IoError("chunk cache is not writable");
   std::lock_guard<std::mutex> lock(write_mu_);
   sqlite3* db = writer_->db.get();
   ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db, Transaction::Kind::kImmediate));
-  ASSIGN_OR_RETURN(Stmt q, Stmt::Prepare(db,
-                                         "INSERT OR REPLACE INTO layer_indexes"
-                                         "(digest, format, data, created) VALUES (?, ?, ?, ?)"));
+  ASSIGN_OR_RETURN(Stmt q, Stmt::Prepare(db, sql));
   RETURN_IF_ERROR(
-      q.Bind(1, layer_digest).Bind(2, format).BindBlob(3, AsBytes(bytes)).Bind(4, WallMicros()).Run());
+      q.Bind(1, key).Bind(2, tag).BindBlob(3, AsBytes(bytes)).Bind(4, WallMicros()).Run());
   return txn.Commit();
+}
+
+Status ChunkCache::PutLayerIndex(std::string_view layer_digest, std::string_view format,
+                                 std::string_view bytes) {
+  return PutKeyedRow(
+      "INSERT OR REPLACE INTO layer_indexes(digest, format, data, created) VALUES (?, ?, ?, ?)",
+      layer_digest, format, bytes);
 }
 
 Result<std::optional<std::string>> ChunkCache::GetLayerIndex(std::string_view layer_digest,
@@ -722,19 +727,9 @@ Result<std::optional<std::string>> ChunkCache::GetLayerIndex(std::string_view la
 
 Status ChunkCache::PutManifest(std::string_view digest, std::string_view media_type,
                                std::string_view bytes) {
-  if (!writable_) return Status::IoError("chunk cache is not writable");
-  std::lock_guard<std::mutex> lock(write_mu_);
-  sqlite3* db = writer_->db.get();
-  ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db, Transaction::Kind::kImmediate));
-  ASSIGN_OR_RETURN(Stmt q, Stmt::Prepare(db,
-                                         "INSERT OR REPLACE INTO manifests"
-                                         "(digest, media_type, data, created) VALUES (?, ?, ?, ?)"));
-  RETURN_IF_ERROR(q.Bind(1, digest)
-                      .Bind(2, media_type)
-                      .BindBlob(3, AsBytes(bytes))
-                      .Bind(4, WallMicros())
-                      .Run());
-  return txn.Commit();
+  return PutKeyedRow(
+      "INSERT OR REPLACE INTO manifests(digest, media_type, data, created) VALUES (?, ?, ?, ?)",
+      digest, media_type, bytes);
 }
 
 Result<std::optional<StoredManifest>> ChunkCache::GetManifest(std::string_view digest) {

@@ -198,6 +198,9 @@ class ChunkCache {
   Status DropChunk(int64_t chunk_id);
   void FlusherLoop();
   Status PersistRunStats();
+  // One row (key, tag, bytes, now) of a small keyed table, replacing.
+  Status PutKeyedRow(const char* sql, std::string_view key, std::string_view tag,
+                     std::string_view bytes);
 
   const CacheOptions options_;
   std::string db_path_;
