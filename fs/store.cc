@@ -9,6 +9,7 @@
 
 #include "fs/layer_tree.h"
 #include "reader/base/log.h"
+#include "reader/base/base64.h"
 #include "reader/image/manifest.h"
 #include "reader/image/reference.h"
 #include "reader/layer/index_builder.h"
@@ -35,41 +36,6 @@ Node DirNode() {
 }
 
 }  // namespace
-
-std::optional<std::string> DecodeBase64(std::string_view text) {
-  static const std::array<int8_t, 256> kValue = [] {
-    std::array<int8_t, 256> v;
-    v.fill(-1);
-    const char* alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    for (int i = 0; i < 64; ++i) v[static_cast<uint8_t>(alphabet[i])] = static_cast<int8_t>(i);
-    return v;
-  }();
-  if (text.empty() || text.size() % 4 != 0) return std::nullopt;
-  std::string out;
-  out.reserve(text.size() / 4 * 3);
-  for (size_t i = 0; i < text.size(); i += 4) {
-    uint32_t acc = 0;
-    int pad = 0;
-    for (size_t k = 0; k < 4; ++k) {
-      char c = text[i + k];
-      if (c == '=') {
-        // Padding only in the last group's last one or two places.
-        if (i + 4 != text.size() || k < 2) return std::nullopt;
-        ++pad;
-        acc <<= 6;
-        continue;
-      }
-      if (pad > 0) return std::nullopt;
-      int8_t v = kValue[static_cast<uint8_t>(c)];
-      if (v < 0) return std::nullopt;
-      acc = (acc << 6) | static_cast<uint32_t>(v);
-    }
-    out.push_back(static_cast<char>((acc >> 16) & 0xff));
-    if (pad < 2) out.push_back(static_cast<char>((acc >> 8) & 0xff));
-    if (pad < 1) out.push_back(static_cast<char>(acc & 0xff));
-  }
-  return out;
-}
 
 LayerStore::LayerStore(ChunkCache* cache, CommonOptions common, IndexStore index_store)
     : cache_(cache), common_(std::move(common)), index_store_(std::move(index_store)) {
@@ -117,7 +83,7 @@ Status LayerStore::LookupMiss(Ino parent, std::string_view name, bool* cache_neg
 Status LayerStore::AddImage(std::string_view name, bool* cache_negative) {
   std::lock_guard resolve_lock(resolve_mu_);
   if (tree_.Lookup(kRootIno, name).ok()) return Status::Ok();  // another thread added it
-  std::optional<std::string> text = DecodeBase64(name);
+  std::optional<std::string> text = Base64DecodeStrict(name);
   if (!text) return Status::NotFound("not base64");
   Result<Reference> ref = ParseReference(*text);
   if (!ref.ok()) return Status::NotFound("not a reference");

@@ -42,8 +42,6 @@
 
 namespace regfs {
 
-// Standard base64 with padding -> bytes; nullopt if malformed.
-std::optional<std::string> DecodeBase64(std::string_view text);
 
 struct StoreCounters {
   uint64_t images = 0;    // references resolved

@@ -1,4 +1,5 @@
 #include "reader/http/auth.h"
+#include "reader/base/base64.h"
 
 #include <openssl/evp.h>
 
@@ -32,15 +33,6 @@ std::string PercentEncode(std::string_view s) {
       out += kHex[c & 15];
     }
   }
-  return out;
-}
-
-std::string Base64(std::string_view in) {
-  std::string out(4 * ((in.size() + 2) / 3) + 1, '\0');
-  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                          reinterpret_cast<const unsigned char*>(in.data()),
-                          static_cast<int>(in.size()));
-  out.resize(n < 0 ? 0 : static_cast<size_t>(n));
   return out;
 }
 
@@ -89,7 +81,7 @@ std::vector<AuthChallenge> ParseWwwAuthenticate(std::string_view v) {
 }
 
 std::string BasicAuthorization(const Credentials& creds) {
-  return "Basic " + Base64(creds.username + ":" + creds.password);
+  return "Basic " + Base64Encode(creds.username + ":" + creds.password);
 }
 
 Authenticator::Authenticator(HttpClient* http, std::optional<Credentials> creds, bool verify_tls)

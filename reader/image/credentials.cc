@@ -2,6 +2,7 @@
 // as child processes with their stdio on pipes; the child is always reaped,
 // killed first when it outlives the timeout.
 #include "reader/image/credentials.h"
+#include "reader/base/base64.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -101,32 +102,6 @@ std::string Env(const char* name) {
   return v ? v : "";
 }
 
-Result<std::string> Base64Decode(std::string_view in) {
-  auto val = [](char c) -> int {
-    if (c >= 'A' && c <= 'Z') return c - 'A';
-    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-    if (c >= '0' && c <= '9') return c - '0' + 52;
-    if (c == '+' || c == '-') return 62;
-    if (c == '/' || c == '_') return 63;
-    return -1;
-  };
-  std::string out;
-  uint32_t acc = 0;
-  int bits = 0;
-  for (char c : in) {
-    if (c == '=' || c == '\n' || c == '\r') continue;
-    int v = val(c);
-    if (v < 0) return Status::InvalidArgument("invalid base64 in 'auth'");
-    acc = (acc << 6) | static_cast<uint32_t>(v);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out.push_back(static_cast<char>((acc >> bits) & 0xff));
-    }
-  }
-  return out;
-}
-
 // "https://host/v1/" -> "host"; "host" -> "host".
 std::string NormalizeKey(std::string_view key) {
   if (key.starts_with("https://")) {
@@ -199,7 +174,7 @@ Result<std::optional<Credentials>> ParseAuthEntry(const json& e, const std::stri
   std::string auth = str("auth");
   if (!auth.empty()) {
     auto decoded = Base64Decode(auth);
-    if (!decoded.ok()) return Status::InvalidArgument(source + ": " + decoded.status().message());
+    if (!decoded) return Status::InvalidArgument(source + ": invalid base64 in 'auth'");
     size_t colon = decoded->find(':');
     if (colon == std::string::npos) {
       return Status::InvalidArgument(source + ": 'auth' does not decode to user:password");

@@ -1,4 +1,5 @@
 #include "tests/support/fault_server.h"
+#include "reader/base/base64.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -38,15 +39,6 @@ std::string Trim(const std::string& s) {
   if (a == std::string::npos) return "";
   size_t b = s.find_last_not_of(" \t\r\n");
   return s.substr(a, b - a + 1);
-}
-
-std::string Base64(const std::string& in) {
-  std::string out(4 * ((in.size() + 2) / 3) + 1, '\0');
-  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                          reinterpret_cast<const unsigned char*>(in.data()),
-                          static_cast<int>(in.size()));
-  out.resize(n < 0 ? 0 : static_cast<size_t>(n));
-  return out;
 }
 
 bool SendAll(int fd, const char* p, size_t n) {
@@ -583,12 +575,12 @@ void FaultServer::RequireBearer(int expires_in_s, std::chrono::milliseconds vali
 
 void FaultServer::RequireBasicForToken(const std::string& user, const std::string& password) {
   std::lock_guard<std::mutex> lock(mu_);
-  token_basic_ = "Basic " + Base64(user + ":" + password);
+  token_basic_ = "Basic " + Base64Encode(user + ":" + password);
 }
 
 void FaultServer::RequireBasic(const std::string& user, const std::string& password) {
   std::lock_guard<std::mutex> lock(mu_);
-  basic_ = "Basic " + Base64(user + ":" + password);
+  basic_ = "Basic " + Base64Encode(user + ":" + password);
 }
 
 void FaultServer::ExpireTokens() {

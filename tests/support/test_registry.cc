@@ -31,6 +31,7 @@
 #include <sstream>
 
 #include "reader/base/digest.h"
+#include "reader/base/base64.h"
 
 extern char** environ;
 
@@ -79,63 +80,6 @@ struct SpawnActions {
 };
 
 // ---- encodings -------------------------------------------------------------
-
-std::string Base64(std::string_view in, bool url) {
-  static const char kStd[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  static const char kUrl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-  const char* tbl = url ? kUrl : kStd;
-  std::string out;
-  size_t i = 0;
-  while (i + 2 < in.size()) {
-    uint32_t v = (uint8_t(in[i]) << 16) | (uint8_t(in[i + 1]) << 8) | uint8_t(in[i + 2]);
-    out += tbl[(v >> 18) & 63];
-    out += tbl[(v >> 12) & 63];
-    out += tbl[(v >> 6) & 63];
-    out += tbl[v & 63];
-    i += 3;
-  }
-  if (i + 1 == in.size()) {
-    uint32_t v = uint8_t(in[i]) << 16;
-    out += tbl[(v >> 18) & 63];
-    out += tbl[(v >> 12) & 63];
-    if (!url) out += "==";
-  } else if (i + 2 == in.size()) {
-    uint32_t v = (uint8_t(in[i]) << 16) | (uint8_t(in[i + 1]) << 8);
-    out += tbl[(v >> 18) & 63];
-    out += tbl[(v >> 12) & 63];
-    out += tbl[(v >> 6) & 63];
-    if (!url) out += "=";
-  }
-  return out;
-}
-
-std::string Base64Decode(std::string_view in) {
-  std::string out;
-  uint32_t acc = 0;
-  int bits = 0;
-  for (char c : in) {
-    int v;
-    if (c >= 'A' && c <= 'Z')
-      v = c - 'A';
-    else if (c >= 'a' && c <= 'z')
-      v = c - 'a' + 26;
-    else if (c >= '0' && c <= '9')
-      v = c - '0' + 52;
-    else if (c == '+' || c == '-')
-      v = 62;
-    else if (c == '/' || c == '_')
-      v = 63;
-    else
-      continue;
-    acc = (acc << 6) | static_cast<uint32_t>(v);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out.push_back(static_cast<char>((acc >> bits) & 0xff));
-    }
-  }
-  return out;
-}
 
 std::string UrlDecode(std::string_view s) {
   std::string out;
@@ -264,7 +208,7 @@ Status TokenServer::Start(const std::string& cert_path) {
     unsigned char* der = nullptr;
     int der_len = i2d_X509(x, &der);
     if (der_len <= 0) return Status::IoError("i2d_X509 failed");
-    keys->cert_der_b64 = Base64(std::string_view(reinterpret_cast<char*>(der), der_len), false);
+    keys->cert_der_b64 = Base64Encode(std::string_view(reinterpret_cast<char*>(der), der_len));
     OPENSSL_free(der);
     std::unique_ptr<BIO, BioFree> bio(BIO_new(BIO_s_mem()));
     PEM_write_bio_X509(bio.get(), x);
@@ -355,7 +299,7 @@ Result<std::string> TokenServer::IssueToken(const std::string& subject,
                  {"aud", service_},      {"iat", now},
                  {"nbf", now - 10},      {"exp", now + lifetime_s_.load() + exp_skew_s_.load()},
                  {"jti", RandomHex(12)}, {"access", access}};
-  std::string signing_input = Base64(header.dump(), true) + "." + Base64(claims.dump(), true);
+  std::string signing_input = Base64Encode(header.dump(), true) + "." + Base64Encode(claims.dump(), true);
   std::unique_ptr<EVP_MD_CTX, MdCtxFree> md(EVP_MD_CTX_new());
   size_t sig_len = 0;
   if (!md || EVP_DigestSignInit(md.get(), nullptr, EVP_sha256(), nullptr, keys_->key.get()) != 1 ||
@@ -372,7 +316,7 @@ Result<std::string> TokenServer::IssueToken(const std::string& subject,
   }
   sig.resize(sig_len);
   ++tokens_issued_;
-  return signing_input + "." + Base64(sig, true);
+  return signing_input + "." + Base64Encode(sig, true);
 }
 
 void TokenServer::HandleConnection(int fd) {
@@ -463,7 +407,7 @@ void TokenServer::HandleConnection(int fd) {
       std::string v = h.substr(colon + 1);
       while (!v.empty() && v.front() == ' ') v.erase(0, 1);
       if (v.rfind("Basic ", 0) == 0) {
-        std::string dec = Base64Decode(v.substr(6));
+        std::string dec = Base64Decode(v.substr(6)).value_or("");
         size_t c = dec.find(':');
         if (c != std::string::npos) {
           user = dec.substr(0, c);
