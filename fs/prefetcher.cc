@@ -38,16 +38,6 @@ void Prefetcher::Enqueue(const BlobDescriptor& blob, uint64_t offset, uint64_t l
   if (added) cv_.notify_all();
 }
 
-uint64_t Prefetcher::jobs_done() const {
-  std::lock_guard lock(mu_);
-  return done_;
-}
-
-uint64_t Prefetcher::jobs_skipped() const {
-  std::lock_guard lock(mu_);
-  return skipped_;
-}
-
 void Prefetcher::Run() {
   std::vector<uint8_t> buf;
   for (;;) {
@@ -62,7 +52,6 @@ void Prefetcher::Run() {
     if (is_cached_ && is_cached_(job.blob, job.offset, job.len)) {
       std::lock_guard lock(mu_);
       pending_.erase({job.blob.digest, job.offset});
-      ++skipped_;
       continue;
     }
     buf.resize(job.len);
@@ -73,7 +62,6 @@ void Prefetcher::Run() {
     }
     std::lock_guard lock(mu_);
     pending_.erase({job.blob.digest, job.offset});
-    ++done_;
   }
 }
 

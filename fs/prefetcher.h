@@ -35,8 +35,6 @@ class Prefetcher {
   // Queues [offset, offset + len) of `blob`, split into job_size pieces
   // aligned to job_size. Pieces already queued or running are skipped.
   void Enqueue(const BlobDescriptor& blob, uint64_t offset, uint64_t len);
-  uint64_t jobs_done() const;
-  uint64_t jobs_skipped() const;
 
  private:
   struct Job {
@@ -56,8 +54,6 @@ class Prefetcher {
   std::deque<Job> queue_;
   std::set<std::pair<std::string, uint64_t>> pending_;  // (digest, offset) queued or running
   bool stop_ = false;
-  uint64_t done_ = 0;
-  uint64_t skipped_ = 0;
   std::vector<std::thread> threads_;
 };
 

@@ -171,14 +171,6 @@ void Tree::SetTimesAndOwner(Ino ino, int64_t mtime_sec, uint32_t uid, uint32_t g
   nodes_[ino].gid = gid;
 }
 
-void Tree::Mutate(const std::function<void(Tree&)>& fn) {
-  // Callers use the public Add* methods inside fn, which lock themselves:
-  // Mutate only serialises whole subtrees against each other.
-  static std::mutex mutate_mu;
-  std::lock_guard lock(mutate_mu);
-  fn(*this);
-}
-
 Result<Ino> Tree::LookupLocked(Ino parent, std::string_view name) const {
   if (parent == 0 || parent >= nodes_.size()) return Status::NotFound("no such inode");
   const Packed& p = nodes_[parent];

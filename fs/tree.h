@@ -98,8 +98,6 @@ class Tree {
   void ClearPending(Ino dir);
   // Replaces a node's attributes, keeping its type bits and link count.
   void SetTimesAndOwner(Ino ino, int64_t mtime_sec, uint32_t uid, uint32_t gid);
-  // Runs `fn` with exclusive access, for bulk adds of a whole subtree.
-  void Mutate(const std::function<void(Tree&)>& fn);
 
   // Queries (shared lock inside).
   Result<Ino> Lookup(Ino parent, std::string_view name) const;
