@@ -7,7 +7,8 @@
 # benchmark programs (in $BUILD_DIR, default build-bench), runs every
 # tests/bench/*.cc program on loopback and, with --wan, the WAN scenarios of
 # tests/bench/wan/wan_bench.sh over two emulated links (20 ms RTT / 200 Mbit/s
-# and 80 ms RTT / 50 Mbit/s) and draws their plots. Results go to DIR
+# and 80 ms RTT / 50 Mbit/s; among them store_bench's podman pull + run, normal
+# and through `regfs store`) and draws their plots. Results go to DIR
 # (default $BUILD_DIR/bench-results/<UTC time>): results.jsonl (one JSON object
 # per figure), results.md (the Markdown tables, also printed), one .txt per
 # program, and with --wan ttfr.png and throughput-*.png.

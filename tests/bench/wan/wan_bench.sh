@@ -13,14 +13,18 @@
 # time to first `cat rootfs/etc/os-release` and to `chroot rootfs /bin/sh -c
 # true` for skopeo copy + umoci unpack, regfs cold and regfs with the index
 # present, with the bytes each moved over the link; cold random 4 KiB read
-# latency, regfs vs httpdirfs.
+# latency, regfs vs httpdirfs; `podman pull` + `run` of a ~150 MiB image,
+# normal and through `regfs store` (store_bench, next to REGFS in the build
+# tree or $STORE_BENCH; WAN_STORE_MIB, WAN_STORE_RUNS; skipped without
+# podman).
 #
 # Writes OUTDIR/results.jsonl (one JSON object per figure), OUTDIR/ttfr.tsv
 # and OUTDIR/throughput-NAME.tsv (inputs of plots.sh), and prints each figure.
 # Everything it starts (namespace, processes, mounts, temp files) is removed on
 # exit, also on failure or interrupt. Needs root, FUSE, iproute2 (ip, tc,
-# nsenter), docker-registry, skopeo, umoci, httpdirfs, curl, python3 and a
-# static busybox (busybox-static) for the image's /bin/sh.
+# nsenter), docker-registry, skopeo, umoci, httpdirfs, curl, python3, a
+# static busybox (busybox-static) for the image's /bin/sh, and for the store
+# scenario podman and runc.
 set -euo pipefail
 
 NAME=${1:?profile name}
@@ -53,6 +57,9 @@ cleanup() {
         fusermount3 -uz "$m"
     fi
   done
+  # What an interrupted store scenario leaves under WORK (the store's FUSE
+  # mounts, podman's overlays), deepest first.
+  findmnt -rn -o TARGET | grep "^$WORK/" | sort -r | while read -r m; do umount -l "$m"; done
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
   if ip netns list | grep -qw "$NS"; then
@@ -389,5 +396,37 @@ if IN httpdirfs --single-file-mode "http://127.0.0.1:$PROXY_PORT/v2/bench/big/bl
 else
   log "httpdirfs failed: $(tail -3 "$WORK/httpdirfs.log")"
 fi
+
+# Scenario 4 (issue 8): time to a container's first command, `podman pull` +
+# `podman run ... cat /etc/os-release`, normal vs through `regfs store` (cold,
+# and with the layer indexes present), all over the link: store_bench runs in
+# the namespace, pushes its image to the registry directly, and podman and
+# the store daemon pull through the proxy.
+STORE_BENCH=${STORE_BENCH:-$(dirname "$REGFS")/../tests/store_bench}
+if [[ -x $STORE_BENCH ]] && command -v podman >/dev/null; then
+  log "podman pull + run, normal and through regfs store"
+  if ! IN env REGFS_BINARY="$REGFS" REGFS_BENCH_JSON="$WORK/store.jsonl" "$STORE_BENCH" \
+    "${WAN_STORE_MIB:-384}" "${WAN_STORE_RUNS:-1}" --registry "$REG" \
+    --pull "127.0.0.1:$PROXY_PORT" --profile "$NAME" --link-stats "$WORK/proxy.stats" \
+    --work-dir "$WORK" >"$WORK/store.txt"; then
+    cat "$WORK/store.txt"
+    exit 1
+  fi
+  grep -E '^store_bench|^  run ' "$WORK/store.txt" | sed 's/^/  /'
+  while IFS=$'\t' read -r n v u; do
+    note=""
+    [[ $n == *"(target <= 0.3)" ]] && n=${n% (target <= 0.3)} && note="target <= 0.3"
+    report "podman store: $n" "$v" "$u" "$note"
+  done < <("$PY" -c '
+import json, sys
+for l in open(sys.argv[1]):
+    r = json.loads(l)
+    v = "%d" % r["value"] if r["unit"] == "B" else "%.4g" % r["value"]
+    print("%s\t%s\t%s" % (r["name"].split(" ", 1)[1], v, r["unit"]))
+' "$WORK/store.jsonl")
+else
+  log "skipping the podman store scenario: needs podman and $STORE_BENCH"
+fi
+
 IN tc -s qdisc show dev lo | grep -A1 'tbf 10:' | tail -1 | sed 's/^/  tc tbf (down): /'
 log "done"
