@@ -2,8 +2,11 @@
 
 #include <algorithm>
 #include <condition_variable>
-#include <cstring>
 #include <cstdint>
+#include <cstring>
+#include <memory>
+#include <utility>
+#include <vector>
 
 #include "reader/base/digest.h"
 #include "reader/base/log.h"
@@ -11,7 +14,56 @@
 namespace regfs {
 namespace {
 constexpr size_t kMaxSequentialPasses = 256;
+constexpr size_t kMaxPooledBuffers = 4;
+
+// A fetch buffer. Its bytes start uninitialised (new[] without "()"): they
+// are always filled by the upstream before anyone reads them.
+struct FetchBuf {
+  std::unique_ptr<uint8_t[]> bytes;
+  size_t capacity = 0;
+  size_t size = 0;
+  uint8_t* data() { return bytes.get(); }
+  const uint8_t* data() const { return bytes.get(); }
+  void Resize(size_t n) {
+    if (n > capacity) {
+      bytes.reset(new uint8_t[n]);
+      capacity = n;
+    }
+    size = n;
+  }
+};
+
 }  // namespace
+
+class CachedBlobSource::BufferPool : public std::enable_shared_from_this<BufferPool> {
+ public:
+  // A buffer of `n` bytes (contents undefined), back to the pool when the
+  // last reference goes.
+  std::shared_ptr<FetchBuf> Get(size_t n) {
+    std::unique_ptr<FetchBuf> b;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!free_.empty()) {
+        b = std::move(free_.back());
+        free_.pop_back();
+      }
+    }
+    if (!b) b = std::make_unique<FetchBuf>();
+    b->Resize(n);
+    return std::shared_ptr<FetchBuf>(b.release(), [pool = shared_from_this()](FetchBuf* p) {
+      pool->Put(std::unique_ptr<FetchBuf>(p));
+    });
+  }
+
+ private:
+  void Put(std::unique_ptr<FetchBuf> b) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (free_.size() < kMaxPooledBuffers) free_.push_back(std::move(b));
+  }
+
+  std::mutex mu_;
+  std::vector<std::unique_ptr<FetchBuf>> free_;
+};
 
 // One upstream fetch of one chunk that other readers may wait for.
 struct CachedBlobSource::Flight {
@@ -19,11 +71,11 @@ struct CachedBlobSource::Flight {
   std::condition_variable cv;
   bool done = false;
   Status status;
-  std::shared_ptr<const std::vector<uint8_t>> buf;
+  std::shared_ptr<const FetchBuf> buf;
   size_t offset = 0;  // of this chunk in buf
   size_t len = 0;
 
-  void Finish(Status st, std::shared_ptr<const std::vector<uint8_t>> b, size_t off, size_t n) {
+  void Finish(Status st, std::shared_ptr<const FetchBuf> b, size_t off, size_t n) {
     {
       std::lock_guard<std::mutex> lock(mu);
       status = std::move(st);
@@ -55,7 +107,10 @@ struct CachedBlobSource::SeqHash {
 
 CachedBlobSource::CachedBlobSource(ChunkCache* cache, BlobSource* upstream,
                                    CachedSourceOptions options)
-    : cache_(cache), upstream_(upstream), options_(options) {}
+    : cache_(cache),
+      upstream_(upstream),
+      options_(options),
+      buffers_(std::make_shared<BufferPool>()) {}
 
 CachedBlobSource::~CachedBlobSource() = default;
 
@@ -247,14 +302,15 @@ Status CachedBlobSource::FetchRun(const BlobDescriptor& blob, uint64_t first, ui
   const uint64_t cs = cache_->chunk_size();
   const uint64_t start = first * cs;
   const uint64_t end = std::min((last + 1) * cs, blob.size);
-  auto buf = std::make_shared<std::vector<uint8_t>>(end - start);
-  Status st = upstream_->ReadAt(blob, start, *buf);
-  Count(blob.digest, 0, 0, 1, st.ok() ? buf->size() : 0);
-  if (st.ok()) st = CheckChunkHashes(blob, first, *buf);
+  std::shared_ptr<FetchBuf> buf = buffers_->Get(end - start);
+  Status st = upstream_->ReadAt(blob, start, {buf->data(), buf->size});
+  Count(blob.digest, 0, 0, 1, st.ok() ? buf->size : 0);
+  const std::span<const uint8_t> bytes(buf->data(), buf->size);
+  if (st.ok()) st = CheckChunkHashes(blob, first, bytes);
   if (st.ok()) {
     // A cache that cannot store (full disk, read-only) has logged why; the
     // bytes are still served from memory.
-    (void)cache_->PutChunks(blob, first, *buf);
+    (void)cache_->PutChunks(blob, first, bytes);
   }
   {
     // Stored before unregistering: a newcomer finds either the flight or the chunk.
@@ -264,7 +320,7 @@ Status CachedBlobSource::FetchRun(const BlobDescriptor& blob, uint64_t first, ui
   }
   for (uint64_t c = first; c <= last; ++c) {
     const uint64_t off = (c - first) * cs;
-    flights[c - first]->Finish(st, buf, off, std::min<uint64_t>(cs, buf->size() - off));
+    flights[c - first]->Finish(st, buf, off, std::min<uint64_t>(cs, buf->size - off));
   }
   return st;
 }

@@ -81,6 +81,7 @@ class CachedBlobSource : public BlobSource {
  private:
   struct Flight;
   struct SeqHash;
+  class BufferPool;
   struct Readahead {
     uint64_t next_chunk = 0;  // where a sequential reader's next miss lands
     uint64_t window = 0;      // chunks fetched by the last sequential miss
@@ -109,6 +110,9 @@ class CachedBlobSource : public BlobSource {
   ChunkCache* const cache_;
   BlobSource* const upstream_;
   const CachedSourceOptions options_;
+  // Fetch buffers, recycled: a fresh multi-MiB buffer per fetch costs page
+  // faults and zeroing that showed up in cold-read profiles.
+  std::shared_ptr<BufferPool> buffers_;
 
   std::mutex flights_mu_;  // guards flights_ and readahead_; never held across I/O
   std::map<std::pair<std::string, uint64_t>, std::shared_ptr<Flight>> flights_;

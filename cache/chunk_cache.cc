@@ -21,7 +21,7 @@ using sqlite::Transaction;
 
 namespace {
 
-constexpr int kSchemaVersion = 1;
+constexpr int kSchemaVersion = 2;
 constexpr int kPageSize = 65536;
 constexpr size_t kMaxPendingTouches = 20000;
 
@@ -66,6 +66,19 @@ CREATE TABLE layer_indexes(digest TEXT NOT NULL, format TEXT NOT NULL, data BLOB
                            created INTEGER NOT NULL, PRIMARY KEY (digest, format));
 CREATE TABLE manifests(digest TEXT PRIMARY KEY, media_type TEXT NOT NULL, data BLOB NOT NULL,
                        created INTEGER NOT NULL);
+)sql",
+    // 1 -> 2: chunk bytes move out of the database into per-blob files
+    // (ChunkFiles); the chunks stored so far are forgotten and refetched.
+    R"sql(
+DROP TRIGGER chunks_del;
+DELETE FROM chunks;
+UPDATE totals SET bytes = 0, chunks = 0;
+UPDATE blobs SET present = 0;
+DROP TABLE chunk_data;
+CREATE TRIGGER chunks_del AFTER DELETE ON chunks BEGIN
+  UPDATE totals SET bytes = bytes - OLD.size, chunks = chunks - 1;
+  UPDATE blobs SET present = present - 1 WHERE id = OLD.blob_id;
+END;
 )sql",
 };
 static_assert(std::size(kMigrations) == kSchemaVersion);
@@ -126,8 +139,7 @@ struct ChunkCache::ReadConn {
 
 struct ChunkCache::WriteConn {
   Db db;
-  Stmt insert_blob, blob_row, chunk_exists, insert_chunk, insert_data, touch, totals, lru,
-      delete_chunk;
+  Stmt insert_blob, blob_row, chunk_exists, insert_chunk, touch, totals, lru, delete_chunk;
 };
 
 class ChunkCache::ReadConnLease {
@@ -152,7 +164,12 @@ ChunkCache::ChunkCache(const CacheOptions& options)
 Result<std::unique_ptr<ChunkCache>> ChunkCache::Open(const CacheOptions& options) {
   if (options.dir.empty()) return Status::InvalidArgument("cache dir is empty");
   if (options.chunk_size < 4096) return Status::InvalidArgument("chunk size below 4096");
-  std::unique_ptr<ChunkCache> cache(new ChunkCache(options));
+  // Absolute, so that a daemon that later changes directory keeps its cache.
+  CacheOptions opts = options;
+  std::error_code ec;
+  std::filesystem::path abs = std::filesystem::absolute(opts.dir, ec);
+  if (!ec) opts.dir = abs.lexically_normal().string();
+  std::unique_ptr<ChunkCache> cache(new ChunkCache(opts));
   Status st = cache->Init();
   if (st.code() == Code::kUnsupported) return st;
   if (!st.ok()) {
@@ -204,6 +221,10 @@ Status ChunkCache::Init() {
   }
   writer_ = std::move(w);
   RETURN_IF_ERROR(Migrate());
+  const std::string chunk_dir = options_.dir + "/chunks";
+  std::filesystem::create_directories(chunk_dir, ec);
+  if (ec) return Status::IoError("cannot create " + chunk_dir + ": " + ec.message());
+  files_ = std::make_unique<ChunkFiles>(chunk_dir, options_.max_chunk_bytes_written);
 
   sqlite3* db = writer_->db.get();
   ASSIGN_OR_RETURN(writer_->insert_blob,
@@ -216,8 +237,6 @@ Status ChunkCache::Init() {
                    Stmt::Prepare(db,
                                  "INSERT INTO chunks(blob_id, idx, size, crcs, atime) "
                                  "VALUES (?, ?, ?, ?, ?)"));
-  ASSIGN_OR_RETURN(writer_->insert_data,
-                   Stmt::Prepare(db, "INSERT INTO chunk_data(id, data) VALUES (?, ?)"));
   ASSIGN_OR_RETURN(writer_->touch, Stmt::Prepare(db, "UPDATE chunks SET atime = ? WHERE id = ?"));
   ASSIGN_OR_RETURN(writer_->totals, Stmt::Prepare(db, "SELECT bytes FROM totals"));
   ASSIGN_OR_RETURN(writer_->lru,
@@ -352,10 +371,11 @@ Result<bool> ChunkCache::ReadChunk(std::string_view digest, uint64_t index, uint
     return false;
   }
   int64_t chunk_id = 0;
-  bool corrupt = false;
+  uint64_t size = 0;
+  uint8_t crcs[512];  // enough for 4 MiB chunks; larger ones use the heap
+  std::vector<uint8_t> crc_heap;
+  std::span<const uint8_t> crc_view;
   {
-    ASSIGN_OR_RETURN(Transaction txn,
-                     Transaction::Begin(conn->db.get(), Transaction::Kind::kDeferred));
     Stmt& q = conn->chunk;
     q.Bind(1, blob_id).Bind(2, static_cast<int64_t>(index));
     ASSIGN_OR_RETURN(bool row, q.Step());
@@ -365,11 +385,8 @@ Result<bool> ChunkCache::ReadChunk(std::string_view digest, uint64_t index, uint
       return false;
     }
     chunk_id = q.Int(0);
-    const uint64_t size = static_cast<uint64_t>(q.Int(1));
+    size = static_cast<uint64_t>(q.Int(1));
     auto crc_col = q.BlobCol(2);
-    uint8_t crcs[512];  // enough for 4 MiB chunks; larger ones use the heap
-    std::vector<uint8_t> crc_heap;
-    std::span<const uint8_t> crc_view;
     if (crc_col.size() <= sizeof crcs) {
       std::memcpy(crcs, crc_col.data(), crc_col.size());
       crc_view = {crcs, crc_col.size()};
@@ -378,42 +395,54 @@ Result<bool> ChunkCache::ReadChunk(std::string_view digest, uint64_t index, uint
       crc_view = crc_heap;
     }
     q.Reset();
-    const size_t blocks = (size + kChunkCrcBlock - 1) / kChunkCrcBlock;
-    if (offset + out.size() > size || crc_view.size() != blocks * 4) {
-      corrupt = true;
-    } else {
-      auto blob = Blob::OpenRead(conn->db.get(), "chunk_data", "data", chunk_id);
-      if (!blob.ok() || static_cast<uint64_t>(blob->size()) != size) {
-        corrupt = true;
-      } else if (!out.empty()) {
-        const uint64_t end = offset + out.size();
-        for (uint64_t b = offset / kChunkCrcBlock; b * kChunkCrcBlock < end && !corrupt; ++b) {
-          const uint64_t bstart = b * kChunkCrcBlock;
-          const uint64_t blen = std::min<uint64_t>(kChunkCrcBlock, size - bstart);
-          uint8_t* dst;
-          if (bstart >= offset && bstart + blen <= end) {
-            dst = out.data() + (bstart - offset);  // whole block lands in out: no copy
-          } else {
-            conn->scratch.resize(kChunkCrcBlock);
-            dst = conn->scratch.data();
-          }
-          RETURN_IF_ERROR(blob->Read(dst, static_cast<int>(blen), static_cast<int>(bstart)));
-          if (BlockChecksum(dst, blen) != CrcAt(crc_view, b)) {
-            corrupt = true;
-          } else if (dst == conn->scratch.data()) {
-            uint64_t from = std::max(bstart, uint64_t{offset});
-            uint64_t to = std::min(bstart + blen, end);
-            std::memcpy(out.data() + (from - offset), dst + (from - bstart), to - from);
-          }
-        }
+  }
+  // The row is the promise; the file's bytes are checked against it. Blocks
+  // wholly inside `out` are read straight into it, in one pread per run; the
+  // partial blocks at the ends go through a scratch buffer.
+  const size_t blocks = (size + kChunkCrcBlock - 1) / kChunkCrcBlock;
+  bool corrupt = offset + out.size() > size || crc_view.size() != blocks * 4;
+  const uint64_t base = index * chunk_size_;
+  const uint64_t end = offset + out.size();
+  uint64_t b = offset / kChunkCrcBlock;
+  while (!corrupt && !out.empty() && b * kChunkCrcBlock < end) {
+    const uint64_t bstart = b * kChunkCrcBlock;
+    const uint64_t blen = std::min<uint64_t>(kChunkCrcBlock, size - bstart);
+    if (bstart >= offset && bstart + blen <= end) {
+      // A run of whole blocks.
+      uint64_t run_end = bstart + blen;
+      while (run_end < end && run_end < size &&
+             run_end + std::min<uint64_t>(kChunkCrcBlock, size - run_end) <= end) {
+        run_end += std::min<uint64_t>(kChunkCrcBlock, size - run_end);
       }
+      uint8_t* dst = out.data() + (bstart - offset);
+      ASSIGN_OR_RETURN(bool whole,
+                       files_->Read(digest, base + bstart, {dst, run_end - bstart}));
+      if (!whole) {
+        corrupt = true;
+        break;
+      }
+      for (uint64_t s = bstart; s < run_end; s += kChunkCrcBlock, ++b) {
+        const uint64_t n = std::min<uint64_t>(kChunkCrcBlock, run_end - s);
+        if (BlockChecksum(dst + (s - bstart), n) != CrcAt(crc_view, b)) corrupt = true;
+      }
+      continue;
     }
-    RETURN_IF_ERROR(txn.Commit());
+    conn->scratch.resize(kChunkCrcBlock);
+    ASSIGN_OR_RETURN(bool whole,
+                     files_->Read(digest, base + bstart, {conn->scratch.data(), blen}));
+    if (!whole || BlockChecksum(conn->scratch.data(), blen) != CrcAt(crc_view, b)) {
+      corrupt = true;
+      break;
+    }
+    const uint64_t from = std::max(bstart, uint64_t{offset});
+    const uint64_t to = std::min(bstart + blen, end);
+    std::memcpy(out.data() + (from - offset), conn->scratch.data() + (from - bstart), to - from);
+    ++b;
   }
   if (corrupt) {
     LOG_WARN("chunk cache: chunk " + std::to_string(index) + " of " + std::string(digest) +
              " failed its checksum; dropped and refetching");
-    Status st = DropChunk(chunk_id);
+    Status st = DropChunk(chunk_id, digest, index, size);
     if (!st.ok()) WarnWrite(st);
     ++misses_;
     return false;
@@ -508,7 +537,8 @@ ChunkCache::Pin::~Pin() {
   }
 }
 
-Status ChunkCache::MakeRoomLocked(uint64_t needed, uint64_t max_size, bool* fits) {
+Status ChunkCache::MakeRoomLocked(uint64_t needed, uint64_t max_size, bool* fits,
+                                  std::vector<Victim>* victims) {
   *fits = false;
   if (needed > max_size) return Status::Ok();
   WriteConn& w = *writer_;
@@ -520,20 +550,23 @@ Status ChunkCache::MakeRoomLocked(uint64_t needed, uint64_t max_size, bool* fits
     return Status::Ok();
   }
   uint64_t to_free = bytes + needed - max_size;
-  std::vector<int64_t> victims;
+  std::vector<int64_t> ids;
   uint64_t freed = 0;
   while (freed < to_free) {
     auto r = w.lru.Step();
     if (!r.ok()) return r.status();
     if (!*r) break;
     std::string digest = w.lru.Text(3);
-    if (IsPinned(digest, static_cast<uint64_t>(w.lru.Int(1)))) continue;
-    victims.push_back(w.lru.Int(0));
-    freed += static_cast<uint64_t>(w.lru.Int(2));
+    const auto index = static_cast<uint64_t>(w.lru.Int(1));
+    if (IsPinned(digest, index)) continue;
+    const auto size = static_cast<uint64_t>(w.lru.Int(2));
+    ids.push_back(w.lru.Int(0));
+    victims->push_back(Victim{std::move(digest), index, size});
+    freed += size;
   }
   w.lru.Reset();
-  for (int64_t id : victims) RETURN_IF_ERROR(w.delete_chunk.Bind(1, id).Run());
-  evicted_ += victims.size();
+  for (int64_t id : ids) RETURN_IF_ERROR(w.delete_chunk.Bind(1, id).Run());
+  evicted_ += ids.size();
   *fits = freed >= to_free;
   return Status::Ok();
 }
@@ -551,8 +584,11 @@ Status ChunkCache::PutChunks(const BlobDescriptor& blob, uint64_t first_index,
   std::vector<std::string> crcs(n);
   for (uint64_t i = 0; i < n; ++i) crcs[i] = CrcsOf(data.subspan(i * cs, std::min(cs, data.size() - i * cs)));
 
+  std::lock_guard<std::mutex> lock(write_mu_);
+  std::vector<Victim> victims;
+  Status write_error;
+  bool committed = false;
   Status st = [&]() -> Status {
-    std::lock_guard<std::mutex> lock(write_mu_);
     WriteConn& w = *writer_;
     ASSIGN_OR_RETURN(Transaction txn,
                      Transaction::Begin(w.db.get(), Transaction::Kind::kImmediate));
@@ -581,8 +617,12 @@ Status ChunkCache::PutChunks(const BlobDescriptor& blob, uint64_t first_index,
       if (exists) continue;
       auto bytes = data.subspan(i * cs, std::min(cs, data.size() - i * cs));
       bool fits = false;
-      RETURN_IF_ERROR(MakeRoomLocked(bytes.size(), max, &fits));
+      RETURN_IF_ERROR(MakeRoomLocked(bytes.size(), max, &fits, &victims));
       if (!fits) break;
+      // Bytes first, then the row that vouches for them. A failed write (full
+      // disk) keeps the chunks stored so far.
+      write_error = files_->Write(blob.digest, static_cast<uint64_t>(idx) * cs, bytes);
+      if (!write_error.ok()) break;
       int64_t now;
       {
         std::lock_guard<std::mutex> tl(touch_mu_);
@@ -595,22 +635,41 @@ Status ChunkCache::PutChunks(const BlobDescriptor& blob, uint64_t first_index,
                           .BindBlob(4, AsBytes(crcs[i]))
                           .Bind(5, now)
                           .Run());
-      const int64_t chunk_id = sqlite3_last_insert_rowid(w.db.get());
-      RETURN_IF_ERROR(w.insert_data.Bind(1, chunk_id).BindBlob(2, bytes).Run());
     }
-    return txn.Commit();
+    RETURN_IF_ERROR(txn.Commit());
+    committed = true;
+    return write_error;
   }();
+  // Victims' rows are gone only if the transaction committed.
+  if (committed) FreeVictims(victims);
   if (!st.ok() && st.code() != Code::kInvalidArgument) WarnWrite(st);
   return st;
 }
 
-Status ChunkCache::DropChunk(int64_t chunk_id) {
+void ChunkCache::FreeVictims(const std::vector<Victim>& victims) {
+  for (const Victim& v : victims) {
+    Status st = files_->Punch(v.digest, v.index * chunk_size_, v.size);
+    if (!st.ok()) LOG_DEBUG("chunk cache: " + st.ToString());
+  }
+}
+
+Result<std::string> ChunkCache::ChunkFilePath(std::string_view digest) const {
+  if (!files_) return Status::IoError("chunk cache is not open");
+  return files_->PathOf(digest);
+}
+
+Status ChunkCache::DropChunk(int64_t chunk_id, std::string_view digest, uint64_t index,
+                             uint64_t size) {
   if (!writable_) return Status::Ok();
   std::lock_guard<std::mutex> lock(write_mu_);
-  ASSIGN_OR_RETURN(Transaction txn,
-                   Transaction::Begin(writer_->db.get(), Transaction::Kind::kImmediate));
-  RETURN_IF_ERROR(writer_->delete_chunk.Bind(1, chunk_id).Run());
-  return txn.Commit();
+  {
+    ASSIGN_OR_RETURN(Transaction txn,
+                     Transaction::Begin(writer_->db.get(), Transaction::Kind::kImmediate));
+    RETURN_IF_ERROR(writer_->delete_chunk.Bind(1, chunk_id).Run());
+    RETURN_IF_ERROR(txn.Commit());
+  }
+  FreeVictims({Victim{std::string(digest), index, size}});
+  return Status::Ok();
 }
 
 Status ChunkCache::DropBlob(std::string_view digest) {
@@ -625,7 +684,8 @@ Status ChunkCache::DropBlob(std::string_view digest) {
   ASSIGN_OR_RETURN(Stmt unverify,
                    Stmt::Prepare(db, "UPDATE blobs SET chunk_sha256 = NULL WHERE digest = ?"));
   RETURN_IF_ERROR(unverify.Bind(1, digest).Run());
-  return txn.Commit();
+  RETURN_IF_ERROR(txn.Commit());
+  return files_->Clear(digest);
 }
 
 Result<std::optional<std::string>> ChunkCache::GetChunkSha256s(std::string_view digest) {
@@ -796,8 +856,10 @@ Status ChunkCache::Prune(uint64_t max_size) {
                    Transaction::Begin(writer_->db.get(), Transaction::Kind::kImmediate));
   RETURN_IF_ERROR(FlushTouchesLocked());
   bool fits = false;
-  RETURN_IF_ERROR(MakeRoomLocked(0, max_size, &fits));
+  std::vector<Victim> victims;
+  RETURN_IF_ERROR(MakeRoomLocked(0, max_size, &fits, &victims));
   RETURN_IF_ERROR(txn.Commit());
+  FreeVictims(victims);
   // Hand the WAL's pages back to the database file so its size reflects the prune.
   return writer_->db.Exec("PRAGMA wal_checkpoint(TRUNCATE)");
 }

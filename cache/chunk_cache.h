@@ -1,8 +1,11 @@
-// ChunkCache: the sqlite store behind the chunk cache. One database in WAL
-// mode (<dir>/cache.db) holds compressed blob bytes as fixed-size chunks keyed
-// by (blob digest, chunk index), plus layer indexes and manifests keyed by
-// digest. Keys are digests only, so a layer shared by many images is stored
-// once and never goes stale. Several processes may share one database.
+// ChunkCache: the store behind the chunk cache. Compressed blob bytes are
+// kept as fixed-size chunks keyed by (blob digest, chunk index); layer indexes
+// and manifests are keyed by digest. Keys are digests only, so a layer shared
+// by many images is stored once and never goes stale. One sqlite database in
+// WAL mode (<dir>/cache.db) holds the metadata (which chunks are present,
+// their checksums, access times) and the small keyed tables; chunk bytes live
+// in one sparse file per blob under <dir>/chunks (ChunkFiles), written once,
+// outside the journal. Several processes may share one cache directory.
 //
 // Integrity: every chunk carries a checksum (BlockChecksum, CRC-32C based)
 // of each of its 32 KiB blocks,
@@ -44,6 +47,7 @@
 #include <utility>
 #include <vector>
 
+#include "cache/chunk_files.h"
 #include "reader/base/blob_source.h"
 #include "reader/base/status.h"
 
@@ -62,8 +66,10 @@ struct CacheOptions {
   uint32_t chunk_size = kDefaultChunkSize;   // only for a new database; >= 4096
   int busy_timeout_ms = 30000;               // waiting for another process's write lock
   std::chrono::milliseconds touch_flush_interval{2000};
-  // Test hook: PRAGMA max_page_count on the writer, to emulate a full disk.
+  // Test hooks, to emulate a full disk: PRAGMA max_page_count on the writer,
+  // and a cap on the chunk bytes this object writes (then ENOSPC).
   uint32_t max_page_count = 0;
+  uint64_t max_chunk_bytes_written = 0;
 };
 
 // What the cache holds of one blob.
@@ -116,6 +122,8 @@ class ChunkCache {
   // False once the cache is degraded (cannot be written); it then never hits.
   bool writable() const { return writable_.load(); }
   const std::string& path() const { return db_path_; }
+  // The file holding a blob's chunk bytes (for diagnostics and tests).
+  Result<std::string> ChunkFilePath(std::string_view digest) const;
 
   // Reads bytes [offset, offset + out.size()) of chunk `index` of blob
   // `digest` into `out`. true: hit. false: absent, or failed its checksum
@@ -177,6 +185,11 @@ class ChunkCache {
  private:
   struct ReadConn;
   struct WriteConn;
+  struct Victim {  // an evicted chunk whose bytes are freed after commit
+    std::string digest;
+    uint64_t index;
+    uint64_t size;
+  };
   class ReadConnLease;
 
   explicit ChunkCache(const CacheOptions& options);
@@ -192,10 +205,13 @@ class ChunkCache {
   void Touch(int64_t chunk_id);
   // Writer-side helpers: caller holds write_mu_ and an open transaction.
   Status FlushTouchesLocked();
-  Status MakeRoomLocked(uint64_t needed, uint64_t max_size, bool* fits);
+  Status MakeRoomLocked(uint64_t needed, uint64_t max_size, bool* fits,
+                        std::vector<Victim>* victims);
+  // Frees the bytes of chunks whose rows are gone (committed).
+  void FreeVictims(const std::vector<Victim>& victims);
   Status DeleteChunkLocked(int64_t chunk_id);
   bool IsPinned(const std::string& digest, uint64_t index);
-  Status DropChunk(int64_t chunk_id);
+  Status DropChunk(int64_t chunk_id, std::string_view digest, uint64_t index, uint64_t size);
   void FlusherLoop();
   Status PersistRunStats();
   // One row (key, tag, bytes, now) of a small keyed table, replacing.
@@ -213,6 +229,7 @@ class ChunkCache {
 
   std::mutex write_mu_;  // serialises use of writer_; lock order: write_mu_ -> touch_mu_
   std::unique_ptr<WriteConn> writer_;
+  std::unique_ptr<ChunkFiles> files_;
 
   std::shared_mutex ids_mu_;
   std::unordered_map<std::string, int64_t> blob_ids_;

@@ -17,6 +17,7 @@
 #include "fs/image_fs.h"
 #include "reader/base/digest.h"
 #include "reader/base/log.h"
+#include "reader/base/unique_fd.h"
 #include "reader/image/reference.h"
 
 namespace regfs {
@@ -24,24 +25,6 @@ namespace {
 
 // The layer index format tag in the cache; bump with LayerIndex::kFormatVersion.
 const std::string kIndexFormat = "tar-index/v" + std::to_string(LayerIndex::kFormatVersion);
-
-// An fd closed on scope exit.
-class UniqueFd {
- public:
-  explicit UniqueFd(int fd = -1) : fd_(fd) {}
-  ~UniqueFd() { Reset(); }
-  UniqueFd(UniqueFd&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
-  UniqueFd(const UniqueFd&) = delete;
-  UniqueFd& operator=(const UniqueFd&) = delete;
-  int get() const { return fd_; }
-  void Reset() {
-    if (fd_ >= 0) close(fd_);
-    fd_ = -1;
-  }
-
- private:
-  int fd_;
-};
 
 // The child's half of the readiness pipe: "OK" or an error message.
 class ReadyPipe : public DaemonReady {

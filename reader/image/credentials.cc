@@ -2,7 +2,6 @@
 // as child processes with their stdio on pipes; the child is always reaped,
 // killed first when it outlives the timeout.
 #include "reader/image/credentials.h"
-#include "reader/base/base64.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -22,6 +21,9 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "reader/base/base64.h"
+#include "reader/base/unique_fd.h"
+
 extern char** environ;
 
 namespace regfs {
@@ -32,36 +34,6 @@ using nlohmann::json;
 constexpr std::string_view kDockerHubAuthKey = "https://index.docker.io/v1/";
 constexpr size_t kMaxHelperOutput = 1 << 20;
 constexpr size_t kMaxAuthFileSize = 16 << 20;
-
-class UniqueFd {
- public:
-  UniqueFd() = default;
-  explicit UniqueFd(int fd) : fd_(fd) {}
-  ~UniqueFd() { Reset(); }
-  UniqueFd(UniqueFd&& o) noexcept : fd_(o.Release()) {}
-  UniqueFd& operator=(UniqueFd&& o) noexcept {
-    if (this != &o) {
-      Reset();
-      fd_ = o.Release();
-    }
-    return *this;
-  }
-  UniqueFd(const UniqueFd&) = delete;
-  UniqueFd& operator=(const UniqueFd&) = delete;
-  int get() const { return fd_; }
-  int Release() {
-    int f = fd_;
-    fd_ = -1;
-    return f;
-  }
-  void Reset() {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
-  }
-
- private:
-  int fd_ = -1;
-};
 
 // A spawned child that is always reaped: killed and waited for in the
 // destructor unless Wait() already collected it.

@@ -3,8 +3,10 @@
 #ifndef REGFS_TESTS_CACHE_CACHE_TEST_UTIL_H_
 #define REGFS_TESTS_CACHE_CACHE_TEST_UTIL_H_
 
+#include <fcntl.h>
 #include <sqlite3.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <memory>
@@ -72,6 +74,22 @@ class CacheTest : public FdCheckedTest {
     sqlite3_free(err);
     sqlite3_close(db);
     ASSERT_EQ(rc, SQLITE_OK) << msg;
+  }
+
+  // Overwrites bytes of a blob's chunk file behind the cache's back.
+  void PatchChunkFile(const std::string& digest, uint64_t offset, const std::string& bytes) {
+    auto path = cache_->ChunkFilePath(digest);
+    ASSERT_OK(path);
+    int fd = open(path->c_str(), O_WRONLY);
+    ASSERT_GE(fd, 0) << *path;
+    ssize_t n = pwrite(fd, bytes.data(), bytes.size(), static_cast<off_t>(offset));
+    close(fd);
+    ASSERT_EQ(n, static_cast<ssize_t>(bytes.size()));
+  }
+  void TruncateChunkFile(const std::string& digest, uint64_t size) {
+    auto path = cache_->ChunkFilePath(digest);
+    ASSERT_OK(path);
+    ASSERT_EQ(truncate(path->c_str(), static_cast<off_t>(size)), 0) << *path;
   }
 
   // First column of the first row of `sql`, as an integer (-1 on error).

@@ -171,9 +171,8 @@ TEST_F(CachedSourceTest, CorruptCachedChunkIsRefetchedNotServed) {
   auto b = upstream_.AddBlob(data);
   EXPECT_EQ(Read(b, 0, data.size()), data);
   EXPECT_EQ(upstream_.requests(), 1u);
-  RawSql(
-      "UPDATE chunk_data SET data = substr(data, 1, 99) || CAST(X'FF' AS BLOB) || "
-      "substr(data, 101) WHERE id = (SELECT id FROM chunks WHERE idx = 2)");
+  PatchChunkFile(b.digest, 2 * kTestChunk + 99,
+                 std::string(1, static_cast<char>(data[2 * kTestChunk + 99] ^ 0xff)));
   EXPECT_EQ(Read(b, 2 * kTestChunk, kTestChunk), data.substr(2 * kTestChunk, kTestChunk));
   auto log = upstream_.request_log();
   ASSERT_EQ(log.size(), 2u);

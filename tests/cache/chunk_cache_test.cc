@@ -1,6 +1,10 @@
 // The sqlite store on its own: chunks, checksums, LRU eviction, pins, layer
 // indexes, manifests, stats, schema versions, full disk.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
 
 #include "reader/base/digest.h"
 #include "tests/cache/cache_test_util.h"
@@ -180,10 +184,8 @@ TEST_F(ChunkCacheTest, ChunkFailingItsChecksumIsDroppedNotServed) {
   auto b = MakeBlob(kTestChunk * 2, 50, &data);
   ASSERT_OK(cache_->PutChunks(b, 0, Bytes(data)));
   // Flip one byte of chunk 1's stored bytes behind the cache's back (same length).
-  RawSql(
-      "UPDATE chunk_data SET data = substr(data, 1, 40000) || "
-      "CAST(X'00' AS BLOB) || substr(data, 40002) WHERE id = (SELECT c.id FROM chunks c "
-      "WHERE c.idx = 1)");
+  PatchChunkFile(b.digest, kTestChunk + 40000,
+                 std::string(1, static_cast<char>(data[kTestChunk + 40000] ^ 0x5a)));
   bool hit = true;
   ReadChunk(b, 1, 0, 100, &hit);  // the bad byte is in block 1, this reads block 0: served
   EXPECT_TRUE(hit);
@@ -201,7 +203,7 @@ TEST_F(ChunkCacheTest, TruncatedChunkIsDropped) {
   std::string data;
   auto b = MakeBlob(kTestChunk, 51, &data);
   ASSERT_OK(cache_->PutChunks(b, 0, Bytes(data)));
-  RawSql("UPDATE chunk_data SET data = substr(data, 1, 1000)");
+  TruncateChunkFile(b.digest, 1000);
   bool hit = true;
   ReadChunk(b, 0, 0, 10, &hit);
   EXPECT_FALSE(hit);
@@ -285,7 +287,8 @@ TEST_F(ChunkCacheTest, NewerSchemaIsRefused) {
 
 TEST_F(ChunkCacheTest, FullDiskSkipsStoresAndReadsStillWork) {
   CacheOptions o = Options();
-  o.max_page_count = 24;  // 24 pages of 64 KiB: schema plus a few chunks
+  o.max_page_count = 24;                       // metadata: 24 pages of 64 KiB
+  o.max_chunk_bytes_written = 3 * kTestChunk;  // chunk bytes: 3 chunks, then ENOSPC
   auto c = ChunkCache::Open(o);
   ASSERT_OK(c);
   cache_ = std::move(c).value();
@@ -322,6 +325,98 @@ TEST_F(ChunkCacheTest, UnusableDirDegradesToUncached) {
   EXPECT_EQ(Read(b, 0, data.size()), data);
   EXPECT_EQ(Read(b, 100, 1000), data.substr(100, 1000));
   EXPECT_GE(upstream_.requests(), 2u);
+}
+
+TEST_F(ChunkCacheTest, EvictionAndDropFreeTheChunkFilesSpace) {
+  OpenCache(2 * kTestChunk);
+  std::string da, db;
+  auto a = MakeBlob(kTestChunk * 2, 80, &da);
+  auto b = MakeBlob(kTestChunk * 2, 81, &db);
+  ASSERT_OK(cache_->PutChunks(a, 0, Bytes(da)));
+  auto path_a = cache_->ChunkFilePath(a.digest);
+  ASSERT_OK(path_a);
+  struct stat st {};
+  ASSERT_EQ(stat(path_a->c_str(), &st), 0);
+  EXPECT_GE(static_cast<uint64_t>(st.st_blocks) * 512, 2u * kTestChunk);
+  // b evicts both of a's chunks: their bytes are punched out of a's file.
+  ASSERT_OK(cache_->PutChunks(b, 0, Bytes(db)));
+  EXPECT_FALSE(Has(a, 0));
+  EXPECT_FALSE(Has(a, 1));
+  ASSERT_EQ(stat(path_a->c_str(), &st), 0);
+  EXPECT_LT(static_cast<uint64_t>(st.st_blocks) * 512, kTestChunk / 2);
+  // Dropping a blob frees its file too.
+  ASSERT_OK(cache_->DropBlob(b.digest));
+  auto path_b = cache_->ChunkFilePath(b.digest);
+  ASSERT_OK(path_b);
+  ASSERT_EQ(stat(path_b->c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, 0);
+  EXPECT_FALSE(Has(b, 0));
+}
+
+TEST_F(ChunkCacheTest, DigestsThatCouldEscapeTheDirectoryAreRefused) {
+  OpenCache();
+  for (const char* d : {"../../etc/passwd", "sha256:../x", "sha256:a/b", ".sha256:ab", "sha256:",
+                        "nocolon"}) {
+    EXPECT_EQ(cache_->ChunkFilePath(d).status().code(), Code::kInvalidArgument) << d;
+    BlobDescriptor b{"x", d, 10};
+    EXPECT_FALSE(cache_->PutChunks(b, 0, Bytes(std::string(10, 'x'))).ok()) << d;
+  }
+}
+
+TEST_F(ChunkCacheTest, RelativeDirStillWorksAfterTheProcessChangesDirectory) {
+  char cwd[4096];
+  ASSERT_NE(getcwd(cwd, sizeof cwd), nullptr);
+  ASSERT_EQ(chdir(dir_.c_str()), 0);
+  CacheOptions o = Options();
+  o.dir = "relcache";
+  auto c = ChunkCache::Open(o);
+  ASSERT_EQ(chdir("/"), 0);  // as the daemon does once it is in the background
+  ASSERT_OK(c);
+  cache_ = std::move(c).value();
+  std::string data;
+  auto b = MakeBlob(kTestChunk, 82, &data);
+  Status put = cache_->PutChunks(b, 0, Bytes(data));
+  bool hit = false;
+  std::string got = ReadChunk(b, 0, 0, 100, &hit);
+  ASSERT_EQ(chdir(cwd), 0);
+  ASSERT_OK(put);
+  EXPECT_TRUE(hit);
+  EXPECT_EQ(got, data.substr(0, 100));
+  EXPECT_TRUE(std::filesystem::exists(dir_ + "/relcache/cache.db"));
+}
+
+TEST_F(ChunkCacheTest, SchemaOneDatabaseIsMigratedAndItsChunksForgotten) {
+  OpenCache();
+  std::string data;
+  auto b = MakeBlob(kTestChunk, 83, &data);
+  ASSERT_OK(cache_->PutChunks(b, 0, Bytes(data)));
+  ASSERT_OK(cache_->PutManifest(b.digest, "m", "manifest bytes"));
+  cache_.reset();
+  source_.reset();
+  // Back to what schema 1 looked like: bytes in a chunk_data table.
+  RawSql(
+      "DROP TRIGGER chunks_del; CREATE TABLE chunk_data(id INTEGER PRIMARY KEY, data BLOB);"
+      "INSERT INTO chunk_data SELECT id, zeroblob(size) FROM chunks;"
+      "CREATE TRIGGER chunks_del AFTER DELETE ON chunks BEGIN "
+      "UPDATE totals SET bytes = bytes - OLD.size, chunks = chunks - 1; "
+      "UPDATE blobs SET present = present - 1 WHERE id = OLD.blob_id; "
+      "DELETE FROM chunk_data WHERE id = OLD.id; END;"
+      "UPDATE meta SET value = 1 WHERE key = 'schema_version'");
+  OpenCache();
+  EXPECT_EQ(QueryInt("SELECT value FROM meta WHERE key = 'schema_version'"), 2);
+  EXPECT_EQ(QueryInt("SELECT count(*) FROM sqlite_master WHERE name = 'chunk_data'"), 0);
+  EXPECT_FALSE(Has(b, 0));
+  auto stats = cache_->Stats();
+  ASSERT_OK(stats);
+  EXPECT_EQ(stats->bytes, 0u);
+  EXPECT_EQ(stats->chunks, 0u);
+  auto m = cache_->GetManifest(b.digest);
+  ASSERT_OK(m);
+  ASSERT_TRUE(m->has_value());
+  EXPECT_EQ((*m)->bytes, "manifest bytes");
+  // And it stores again.
+  ASSERT_OK(cache_->PutChunks(b, 0, Bytes(data)));
+  EXPECT_TRUE(Has(b, 0));
 }
 
 }  // namespace

@@ -246,11 +246,7 @@ TEST_F(ProcessTest, SigkillMidWriteLeavesAConsistentDatabase) {
   EXPECT_EQ(QueryInt("SELECT count(*) FROM blobs b WHERE present != "
                      "(SELECT count(*) FROM chunks c WHERE c.blob_id = b.id)"),
             0);
-  EXPECT_EQ(QueryInt("SELECT count(*) FROM chunks c LEFT JOIN chunk_data d USING (id) "
-                     "WHERE d.id IS NULL"),
-            0);
-  EXPECT_EQ(QueryInt("SELECT count(*) FROM chunk_data WHERE id NOT IN (SELECT id FROM chunks)"),
-            0);
+  const int64_t rows = QueryInt("SELECT count(*) FROM chunks");
   EXPECT_LE(static_cast<uint64_t>(QueryInt("SELECT bytes FROM totals")), kCrashCap);
 
   // Every cached chunk holds exactly the right bytes.
@@ -270,6 +266,9 @@ TEST_F(ProcessTest, SigkillMidWriteLeavesAConsistentDatabase) {
     }
   }
   EXPECT_GT(hits, 0u);
+  // Bytes are written before the row that vouches for them, so a kill never
+  // leaves a row without its bytes: every row is a hit.
+  EXPECT_EQ(static_cast<int64_t>(hits), rows);
   // And full reads through the read path return the blobs (these refetch and
   // evict, so they come after the chunk-by-chunk check).
   for (int k = 0; k < kCrashBlobs; ++k) {
