@@ -112,7 +112,71 @@ CachedBlobSource::CachedBlobSource(ChunkCache* cache, BlobSource* upstream,
       options_(options),
       buffers_(std::make_shared<BufferPool>()) {}
 
-CachedBlobSource::~CachedBlobSource() = default;
+CachedBlobSource::~CachedBlobSource() {
+  {
+    std::lock_guard<std::mutex> lock(verify_mu_);
+    verify_stop_ = true;
+    verify_queue_.clear();
+  }
+  verify_cv_.notify_all();
+  if (verifier_.joinable()) verifier_.join();
+}
+
+void CachedBlobSource::MaybeVerifyComplete(const BlobDescriptor& blob) {
+  auto state = cache_->GetBlobState(blob.digest);
+  if (!state.ok() || !state->complete() || state->verified || state->size != blob.size) return;
+  {
+    std::lock_guard<std::mutex> lock(verify_mu_);
+    if (verify_stop_ || !verify_queued_.insert(blob.digest).second) return;
+    verify_queue_.push_back(blob);
+    if (!verifier_.joinable()) verifier_ = std::thread([this] { VerifierLoop(); });
+  }
+  verify_cv_.notify_all();
+}
+
+void CachedBlobSource::VerifierLoop() {
+  std::unique_lock<std::mutex> lock(verify_mu_);
+  for (;;) {
+    verify_cv_.wait(lock, [this] { return verify_stop_ || !verify_queue_.empty(); });
+    if (verify_stop_) return;
+    BlobDescriptor blob = std::move(verify_queue_.front());
+    verify_queue_.pop_front();
+    lock.unlock();
+    VerifyFromCache(blob);
+    lock.lock();
+    verify_queued_.erase(blob.digest);
+    verify_cv_.notify_all();  // WaitForVerifications
+  }
+}
+
+void CachedBlobSource::WaitForVerifications() {
+  std::unique_lock<std::mutex> lock(verify_mu_);
+  verify_cv_.wait(lock, [this] { return verify_stop_ || verify_queued_.empty(); });
+}
+
+void CachedBlobSource::VerifyFromCache(const BlobDescriptor& blob) {
+  auto state = cache_->GetBlobState(blob.digest);
+  if (!state.ok() || state->verified) return;
+  const uint64_t cs = cache_->chunk_size();
+  std::vector<uint8_t> buf(cs);
+  Sha256 whole;
+  std::string hashes;
+  for (uint64_t c = 0; c * cs < blob.size; ++c) {
+    {
+      std::lock_guard<std::mutex> lock(verify_mu_);
+      if (verify_stop_) return;
+    }
+    std::span<uint8_t> chunk(buf.data(), std::min<uint64_t>(cs, blob.size - c * cs));
+    auto hit = cache_->ReadChunk(blob.digest, c, 0, chunk, /*count_access=*/false);
+    // Evicted (or dropped) meanwhile: not verifiable now; a later completion retries.
+    if (!hit.ok() || !*hit) return;
+    whole.Update(chunk.data(), chunk.size());
+    hashes += Sha256Raw(std::string_view(reinterpret_cast<const char*>(chunk.data()), chunk.size()));
+  }
+  // A mismatch is logged and the blob's chunks dropped; no read is waiting
+  // for this answer.
+  (void)FinishVerification(blob, whole.FinishDigest(), hashes);
+}
 
 void CachedBlobSource::Count(const std::string& digest, uint64_t hits, uint64_t misses,
                              uint64_t requests, uint64_t bytes) {
@@ -310,7 +374,9 @@ Status CachedBlobSource::FetchRun(const BlobDescriptor& blob, uint64_t first, ui
   if (st.ok()) {
     // A cache that cannot store (full disk, read-only) has logged why; the
     // bytes are still served from memory.
-    (void)cache_->PutChunks(blob, first, bytes);
+    if (cache_->PutChunks(blob, first, bytes).ok() && options_.verify_complete) {
+      MaybeVerifyComplete(blob);
+    }
   }
   {
     // Stored before unregistering: a newcomer finds either the flight or the chunk.
@@ -415,6 +481,28 @@ Status CachedBlobSource::FinishVerification(const BlobDescriptor& blob, const st
 
 Status CachedBlobSource::FetchWhole(const BlobDescriptor& blob, const Sink& sink) {
   RETURN_IF_ERROR(ValidateDigest(blob.digest));
+  // This pass verifies the blob itself: keep the background verifier off it
+  // (hashing it twice), and hand it over if the pass stops early.
+  bool mine;
+  {
+    std::lock_guard<std::mutex> lock(verify_mu_);
+    mine = verify_queued_.insert(blob.digest).second;
+  }
+  Status st = FetchWholeVerified(blob, sink);
+  if (mine) {
+    {
+      std::lock_guard<std::mutex> lock(verify_mu_);
+      verify_queued_.erase(blob.digest);
+    }
+    verify_cv_.notify_all();
+    if (!st.ok() && st.code() != Code::kCorrupt && options_.verify_complete) {
+      MaybeVerifyComplete(blob);
+    }
+  }
+  return st;
+}
+
+Status CachedBlobSource::FetchWholeVerified(const BlobDescriptor& blob, const Sink& sink) {
   const uint64_t cs = cache_->chunk_size();
   const uint64_t step = std::max<uint64_t>(1, options_.max_fetch_bytes / cs) * cs;
   std::vector<uint8_t> buf(std::min<uint64_t>(step, blob.size));

@@ -10,13 +10,17 @@
 // reader fetches only the chunks it touches. Fetched chunks are stored, then
 // served from memory, so a failing cache never fails a read.
 //
-// Verification: when a blob passes through in order from offset 0 to its end
-// (a sequential read, or FetchWhole), its sha256 is checked against the digest
-// and each chunk's sha256 is recorded; later refetches of that blob's chunks
-// are checked against those hashes. A mismatch is Code::kCorrupt and every
-// cached chunk of the blob is dropped. Bytes of an unverified blob served
-// before its end is reached are only as good as the upstream (the cache's own
-// CRCs guard against local corruption, not a lying server).
+// Verification: a blob's sha256 is checked against its digest, and each
+// chunk's sha256 recorded, in one of three ways: FetchWhole; an in-order pass
+// of reads from offset 0 to the end (verify_sequential); or, once fetches
+// have left every chunk of the blob in the cache in whatever order
+// (verify_complete, what a FUSE mount's concurrent, reordered reads need), by
+// hashing it from the cache on a background thread. Later refetches of a
+// verified blob's chunks are checked against the chunk hashes. A mismatch is
+// Code::kCorrupt (for the read that finds it) and every cached chunk of the
+// blob is dropped. Bytes of an unverified blob served before verification
+// are only as good as the upstream (the cache's own CRCs guard against local
+// corruption, not a lying server).
 //
 // Errors: upstream errors are returned as they are (waiters on a shared fetch
 // get the leader's error); cache errors are logged and bypassed.
@@ -25,14 +29,18 @@
 #define REGFS_CACHE_CACHED_BLOB_SOURCE_H_
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <span>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "cache/chunk_cache.h"
@@ -45,6 +53,7 @@ struct CachedSourceOptions {
   uint64_t max_fetch_bytes = 16u << 20;  // cap of one coalesced upstream request
   bool readahead = true;                 // grow the window for sequential readers
   bool verify_sequential = true;         // hash in-order passes to verify digests
+  bool verify_complete = true;           // verify blobs the cache completes, in the background
 };
 
 // Per-blob counters of this process, for .regfs/status.json.
@@ -78,6 +87,9 @@ class CachedBlobSource : public BlobSource {
 
   ChunkCache* cache() const { return cache_; }
 
+  // Waits until every queued background verification has finished.
+  void WaitForVerifications();
+
  private:
   struct Flight;
   struct SeqHash;
@@ -106,6 +118,11 @@ class CachedBlobSource : public BlobSource {
                             const std::string& chunk_hashes);
   void Count(const std::string& digest, uint64_t hits, uint64_t misses, uint64_t requests,
              uint64_t bytes);
+  Status FetchWholeVerified(const BlobDescriptor& blob, const Sink& sink);
+  // Queues a background verification if the blob is complete and unverified.
+  void MaybeVerifyComplete(const BlobDescriptor& blob);
+  void VerifierLoop();
+  void VerifyFromCache(const BlobDescriptor& blob);
 
   ChunkCache* const cache_;
   BlobSource* const upstream_;
@@ -125,6 +142,13 @@ class CachedBlobSource : public BlobSource {
 
   mutable std::mutex counters_mu_;
   std::map<std::string, BlobCounters> counters_;
+
+  std::mutex verify_mu_;  // guards the verifier's queue and state
+  std::condition_variable verify_cv_;
+  std::deque<BlobDescriptor> verify_queue_;
+  std::set<std::string> verify_queued_;  // digests queued or being verified
+  bool verify_stop_ = false;
+  std::thread verifier_;  // started on first use
 };
 
 }  // namespace regfs

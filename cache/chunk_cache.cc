@@ -359,15 +359,15 @@ Result<int64_t> ChunkCache::BlobId(ReadConn& conn, std::string_view digest) {
 }
 
 Result<bool> ChunkCache::ReadChunk(std::string_view digest, uint64_t index, uint32_t offset,
-                                   std::span<uint8_t> out) {
+                                   std::span<uint8_t> out, bool count_access) {
   if (!writable_) {
-    ++misses_;
+    if (count_access) ++misses_;
     return false;
   }
   ASSIGN_OR_RETURN(ReadConnLease conn, AcquireRead());
   ASSIGN_OR_RETURN(int64_t blob_id, BlobId(*conn, digest));
   if (!blob_id) {
-    ++misses_;
+    if (count_access) ++misses_;
     return false;
   }
   int64_t chunk_id = 0;
@@ -381,7 +381,7 @@ Result<bool> ChunkCache::ReadChunk(std::string_view digest, uint64_t index, uint
     ASSIGN_OR_RETURN(bool row, q.Step());
     if (!row) {
       q.Reset();
-      ++misses_;
+      if (count_access) ++misses_;
       return false;
     }
     chunk_id = q.Int(0);
@@ -444,11 +444,13 @@ Result<bool> ChunkCache::ReadChunk(std::string_view digest, uint64_t index, uint
              " failed its checksum; dropped and refetching");
     Status st = DropChunk(chunk_id, digest, index, size);
     if (!st.ok()) WarnWrite(st);
-    ++misses_;
+    if (count_access) ++misses_;
     return false;
   }
-  Touch(chunk_id);
-  ++hits_;
+  if (count_access) {
+    Touch(chunk_id);
+    ++hits_;
+  }
   return true;
 }
 

@@ -129,8 +129,10 @@ class ChunkCache {
   // `digest` into `out`. true: hit. false: absent, or failed its checksum
   // (then it has been dropped). An error means the cache itself failed; the
   // caller should treat it as a miss.
+  // `count_access` false: an internal read (background verification) that
+  // neither counts as a hit or miss nor refreshes the chunk's LRU position.
   Result<bool> ReadChunk(std::string_view digest, uint64_t index, uint32_t offset,
-                         std::span<uint8_t> out);
+                         std::span<uint8_t> out, bool count_access = true);
   // Which chunks in [first, first + count) are present.
   Result<std::vector<bool>> PresentChunks(std::string_view digest, uint64_t first,
                                           uint64_t count);

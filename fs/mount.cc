@@ -65,6 +65,8 @@ std::string StatusJson(const ResolvedImage& img, CachedBlobSource* cached,
       lj["cacheHits"] = c.hits;
       lj["cacheMisses"] = c.misses;
       lj["percentCached"] = cached->PercentCached(l);
+      auto state = cached->cache()->GetBlobState(l.digest);
+      lj["digestVerified"] = state.ok() && state->verified;
       hits += c.hits;
       misses += c.misses;
     }
@@ -223,7 +225,12 @@ int Serve(MountOptions mo, DaemonReady* ready) {
   } else {
     return fail("cannot resolve " + ref->Normalized(), img.status());
   }
-  CachedBlobSource cached(cache->get(), client.get());
+  // FUSE delivers concurrent reads out of order, so in-order hashing would
+  // rarely complete and would sit on the read path: blobs are verified in
+  // the background once the cache holds all of them.
+  CachedSourceOptions cso;
+  cso.verify_sequential = false;
+  CachedBlobSource cached(cache->get(), client.get(), cso);
 
   ImageFsInput in;
   in.manifest_bytes = img->manifest_bytes;

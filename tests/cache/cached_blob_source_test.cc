@@ -315,5 +315,53 @@ TEST_F(CachedSourceTest, ManyThreadsUnderEvictionPressureReadCorrectBytes) {
   EXPECT_EQ(*ic, "ok");
 }
 
+// What a FUSE mount does: concurrent reads that reach the cache out of order,
+// so no in-order pass ever happens. The blob is verified once it is complete.
+TEST_F(CachedSourceTest, OutOfOrderReadsAreVerifiedOnceTheBlobIsComplete) {
+  CachedSourceOptions o = NoReadahead();
+  o.verify_sequential = false;
+  OpenCache(1ull << 30, o);
+  std::string data = RandomBytes(kTestChunk * 9 + 5, 14);
+  auto b = upstream_.AddBlob(data);
+  std::vector<uint64_t> order = {8, 2, 9, 0, 5, 1, 7, 3, 6};
+  for (uint64_t c : order) {
+    const size_t n = std::min<size_t>(100, data.size() - c * kTestChunk);
+    EXPECT_EQ(Read(b, c * kTestChunk, n), data.substr(c * kTestChunk, n));
+  }
+  source_->WaitForVerifications();
+  auto st = cache_->GetBlobState(b.digest);
+  ASSERT_OK(st);
+  EXPECT_FALSE(st->complete());  // chunk 4 is missing: nothing to verify yet
+  EXPECT_FALSE(st->verified);
+  EXPECT_EQ(Read(b, 4 * kTestChunk, 10), data.substr(4 * kTestChunk, 10));
+  source_->WaitForVerifications();
+  st = cache_->GetBlobState(b.digest);
+  ASSERT_OK(st);
+  EXPECT_TRUE(st->complete());
+  EXPECT_TRUE(st->verified);
+  auto hashes = cache_->GetChunkSha256s(b.digest);
+  ASSERT_OK(hashes);
+  ASSERT_TRUE(hashes->has_value());
+  EXPECT_EQ((*hashes)->substr(9 * 32, 32), Sha256Raw(data.substr(9 * kTestChunk)));
+  // The verifier's reads are not the user's: they count as no hits.
+  auto stats = cache_->Stats();
+  ASSERT_OK(stats);
+  EXPECT_EQ(stats->hits, 0u);
+}
+
+TEST_F(CachedSourceTest, LyingUpstreamIsCaughtOnceCompleteAndItsChunksDropped) {
+  CachedSourceOptions o = NoReadahead();
+  o.verify_sequential = false;
+  OpenCache(1ull << 30, o);
+  std::string data = RandomBytes(kTestChunk * 4, 15);
+  auto b = upstream_.AddBlobAs(Sha256Digest("not these bytes"), data);
+  for (uint64_t c : {3, 1, 0, 2}) Read(b, c * kTestChunk, 10);
+  source_->WaitForVerifications();
+  auto st = cache_->GetBlobState(b.digest);
+  ASSERT_OK(st);
+  EXPECT_EQ(st->chunks_present, 0u);
+  EXPECT_FALSE(st->verified);
+}
+
 }  // namespace
 }  // namespace regfs::testing
