@@ -18,6 +18,24 @@ namespace regfs {
 namespace {
 
 constexpr uint32_t kStatusId = 0xffffffffu;  // content_id of .regfs/status.json
+// Background index builds at once: podman looks up an image's layers
+// together, and each build mostly waits for the registry.
+constexpr size_t kBuilders = 4;
+
+// Fails reads once `stop` is set, so that a store being torn down does not
+// wait for a whole layer to download.
+class StoppableSource : public BlobSourceWrapper {
+ public:
+  StoppableSource(BlobSource* target, const std::atomic<bool>* stop)
+      : BlobSourceWrapper(target), stop_(stop) {}
+  Status ReadAt(const BlobDescriptor& blob, uint64_t offset, std::span<uint8_t> out) override {
+    if (stop_->load()) return Status::Transient("the store is stopping");
+    return BlobSourceWrapper::ReadAt(blob, offset, out);
+  }
+
+ private:
+  const std::atomic<bool>* stop_;
+};
 
 Node FileNode(ContentKind kind, uint32_t id, uint64_t size) {
   Node n;
@@ -45,7 +63,14 @@ LayerStore::LayerStore(ChunkCache* cache, CommonOptions common, IndexStore index
   status_file_ = tree_.AddChild(meta, "status.json", FileNode(ContentKind::kDynamic, kStatusId, 0));
 }
 
-LayerStore::~LayerStore() = default;
+LayerStore::~LayerStore() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+  }
+  build_cv_.notify_all();
+  for (std::thread& t : builders_) t.join();
+}
 
 StoreCounters LayerStore::Counters() const {
   std::lock_guard lock(mu_);
@@ -67,6 +92,7 @@ std::string LayerStore::StatusJson() const {
     nlohmann::json lj = {{"digest", l.blob.digest},
                          {"diffID", l.diff_id},
                          {"state", kStates[static_cast<int>(l.state)]},
+                         {"queued", l.queued},
                          {"uses", l.uses},
                          {"releases", l.releases}};
     if (!l.error.ok()) lj["error"] = l.error.ToString();
@@ -186,7 +212,38 @@ Result<std::string> LayerStore::Generate(const Node& node) {
     std::lock_guard lock(mu_);
     if (node.content_id >= layers_.size()) return Status::NotFound("no such layer");
   }
+  // podman reads info when it looks the layer up during `podman pull`; the
+  // index is then likely ready by the time `podman run` looks into diff/.
+  QueueBuild(node.content_id);
   return InfoJson(node.content_id);
+}
+
+void LayerStore::QueueBuild(size_t i) {
+  {
+    std::lock_guard lock(mu_);
+    Layer& l = layers_[i];
+    if (stopping_ || l.queued || l.state != Layer::State::kPending) return;
+    l.queued = true;
+    build_queue_.push_back(i);
+    if (builders_.size() < kBuilders) builders_.emplace_back([this] { BuilderLoop(); });
+  }
+  build_cv_.notify_one();
+}
+
+void LayerStore::BuilderLoop() {
+  std::unique_lock lock(mu_);
+  for (;;) {
+    build_cv_.wait(lock, [&] { return stopping_ || !build_queue_.empty(); });
+    if (stopping_) return;
+    size_t i = build_queue_.front();
+    build_queue_.pop_front();
+    // Populate may have built it (or be building it) in the meantime.
+    if (layers_[i].state != Layer::State::kPending) continue;
+    layers_[i].state = Layer::State::kBuilding;
+    lock.unlock();
+    BuildLayer(i);
+    lock.lock();
+  }
 }
 
 Result<size_t> LayerStore::Read(const Node& node, uint64_t offset, std::span<uint8_t> out) {
@@ -254,7 +311,8 @@ void LayerStore::BuildLayer(size_t i) {
     }
   }
   if (!idx.ok()) {
-    idx = BuildLayerIndex(source, blob, CompressionOfMediaType(blob.media_type));
+    StoppableSource stoppable(source, &stopping_);
+    idx = BuildLayerIndex(&stoppable, blob, CompressionOfMediaType(blob.media_type));
     if (idx.ok() && index_store_.put) index_store_.put(blob.digest, idx->Serialize());
   }
   if (!idx.ok()) {

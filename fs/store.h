@@ -5,7 +5,9 @@
 // alphabet, padded) of an image reference, resolves the reference on demand
 // and shows NAME/<layer digest>/ for each layer of the image with
 //   diff/  the layer's tree, whiteouts in overlayfs form, indexed (the blob
-//          read once through the chunk cache) when first looked into;
+//          read once through the chunk cache) in the background from the
+//          first read of the layer's info (podman reads it during `podman
+//          pull`), or when first looked into if that comes first;
 //   info   JSON: diff-digest, compressed-diff-digest, compressed-size,
 //          diff-size (once known), compression (0 none, 2 gzip, 4 zstd);
 //   blob   the compressed blob, through the chunk cache.
@@ -20,6 +22,7 @@
 #ifndef REGFS_FS_STORE_H_
 #define REGFS_FS_STORE_H_
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -29,7 +32,9 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <unordered_map>
+#include <vector>
 
 #include "cache/cached_blob_source.h"
 #include "cache/chunk_cache.h"
@@ -79,6 +84,7 @@ class LayerStore : public FsContent {
     Status error;
     std::unique_ptr<LayerReader> reader;
     uint64_t uses = 0, releases = 0;
+    bool queued = false;  // in build_queue_ (or was)
   };
   // A registry client and its cached view, per registry/repository.
   struct Repo {
@@ -87,6 +93,9 @@ class LayerStore : public FsContent {
   };
 
   Status AddImage(std::string_view name, bool* cache_negative);
+  // Queues layer i for a background build when it is still pending.
+  void QueueBuild(size_t i);
+  void BuilderLoop();
   void BuildLayer(size_t i);
   std::string InfoJson(size_t i);
 
@@ -99,8 +108,13 @@ class LayerStore : public FsContent {
   std::mutex resolve_mu_;  // one resolution at a time; guards repos_
   std::map<std::string, Repo> repos_;
 
-  mutable std::mutex mu_;  // guards layers_, layer_dirs_, counters_
-  std::condition_variable cv_;
+  mutable std::mutex mu_;  // guards layers_, layer_dirs_, counters_, build_queue_, builders_
+  std::condition_variable cv_;        // a layer's state changed
+  std::condition_variable build_cv_;  // build_queue_ grew, or stopping_
+  std::deque<size_t> build_queue_;
+  std::vector<std::thread> builders_;  // started on demand, up to kBuilders
+  // Set by the destructor: builders stop and index builds fail at their next read.
+  std::atomic<bool> stopping_{false};
   std::deque<Layer> layers_;  // content ids; never shrinks
   std::unordered_map<Ino, size_t> layer_dirs_;
   StoreCounters counters_;

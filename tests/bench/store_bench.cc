@@ -6,7 +6,7 @@
 // (target with the index present: <= 0.3x). Every podman run uses a private
 // storage.conf/containers.conf in a temp dir.
 //
-//   store_bench [data_mib=384] [runs=3] [rtt_ms=0]
+//   store_bench [data_mib=384] [runs=3] [rtt_ms=0]   (runs=0: push only)
 //
 // The image: a small base layer (cat, its libraries, /etc/os-release) and two
 // gzip layers sharing data_mib MiB of files the command never reads. The
@@ -227,6 +227,7 @@ int main(int argc, char** argv) {
       (unsigned long long)data_mib, image.layers.size(), blob_bytes / 1048576.0, profile.c_str(),
       runs);
   image = BuiltImage();  // free the in-memory copy before podman runs
+  if (runs < 1) return 0;  // runs=0: push the image only
   std::vector<double> normal, cold, indexed;
   std::vector<double> normal_link, cold_link, indexed_link;  // bytes over the link
   // pull + run of `ref` with `env`: seconds into `times`, link bytes into `link`.
