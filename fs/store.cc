@@ -8,8 +8,8 @@
 #include <nlohmann/json.hpp>
 
 #include "fs/layer_tree.h"
-#include "reader/base/log.h"
 #include "reader/base/base64.h"
+#include "reader/base/log.h"
 #include "reader/image/manifest.h"
 #include "reader/image/reference.h"
 #include "reader/layer/index_builder.h"

@@ -47,7 +47,6 @@
 
 namespace regfs {
 
-
 struct StoreCounters {
   uint64_t images = 0;    // references resolved
   uint64_t layers = 0;    // layer directories shown
@@ -108,8 +107,8 @@ class LayerStore : public FsContent {
   std::mutex resolve_mu_;  // one resolution at a time; guards repos_
   std::map<std::string, Repo> repos_;
 
-  mutable std::mutex mu_;  // guards layers_, layer_dirs_, counters_, build_queue_, builders_
-  std::condition_variable cv_;        // a layer's state changed
+  mutable std::mutex mu_;       // guards layers_, layer_dirs_, counters_, build_queue_, builders_
+  std::condition_variable cv_;  // a layer's state changed
   std::condition_variable build_cv_;  // build_queue_ grew, or stopping_
   std::deque<size_t> build_queue_;
   std::vector<std::thread> builders_;  // started on demand, up to kBuilders

@@ -218,8 +218,9 @@ int main(int argc, char** argv) {
     if (profile.empty()) profile = "rtt" + std::to_string(rtt_ms) + "ms";
   }
   if (profile.empty()) profile = "loopback";
-  if (!work_dir.empty()) setenv("TMPDIR", work_dir.c_str(), 1);  // TempDir's parent
-  TempDir tmp("rsb");  // short: see --work-dir
+  // TempDir's parent; a short name (see --work-dir).
+  if (!work_dir.empty()) setenv("TMPDIR", work_dir.c_str(), 1);
+  TempDir tmp("rsb");
   unsetenv("TMPDIR");
   std::printf(
       "store_bench: %llu MiB of data in a %zu-layer image (%.1f MiB compressed), %s, median of "
@@ -227,12 +228,11 @@ int main(int argc, char** argv) {
       (unsigned long long)data_mib, image.layers.size(), blob_bytes / 1048576.0, profile.c_str(),
       runs);
   image = BuiltImage();  // free the in-memory copy before podman runs
-  if (runs < 1) return 0;  // runs=0: push the image only
+  if (runs < 1) return 0;
   std::vector<double> normal, cold, indexed;
   std::vector<double> normal_link, cold_link, indexed_link;  // bytes over the link
   // pull + run of `ref` with `env`: seconds into `times`, link bytes into `link`.
-  auto measure = [&](const PodmanEnv& env, std::vector<double>& times,
-                     std::vector<double>& link) {
+  auto measure = [&](const PodmanEnv& env, std::vector<double>& times, std::vector<double>& link) {
     uint64_t b0 = LinkDownBytes(link_stats);
     double t = FirstCommand(env, ref);
     if (t < 0) return false;
@@ -259,10 +259,11 @@ int main(int argc, char** argv) {
     std::printf("  run %d: normal %.3f s, store cold %.3f s, store with index %.3f s\n", r,
                 normal.back(), cold.back(), indexed.back());
     if (!link_stats.empty()) {
-      std::printf("  run %d: over the link: normal %.1f MiB, store cold %.1f MiB, "
-                  "store with index %.1f MiB\n",
-                  r, normal_link.back() / 1048576, cold_link.back() / 1048576,
-                  indexed_link.back() / 1048576);
+      std::printf(
+          "  run %d: over the link: normal %.1f MiB, store cold %.1f MiB, "
+          "store with index %.1f MiB\n",
+          r, normal_link.back() / 1048576, cold_link.back() / 1048576,
+          indexed_link.back() / 1048576);
     }
     std::fflush(stdout);
   }
@@ -276,8 +277,8 @@ int main(int argc, char** argv) {
   if (!link_stats.empty()) {
     Report("store_bench", profile + " normal: bytes over the link", Median(normal_link), "B");
     Report("store_bench", profile + " store cold: bytes over the link", Median(cold_link), "B");
-    Report("store_bench", profile + " store with index: bytes over the link",
-           Median(indexed_link), "B");
+    Report("store_bench", profile + " store with index: bytes over the link", Median(indexed_link),
+           "B");
   }
   return 0;
 }

@@ -6,7 +6,6 @@
 // the container must see what a normal pull shows, `podman rmi` must release
 // the layers, and repeated pulls must not grow the daemon's fds.
 #include "fs/store.h"
-#include "reader/base/base64.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -20,6 +19,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "reader/base/base64.h"
 #include "tests/support/fd_count.h"
 #include "tests/support/fuse_env.h"
 #include "tests/support/image_builder.h"
