@@ -4,6 +4,7 @@
 #include <linux/falloc.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -53,8 +54,9 @@ Result<ChunkFiles::FdPtr> ChunkFiles::Get(std::string_view digest, bool create) 
   }
   // Chunk files are mostly read in long runs (a blob read front to back);
   // this doubles the kernel's read-ahead for them. Advice only.
-  (void)::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
-  auto ptr = std::make_shared<UniqueFd>(std::move(fd));
+  (void)::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_SEQUENTIAL);  // advice only
+  auto ptr = std::make_shared<OpenFile>();
+  ptr->fd = std::move(fd);
   std::lock_guard<std::mutex> lock(mu_);
   for (auto& [d, p] : open_) {
     if (d == digest) return p;  // another thread opened it meanwhile; ours closes
@@ -97,7 +99,23 @@ Result<bool> ChunkFiles::Read(std::string_view digest, uint64_t offset, std::spa
     if (n == 0) return false;
     done += static_cast<size_t>(n);
   }
+  MaybeReadAhead(*fd, offset, out.size());
   return true;
+}
+
+void ChunkFiles::MaybeReadAhead(OpenFile& f, uint64_t offset, uint64_t len) {
+  // Concurrent readers (FUSE workers) arrive a little out of order.
+  constexpr uint64_t kSlack = 4ull << 20;
+  const uint64_t end = offset + len;
+  const uint64_t prev = f.next_read.exchange(end);
+  if (offset > prev + kSlack || offset + kSlack < prev) return;  // not a sequential run
+  uint64_t advised = f.advised_to.load();
+  if (end + kReadAhead / 2 <= advised) return;  // still well ahead
+  const uint64_t from = std::max(advised, end);
+  const uint64_t to = end + kReadAhead;
+  if (!f.advised_to.compare_exchange_strong(advised, to)) return;  // another reader did
+  (void)::posix_fadvise(f.get(), static_cast<off_t>(from), static_cast<off_t>(to - from),
+                        POSIX_FADV_WILLNEED);  // advice only
 }
 
 Status ChunkFiles::Punch(std::string_view digest, uint64_t offset, uint64_t length) {
