@@ -288,6 +288,10 @@ Status CachedBlobSource::FetchMissing(const BlobDescriptor& blob, uint64_t offse
         window = std::min(it->second.window * 2, max_chunks);
       }
     }
+    if (window == 1 && options_.small_random_fetches) {
+      Status st;
+      if (FetchSmallRandom(blob, offset, out, missing, &st)) return st;
+    }
     const uint64_t span_chunks = missing.back() - missing.front() + 1;
     if (window > span_chunks && missing.back() + 1 < nchunks) {
       const uint64_t from = missing.back() + 1;
@@ -359,6 +363,44 @@ Status CachedBlobSource::FetchMissing(const BlobDescriptor& blob, uint64_t offse
     std::memcpy(out.data() + (a - offset), bytes.data() + (a - c * cs), b - a);
   }
   return first_error;
+}
+
+bool CachedBlobSource::FetchSmallRandom(const BlobDescriptor& blob, uint64_t offset,
+                                        std::span<uint8_t> out,
+                                        const std::vector<uint64_t>& missing, Status* st) {
+  constexpr size_t kMaxTouched = 100000;  // bounds the memory of first touches
+  const uint64_t cs = cache_->chunk_size();
+  if (offset == 0 || out.size() > options_.small_read_bytes ||
+      missing.back() - missing.front() + 1 != missing.size()) {
+    return false;
+  }
+  auto hashes = cache_->GetChunkSha256s(blob.digest);
+  if (!hashes.ok() || hashes->has_value()) return false;  // verified: fetch whole chunks
+  {
+    std::lock_guard<std::mutex> lock(flights_mu_);
+    for (uint64_t c : missing) {
+      if (flights_.count({blob.digest, c})) return false;  // being fetched whole: wait for it
+    }
+    std::set<uint64_t>& touched = touched_[blob.digest];
+    for (uint64_t c : missing) {
+      if (touched.count(c)) return false;  // second touch: fetch and keep the chunk
+    }
+    if (touched_count_ + missing.size() > kMaxTouched) {
+      touched_.clear();
+      touched_count_ = 0;
+    }
+    for (uint64_t c : missing) touched_[blob.digest].insert(c);
+    touched_count_ += missing.size();
+    // A read of the next chunk after this one is the start of a sequential run.
+    Readahead& ra = readahead_[blob.digest];
+    ra.next_chunk = missing.back() + 1;
+    ra.window = 1;
+  }
+  const uint64_t a = std::max(offset, missing.front() * cs);
+  const uint64_t b = std::min<uint64_t>(offset + out.size(), (missing.back() + 1) * cs);
+  *st = upstream_->ReadAt(blob, a, out.subspan(a - offset, b - a));
+  Count(blob.digest, 0, 0, 1, st->ok() ? b - a : 0);
+  return true;
 }
 
 Status CachedBlobSource::FetchRun(const BlobDescriptor& blob, uint64_t first, uint64_t last,

@@ -54,6 +54,14 @@ struct CachedSourceOptions {
   bool readahead = true;                 // grow the window for sequential readers
   bool verify_sequential = true;         // hash in-order passes to verify digests
   bool verify_complete = true;           // verify blobs the cache completes, in the background
+  // A small random read (at most small_read_bytes, not at the blob's start,
+  // not continuing a sequential run) that misses fetches only its own bytes
+  // the first time it touches a chunk, and does not store them; a second
+  // touch of that chunk fetches and stores the whole chunk. Over a slow link
+  // a 4 KiB read then costs a round trip, not a round trip plus a chunk.
+  // Not used for verified blobs (their chunks are checked whole).
+  bool small_random_fetches = false;
+  uint64_t small_read_bytes = 128u << 10;
 };
 
 // Per-blob counters of this process, for .regfs/status.json.
@@ -99,6 +107,9 @@ class CachedBlobSource : public BlobSource {
     uint64_t window = 0;      // chunks fetched by the last sequential miss
   };
 
+  // The small_random_fetches path; false if it does not apply to this read.
+  bool FetchSmallRandom(const BlobDescriptor& blob, uint64_t offset, std::span<uint8_t> out,
+                        const std::vector<uint64_t>& missing, Status* st);
   // Reads [offset, offset + out.size()) through the cache; no digest tracking.
   Status ReadRange(const BlobDescriptor& blob, uint64_t offset, std::span<uint8_t> out);
   // Looks chunks up in the cache, copying hits into out; returns the misses.
@@ -134,6 +145,9 @@ class CachedBlobSource : public BlobSource {
   std::mutex flights_mu_;  // guards flights_ and readahead_; never held across I/O
   std::map<std::pair<std::string, uint64_t>, std::shared_ptr<Flight>> flights_;
   std::map<std::string, Readahead> readahead_;
+  // Chunks a small random read has fetched a part of (first touch done).
+  std::map<std::string, std::set<uint64_t>> touched_;
+  size_t touched_count_ = 0;
   // Bumped (under flights_mu_) whenever a fetch unregisters its flights.
   std::atomic<uint64_t> completed_gen_{0};
 

@@ -230,6 +230,8 @@ int Serve(MountOptions mo, DaemonReady* ready) {
   // the background once the cache holds all of them.
   CachedSourceOptions cso;
   cso.verify_sequential = false;
+  // "Random reads fetch only what they need."
+  cso.small_random_fetches = true;
   CachedBlobSource cached(cache->get(), client.get(), cso);
 
   ImageFsInput in;

@@ -363,5 +363,74 @@ TEST_F(CachedSourceTest, LyingUpstreamIsCaughtOnceCompleteAndItsChunksDropped) {
   EXPECT_FALSE(st->verified);
 }
 
+CachedSourceOptions SmallRandom() {
+  CachedSourceOptions o;
+  o.small_random_fetches = true;
+  o.small_read_bytes = 8192;
+  return o;
+}
+
+TEST_F(CachedSourceTest, SmallRandomReadFetchesItsBytesThenTheWholeChunkOnASecondTouch) {
+  OpenCache(1ull << 30, SmallRandom());
+  std::string data = RandomBytes(kTestChunk * 20, 16);
+  auto b = upstream_.AddBlob(data);
+  const uint64_t at = 7 * kTestChunk + 4096;
+  EXPECT_EQ(Read(b, at, 4096), data.substr(at, 4096));
+  auto log = upstream_.request_log();
+  ASSERT_EQ(log.size(), 1u);
+  EXPECT_EQ(log[0].offset, at);  // only the bytes asked for
+  EXPECT_EQ(log[0].length, 4096u);
+  auto st = cache_->GetBlobState(b.digest);
+  ASSERT_OK(st);
+  EXPECT_EQ(st->chunks_present, 0u);  // and nothing stored
+  // Second touch of chunk 7: the whole chunk, stored.
+  EXPECT_EQ(Read(b, at + 20000, 4096), data.substr(at + 20000, 4096));
+  log = upstream_.request_log();
+  ASSERT_EQ(log.size(), 2u);
+  EXPECT_EQ(log[1].offset, 7 * kTestChunk);
+  EXPECT_EQ(log[1].length, kTestChunk);
+  // Third: a hit.
+  EXPECT_EQ(Read(b, at + 100, 4096), data.substr(at + 100, 4096));
+  EXPECT_EQ(upstream_.requests(), 2u);
+  // A read across a chunk boundary is still small: its bytes only.
+  const uint64_t cross = 12 * kTestChunk - 2048;
+  EXPECT_EQ(Read(b, cross, 4096), data.substr(cross, 4096));
+  log = upstream_.request_log();
+  ASSERT_EQ(log.size(), 3u);
+  EXPECT_EQ(log[2].offset, cross);
+  EXPECT_EQ(log[2].length, 4096u);
+}
+
+TEST_F(CachedSourceTest, LargeReadsAndReadsFromTheStartFetchWholeChunks) {
+  OpenCache(1ull << 30, SmallRandom());
+  std::string data = RandomBytes(kTestChunk * 20, 17);
+  auto b = upstream_.AddBlob(data);
+  EXPECT_EQ(Read(b, 0, 4096), data.substr(0, 4096));  // the blob's start
+  EXPECT_EQ(Read(b, 9 * kTestChunk + 10, 20000), data.substr(9 * kTestChunk + 10, 20000));
+  auto log = upstream_.request_log();
+  ASSERT_EQ(log.size(), 2u);
+  EXPECT_EQ(log[0].length, kTestChunk);
+  EXPECT_EQ(log[1].offset, 9 * kTestChunk);
+  EXPECT_EQ(log[1].length, kTestChunk);
+}
+
+TEST_F(CachedSourceTest, SmallRandomReadOfAVerifiedBlobFetchesTheCheckedChunk) {
+  OpenCache(1ull << 30, SmallRandom());
+  std::string data = RandomBytes(kTestChunk * 6, 18);
+  auto b = upstream_.AddBlob(data);
+  ASSERT_OK(source_->FetchWhole(b));
+  ASSERT_OK(cache_->Prune(0));
+  upstream_.ResetCounters();
+  upstream_.SetCorruptResponses(true);
+  Status st;
+  Read(b, 3 * kTestChunk + 8, 4096, &st);
+  EXPECT_EQ(st.code(), Code::kCorrupt) << st.ToString();
+  upstream_.SetCorruptResponses(false);
+  EXPECT_EQ(Read(b, 3 * kTestChunk + 8, 4096), data.substr(3 * kTestChunk + 8, 4096));
+  auto log = upstream_.request_log();
+  ASSERT_EQ(log.size(), 2u);
+  EXPECT_EQ(log[1].length, kTestChunk);
+}
+
 }  // namespace
 }  // namespace regfs::testing
