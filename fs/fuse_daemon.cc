@@ -36,6 +36,8 @@ struct FuseDaemon::Impl {
   std::unordered_map<uint64_t, std::shared_ptr<const std::string>> handles;
   std::atomic<uint64_t> next_fh{1};
   bool no_opendir = false;  // set once in init, before any other request
+  std::string read_ahead_path;  // the bdi's read_ahead_kb, set at mount
+  std::once_flag read_ahead_once;
 };
 
 namespace {
@@ -44,10 +46,18 @@ using Impl = FuseDaemon::Impl;
 
 Impl* Self(fuse_req_t req) { return static_cast<Impl*>(fuse_req_userdata(req)); }
 
+void WriteReadAhead(const std::string& path, unsigned kib);
+
 // The exception barrier: no exception reaches libfuse's C code, and a
-// request whose handler threw still gets exactly one reply.
+// request whose handler threw still gets exactly one reply. The first
+// request also raises the mount's read-ahead: the kernel offers FUSE 128 KiB
+// by default and resets the bdi's value when it processes INIT, so it can
+// only be raised once INIT is done.
 template <typename F>
 void Guard(fuse_req_t req, const char* op, F&& f) {
+  Impl* impl = Self(req);
+  std::call_once(impl->read_ahead_once,
+                 [impl] { WriteReadAhead(impl->read_ahead_path, impl->opts.read_ahead_kb); });
   try {
     f();
   } catch (const std::exception& e) {
@@ -487,15 +497,13 @@ struct ArgvHolder {
   }
 };
 
-// The kernel offers FUSE only the default 128 KiB of read-ahead, so a
-// sequential reader would send 128 KiB requests. Raise the mount's bdi
-// read_ahead_kb (root only; best effort). The device number comes from
-// /proc/self/mountinfo: a stat() of the mountpoint would wait for the loop.
-void RaiseReadAhead(const std::string& mountpoint, unsigned kib) {
+// The mount's bdi read_ahead_kb file, or "" (the device number comes from
+// /proc/self/mountinfo: a stat() of the mountpoint would wait for the loop).
+std::string ReadAheadPath(const std::string& mountpoint) {
   char real[PATH_MAX];
-  if (!realpath(mountpoint.c_str(), real)) return;
+  if (!realpath(mountpoint.c_str(), real)) return "";
   FILE* f = std::fopen("/proc/self/mountinfo", "re");
-  if (!f) return;
+  if (!f) return "";
   char line[4096];
   std::string dev;
   while (std::fgets(line, sizeof line, f)) {
@@ -508,8 +516,12 @@ void RaiseReadAhead(const std::string& mountpoint, unsigned kib) {
     }
   }
   std::fclose(f);
-  if (dev.empty()) return;
-  std::string path = "/sys/class/bdi/" + dev + "/read_ahead_kb";
+  return dev.empty() ? "" : "/sys/class/bdi/" + dev + "/read_ahead_kb";
+}
+
+// Sets the mount's read-ahead (root only; best effort).
+void WriteReadAhead(const std::string& path, unsigned kib) {
+  if (path.empty()) return;
   FILE* ra = std::fopen(path.c_str(), "we");
   if (!ra) {
     LOG_INFO("cannot raise read-ahead (" + path + "): " + std::strerror(errno));
@@ -549,9 +561,9 @@ Status FuseDaemon::Mount() {
     return Status::IoError("cannot mount on " + impl_->opts.mountpoint +
                            " (is /dev/fuse present and the directory empty?)");
   }
-  if (impl_->opts.read_ahead_kb > 0) {
-    RaiseReadAhead(impl_->opts.mountpoint, impl_->opts.read_ahead_kb);
-  }
+  // The kernel sets the read-ahead from the INIT reply, after this; the
+  // first request after INIT applies ours (see Guard).
+  if (impl_->opts.read_ahead_kb > 0) impl_->read_ahead_path = ReadAheadPath(impl_->opts.mountpoint);
   std::lock_guard lock(impl_->mount_mu);
   impl_->mounted = true;
   return Status::Ok();
