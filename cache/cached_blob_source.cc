@@ -39,7 +39,10 @@ class CachedBlobSource::BufferPool : public std::enable_shared_from_this<BufferP
  public:
   // A buffer of `n` bytes (contents undefined), back to the pool when the
   // last reference goes.
-  std::shared_ptr<FetchBuf> Get(size_t n) {
+  // `reserve`: the capacity to allocate if a new buffer is needed, so that
+  // buffers are allocated once at the largest fetch size and then reused
+  // (untouched capacity costs address space, not memory).
+  std::shared_ptr<FetchBuf> Get(size_t n, size_t reserve) {
     std::unique_ptr<FetchBuf> b;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -49,7 +52,8 @@ class CachedBlobSource::BufferPool : public std::enable_shared_from_this<BufferP
       }
     }
     if (!b) b = std::make_unique<FetchBuf>();
-    b->Resize(n);
+    b->Resize(std::max(n, reserve));
+    b->size = n;
     return std::shared_ptr<FetchBuf>(b.release(), [pool = shared_from_this()](FetchBuf* p) {
       pool->Put(std::unique_ptr<FetchBuf>(p));
     });
@@ -408,7 +412,7 @@ Status CachedBlobSource::FetchRun(const BlobDescriptor& blob, uint64_t first, ui
   const uint64_t cs = cache_->chunk_size();
   const uint64_t start = first * cs;
   const uint64_t end = std::min((last + 1) * cs, blob.size);
-  std::shared_ptr<FetchBuf> buf = buffers_->Get(end - start);
+  std::shared_ptr<FetchBuf> buf = buffers_->Get(end - start, options_.max_fetch_bytes);
   Status st = upstream_->ReadAt(blob, start, {buf->data(), buf->size});
   Count(blob.digest, 0, 0, 1, st.ok() ? buf->size : 0);
   const std::span<const uint8_t> bytes(buf->data(), buf->size);
