@@ -221,6 +221,9 @@ int RegfsMain(int argc, char** argv) {
       ->delimiter(',');
   store->add_option("--log-file", so.log_file, "where the background daemon logs");
   store->add_flag("--fuse-debug", so.fuse_debug, "libfuse request tracing");
+  store->add_flag("--index-on-pull", so.index_on_pull,
+                  "index layers in the background from `podman pull` on (the pull then makes "
+                  "the store fetch whole layers; by default a layer is fetched when first used)");
   store->add_option("MOUNTPOINT", so.mountpoint, "an empty directory")->required();
 
   std::string umount_path;

@@ -26,6 +26,7 @@ struct MountOptions {
   bool fuse_debug = false;
   bool overlay_whiteouts = false;  // --whiteouts=overlay
   int readahead_threads = 3;       // --readahead-threads: background read-ahead of blobs
+  bool index_on_pull = false;      // store --index-on-pull: build indexes from podman's pull
   std::string log_file;
 };
 

@@ -55,8 +55,12 @@ Node DirNode() {
 
 }  // namespace
 
-LayerStore::LayerStore(ChunkCache* cache, CommonOptions common, IndexStore index_store)
-    : cache_(cache), common_(std::move(common)), index_store_(std::move(index_store)) {
+LayerStore::LayerStore(ChunkCache* cache, CommonOptions common, IndexStore index_store,
+                       bool index_on_pull)
+    : cache_(cache),
+      common_(std::move(common)),
+      index_store_(std::move(index_store)),
+      index_on_pull_(index_on_pull) {
   tree_.SetTimesAndOwner(kRootIno, 0, 0, 0);
   tree_.Update(kRootIno, [](Node& n) { n.attr.mode = S_IFDIR | 0755; });
   Ino meta = tree_.AddDir(kRootIno, ".regfs");
@@ -214,7 +218,7 @@ Result<std::string> LayerStore::Generate(const Node& node) {
   }
   // podman reads info when it looks the layer up during `podman pull`; the
   // index is then likely ready by the time `podman run` looks into diff/.
-  QueueBuild(node.content_id);
+  if (index_on_pull_) QueueBuild(node.content_id);
   return InfoJson(node.content_id);
 }
 
@@ -372,7 +376,7 @@ int RunStore(MountOptions mo) {
     }
     Result<std::unique_ptr<ChunkCache>> cache = OpenCache(mo.common);
     if (!cache.ok()) return fail("cannot open the cache", cache.status());
-    LayerStore store(cache->get(), mo.common, CacheIndexStore(cache->get()));
+    LayerStore store(cache->get(), mo.common, CacheIndexStore(cache->get()), mo.index_on_pull);
     FuseOptions fo;
     fo.mountpoint = mo.mountpoint;
     fo.fsname = "regfs-store";

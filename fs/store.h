@@ -5,9 +5,10 @@
 // alphabet, padded) of an image reference, resolves the reference on demand
 // and shows NAME/<layer digest>/ for each layer of the image with
 //   diff/  the layer's tree, whiteouts in overlayfs form, indexed (the blob
-//          read once through the chunk cache) in the background from the
-//          first read of the layer's info (podman reads it during `podman
-//          pull`), or when first looked into if that comes first;
+//          read once through the chunk cache) when first looked into, or,
+//          with index_on_pull, in the background from the first read of the
+//          layer's info (podman reads it during `podman pull`; the pull then
+//          makes the store fetch whole layers, which the default avoids);
 //   info   JSON: diff-digest, compressed-diff-digest, compressed-size,
 //          diff-size (once known), compression (0 none, 2 gzip, 4 zstd);
 //   blob   the compressed blob, through the chunk cache.
@@ -58,7 +59,8 @@ struct StoreCounters {
 class LayerStore : public FsContent {
  public:
   // `cache` must outlive this. `common` gives auth, TLS and platform.
-  LayerStore(ChunkCache* cache, CommonOptions common, IndexStore index_store);
+  LayerStore(ChunkCache* cache, CommonOptions common, IndexStore index_store,
+             bool index_on_pull = false);
   ~LayerStore() override;
 
   Tree& tree() { return tree_; }
@@ -104,6 +106,7 @@ class LayerStore : public FsContent {
   Tree tree_;
   Ino status_file_ = 0;
 
+  const bool index_on_pull_;
   std::mutex resolve_mu_;  // one resolution at a time; guards repos_
   std::map<std::string, Repo> repos_;
 

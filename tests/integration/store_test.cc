@@ -1,8 +1,7 @@
 // `regfs store` as podman's additional layer store: the protocol files for a
 // test image, then real `podman pull` / `podman run` (runc, no network) on a
 // private storage.conf whose additionallayerstores names the store. The pull
-// must take every layer from the store (no layer blob GET at the registry
-// but the store's own, for the index builds it starts during the pull),
+// must take every layer from the store (no layer blob GET at the registry),
 // the container must see what a normal pull shows, `podman rmi` must release
 // the layers, and repeated pulls must not grow the daemon's fds.
 #include "fs/store.h"
@@ -15,9 +14,10 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
+#include <thread>
 
 #include "reader/base/base64.h"
 #include "tests/support/fd_count.h"
@@ -120,9 +120,12 @@ class StoreTest : public FdCheckedTest {
     return spec;
   }
 
-  void StartStore() {
-    CommandResult r = RunCommand({REGFS_BINARY, "store", "--tls-verify=false", "--cache-dir",
-                                  dir_->Sub("cache"), "--log-file", dir_->Sub("store.log"), mnt_});
+  void StartStore(const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> args = {REGFS_BINARY, "store", "--tls-verify=false", "--cache-dir",
+                                     dir_->Sub("cache"), "--log-file", dir_->Sub("store.log")};
+    args.insert(args.end(), extra.begin(), extra.end());
+    args.push_back(mnt_);
+    CommandResult r = RunCommand(args);
     ASSERT_EQ(r.exit_code, 0) << r.output;
     ASSERT_TRUE(IsMountPoint(mnt_));
   }
@@ -141,25 +144,6 @@ class StoreTest : public FdCheckedTest {
     int n = 0;
     for (const BuiltLayer& l : image_.layers) {
       n += registry_->CountRequests("GET", "/blobs/" + l.descriptor.digest);
-    }
-    return n;
-  }
-
-  // Layer blob GETs by clients other than regfs (whose User-Agent is
-  // "regfs/..."): podman's own downloads. The store builds its indexes in the
-  // background from the pull on, so its GETs may come during the pull.
-  int PodmanLayerBlobGets() const {
-    std::string log;
-    EXPECT_TRUE(ReadWholeFile(registry_->access_log_path(), &log));
-    std::istringstream in(log);
-    std::string line;
-    int n = 0;
-    while (std::getline(in, line)) {
-      if (line.find("\"GET ") == std::string::npos) continue;
-      if (line.find("\"regfs/") != std::string::npos) continue;
-      for (const BuiltLayer& l : image_.layers) {
-        n += line.find("/blobs/" + l.descriptor.digest) != std::string::npos;
-      }
     }
     return n;
   }
@@ -253,6 +237,44 @@ TEST_F(StoreTest, ServesTheProtocolFiles) {
   EXPECT_EQ(s["images"], 1) << s.dump();
 }
 
+// podman reads each layer's info during `podman pull`. By default that
+// fetches nothing; with --index-on-pull it starts the layers' index builds.
+TEST_F(StoreTest, ReadingInfoStartsIndexBuildsOnlyWithIndexOnPull) {
+  for (bool on_pull : {false, true}) {
+    SCOPED_TRACE(on_pull ? "--index-on-pull" : "default");
+    if (on_pull) {
+      ASSERT_EQ(RunCommand({REGFS_BINARY, "umount", mnt_}).exit_code, 0);
+      StartStore({"--index-on-pull"});
+    } else {
+      StartStore();
+    }
+    const int gets_before = LayerBlobGets();
+    const std::string image_dir = mnt_ + "/" + Base64Encode(ref_);
+    for (const BuiltLayer& l : image_.layers) {
+      std::string info;
+      ASSERT_TRUE(ReadWholeFile(image_dir + "/" + l.descriptor.digest + "/info", &info))
+          << StoreLog();
+    }
+    nlohmann::json s = StoreStatus();
+    if (!on_pull) {
+      for (const nlohmann::json& l : s["layers"]) EXPECT_FALSE(l["queued"].get<bool>()) << s.dump();
+      EXPECT_EQ(s["indexedLayers"].get<int>(), 0) << s.dump();
+      EXPECT_EQ(LayerBlobGets(), gets_before);
+      continue;
+    }
+    // Without anything looking into diff/, every layer gets indexed.
+    // Bounded wait: 600 x 50 ms.
+    for (int i = 0; i < 600 && s["indexedLayers"].get<int>() < static_cast<int>(image_.layers.size());
+         ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      s = StoreStatus();
+    }
+    EXPECT_EQ(s["indexedLayers"].get<int>(), static_cast<int>(image_.layers.size())) << s.dump();
+    for (const nlohmann::json& l : s["layers"]) EXPECT_TRUE(l["queued"].get<bool>()) << s.dump();
+    EXPECT_GT(LayerBlobGets(), gets_before);
+  }
+}
+
 TEST_F(StoreTest, PodmanPullsFromTheStoreAndRuns) {
   if (!HavePodman()) GTEST_SKIP() << "podman or /usr/sbin/runc missing (packaging/install-deps.sh)";
   StartStore();
@@ -266,13 +288,12 @@ TEST_F(StoreTest, PodmanPullsFromTheStoreAndRuns) {
         << l.descriptor.digest << "\n"
         << pull.output;
   }
-  EXPECT_EQ(PodmanLayerBlobGets(), 0) << pull.output;
-  // podman read each layer's info during the pull: each layer's index build
-  // was queued then, before anything looked into diff/.
+  EXPECT_EQ(LayerBlobGets(), 0) << pull.output;
+  // Nor did the store fetch anything during the pull (no --index-on-pull).
   nlohmann::json after_pull = StoreStatus();
   ASSERT_EQ(after_pull["layers"].size(), image_.layers.size()) << after_pull.dump();
   for (const nlohmann::json& l : after_pull["layers"]) {
-    EXPECT_TRUE(l["queued"].get<bool>()) << after_pull.dump();
+    EXPECT_FALSE(l["queued"].get<bool>()) << after_pull.dump();
   }
 
   CommandResult run = Podman("lazy", "run --rm --runtime /usr/sbin/runc --network none " + ref_ +
