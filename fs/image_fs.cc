@@ -223,21 +223,38 @@ void ImageFs::IndexWorker() {
   }
 }
 
-Result<std::shared_ptr<const LayerIndex>> ImageFs::LoadOrBuildIndex(size_t i) {
-  const BlobDescriptor& blob = input_.layers[i];
-  if (opts_.index_store.get) {
-    if (std::optional<std::string> bytes = opts_.index_store.get(blob.digest)) {
+Result<LayerIndex> LoadOrBuildLayerIndex(const IndexStore& store, BlobSource* source,
+                                         const BlobDescriptor& blob,
+                                         const IndexBuildOptions& build, bool* from_store) {
+  *from_store = false;
+  if (store.get) {
+    if (std::optional<std::string> bytes = store.get(blob.digest)) {
       Result<LayerIndex> idx = LayerIndex::Deserialize(*bytes);
-      if (idx.ok() && idx->blob_digest == blob.digest) {
-        std::lock_guard lock(layers_mu_);
-        layers_[i].from_cache = true;
-        layers_[i].done = blob.size;
-        return std::make_shared<const LayerIndex>(std::move(*idx));
+      if (idx.ok() && idx->blob_digest != blob.digest) {
+        idx = Status::Corrupt("it indexes " + idx->blob_digest);
       }
-      LOG_WARN("layer " + std::to_string(i) + ": stored index unusable (" +
-               idx.status().ToString() + "); rebuilding");
+      if (idx.ok()) {
+        *from_store = true;
+        return idx;
+      }
+      LOG_WARN("layer " + blob.digest + ": stored index unusable (" + idx.status().ToString() +
+               "); rebuilding");
     }
   }
+  ASSIGN_OR_RETURN(LayerIndex idx,
+                   BuildLayerIndex(source, blob, CompressionOfMediaType(blob.media_type), build));
+  if (store.put) store.put(blob.digest, idx.Serialize());
+  return idx;
+}
+
+std::shared_ptr<const LayerIndex> IndexForReader(LayerIndex index) {
+  index.entries.clear();
+  index.entries.shrink_to_fit();
+  return std::make_shared<const LayerIndex>(std::move(index));
+}
+
+Result<std::shared_ptr<const LayerIndex>> ImageFs::LoadOrBuildIndex(size_t i) {
+  const BlobDescriptor& blob = input_.layers[i];
   IndexBuildOptions bo;
   bo.progress = [this, i](uint64_t done, uint64_t total) {
     {
@@ -249,9 +266,14 @@ Result<std::shared_ptr<const LayerIndex>> ImageFs::LoadOrBuildIndex(size_t i) {
                      std::to_string(total ? done * 100 / total : 100) + "%");
     }
   };
-  ASSIGN_OR_RETURN(LayerIndex idx, BuildLayerIndex(&index_source_, blob,
-                                                   CompressionOfMediaType(blob.media_type), bo));
-  if (opts_.index_store.put) opts_.index_store.put(blob.digest, idx.Serialize());
+  bool from_store = false;
+  ASSIGN_OR_RETURN(LayerIndex idx,
+                   LoadOrBuildLayerIndex(opts_.index_store, &index_source_, blob, bo, &from_store));
+  if (from_store) {
+    std::lock_guard lock(layers_mu_);
+    layers_[i].from_cache = true;
+    layers_[i].done = blob.size;
+  }
   return std::make_shared<const LayerIndex>(std::move(idx));
 }
 
@@ -274,9 +296,7 @@ void ImageFs::BuildLayer(size_t i) {
   LayerTreeStats ts = AddLayerEntries(tree_, dir, static_cast<uint32_t>(i), **idx,
                                       opts_.whiteouts);
   // The tree holds the entries now; the reader needs only the restart points.
-  auto trimmed = std::make_shared<LayerIndex>(**idx);
-  trimmed->entries.clear();
-  trimmed->entries.shrink_to_fit();
+  std::shared_ptr<const LayerIndex> trimmed = IndexForReader(**idx);
   idx->reset();
   auto reader = std::make_unique<LayerReader>(blobs_, input_.layers[i], trimmed);
   std::unique_ptr<BlobSource> raw_upstream, raw;

@@ -28,6 +28,7 @@
 #include "fs/prefetcher.h"
 #include "fs/tree.h"
 #include "reader/base/blob_source.h"
+#include "reader/layer/index_builder.h"
 #include "reader/layer/layer_reader.h"
 
 namespace regfs {
@@ -47,6 +48,18 @@ struct IndexStore {
   std::function<std::optional<std::string>(const std::string& digest)> get;
   std::function<void(const std::string& digest, const std::string& bytes)> put;
 };
+
+// The index of `blob`: the stored one when `store` holds a valid index of
+// this digest (then *from_store is set), else one built by a pass over
+// `source` and stored. A stored index that does not parse or names another
+// blob is rebuilt, with a warning. Used by `mount` (ImageFs) and `store`.
+Result<LayerIndex> LoadOrBuildLayerIndex(const IndexStore& store, BlobSource* source,
+                                         const BlobDescriptor& blob,
+                                         const IndexBuildOptions& build, bool* from_store);
+// What a LayerReader needs of an index whose entries now live in a tree:
+// everything but the entries (the restart points). Move the index in where
+// it is no longer needed, to avoid copying its entries.
+std::shared_ptr<const LayerIndex> IndexForReader(LayerIndex index);
 
 // What .regfs/status.json says of one layer's index.
 struct LayerIndexStatus {

@@ -307,18 +307,10 @@ void LayerStore::BuildLayer(size_t i) {
     source = layers_[i].source;
     diff = layers_[i].diff;
   }
-  Result<LayerIndex> idx = Status::NotFound("no stored index");
-  if (index_store_.get) {
-    if (std::optional<std::string> bytes = index_store_.get(blob.digest)) {
-      idx = LayerIndex::Deserialize(*bytes);
-      if (idx.ok() && idx->blob_digest != blob.digest) idx = Status::Corrupt("other blob");
-    }
-  }
-  if (!idx.ok()) {
-    StoppableSource stoppable(source, &stopping_);
-    idx = BuildLayerIndex(&stoppable, blob, CompressionOfMediaType(blob.media_type));
-    if (idx.ok() && index_store_.put) index_store_.put(blob.digest, idx->Serialize());
-  }
+  StoppableSource stoppable(source, &stopping_);
+  bool from_store = false;
+  Result<LayerIndex> idx =
+      LoadOrBuildLayerIndex(index_store_, &stoppable, blob, IndexBuildOptions{}, &from_store);
   if (!idx.ok()) {
     LOG_ERROR("store: layer " + blob.digest + ": cannot index: " + idx.status().ToString());
     std::lock_guard lock(mu_);
@@ -330,10 +322,7 @@ void LayerStore::BuildLayer(size_t i) {
   AddLayerEntries(tree_, diff, static_cast<uint32_t>(i), *idx, WhiteoutMode::kOverlay);
   uint64_t size = idx->uncompressed_size;
   // The tree holds the entries now; the reader needs only the restart points.
-  idx->entries.clear();
-  idx->entries.shrink_to_fit();
-  auto reader = std::make_unique<LayerReader>(source, blob,
-                                              std::make_shared<const LayerIndex>(std::move(*idx)));
+  auto reader = std::make_unique<LayerReader>(source, blob, IndexForReader(std::move(*idx)));
   tree_.ClearPending(diff);
   std::lock_guard lock(mu_);
   layers_[i].reader = std::move(reader);
