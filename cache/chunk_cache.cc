@@ -590,6 +590,7 @@ Status ChunkCache::PutChunks(const BlobDescriptor& blob, uint64_t first_index,
   std::vector<Victim> victims;
   Status write_error;
   bool committed = false;
+  std::vector<uint64_t> stored;  // chunk indices written by this call
   Status st = [&]() -> Status {
     WriteConn& w = *writer_;
     ASSIGN_OR_RETURN(Transaction txn,
@@ -625,6 +626,7 @@ Status ChunkCache::PutChunks(const BlobDescriptor& blob, uint64_t first_index,
       // disk) keeps the chunks stored so far.
       write_error = files_->Write(blob.digest, static_cast<uint64_t>(idx) * cs, bytes);
       if (!write_error.ok()) break;
+      stored.push_back(static_cast<uint64_t>(idx));  // ascending
       int64_t now;
       {
         std::lock_guard<std::mutex> tl(touch_mu_);
@@ -642,7 +644,12 @@ Status ChunkCache::PutChunks(const BlobDescriptor& blob, uint64_t first_index,
     committed = true;
     return write_error;
   }();
-  // Victims' rows are gone only if the transaction committed.
+  // Victims' rows are gone only if the transaction committed. A victim that
+  // this call stored again (evicted for an earlier chunk, then absent when
+  // its own turn came) keeps its new bytes.
+  std::erase_if(victims, [&](const Victim& v) {
+    return v.digest == blob.digest && std::binary_search(stored.begin(), stored.end(), v.index);
+  });
   if (committed) FreeVictims(victims);
   if (!st.ok() && st.code() != Code::kInvalidArgument) WarnWrite(st);
   return st;

@@ -419,5 +419,21 @@ TEST_F(ChunkCacheTest, SchemaOneDatabaseIsMigratedAndItsChunksForgotten) {
   EXPECT_TRUE(Has(b, 0));
 }
 
+// Storing chunks 0 and 1 under a one-chunk cap: chunk 1, already present, is
+// evicted to make room for chunk 0, then stored again (evicting chunk 0).
+// Freeing the victims' bytes after the commit must spare the new chunk 1.
+TEST_F(ChunkCacheTest, AChunkEvictedAndStoredAgainInOneCallKeepsItsBytes) {
+  OpenCache(kTestChunk);
+  std::string data;
+  auto b = MakeBlob(kTestChunk * 2, 84, &data);
+  ASSERT_OK(cache_->PutChunks(b, 1, Bytes(data.substr(kTestChunk))));
+  ASSERT_OK(cache_->PutChunks(b, 0, Bytes(data)));
+  EXPECT_FALSE(Has(b, 0));
+  bool hit = false;
+  std::string got = ReadChunk(b, 1, 0, kTestChunk, &hit);
+  EXPECT_TRUE(hit);
+  EXPECT_EQ(got, data.substr(kTestChunk));
+}
+
 }  // namespace
 }  // namespace regfs::testing
