@@ -225,14 +225,7 @@ int Serve(MountOptions mo, DaemonReady* ready) {
   } else {
     return fail("cannot resolve " + ref->Normalized(), img.status());
   }
-  // FUSE delivers concurrent reads out of order, so in-order hashing would
-  // rarely complete and would sit on the read path: blobs are verified in
-  // the background once the cache holds all of them.
-  CachedSourceOptions cso;
-  cso.verify_sequential = false;
-  // "Random reads fetch only what they need."
-  cso.small_random_fetches = true;
-  CachedBlobSource cached(cache->get(), client.get(), cso);
+  CachedBlobSource cached(cache->get(), client.get(), DaemonCacheOptions());
 
   ImageFsInput in;
   in.manifest_bytes = img->manifest_bytes;
@@ -343,6 +336,14 @@ Result<std::unique_ptr<ChunkCache>> OpenCache(const CommonOptions& o) {
   Result<std::unique_ptr<ChunkCache>> cache = ChunkCache::Open(co);
   if (!cache.ok()) return cache.status().Annotate("cache in " + co.dir);
   return cache;
+}
+
+CachedSourceOptions DaemonCacheOptions() {
+  CachedSourceOptions o;
+  o.verify_sequential = false;
+  o.verify_complete = true;
+  o.small_random_fetches = true;
+  return o;
 }
 
 IndexStore CacheIndexStore(ChunkCache* db) {

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "cache/cached_blob_source.h"
 #include "cache/chunk_cache.h"
 #include "fs/image_fs.h"
 #include "fs/options.h"
@@ -47,6 +48,11 @@ void TakeOwnOptions(MountOptions* mo);
 Result<std::unique_ptr<ChunkCache>> OpenCache(const CommonOptions& o);
 // Layer indexes kept in the cache's table (failures logged, never fatal).
 IndexStore CacheIndexStore(ChunkCache* db);
+// How a FUSE daemon reads blobs through the cache: FUSE delivers concurrent
+// reads out of order, so blobs are verified in the background once the
+// cache holds all of them (in-order hashing would rarely complete and would
+// sit on the read path), and small random reads fetch only their bytes.
+CachedSourceOptions DaemonCacheOptions();
 // The daemon's half of the readiness pipe: Send("OK") or an error, once.
 class DaemonReady {
  public:

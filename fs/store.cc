@@ -128,7 +128,8 @@ Status LayerStore::AddImage(std::string_view name, bool* cache_negative) {
       return Status::NotFound("no client");
     }
     repo.client = std::move(*client);
-    repo.cached = std::make_unique<CachedBlobSource>(cache_, repo.client.get());
+    repo.cached =
+        std::make_unique<CachedBlobSource>(cache_, repo.client.get(), DaemonCacheOptions());
   }
   std::optional<Platform> platform;
   if (!common_.platform.empty()) {
