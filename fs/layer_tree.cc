@@ -2,6 +2,7 @@
 
 #include <sys/sysmacros.h>
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -22,8 +23,8 @@ std::pair<std::string_view, std::string_view> SplitPath(std::string_view path) {
 
 class Builder {
  public:
-  Builder(Tree& tree, Ino root, uint32_t layer, WhiteoutMode mode)
-      : tree_(tree), layer_(layer), mode_(mode) {
+  Builder(Tree& tree, Ino root, uint32_t layer, WhiteoutMode mode, HardLinkMetadata links)
+      : tree_(tree), layer_(layer), mode_(mode), links_(links) {
     dirs_[""] = root;
   }
 
@@ -69,6 +70,7 @@ class Builder {
           return;
         }
         files_[e.path] = it->second;
+        if (links_ == HardLinkMetadata::kApplyLinkHeader) ApplyLinkHeader(it->second, e);
         ++stats_.entries;
         return;
       }
@@ -199,6 +201,31 @@ class Builder {
     if (existed) Skip(e, "whiteout of a name this layer also has");
   }
 
+  // podman's order: lchown, set xattrs, chmod and chtimes (the last two only
+  // when the target is not a symlink).
+  void ApplyLinkHeader(Ino ino, const TarEntry& e) {
+    tree_.Update(ino, [&](Node& n) {
+      n.attr.uid = e.uid;
+      n.attr.gid = e.gid;
+      if (!e.xattrs.empty()) {
+        auto x = n.xattrs ? std::make_shared<Xattrs>(*n.xattrs) : std::make_shared<Xattrs>();
+        for (const auto& [key, value] : e.xattrs) {
+          auto same = std::find_if(x->begin(), x->end(), [&](const auto& kv) { return kv.first == key; });
+          if (same != x->end()) {
+            same->second = value;
+          } else {
+            x->emplace_back(key, value);
+          }
+        }
+        n.xattrs = x;
+      }
+      if (S_ISLNK(n.attr.mode)) return;
+      n.attr.mode = (n.attr.mode & S_IFMT) | (e.mode & 07777);
+      n.attr.mtime_sec = e.mtime_sec;
+      n.attr.mtime_nsec = e.mtime_nsec;
+    });
+  }
+
   void Skip(const TarEntry& e, const std::string& why) {
     ++stats_.skipped;
     LOG_WARN("layer " + std::to_string(layer_) + ": skipping '" + e.path + "': " + why);
@@ -207,6 +234,7 @@ class Builder {
   Tree& tree_;
   uint32_t layer_;
   WhiteoutMode mode_;
+  HardLinkMetadata links_;
   std::unordered_map<std::string, Ino> dirs_;
   std::unordered_map<std::string, Ino> files_;
   LayerTreeStats stats_;
@@ -215,8 +243,8 @@ class Builder {
 }  // namespace
 
 LayerTreeStats AddLayerEntries(Tree& tree, Ino root, uint32_t layer, const LayerIndex& index,
-                               WhiteoutMode mode) {
-  Builder b(tree, root, layer, mode);
+                               WhiteoutMode mode, HardLinkMetadata links) {
+  Builder b(tree, root, layer, mode, links);
   for (const TarEntry& e : index.entries) b.Add(e);
   return b.stats();
 }

@@ -20,6 +20,14 @@ namespace regfs {
 
 enum class WhiteoutMode { kAsInTar, kOverlay };
 
+// What a hard link's own header does to the inode it shares with its target.
+// bsdtar and umoci (and `mount`'s layers/ and rootfs/) keep the target's
+// metadata; podman's extraction (containers/storage) applies the link
+// header's owner, mode, mtime and xattrs to the shared inode, the last entry
+// winning (mode and mtime not when the target is a symlink). The layer store
+// follows podman, so that a container sees what a normal pull gives it.
+enum class HardLinkMetadata { kKeepTarget, kApplyLinkHeader };
+
 struct LayerTreeStats {
   uint64_t entries = 0;        // nodes and links added
   uint64_t implicit_dirs = 0;  // parents the tar did not list
@@ -31,7 +39,8 @@ struct LayerTreeStats {
 // files get ContentKind::kLayerEntry with content_id = `layer` and
 // content_arg = the data's offset in the uncompressed stream.
 LayerTreeStats AddLayerEntries(Tree& tree, Ino root, uint32_t layer, const LayerIndex& index,
-                               WhiteoutMode mode);
+                               WhiteoutMode mode,
+                               HardLinkMetadata links = HardLinkMetadata::kKeepTarget);
 
 }  // namespace regfs
 

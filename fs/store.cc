@@ -320,7 +320,8 @@ void LayerStore::BuildLayer(size_t i) {
     cv_.notify_all();
     return;
   }
-  AddLayerEntries(tree_, diff, static_cast<uint32_t>(i), *idx, WhiteoutMode::kOverlay);
+  AddLayerEntries(tree_, diff, static_cast<uint32_t>(i), *idx, WhiteoutMode::kOverlay,
+                  HardLinkMetadata::kApplyLinkHeader);
   uint64_t size = idx->uncompressed_size;
   // The tree holds the entries now; the reader needs only the restart points.
   auto reader = std::make_unique<LayerReader>(source, blob, IndexForReader(std::move(*idx)));
