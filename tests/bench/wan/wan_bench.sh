@@ -378,7 +378,7 @@ umount_regfs "$WORK/m-rnd"
 settle
 b1=$(down_bytes)
 report "regfs cold random 4 KiB read p50" "$P50" "ms" \
-  "$RANDOM_READS reads; a miss fetches a 1 MiB chunk"
+  "$RANDOM_READS reads; a first touch of a chunk fetches the read only, a second the whole chunk"
 report "regfs cold random 4 KiB read p99" "$P99" "ms"
 report "regfs random reads: bytes over the link" "$((b1 - b0))" "B"
 mkdir -p "$WORK/h-rnd"
