@@ -289,7 +289,7 @@ int Serve(MountOptions mo, DaemonReady* ready) {
 
 Result<ResolvedImage> ResolveFromFlags(const CommonOptions& o, const Reference& ref,
                                        std::unique_ptr<RegistryClient>* client_out) {
-  ASSIGN_OR_RETURN(RegistryClientOptions co, MakeClientOptions(o));
+  ASSIGN_OR_RETURN(RegistryClientOptions co, MakeClientOptions(o, ref.registry));
   std::optional<Platform> platform;
   if (!o.platform.empty()) {
     ASSIGN_OR_RETURN(platform, ParsePlatform(o.platform));
@@ -301,7 +301,7 @@ Result<ResolvedImage> ResolveFromFlags(const CommonOptions& o, const Reference& 
 }
 
 // Splits regfs's own keys out of -o (as mount -t fuse.regfs passes them):
-// tls-verify=, platform=, cache-dir=, cache-max-size=, authfile=.
+// tls-verify=, cert-dir=, platform=, cache-dir=, cache-max-size=, authfile=.
 // Options that make no sense read-only (rw) are dropped; the rest go to FUSE.
 void TakeOwnOptions(MountOptions* mo) {
   std::vector<std::string> rest;
@@ -310,6 +310,8 @@ void TakeOwnOptions(MountOptions* mo) {
     std::string key = opt.substr(0, eq), val = eq == std::string::npos ? "" : opt.substr(eq + 1);
     if (key == "tls-verify" || key == "tls_verify") {
       mo->common.tls_verify = !(val == "false" || val == "0" || val == "no");
+    } else if (key == "cert-dir" || key == "cert_dir") {
+      mo->common.cert_dir = val;
     } else if (key == "platform") {
       mo->common.platform = val;
     } else if (key == "cache-dir" || key == "cache_dir") {

@@ -41,8 +41,8 @@ int RunMount(MountOptions mo);
 
 // Pieces `regfs mount` and `regfs store` share.
 //
-// Moves regfs's own keys (tls-verify=, platform=, cache-dir=, cache-max-size=,
-// authfile=) out of -o into `common`; drops rw/ro.
+// Moves regfs's own keys (tls-verify=, cert-dir=, platform=, cache-dir=,
+// cache-max-size=, authfile=) out of -o into `common`; drops rw/ro.
 void TakeOwnOptions(MountOptions* mo);
 // Opens the chunk cache --cache-dir / --cache-max-size name.
 Result<std::unique_ptr<ChunkCache>> OpenCache(const CommonOptions& o);

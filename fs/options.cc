@@ -1,7 +1,11 @@
 #include "fs/options.h"
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 
 namespace regfs {
 
@@ -34,9 +38,36 @@ Result<uint64_t> ParseSize(const std::string& s) {
   return static_cast<uint64_t>(v * mult);
 }
 
-Result<RegistryClientOptions> MakeClientOptions(const CommonOptions& o) {
+Result<std::string> ReadCertDir(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::directory_iterator it(dir, ec);
+  if (ec) return Status::NotFound("certificate directory " + dir + ": " + ec.message());
+  std::vector<std::filesystem::path> files;
+  for (const auto& e : it) {
+    if (e.path().extension() == ".crt") files.push_back(e.path());
+  }
+  std::sort(files.begin(), files.end());
+  std::string pem;
+  for (const auto& f : files) {
+    std::ifstream in(f, std::ios::binary);
+    if (!in) return Status::IoError("cannot read " + f.string());
+    pem.append(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    pem += "\n";
+  }
+  return pem;
+}
+
+Result<RegistryClientOptions> MakeClientOptions(const CommonOptions& o,
+                                                const std::string& registry) {
   RegistryClientOptions c;
   c.tls_verify = o.tls_verify;
+  if (!o.cert_dir.empty()) {
+    ASSIGN_OR_RETURN(c.extra_ca_pem, ReadCertDir(o.cert_dir));
+  } else if (const std::string d = "/etc/containers/certs.d/" + registry;
+             registry.find('/') == std::string::npos && std::filesystem::is_directory(d)) {
+    Result<std::string> pem = ReadCertDir(d);
+    if (pem.ok()) c.extra_ca_pem = *pem;
+  }
   c.credentials.authfile = o.authfile;
   if (!o.creds.empty()) {
     ASSIGN_OR_RETURN(Credentials cr, ParseCredsFlag(o.creds));

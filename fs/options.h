@@ -18,6 +18,7 @@ struct CommonOptions {
   bool tls_verify = true;        // --tls-verify=false for plain http / self-signed
   std::string authfile;          // --authfile
   std::string creds;             // --creds user:pass
+  std::string cert_dir;          // --cert-dir: *.crt CAs trusted for the registry
   std::string cache_dir;         // --cache-dir; empty = DefaultCacheDir()
   std::string cache_max_size;    // --cache-max-size, "10G"
   double retry_timeout_s = 25;   // per request, all retries included
@@ -27,8 +28,15 @@ struct CommonOptions {
 // "10G", "512M", "4096", "1.5G" -> bytes (powers of 1024).
 Result<uint64_t> ParseSize(const std::string& s);
 
-// Builds RegistryClientOptions (credentials included) from the flags.
-Result<RegistryClientOptions> MakeClientOptions(const CommonOptions& o);
+// Builds RegistryClientOptions (credentials included) from the flags for
+// `registry` ("host[:port]"). The registry's CA certificates (*.crt) come from
+// --cert-dir, or else, as podman and skopeo do, from
+// /etc/containers/certs.d/<registry>/ when that exists; they are trusted
+// besides the system's. An unreadable --cert-dir is an error.
+Result<RegistryClientOptions> MakeClientOptions(const CommonOptions& o,
+                                                const std::string& registry);
+// The concatenated *.crt files of `dir`; "" when there are none.
+Result<std::string> ReadCertDir(const std::string& dir);
 
 }  // namespace regfs
 

@@ -120,7 +120,7 @@ Status LayerStore::AddImage(std::string_view name, bool* cache_negative) {
   std::string repo_key = ref->registry + "/" + ref->repository;
   Repo& repo = repos_[repo_key];
   if (!repo.client) {
-    ASSIGN_OR_RETURN(RegistryClientOptions co, MakeClientOptions(common_));
+    ASSIGN_OR_RETURN(RegistryClientOptions co, MakeClientOptions(common_, ref->registry));
     Result<std::unique_ptr<RegistryClient>> client = RegistryClient::Create(*ref, co);
     if (!client.ok()) {
       repos_.erase(repo_key);

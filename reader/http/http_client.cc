@@ -4,6 +4,9 @@
 #include <cctype>
 #include <charconv>
 #include <cstring>
+#include <fstream>
+#include <iterator>
+#include <memory>
 #include <nlohmann/json.hpp>
 
 namespace regfs {
@@ -375,8 +378,29 @@ Status StatusFromHttp(CURLcode code, long http_status, std::string_view body, st
 // ---------------------------------------------------------------------------
 // HttpClient
 
+namespace {
+
+// The CA bundle libcurl uses by default (Debian: /etc/ssl/certs/ca-certificates.crt),
+// or options.ca_file when set; its text, or "" when it cannot be read.
+std::string SystemCaPem(const std::string& ca_file) {
+  std::string path = ca_file;
+  if (path.empty()) {
+    std::unique_ptr<CURL, decltype(&curl_easy_cleanup)> h(curl_easy_init(), &curl_easy_cleanup);
+    char* p = nullptr;
+    if (h && curl_easy_getinfo(h.get(), CURLINFO_CAINFO, &p) == CURLE_OK && p) path = p;
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (path.empty() || !in) return "";
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+}  // namespace
+
 HttpClient::HttpClient(HttpClientOptions options) : options_(std::move(options)) {
   EnsureCurlGlobalInit();
+  if (!options_.extra_ca_pem.empty()) {
+    ca_blob_ = SystemCaPem(options_.ca_file) + "\n" + options_.extra_ca_pem;
+  }
 }
 
 Result<ConnectionPool*> HttpClient::PoolFor(const UrlOrigin& origin) {
@@ -461,6 +485,8 @@ HttpResult HttpClient::Perform(const HttpRequest& req) {
   set(CURLOPT_SSL_VERIFYPEER, req.verify_tls ? 1L : 0L);
   set(CURLOPT_SSL_VERIFYHOST, req.verify_tls ? 2L : 0L);
   if (!options_.ca_file.empty()) set(CURLOPT_CAINFO, options_.ca_file.c_str());
+  curl_blob ca_blob{const_cast<char*>(ca_blob_.data()), ca_blob_.size(), CURL_BLOB_NOCOPY};
+  if (!ca_blob_.empty()) set(CURLOPT_CAINFO_BLOB, &ca_blob);
   if (!options_.user_agent.empty()) set(CURLOPT_USERAGENT, options_.user_agent.c_str());
   if (req.head) set(CURLOPT_NOBODY, 1L);
   if (req.range) set(CURLOPT_RANGE, range.c_str());

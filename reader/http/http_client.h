@@ -158,7 +158,11 @@ struct HttpClientOptions {
   long low_speed_limit = 1024;
   long low_speed_time_s = 20;
   std::string user_agent = "regfs/0.1";
-  std::string ca_file;  // extra CA bundle; empty = system default
+  std::string ca_file;  // CA bundle file instead of the system's; empty = system default
+  // PEM certificates trusted in addition to the system's CAs (a registry's
+  // own CA, as skopeo's --cert-dir). A system bundle that cannot be read
+  // leaves only these.
+  std::string extra_ca_pem;
 };
 
 struct HttpCounters {
@@ -185,6 +189,9 @@ class HttpClient {
   Result<ConnectionPool*> PoolFor(const UrlOrigin& origin);
 
   const HttpClientOptions options_;
+  // The system's CAs and extra_ca_pem, for CURLOPT_CAINFO_BLOB; empty when
+  // there are no extra CAs. Outlives every handle (CURL_BLOB_NOCOPY).
+  std::string ca_blob_;
   mutable std::mutex mu_;
   std::map<std::string, std::unique_ptr<ConnectionPool>> pools_;  // guarded by mu_
   std::atomic<uint64_t> requests_{0}, body_bytes_{0}, transport_errors_{0};

@@ -96,6 +96,7 @@ static HttpClientOptions HttpOptionsFrom(const RegistryClientOptions& o) {
   h.low_speed_time_s = o.low_speed_time_s;
   h.user_agent = o.user_agent;
   h.ca_file = o.ca_file;
+  h.extra_ca_pem = o.extra_ca_pem;
   return h;
 }
 

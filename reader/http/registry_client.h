@@ -62,7 +62,8 @@ struct RegistryClientOptions {
   long connect_timeout_ms = 10000;
   CredentialOptions credentials;
   std::string user_agent = "regfs/0.1";
-  std::string ca_file;  // extra CA bundle for https
+  std::string ca_file;       // CA bundle for https instead of the system's
+  std::string extra_ca_pem;  // CAs trusted besides the system's (--cert-dir)
 };
 
 struct RegistryCounters {

@@ -1,7 +1,8 @@
 // `regfs inspect` for real against docker-registry: OCI manifests, Docker
 // schema 2, OCI indexes and Docker manifest lists; --platform; basic and
-// token auth with --creds and an auth file.
+// token auth with --creds and an auth file; https with the registry's own CA.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -113,6 +114,63 @@ TEST_F(InspectTest, ManifestKindsAndPlatforms) {
   for (const auto& l : list.images[1].layers) {
     EXPECT_NE(r.output.find(l.descriptor.digest), std::string::npos) << r.output;
   }
+}
+
+// An https registry whose certificate is its own (self-signed), as private
+// registries often have. Verification is on by default and fails with a
+// clear message; --cert-dir with the registry's CA, or --tls-verify=false,
+// reads it; so does a mount with --cert-dir.
+TEST_F(InspectTest, HttpsRegistryWithItsOwnCertificate) {
+  TestRegistryOptions o;
+  o.tls = true;
+  TestRegistry reg(o);
+  ASSERT_OK(reg.Start());
+  ASSERT_EQ(reg.Url().substr(0, 8), "https://");
+  BuiltImage img = BuildImage(Spec("tls", Platform{"linux", "amd64", ""}));
+  ASSERT_OK(ImagePusher(reg).PushImage("tls/app", "v1", img));
+  const std::string ref = reg.Ref("tls/app", "v1");
+  TempDir tmp("regfs-tls");
+  const std::string certs = tmp.Sub("certs"), other = tmp.Sub("other");
+  ASSERT_EQ(mkdir(certs.c_str(), 0755), 0);
+  ASSERT_EQ(mkdir(other.c_str(), 0755), 0);
+  {
+    std::ifstream in(reg.tls_cert_path());
+    std::ofstream out(certs + "/ca.crt");
+    out << in.rdbuf();
+  }
+  auto inspect = [&](std::vector<std::string> flags) {
+    std::vector<std::string> argv = {REGFS_BINARY, "inspect", "--json", "--retry-timeout", "5"};
+    argv.insert(argv.end(), flags.begin(), flags.end());
+    argv.push_back(ref);
+    return RunCommand(argv);
+  };
+  CommandResult r = inspect({});
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("certificate"), std::string::npos) << r.output;
+  r = inspect({"--cert-dir", other});  // a directory without the CA: still refused
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  r = inspect({"--cert-dir", certs});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  ExpectImage(Json(r), img);
+  r = inspect({"--tls-verify=false"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  ExpectImage(Json(r), img);
+  r = inspect({"--cert-dir", tmp.Sub("missing")});
+  EXPECT_NE(r.exit_code, 0) << r.output;
+
+  if (std::string why = FuseUnavailableReason(); !why.empty()) {
+    GTEST_SKIP() << "the mount part needs FUSE: " << why;
+  }
+  const std::string mnt = tmp.Sub("mnt");
+  ASSERT_EQ(mkdir(mnt.c_str(), 0755), 0);
+  CommandResult m = RunCommand({REGFS_BINARY, "mount", "--cert-dir", certs, "--cache-dir",
+                                tmp.Sub("cache"), ref, mnt});
+  ASSERT_EQ(m.exit_code, 0) << m.output;
+  const BuiltLayer& l = img.layers[0];
+  CommandResult sum = RunCommand({"sha256sum", mnt + "/blobs/" + l.descriptor.digest});
+  EXPECT_EQ(sum.output.substr(0, 64), l.descriptor.digest.substr(7)) << sum.output;
+  EXPECT_EQ(RunCommand({REGFS_BINARY, "umount", mnt}).exit_code, 0);
+  EXPECT_FALSE(IsMountPoint(mnt));
 }
 
 class AuthInspectTest : public InspectTest,

@@ -417,7 +417,9 @@ ImagePusher::ImagePusher(const TestRegistry& registry)
     : ImagePusher(
           registry.Url(),
           registry.options().auth == RegistryAuth::kAnonymous ? "" : registry.options().username,
-          registry.options().auth == RegistryAuth::kAnonymous ? "" : registry.options().password) {}
+          registry.options().auth == RegistryAuth::kAnonymous ? "" : registry.options().password) {
+  if (registry.options().tls) ca_file_ = registry.tls_cert_path();
+}
 
 Result<HttpResult> ImagePusher::PerformOnce(Request& req) {
   CurlPtr curl(curl_easy_init());
@@ -447,6 +449,7 @@ Result<HttpResult> ImagePusher::PerformOnce(Request& req) {
   }
   curl_easy_setopt(curl.get(), CURLOPT_URL, url.c_str());
   curl_easy_setopt(curl.get(), CURLOPT_NOSIGNAL, 1L);
+  if (!ca_file_.empty()) curl_easy_setopt(curl.get(), CURLOPT_CAINFO, ca_file_.c_str());
   curl_easy_setopt(curl.get(), CURLOPT_CONNECTTIMEOUT_MS, 10000L);
   curl_easy_setopt(curl.get(), CURLOPT_LOW_SPEED_LIMIT, 1L);
   curl_easy_setopt(curl.get(), CURLOPT_LOW_SPEED_TIME, 60L);

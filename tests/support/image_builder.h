@@ -162,6 +162,7 @@ class ImagePusher {
   Status Authenticate(const HttpResult& challenge, std::string_view repo);
 
   std::string base_url_, username_, password_;
+  std::string ca_file_;  // the test registry's certificate, when it serves https
   std::mutex mu_;
   std::map<std::string, std::string> tokens_;  // repo -> bearer token; guarded by mu_
   bool use_basic_ = false;

@@ -145,6 +145,53 @@ Result<std::string> Bcrypt(const std::string& password) {
   return std::string(hash);
 }
 
+// A fresh RSA key and a self-signed CA certificate for it (CN `cn`; with
+// `san` such as "IP:127.0.0.1", also a server certificate for that name).
+Status MakeSelfSigned(const std::string& cn, const char* san,
+                      std::unique_ptr<EVP_PKEY, PkeyFree>* key_out,
+                      std::unique_ptr<X509, X509Free>* cert_out) {
+  std::unique_ptr<EVP_PKEY, PkeyFree> key(EVP_RSA_gen(2048));
+  if (!key) return Status::IoError("RSA key generation failed");
+  std::unique_ptr<X509, X509Free> cert(X509_new());
+  X509* x = cert.get();
+  X509_set_version(x, 2);
+  ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
+  X509_gmtime_adj(X509_getm_notBefore(x), -3600);
+  X509_gmtime_adj(X509_getm_notAfter(x), 7 * 24 * 3600);
+  X509_set_pubkey(x, key.get());
+  X509_NAME* name = X509_get_subject_name(x);
+  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+                             reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0);
+  X509_set_issuer_name(x, name);
+  X509V3_CTX ctx;
+  X509V3_set_ctx_nodb(&ctx);
+  X509V3_set_ctx(&ctx, x, x, nullptr, nullptr, 0);
+  std::vector<std::pair<int, const char*>> exts = {{NID_basic_constraints, "critical,CA:TRUE"}};
+  if (san) exts.emplace_back(NID_subject_alt_name, san);
+  for (const auto& [nid, value] : exts) {
+    X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &ctx, nid, value);
+    if (!ext) return Status::IoError("certificate extension " + std::string(value));
+    X509_add_ext(x, ext, -1);
+    X509_EXTENSION_free(ext);
+  }
+  if (X509_sign(x, key.get(), EVP_sha256()) == 0) {
+    return Status::IoError("signing the certificate failed");
+  }
+  *key_out = std::move(key);
+  *cert_out = std::move(cert);
+  return Status::Ok();
+}
+
+// PEM text of whatever `write` puts into a memory BIO.
+template <typename F>
+std::string Pem(F&& write) {
+  std::unique_ptr<BIO, BioFree> bio(BIO_new(BIO_s_mem()));
+  write(bio.get());
+  char* pem = nullptr;
+  long pem_len = BIO_get_mem_data(bio.get(), &pem);
+  return std::string(pem, static_cast<size_t>(pem_len));
+}
+
 }  // namespace
 
 // ---- TokenServer -----------------------------------------------------------
@@ -179,42 +226,14 @@ Status TokenServer::Start(const std::string& cert_path) {
   if (listen_fd_ >= 0) return Status::Ok();
   if (!keys_) {
     auto keys = std::make_unique<Keys>();
-    keys->key.reset(EVP_RSA_gen(2048));
-    if (!keys->key) return Status::IoError("RSA key generation failed");
-    keys->cert.reset(X509_new());
+    RETURN_IF_ERROR(MakeSelfSigned("regfs test token issuer", nullptr, &keys->key, &keys->cert));
     X509* x = keys->cert.get();
-    X509_set_version(x, 2);
-    ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
-    X509_gmtime_adj(X509_getm_notBefore(x), -3600);
-    X509_gmtime_adj(X509_getm_notAfter(x), 7 * 24 * 3600);
-    X509_set_pubkey(x, keys->key.get());
-    X509_NAME* name = X509_get_subject_name(x);
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
-                               reinterpret_cast<const unsigned char*>("regfs test token issuer"),
-                               -1, -1, 0);
-    X509_set_issuer_name(x, name);
-    X509V3_CTX ctx;
-    X509V3_set_ctx_nodb(&ctx);
-    X509V3_set_ctx(&ctx, x, x, nullptr, nullptr, 0);
-    X509_EXTENSION* ext =
-        X509V3_EXT_conf_nid(nullptr, &ctx, NID_basic_constraints, "critical,CA:TRUE");
-    if (ext) {
-      X509_add_ext(x, ext, -1);
-      X509_EXTENSION_free(ext);
-    }
-    if (X509_sign(x, keys->key.get(), EVP_sha256()) == 0) {
-      return Status::IoError("signing the token certificate failed");
-    }
     unsigned char* der = nullptr;
     int der_len = i2d_X509(x, &der);
     if (der_len <= 0) return Status::IoError("i2d_X509 failed");
     keys->cert_der_b64 = Base64Encode(std::string_view(reinterpret_cast<char*>(der), der_len));
     OPENSSL_free(der);
-    std::unique_ptr<BIO, BioFree> bio(BIO_new(BIO_s_mem()));
-    PEM_write_bio_X509(bio.get(), x);
-    char* pem = nullptr;
-    long pem_len = BIO_get_mem_data(bio.get(), &pem);
-    RETURN_IF_ERROR(WriteFile(cert_path, std::string_view(pem, static_cast<size_t>(pem_len))));
+    RETURN_IF_ERROR(WriteFile(cert_path, Pem([x](BIO* b) { PEM_write_bio_X509(b, x); })));
     keys_ = std::move(keys);
   }
 
@@ -479,7 +498,9 @@ TestRegistry::~TestRegistry() {
 }
 
 std::string TestRegistry::HostPort() const { return "127.0.0.1:" + std::to_string(port_); }
-std::string TestRegistry::Url() const { return "http://" + HostPort(); }
+std::string TestRegistry::Url() const {
+  return (opts_.tls ? "https://" : "http://") + HostPort();
+}
 
 std::string TestRegistry::Ref(std::string_view repo, std::string_view tag_or_digest) const {
   std::string r = HostPort() + "/" + std::string(repo);
@@ -502,6 +523,22 @@ Status TestRegistry::Prepare() {
   std::filesystem::create_directories(storage_dir_);
   ASSIGN_OR_RETURN(port_, FreeLoopbackPort());
 
+  std::string tls;
+  if (opts_.tls) {
+    if (::access(tls_cert_path().c_str(), R_OK) != 0) {  // kept across restarts
+      std::unique_ptr<EVP_PKEY, PkeyFree> key;
+      std::unique_ptr<X509, X509Free> cert;
+      RETURN_IF_ERROR(MakeSelfSigned("127.0.0.1", "IP:127.0.0.1", &key, &cert));
+      EVP_PKEY* k = key.get();
+      X509* c = cert.get();
+      RETURN_IF_ERROR(WriteFile(dir_ + "/tls-key.pem", Pem([k](BIO* b) {
+                                  PEM_write_bio_PrivateKey(b, k, nullptr, nullptr, 0, nullptr,
+                                                           nullptr);
+                                })));
+      RETURN_IF_ERROR(WriteFile(tls_cert_path(), Pem([c](BIO* b) { PEM_write_bio_X509(b, c); })));
+    }
+    tls = "  tls:\n    certificate: " + tls_cert_path() + "\n    key: " + dir_ + "/tls-key.pem\n";
+  }
   std::string auth;
   switch (opts_.auth) {
     case RegistryAuth::kAnonymous:
@@ -532,7 +569,7 @@ Status TestRegistry::Prepare() {
       "\n  delete:\n    enabled: true\n"
       "  maintenance:\n    uploadpurging:\n      enabled: false\n"
       "http:\n  addr: 127.0.0.1:" +
-      std::to_string(port_) + "\n  secret: regfs-test-secret\n" + auth;
+      std::to_string(port_) + "\n  secret: regfs-test-secret\n" + tls + auth;
   return WriteFile(config_path_, config);
 }
 
@@ -599,6 +636,7 @@ Status TestRegistry::WaitReady() {
     curl_easy_setopt(curl.get(), CURLOPT_NOBODY, 1L);
     curl_easy_setopt(curl.get(), CURLOPT_TIMEOUT_MS, 2000L);
     curl_easy_setopt(curl.get(), CURLOPT_FORBID_REUSE, 1L);
+    if (opts_.tls) curl_easy_setopt(curl.get(), CURLOPT_CAINFO, tls_cert_path().c_str());
     if (curl_easy_perform(curl.get()) == CURLE_OK) {
       long code = 0;
       curl_easy_getinfo(curl.get(), CURLINFO_RESPONSE_CODE, &code);

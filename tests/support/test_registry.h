@@ -48,6 +48,10 @@ struct TestRegistryOptions {
   std::string registry_binary = "/usr/bin/docker-registry";
   // Bound on waiting for /v2/ to answer after a start.
   int start_timeout_ms = 30000;
+  // Serve https with a self-signed certificate for 127.0.0.1, made at the
+  // first start and written to tls_cert_path() (a client that trusts it as
+  // a CA can verify the registry).
+  bool tls = false;
 };
 
 // A minimal HTTP token endpoint (GET /token?service=..&scope=..) for the
@@ -140,7 +144,8 @@ class TestRegistry {
 
   int port() const { return port_; }
   std::string HostPort() const;  // "127.0.0.1:PORT"
-  std::string Url() const;       // "http://127.0.0.1:PORT"
+  std::string Url() const;       // "http://127.0.0.1:PORT" (https with tls)
+  std::string tls_cert_path() const { return dir_ + "/tls-cert.pem"; }
   // "127.0.0.1:PORT/repo:tag" or ".../repo@sha256:.." (ref starting "sha256:").
   std::string Ref(std::string_view repo, std::string_view tag_or_digest) const;
 
