@@ -869,6 +869,19 @@ Status ChunkCache::Prune(uint64_t max_size) {
   RETURN_IF_ERROR(MakeRoomLocked(0, max_size, &fits, &victims));
   RETURN_IF_ERROR(txn.Commit());
   FreeVictims(victims);
+  // Files of blobs with no chunk left go (eviction leaves them as holes). A
+  // process writing one meanwhile loses those bytes to the unlinked file; its
+  // rows then fail their checksums and are refetched, never served.
+  {
+    ASSIGN_OR_RETURN(Stmt empty, Stmt::Prepare(writer_->db.get(),
+                                               "SELECT digest FROM blobs WHERE present = 0"));
+    while (true) {
+      ASSIGN_OR_RETURN(bool row, empty.Step());
+      if (!row) break;
+      Status st = files_->Remove(empty.Text(0));
+      if (!st.ok()) LOG_DEBUG("chunk cache: " + st.ToString());
+    }
+  }
   // Hand the WAL's pages back to the database file so its size reflects the prune.
   return writer_->db.Exec("PRAGMA wal_checkpoint(TRUNCATE)");
 }

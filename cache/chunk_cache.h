@@ -163,7 +163,8 @@ class ChunkCache {
   Result<std::optional<StoredManifest>> GetManifest(std::string_view digest);
 
   Result<CacheStats> Stats();
-  // Evicts least-recently-used chunks until chunk bytes <= max_size.
+  // Evicts least-recently-used chunks until chunk bytes <= max_size, and
+  // deletes the chunk files of blobs left with no chunk.
   Status Prune(uint64_t max_size);
   // Writes pending access times now.
   Status FlushTouches();

@@ -130,6 +130,16 @@ Status ChunkFiles::Punch(std::string_view digest, uint64_t offset, uint64_t leng
   return Status::Ok();
 }
 
+Status ChunkFiles::Remove(std::string_view digest) {
+  ASSIGN_OR_RETURN(std::string path, PathOf(digest));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::erase_if(open_, [&](const auto& e) { return e.first == digest; });
+  }
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT) return Errno("remove " + path);
+  return Status::Ok();
+}
+
 Status ChunkFiles::Clear(std::string_view digest) {
   ASSIGN_OR_RETURN(FdPtr fd, Get(digest, /*create=*/false));
   if (!fd) return Status::Ok();

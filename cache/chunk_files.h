@@ -59,6 +59,9 @@ class ChunkFiles {
   // Frees every byte of the blob (truncates its file to 0; the inode stays,
   // so other processes' open fds keep seeing the same file).
   Status Clear(std::string_view digest);
+  // Deletes the blob's file (and forgets its open fd). A missing file is not
+  // an error.
+  Status Remove(std::string_view digest);
 
  private:
   struct OpenFile {

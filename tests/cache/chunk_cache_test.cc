@@ -344,6 +344,10 @@ TEST_F(ChunkCacheTest, EvictionAndDropFreeTheChunkFilesSpace) {
   EXPECT_FALSE(Has(a, 1));
   ASSERT_EQ(stat(path_a->c_str(), &st), 0);
   EXPECT_LT(static_cast<uint64_t>(st.st_blocks) * 512, kTestChunk / 2);
+  // Pruning deletes the files of blobs with no chunk left.
+  ASSERT_OK(cache_->Prune(2 * kTestChunk));
+  EXPECT_NE(stat(path_a->c_str(), &st), 0);
+  EXPECT_TRUE(Has(b, 0));
   // Dropping a blob frees its file too.
   ASSERT_OK(cache_->DropBlob(b.digest));
   auto path_b = cache_->ChunkFilePath(b.digest);
