@@ -4,7 +4,6 @@
 #include <linux/falloc.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -99,23 +98,7 @@ Result<bool> ChunkFiles::Read(std::string_view digest, uint64_t offset, std::spa
     if (n == 0) return false;
     done += static_cast<size_t>(n);
   }
-  MaybeReadAhead(*fd, offset, out.size());
   return true;
-}
-
-void ChunkFiles::MaybeReadAhead(OpenFile& f, uint64_t offset, uint64_t len) {
-  // Concurrent readers (FUSE workers) arrive a little out of order.
-  constexpr uint64_t kSlack = 4ull << 20;
-  const uint64_t end = offset + len;
-  const uint64_t prev = f.next_read.exchange(end);
-  if (offset > prev + kSlack || offset + kSlack < prev) return;  // not a sequential run
-  uint64_t advised = f.advised_to.load();
-  if (end + kReadAhead / 2 <= advised) return;  // still well ahead
-  const uint64_t from = std::max(advised, end);
-  const uint64_t to = end + kReadAhead;
-  if (!f.advised_to.compare_exchange_strong(advised, to)) return;  // another reader did
-  (void)::posix_fadvise(f.get(), static_cast<off_t>(from), static_cast<off_t>(to - from),
-                        POSIX_FADV_WILLNEED);  // advice only
 }
 
 Status ChunkFiles::Punch(std::string_view digest, uint64_t offset, uint64_t length) {

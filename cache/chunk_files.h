@@ -9,16 +9,16 @@
 // punching the same range is seen as a failed checksum, never served.
 //
 // Open fds are bounded: a small LRU of per-blob fds (kMaxOpenFiles); a
-// caller's fd stays valid while it holds the shared_ptr. Reads that follow
-// on from the previous one ask the kernel to read the next kReadAhead bytes
-// of the file in the background (a re-read of a cached blob is sequential).
+// caller's fd stays valid while it holds the shared_ptr. The files are
+// opened with POSIX_FADV_SEQUENTIAL: the kernel's own read-ahead serves a
+// re-read of a cached blob (explicit POSIX_FADV_WILLNEED ahead of the reads
+// was measured slower: 1.5-1.9 GB/s against 2.2 GB/s from this disk).
 //
 // Errors: Status::IoError with errno text; an invalid digest (anything that
 // could escape the directory) is InvalidArgument. Thread-safe.
 #ifndef REGFS_CACHE_CHUNK_FILES_H_
 #define REGFS_CACHE_CHUNK_FILES_H_
 
-#include <atomic>
 #include <cstdint>
 #include <list>
 #include <memory>
@@ -36,7 +36,6 @@ namespace regfs {
 class ChunkFiles {
  public:
   static constexpr size_t kMaxOpenFiles = 16;
-  static constexpr uint64_t kReadAhead = 16ull << 20;
 
   // `dir` must exist. `write_limit` > 0 is a test hook: writes that would
   // take this object's total written bytes past it fail with ENOSPC, as on a
@@ -66,12 +65,9 @@ class ChunkFiles {
  private:
   struct OpenFile {
     UniqueFd fd;
-    std::atomic<uint64_t> next_read{0};   // where the last read ended
-    std::atomic<uint64_t> advised_to{0};  // read-ahead asked for up to here
     int get() const { return fd.get(); }
   };
   using FdPtr = std::shared_ptr<OpenFile>;
-  void MaybeReadAhead(OpenFile& f, uint64_t offset, uint64_t len);
   // nullptr (and OK) when the file does not exist and !create.
   Result<FdPtr> Get(std::string_view digest, bool create);
 
