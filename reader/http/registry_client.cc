@@ -1,8 +1,11 @@
 #include "reader/http/registry_client.h"
 
+#include <curl/curl.h>
+
 #include <algorithm>
 #include <cctype>
 #include <charconv>
+#include <ctime>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -24,14 +27,21 @@ bool IsRedirect(long status) {
   return status == 301 || status == 302 || status == 303 || status == 307 || status == 308;
 }
 
-// Retry-After in seconds (the HTTP-date form is ignored: backoff applies).
+// Retry-After (RFC 9110): delay-seconds or an HTTP-date, capped at an hour.
+// Unparseable: nullopt (backoff applies).
 std::optional<milliseconds> ParseRetryAfter(std::string_view v) {
   while (!v.empty() && v.front() == ' ') v.remove_prefix(1);
   while (!v.empty() && v.back() == ' ') v.remove_suffix(1);
+  if (v.empty()) return std::nullopt;
   uint64_t secs = 0;
   auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), secs);
-  if (v.empty() || ec != std::errc() || p != v.data() + v.size()) return std::nullopt;
-  return milliseconds(std::min<uint64_t>(secs, 3600) * 1000);
+  if (ec == std::errc() && p == v.data() + v.size()) {
+    return milliseconds(std::min<uint64_t>(secs, 3600) * 1000);
+  }
+  const std::time_t when = curl_getdate(std::string(v).c_str(), nullptr);
+  if (when < 0) return std::nullopt;
+  const std::time_t now = std::time(nullptr);
+  return milliseconds(std::clamp<int64_t>(static_cast<int64_t>(when - now), 0, 3600) * 1000);
 }
 
 std::string MediaTypeOf(const HttpResponse& r) {

@@ -148,6 +148,30 @@ TEST_F(Retry, HonoursRetryAfter) {
   EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(1000));
 }
 
+TEST_F(Retry, HonoursRetryAfterAsAnHttpDate) {
+  Fault f{FaultKind::kServiceUnavailable, /*retry_after_s=*/2};
+  f.retry_after_as_date = true;
+  server_.AddFault(blob_path(), f);
+  std::string got;
+  auto start = std::chrono::steady_clock::now();
+  ASSERT_OK(Read(0, 1000, &got));
+  EXPECT_EQ(got, Expected(0, 1000));
+  // A lower bound only: the date is 2 s ahead at whole-second resolution.
+  EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(1000));
+  EXPECT_EQ(server_.RequestCount(blob_path()), 2);
+}
+
+TEST_F(Retry, RetryAfterDateBeyondBudgetFailsWithoutWaiting) {
+  Fault f{FaultKind::kTooManyRequests, /*retry_after_s=*/3600};
+  f.retry_after_as_date = true;
+  server_.AddFault(blob_path(), f);
+  std::string got;
+  Status st = Read(0, 1000, &got);
+  EXPECT_EQ(st.code(), Code::kTransient);
+  EXPECT_NE(st.message().find("budget"), std::string::npos) << st.message();
+  EXPECT_EQ(server_.RequestCount(blob_path()), 1);
+}
+
 TEST_F(Retry, RetryAfterBeyondBudgetFailsWithoutWaiting) {
   server_.AddFault(blob_path(), Fault{FaultKind::kServiceUnavailable, /*retry_after_s=*/3600});
   std::string got;

@@ -13,6 +13,7 @@
 #include <cctype>
 #include <charconv>
 #include <cstring>
+#include <ctime>
 
 namespace regfs::testing {
 
@@ -454,8 +455,16 @@ bool FaultServer::Handle(Conn* c, RecordedRequest& req) {
       case FaultKind::kServiceUnavailable:
         respond_error(fault.kind == FaultKind::kTooManyRequests ? 429 : 503, "TOOMANYREQUESTS",
                       "injected");
-        if (fault.retry_after_s >= 0)
+        if (fault.retry_after_s >= 0 && fault.retry_after_as_date) {
+          const std::time_t when = std::time(nullptr) + fault.retry_after_s;
+          std::tm tm{};
+          gmtime_r(&when, &tm);
+          char date[64];
+          std::strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+          headers.emplace_back("Retry-After", date);
+        } else if (fault.retry_after_s >= 0) {
           headers.emplace_back("Retry-After", std::to_string(fault.retry_after_s));
+        }
         decided = true;
         break;
       case FaultKind::kInternalError:

@@ -54,6 +54,7 @@ struct Fault {
   int retry_after_s = -1;
   std::string location;                    // kRedirect: absolute URL
   std::chrono::milliseconds stall{60000};  // kStall: at most this long
+  bool retry_after_as_date = false;        // send Retry-After as an HTTP-date (now + retry_after_s)
 };
 
 struct RecordedRequest {
