@@ -114,7 +114,12 @@ CachedBlobSource::CachedBlobSource(ChunkCache* cache, BlobSource* upstream,
     : cache_(cache),
       upstream_(upstream),
       options_(options),
-      buffers_(std::make_shared<BufferPool>()) {}
+      buffers_(SharedBufferPool()) {}
+
+std::shared_ptr<CachedBlobSource::BufferPool> CachedBlobSource::SharedBufferPool() {
+  static const std::shared_ptr<BufferPool> pool = std::make_shared<BufferPool>();
+  return pool;
+}
 
 CachedBlobSource::~CachedBlobSource() {
   {

@@ -139,7 +139,9 @@ class CachedBlobSource : public BlobSource {
   BlobSource* const upstream_;
   const CachedSourceOptions options_;
   // Fetch buffers, recycled: a fresh multi-MiB buffer per fetch costs page
-  // faults and zeroing that showed up in cold-read profiles.
+  // faults and zeroing that showed up in cold-read profiles. One pool per
+  // process, so that the idle buffers it keeps resident are bounded once.
+  static std::shared_ptr<BufferPool> SharedBufferPool();
   std::shared_ptr<BufferPool> buffers_;
 
   std::mutex flights_mu_;  // guards flights_ and readahead_; never held across I/O

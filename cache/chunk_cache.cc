@@ -590,7 +590,6 @@ Status ChunkCache::PutChunks(const BlobDescriptor& blob, uint64_t first_index,
   std::vector<Victim> victims;
   Status write_error;
   bool committed = false;
-  std::vector<uint64_t> stored;  // chunk indices written by this call
   Status st = [&]() -> Status {
     WriteConn& w = *writer_;
     ASSIGN_OR_RETURN(Transaction txn,
@@ -626,7 +625,13 @@ Status ChunkCache::PutChunks(const BlobDescriptor& blob, uint64_t first_index,
       // disk) keeps the chunks stored so far.
       write_error = files_->Write(blob.digest, static_cast<uint64_t>(idx) * cs, bytes);
       if (!write_error.ok()) break;
-      stored.push_back(static_cast<uint64_t>(idx));  // ascending
+      // A victim of this call with the same index (evicted for an earlier
+      // chunk, absent when its own turn came) was just stored again: its
+      // new bytes must not be punched after the commit. One evicted after
+      // this point (for a later chunk) is a victim again and stays listed.
+      std::erase_if(victims, [&](const Victim& v) {
+        return v.index == static_cast<uint64_t>(idx) && v.digest == blob.digest;
+      });
       int64_t now;
       {
         std::lock_guard<std::mutex> tl(touch_mu_);
@@ -644,12 +649,7 @@ Status ChunkCache::PutChunks(const BlobDescriptor& blob, uint64_t first_index,
     committed = true;
     return write_error;
   }();
-  // Victims' rows are gone only if the transaction committed. A victim that
-  // this call stored again (evicted for an earlier chunk, then absent when
-  // its own turn came) keeps its new bytes.
-  std::erase_if(victims, [&](const Victim& v) {
-    return v.digest == blob.digest && std::binary_search(stored.begin(), stored.end(), v.index);
-  });
+  // Victims' rows are gone only if the transaction committed.
   if (committed) FreeVictims(victims);
   if (!st.ok() && st.code() != Code::kInvalidArgument) WarnWrite(st);
   return st;
@@ -671,13 +671,17 @@ Status ChunkCache::DropChunk(int64_t chunk_id, std::string_view digest, uint64_t
                              uint64_t size) {
   if (!writable_) return Status::Ok();
   std::lock_guard<std::mutex> lock(write_mu_);
+  bool deleted = false;
   {
     ASSIGN_OR_RETURN(Transaction txn,
                      Transaction::Begin(writer_->db.get(), Transaction::Kind::kImmediate));
     RETURN_IF_ERROR(writer_->delete_chunk.Bind(1, chunk_id).Run());
+    // The row may be gone already (evicted, and the chunk perhaps stored
+    // again under a new row): then its bytes are not this row's to free.
+    deleted = sqlite3_changes(writer_->db.get()) > 0;
     RETURN_IF_ERROR(txn.Commit());
   }
-  FreeVictims({Victim{std::string(digest), index, size}});
+  if (deleted) FreeVictims({Victim{std::string(digest), index, size}});
   return Status::Ok();
 }
 
@@ -869,9 +873,10 @@ Status ChunkCache::Prune(uint64_t max_size) {
   RETURN_IF_ERROR(MakeRoomLocked(0, max_size, &fits, &victims));
   RETURN_IF_ERROR(txn.Commit());
   FreeVictims(victims);
-  // Files of blobs with no chunk left go (eviction leaves them as holes). A
-  // process writing one meanwhile loses those bytes to the unlinked file; its
-  // rows then fail their checksums and are refetched, never served.
+  // Files of blobs with no chunk left go (eviction leaves them as holes).
+  // Other processes notice a deleted file at their next access (ChunkFiles
+  // reopens by name); a write racing the unlink is lost to the deleted
+  // file, and its rows fail their checksums and are refetched, never served.
   {
     ASSIGN_OR_RETURN(Stmt empty, Stmt::Prepare(writer_->db.get(),
                                                "SELECT digest FROM blobs WHERE present = 0"));

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -38,10 +39,17 @@ Result<ChunkFiles::FdPtr> ChunkFiles::Get(std::string_view digest, bool create) 
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto it = open_.begin(); it != open_.end(); ++it) {
-      if (it->first == digest) {
+      if (it->first != digest) continue;
+      // Another process may have deleted the file (cache prune): an fd to
+      // the deleted inode would write bytes nobody else sees and read
+      // holes where the new file has data. Reopen by name then.
+      struct stat st;
+      if (::fstat(it->second->get(), &st) == 0 && st.st_nlink > 0) {
         open_.splice(open_.begin(), open_, it);
         return it->second;
       }
+      open_.erase(it);
+      break;
     }
   }
   ASSIGN_OR_RETURN(std::string path, PathOf(digest));

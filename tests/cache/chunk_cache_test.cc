@@ -439,5 +439,48 @@ TEST_F(ChunkCacheTest, AChunkEvictedAndStoredAgainInOneCallKeepsItsBytes) {
   EXPECT_EQ(got, data.substr(kTestChunk));
 }
 
+// Under a one-chunk cap, storing chunks 0 and 1 evicts chunk 0, stored
+// moments before in the same call: its bytes are freed too.
+TEST_F(ChunkCacheTest, AChunkStoredThenEvictedInOneCallIsFreed) {
+  OpenCache(kTestChunk);
+  std::string data;
+  auto b = MakeBlob(kTestChunk * 2, 85, &data);
+  ASSERT_OK(cache_->PutChunks(b, 0, Bytes(data)));
+  EXPECT_FALSE(Has(b, 0));
+  EXPECT_TRUE(Has(b, 1));
+  auto path = cache_->ChunkFilePath(b.digest);
+  ASSERT_OK(path);
+  struct stat st {};
+  ASSERT_EQ(stat(path->c_str(), &st), 0);
+  EXPECT_LT(static_cast<uint64_t>(st.st_blocks) * 512, kTestChunk * 3 / 2);
+}
+
+// Two processes on one cache: one prunes (deleting a blob's file) while the
+// other holds that file open. The other's next store must land in the new
+// file, where everyone else reads it.
+TEST_F(ChunkCacheTest, AStoreAfterAnotherProcessDeletedTheFileGoesToTheNewFile) {
+  OpenCache();
+  std::string data;
+  auto b = MakeBlob(kTestChunk * 2, 86, &data);
+  ASSERT_OK(cache_->PutChunks(b, 0, Bytes(data.substr(0, kTestChunk))));  // fd now open
+  {
+    auto other = ChunkCache::Open(Options());
+    ASSERT_OK(other);
+    ASSERT_OK((*other)->Prune(0));  // evicts chunk 0 and deletes the file
+  }
+  auto path = cache_->ChunkFilePath(b.digest);
+  ASSERT_OK(path);
+  struct stat st {};
+  EXPECT_NE(stat(path->c_str(), &st), 0);
+  ASSERT_OK(cache_->PutChunks(b, 1, Bytes(data.substr(kTestChunk))));
+  auto reader = ChunkCache::Open(Options());
+  ASSERT_OK(reader);
+  std::string out(100, '\0');
+  auto hit = (*reader)->ReadChunk(b.digest, 1, 0, {reinterpret_cast<uint8_t*>(out.data()), 100});
+  ASSERT_OK(hit);
+  EXPECT_TRUE(*hit);
+  EXPECT_EQ(out, data.substr(kTestChunk, 100));
+}
+
 }  // namespace
 }  // namespace regfs::testing
