@@ -383,8 +383,10 @@ bool CachedBlobSource::FetchSmallRandom(const BlobDescriptor& blob, uint64_t off
       missing.back() - missing.front() + 1 != missing.size()) {
     return false;
   }
-  auto hashes = cache_->GetChunkSha256s(blob.digest);
-  if (!hashes.ok() || hashes->has_value()) return false;  // verified: fetch whole chunks
+  // Verified: fetch whole chunks (checked against their hashes). The state
+  // query does not copy the blob's hash table as GetChunkSha256s would.
+  auto state = cache_->GetBlobState(blob.digest);
+  if (!state.ok() || state->verified) return false;
   {
     std::lock_guard<std::mutex> lock(flights_mu_);
     for (uint64_t c : missing) {

@@ -14,7 +14,6 @@
 
 namespace regfs {
 
-using sqlite::Blob;
 using sqlite::Db;
 using sqlite::Stmt;
 using sqlite::Transaction;

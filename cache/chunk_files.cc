@@ -62,8 +62,7 @@ Result<ChunkFiles::FdPtr> ChunkFiles::Get(std::string_view digest, bool create) 
   // Chunk files are mostly read in long runs (a blob read front to back);
   // this doubles the kernel's read-ahead for them. Advice only.
   (void)::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_SEQUENTIAL);  // advice only
-  auto ptr = std::make_shared<OpenFile>();
-  ptr->fd = std::move(fd);
+  auto ptr = std::make_shared<UniqueFd>(std::move(fd));
   std::lock_guard<std::mutex> lock(mu_);
   for (auto& [d, p] : open_) {
     if (d == digest) return p;  // another thread opened it meanwhile; ours closes

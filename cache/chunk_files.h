@@ -63,11 +63,7 @@ class ChunkFiles {
   Status Remove(std::string_view digest);
 
  private:
-  struct OpenFile {
-    UniqueFd fd;
-    int get() const { return fd.get(); }
-  };
-  using FdPtr = std::shared_ptr<OpenFile>;
+  using FdPtr = std::shared_ptr<UniqueFd>;
   // nullptr (and OK) when the file does not exist and !create.
   Result<FdPtr> Get(std::string_view digest, bool create);
 

@@ -123,21 +123,6 @@ std::span<const uint8_t> Stmt::BlobCol(int col) const {
   return {static_cast<const uint8_t*>(p), static_cast<size_t>(n)};
 }
 
-Result<Blob> Blob::OpenRead(sqlite3* db, const char* table, const char* column, int64_t rowid) {
-  sqlite3_blob* raw = nullptr;
-  int rc = sqlite3_blob_open(db, "main", table, column, rowid, 0, &raw);
-  Blob b;
-  b.db_ = db;
-  b.blob_.reset(raw);
-  if (rc != SQLITE_OK) return SqliteStatus(rc, db, "blob open");
-  return b;
-}
-
-Status Blob::Read(void* out, int n, int offset) const {
-  int rc = sqlite3_blob_read(blob_.get(), out, n, offset);
-  return SqliteStatus(rc, db_, "blob read");
-}
-
 Result<Transaction> Transaction::Begin(sqlite3* db, Kind kind) {
   const char* sql = kind == Kind::kImmediate ? "BEGIN IMMEDIATE" : "BEGIN";
   // busy_timeout covers most contention; BEGIN IMMEDIATE can still report

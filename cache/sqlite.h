@@ -1,8 +1,8 @@
 // Thin RAII layer over the sqlite3 C API, used only inside cache/.
 //
 // One owner type per C resource: Db owns a sqlite3*, Stmt owns a
-// sqlite3_stmt*, Blob owns a sqlite3_blob*, Transaction rolls back in its
-// destructor unless Commit() succeeded. Every sqlite result code becomes a
+// sqlite3_stmt*, Transaction rolls back in its destructor unless Commit()
+// succeeded. Every sqlite result code becomes a
 // regfs::Status in exactly one place (SqliteStatus): SQLITE_CORRUPT/NOTADB ->
 // Corrupt, SQLITE_BUSY/LOCKED -> Transient, everything else -> IoError, with the
 // connection's message attached.
@@ -31,9 +31,6 @@ struct DbCloser {
 };
 struct StmtFinalizer {
   void operator()(sqlite3_stmt* s) const { sqlite3_finalize(s); }
-};
-struct BlobCloser {
-  void operator()(sqlite3_blob* b) const { sqlite3_blob_close(b); }
 };
 
 class Db {
@@ -78,18 +75,6 @@ class Stmt {
 
  private:
   std::unique_ptr<sqlite3_stmt, StmtFinalizer> stmt_;
-};
-
-// Incremental read access to one BLOB cell (read-only).
-class Blob {
- public:
-  static Result<Blob> OpenRead(sqlite3* db, const char* table, const char* column, int64_t rowid);
-  int size() const { return sqlite3_blob_bytes(blob_.get()); }
-  Status Read(void* out, int n, int offset) const;
-
- private:
-  sqlite3* db_ = nullptr;
-  std::unique_ptr<sqlite3_blob, BlobCloser> blob_;
 };
 
 // BEGIN [IMMEDIATE] ... COMMIT; rolls back on destruction unless committed.

@@ -34,6 +34,17 @@ void AddCommonOptions(CLI::App* cmd, CommonOptions* o) {
   cmd->add_flag("-v,--verbose", o->verbose, "more log output (-vv for debug)");
 }
 
+// What `mount` and `store` (the FUSE daemons) take besides the common options.
+void AddDaemonOptions(CLI::App* cmd, CommonOptions* common, MountOptions* mo,
+                      const char* fuse_opts_help) {
+  cmd->add_option("--cache-dir", common->cache_dir, "chunk cache directory");
+  cmd->add_option("--cache-max-size", common->cache_max_size, "cache size cap, e.g. 10G");
+  cmd->add_flag("-f,--foreground", mo->foreground, "stay in the foreground");
+  cmd->add_option("-o", mo->fuse_opts, fuse_opts_help)->allow_extra_args(false)->delimiter(',');
+  cmd->add_option("--log-file", mo->log_file, "where the background daemon logs");
+  cmd->add_flag("--fuse-debug", mo->fuse_debug, "libfuse request tracing");
+}
+
 void ApplyVerbosity(const CommonOptions& o) {
   if (o.verbose >= 2) {
     SetLogLevel(LogLevel::kDebug);
@@ -191,14 +202,7 @@ int RegfsMain(int argc, char** argv) {
 
   CLI::App* mount = app.add_subcommand("mount", "mount an image read-only");
   AddCommonOptions(mount, &common);
-  mount->add_option("--cache-dir", common.cache_dir, "chunk cache directory");
-  mount->add_option("--cache-max-size", common.cache_max_size, "cache size cap, e.g. 10G");
-  mount->add_flag("-f,--foreground", mo.foreground, "stay in the foreground");
-  mount->add_option("-o", mo.fuse_opts, "FUSE mount options (allow_other, ...)")
-      ->allow_extra_args(false)
-      ->delimiter(',');
-  mount->add_option("--log-file", mo.log_file, "where the background daemon logs");
-  mount->add_flag("--fuse-debug", mo.fuse_debug, "libfuse request tracing");
+  AddDaemonOptions(mount, &common, &mo, "FUSE mount options (allow_other, ...)");
   mount->add_option("--readahead-threads", mo.readahead_threads,
                     "threads reading blobs ahead of a sequential reader (0: only the cache's "
                     "own read-ahead)")
@@ -216,14 +220,7 @@ int RegfsMain(int argc, char** argv) {
       "store", "serve an additional layer store for podman and CRI-O (storage.conf's "
                "additionallayerstores = [\"MOUNTPOINT:ref\"])");
   AddCommonOptions(store, &common);
-  store->add_option("--cache-dir", common.cache_dir, "chunk cache directory");
-  store->add_option("--cache-max-size", common.cache_max_size, "cache size cap, e.g. 10G");
-  store->add_flag("-f,--foreground", so.foreground, "stay in the foreground");
-  store->add_option("-o", so.fuse_opts, "extra FUSE mount options")
-      ->allow_extra_args(false)
-      ->delimiter(',');
-  store->add_option("--log-file", so.log_file, "where the background daemon logs");
-  store->add_flag("--fuse-debug", so.fuse_debug, "libfuse request tracing");
+  AddDaemonOptions(store, &common, &so, "extra FUSE mount options");
   store->add_flag("--index-on-pull", so.index_on_pull,
                   "index layers in the background from `podman pull` on (the pull then makes "
                   "the store fetch whole layers; by default a layer is fetched when first used)");

@@ -4,8 +4,8 @@
 #include <cctype>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
+
+#include "reader/base/file_util.h"
 
 namespace regfs {
 
@@ -49,10 +49,8 @@ Result<std::string> ReadCertDir(const std::string& dir) {
   std::sort(files.begin(), files.end());
   std::string pem;
   for (const auto& f : files) {
-    std::ifstream in(f, std::ios::binary);
-    if (!in) return Status::IoError("cannot read " + f.string());
-    pem.append(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-    pem += "\n";
+    ASSIGN_OR_RETURN(std::string crt, ReadFileToString(f.string()));
+    pem += crt + "\n";
   }
   return pem;
 }

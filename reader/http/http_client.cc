@@ -4,10 +4,10 @@
 #include <cctype>
 #include <charconv>
 #include <cstring>
-#include <fstream>
-#include <iterator>
 #include <memory>
 #include <nlohmann/json.hpp>
+
+#include "reader/base/file_util.h"
 
 namespace regfs {
 namespace {
@@ -389,9 +389,9 @@ std::string SystemCaPem(const std::string& ca_file) {
     char* p = nullptr;
     if (h && curl_easy_getinfo(h.get(), CURLINFO_CAINFO, &p) == CURLE_OK && p) path = p;
   }
-  std::ifstream in(path, std::ios::binary);
-  if (path.empty() || !in) return "";
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  if (path.empty()) return "";
+  Result<std::string> pem = ReadFileToString(path);
+  return pem.ok() ? *pem : "";
 }
 
 }  // namespace

@@ -16,12 +16,11 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "reader/base/base64.h"
+#include "reader/base/file_util.h"
 #include "reader/base/unique_fd.h"
 
 extern char** environ;
@@ -173,11 +172,9 @@ Result<std::pair<bool, std::optional<Credentials>>> LookupInFile(const std::stri
   if (static_cast<size_t>(st.st_size) > kMaxAuthFileSize) {
     return Status::InvalidArgument(path + ": too large for an auth file");
   }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Status::InvalidArgument(path + ": cannot be read");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  json j = json::parse(ss.str(), nullptr, /*allow_exceptions=*/false);
+  Result<std::string> text = ReadFileToString(path);
+  if (!text.ok()) return Status::InvalidArgument(path + ": cannot be read");
+  json j = json::parse(*text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) {
     return Status::InvalidArgument(path + ": malformed JSON in auth file");
   }
