@@ -133,7 +133,6 @@ std::string DefaultCacheDir() {
 struct ChunkCache::ReadConn {
   Db db;
   Stmt blob_id, chunk, present, blob_state, chunk_sha;
-  std::vector<uint8_t> scratch;
 };
 
 struct ChunkCache::WriteConn {
@@ -303,6 +302,7 @@ Result<std::unique_ptr<ChunkCache::ReadConn>> ChunkCache::NewReadConn() {
                                    options_.busy_timeout_ms));
   RETURN_IF_ERROR(ApplyPragmas(c->db));
   RETURN_IF_ERROR(c->db.Exec("PRAGMA query_only=1"));
+  ++read_conns_opened_;
   sqlite3* db = c->db.get();
   ASSIGN_OR_RETURN(c->blob_id, Stmt::Prepare(db, "SELECT id FROM blobs WHERE digest = ?"));
   ASSIGN_OR_RETURN(c->chunk, Stmt::Prepare(db,
@@ -363,18 +363,22 @@ Result<bool> ChunkCache::ReadChunk(std::string_view digest, uint64_t index, uint
     if (count_access) ++misses_;
     return false;
   }
-  ASSIGN_OR_RETURN(ReadConnLease conn, AcquireRead());
-  ASSIGN_OR_RETURN(int64_t blob_id, BlobId(*conn, digest));
-  if (!blob_id) {
-    if (count_access) ++misses_;
-    return false;
-  }
   int64_t chunk_id = 0;
   uint64_t size = 0;
   uint8_t crcs[512];  // enough for 4 MiB chunks; larger ones use the heap
   std::vector<uint8_t> crc_heap;
   std::span<const uint8_t> crc_view;
   {
+    // The connection is held for the row lookup only, not across the file
+    // reads: a reader blocked on the disk would otherwise hold it, and the
+    // next reader would open a new connection, whose first read of the
+    // database file queues behind that same disk.
+    ASSIGN_OR_RETURN(ReadConnLease conn, AcquireRead());
+    ASSIGN_OR_RETURN(int64_t blob_id, BlobId(*conn, digest));
+    if (!blob_id) {
+      if (count_access) ++misses_;
+      return false;
+    }
     Stmt& q = conn->chunk;
     q.Bind(1, blob_id).Bind(2, static_cast<int64_t>(index));
     ASSIGN_OR_RETURN(bool row, q.Step());
@@ -398,6 +402,7 @@ Result<bool> ChunkCache::ReadChunk(std::string_view digest, uint64_t index, uint
   // The row is the promise; the file's bytes are checked against it. Blocks
   // wholly inside `out` are read straight into it, in one pread per run; the
   // partial blocks at the ends go through a scratch buffer.
+  if (options_.before_chunk_file_read) options_.before_chunk_file_read();
   const size_t blocks = (size + kChunkCrcBlock - 1) / kChunkCrcBlock;
   bool corrupt = offset + out.size() > size || crc_view.size() != blocks * 4;
   const uint64_t base = index * chunk_size_;
@@ -426,16 +431,16 @@ Result<bool> ChunkCache::ReadChunk(std::string_view digest, uint64_t index, uint
       }
       continue;
     }
-    conn->scratch.resize(kChunkCrcBlock);
-    ASSIGN_OR_RETURN(bool whole,
-                     files_->Read(digest, base + bstart, {conn->scratch.data(), blen}));
-    if (!whole || BlockChecksum(conn->scratch.data(), blen) != CrcAt(crc_view, b)) {
+    thread_local std::vector<uint8_t> scratch;
+    scratch.resize(kChunkCrcBlock);
+    ASSIGN_OR_RETURN(bool whole, files_->Read(digest, base + bstart, {scratch.data(), blen}));
+    if (!whole || BlockChecksum(scratch.data(), blen) != CrcAt(crc_view, b)) {
       corrupt = true;
       break;
     }
     const uint64_t from = std::max(bstart, uint64_t{offset});
     const uint64_t to = std::min(bstart + blen, end);
-    std::memcpy(out.data() + (from - offset), conn->scratch.data() + (from - bstart), to - from);
+    std::memcpy(out.data() + (from - offset), scratch.data() + (from - bstart), to - from);
     ++b;
   }
   if (corrupt) {

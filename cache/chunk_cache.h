@@ -34,6 +34,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -70,6 +71,8 @@ struct CacheOptions {
   // and a cap on the chunk bytes this object writes (then ENOSPC).
   uint32_t max_page_count = 0;
   uint64_t max_chunk_bytes_written = 0;
+  // Test hook: called by ReadChunk just before it reads the chunk file.
+  std::function<void()> before_chunk_file_read;
 };
 
 // What the cache holds of one blob.
@@ -163,6 +166,9 @@ class ChunkCache {
   Result<std::optional<StoredManifest>> GetManifest(std::string_view digest);
 
   Result<CacheStats> Stats();
+  // sqlite read connections this object has opened (each costs a database
+  // open); for tests.
+  uint64_t read_connections_opened() const { return read_conns_opened_.load(); }
   // Evicts least-recently-used chunks until chunk bytes <= max_size, and
   // deletes the chunk files of blobs left with no chunk.
   Status Prune(uint64_t max_size);
@@ -229,6 +235,7 @@ class ChunkCache {
 
   std::mutex pool_mu_;  // guards read_pool_ only; never held during a query
   std::vector<std::unique_ptr<ReadConn>> read_pool_;
+  std::atomic<uint64_t> read_conns_opened_{0};
 
   std::mutex write_mu_;  // serialises use of writer_; lock order: write_mu_ -> touch_mu_
   std::unique_ptr<WriteConn> writer_;

@@ -4,7 +4,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <condition_variable>
 #include <filesystem>
+#include <mutex>
+#include <thread>
 
 #include "reader/base/digest.h"
 #include "tests/cache/cache_test_util.h"
@@ -480,6 +483,56 @@ TEST_F(ChunkCacheTest, AStoreAfterAnotherProcessDeletedTheFileGoesToTheNewFile) 
   ASSERT_OK(hit);
   EXPECT_TRUE(*hit);
   EXPECT_EQ(out, data.substr(kTestChunk, 100));
+}
+
+// A reader waiting on the chunk file (a cold disk) must not hold a sqlite
+// connection: the next reader would open another one, and a new connection's
+// first read of the database file queued behind that same disk (an 18 ms stall
+// seen in warm-read traces).
+TEST_F(ChunkCacheTest, AReaderBlockedOnTheChunkFileHoldsNoDatabaseConnection) {
+  std::string data;
+  auto b = MakeBlob(kTestChunk * 2, 87, &data);
+  std::mutex mu;
+  std::condition_variable cv;
+  bool first_inside = false, second_done = false;
+  int calls = 0;
+  CacheOptions o = Options();
+  o.before_chunk_file_read = [&] {
+    std::unique_lock lock(mu);
+    if (++calls != 1) return;
+    first_inside = true;
+    cv.notify_all();
+    // The first reader stays "on the disk" until the second has finished.
+    cv.wait_for(lock, std::chrono::seconds(10), [&] { return second_done; });
+  };
+  auto c = ChunkCache::Open(o);
+  ASSERT_OK(c);
+  ASSERT_OK((*c)->PutChunks(b, 0, Bytes(data)));
+  std::string out1(100, '\0'), out2(100, '\0');
+  Result<bool> hit1 = false;
+  std::thread first([&] {
+    hit1 = (*c)->ReadChunk(b.digest, 0, 0, {reinterpret_cast<uint8_t*>(out1.data()), 100});
+  });
+  {
+    std::unique_lock lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(10), [&] { return first_inside; }));
+  }
+  const uint64_t opened = (*c)->read_connections_opened();
+  auto hit2 = (*c)->ReadChunk(b.digest, 1, 0, {reinterpret_cast<uint8_t*>(out2.data()), 100});
+  {
+    std::lock_guard lock(mu);
+    second_done = true;
+  }
+  cv.notify_all();
+  first.join();
+  ASSERT_OK(hit1);
+  ASSERT_OK(hit2);
+  EXPECT_TRUE(*hit1);
+  EXPECT_TRUE(*hit2);
+  EXPECT_EQ(out1, data.substr(0, 100));
+  EXPECT_EQ(out2, data.substr(kTestChunk, 100));
+  EXPECT_EQ((*c)->read_connections_opened(), opened)
+      << "the second reader had to open a connection of its own";
 }
 
 }  // namespace
