@@ -347,17 +347,7 @@ Status CachedBlobSource::FetchMissing(const BlobDescriptor& blob, uint64_t offse
     }
   }
 
-  // Fetch my chunks in runs of consecutive indices, at most max_chunks each.
-  Status first_error;
-  for (size_t i = 0; i < mine.size();) {
-    size_t j = i + 1;
-    while (j < mine.size() && mine[j].first == mine[j - 1].first + 1 && j - i < max_chunks) ++j;
-    std::vector<std::shared_ptr<Flight>> run;
-    for (size_t k = i; k < j; ++k) run.push_back(mine[k].second);
-    Status st = FetchRun(blob, mine[i].first, mine[j - 1].first, run);
-    if (!st.ok() && first_error.ok()) first_error = st;
-    i = j;
-  }
+  Status first_error = FetchLed(blob, mine);
 
   // Copy every missing chunk's part of the request, from whoever fetched it.
   for (const auto& [c, flight] : needed) {
@@ -372,6 +362,57 @@ Status CachedBlobSource::FetchMissing(const BlobDescriptor& blob, uint64_t offse
     std::memcpy(out.data() + (a - offset), bytes.data() + (a - c * cs), b - a);
   }
   return first_error;
+}
+
+Status CachedBlobSource::FetchLed(
+    const BlobDescriptor& blob,
+    const std::vector<std::pair<uint64_t, std::shared_ptr<Flight>>>& mine) {
+  // In runs of consecutive indices, at most max_fetch_bytes each.
+  const uint64_t max_chunks = std::max<uint64_t>(1, options_.max_fetch_bytes / cache_->chunk_size());
+  Status first_error;
+  for (size_t i = 0; i < mine.size();) {
+    size_t j = i + 1;
+    while (j < mine.size() && mine[j].first == mine[j - 1].first + 1 && j - i < max_chunks) ++j;
+    std::vector<std::shared_ptr<Flight>> run;
+    for (size_t k = i; k < j; ++k) run.push_back(mine[k].second);
+    Status st = FetchRun(blob, mine[i].first, mine[j - 1].first, run);
+    if (!st.ok() && first_error.ok()) first_error = st;
+    i = j;
+  }
+  return first_error;
+}
+
+Status CachedBlobSource::Prefetch(const BlobDescriptor& blob, uint64_t offset, uint64_t len) {
+  if (len == 0) return Status::Ok();
+  if (offset > blob.size || len > blob.size - offset) {
+    return Status::RangeNotSatisfiable("prefetch [" + std::to_string(offset) + ", +" +
+                                       std::to_string(len) + ") outside blob " + blob.digest +
+                                       " of size " + std::to_string(blob.size));
+  }
+  RETURN_IF_ERROR(ValidateDigest(blob.digest));
+  const uint64_t cs = cache_->chunk_size();
+  const uint64_t first = offset / cs, last = (offset + len - 1) / cs;
+  std::vector<std::pair<uint64_t, std::shared_ptr<Flight>>> mine;
+  // As in ReadRange: a fetch that completes between the presence query and
+  // the registration makes the query stale; then ask again.
+  for (int attempt = 0;; ++attempt) {
+    const uint64_t gen = completed_gen_.load(std::memory_order_acquire);
+    ASSIGN_OR_RETURN(std::vector<bool> present,
+                     cache_->PresentChunks(blob.digest, first, last - first + 1));
+    std::lock_guard<std::mutex> lock(flights_mu_);
+    if (attempt < 3 && completed_gen_.load(std::memory_order_relaxed) != gen) continue;
+    for (uint64_t c = first; c <= last; ++c) {
+      auto key = std::make_pair(blob.digest, c);
+      if (present[c - first] || flights_.count(key)) continue;
+      auto f = std::make_shared<Flight>();
+      flights_.emplace(key, f);
+      mine.emplace_back(c, f);
+    }
+    break;
+  }
+  if (mine.empty()) return Status::Ok();
+  Count(blob.digest, 0, mine.size(), 0, 0);
+  return FetchLed(blob, mine);
 }
 
 bool CachedBlobSource::FetchSmallRandom(const BlobDescriptor& blob, uint64_t offset,

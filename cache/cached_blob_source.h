@@ -79,6 +79,9 @@ class CachedBlobSource : public BlobSource {
   ~CachedBlobSource() override;
 
   Status ReadAt(const BlobDescriptor& blob, uint64_t offset, std::span<uint8_t> out) override;
+  // Fetches and stores the chunks of the range that are neither cached nor
+  // being fetched by someone else; copies nothing out and waits for nobody.
+  Status Prefetch(const BlobDescriptor& blob, uint64_t offset, uint64_t len) override;
 
   // Streams the whole blob through the cache in order (hits from the cache,
   // misses coalesced upstream), verifies its digest, records per-chunk
@@ -119,6 +122,9 @@ class CachedBlobSource : public BlobSource {
   // `gen` was read (so a miss may be stale), registers nothing and sets *stale.
   Status FetchMissing(const BlobDescriptor& blob, uint64_t offset, std::span<uint8_t> out,
                       const std::vector<uint64_t>& missing, uint64_t gen, bool* stale);
+  // Fetches the chunks this caller registered as leader of.
+  Status FetchLed(const BlobDescriptor& blob,
+                  const std::vector<std::pair<uint64_t, std::shared_ptr<Flight>>>& mine);
   Status FetchRun(const BlobDescriptor& blob, uint64_t first, uint64_t last,
                   const std::vector<std::shared_ptr<Flight>>& flights);
   Status CheckChunkHashes(const BlobDescriptor& blob, uint64_t first,

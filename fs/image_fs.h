@@ -76,7 +76,10 @@ struct LayerIndexStatus {
 struct ImageFsOptions {
   int readahead_threads = 3;
   Prefetcher::CachedFn is_cached;           // skips read-ahead of cached bytes
-  uint64_t readahead_job = 4ull << 20;      // one cache request each
+  // One upstream request each. docker-registry spends about 3 ms of CPU per
+  // request; with 4 MiB jobs a cold 128 MiB read cost it 70 ms more than with
+  // 16 MiB ones, on a machine where it shares the CPUs with the reader.
+  uint64_t readahead_job = 16ull << 20;
   uint64_t readahead_max = 32ull << 20;     // the window grows up to this
   uint32_t uid = 0, gid = 0;                // owner of the synthetic files
   bool layers = true;                       // show layers/<N> and rootfs/

@@ -39,7 +39,6 @@ void Prefetcher::Enqueue(const BlobDescriptor& blob, uint64_t offset, uint64_t l
 }
 
 void Prefetcher::Run() {
-  std::vector<uint8_t> buf;
   for (;;) {
     Job job;
     {
@@ -54,8 +53,7 @@ void Prefetcher::Run() {
       pending_.erase({job.blob.digest, job.offset});
       continue;
     }
-    buf.resize(job.len);
-    Status s = source_->ReadAt(job.blob, job.offset, buf);
+    Status s = source_->Prefetch(job.blob, job.offset, job.len);
     if (!s.ok()) {
       LOG_INFO("read-ahead of " + job.blob.digest + " at " + std::to_string(job.offset) +
                " failed: " + s.ToString());

@@ -31,6 +31,12 @@ class BlobSource {
   // contents of `out` are unspecified and must not be used.
   virtual Status ReadAt(const BlobDescriptor& blob, uint64_t offset,
                         std::span<uint8_t> out) = 0;
+
+  // Read-ahead: makes [offset, offset + len) cheap to read soon, without
+  // handing the bytes to the caller. Same range rules as ReadAt. This default
+  // reads them into a scratch buffer; a caching source overrides it to fetch
+  // into its cache without copying them out.
+  virtual Status Prefetch(const BlobDescriptor& blob, uint64_t offset, uint64_t len);
 };
 
 // Forwards everything to another source. Tests derive from it and override

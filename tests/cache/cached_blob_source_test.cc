@@ -432,5 +432,68 @@ TEST_F(CachedSourceTest, SmallRandomReadOfAVerifiedBlobFetchesTheCheckedChunk) {
   EXPECT_EQ(log[1].length, kTestChunk);
 }
 
+// Read-ahead through Prefetch: the missing chunks are fetched and stored in
+// coalesced runs, cached ones are not asked for again, nothing is copied out.
+TEST_F(CachedSourceTest, PrefetchStoresTheMissingChunksOnly) {
+  OpenCache(1ull << 30, NoReadahead());
+  std::string data = RandomBytes(kTestChunk * 5 + 100, 41);
+  auto b = upstream_.AddBlob(data);
+  EXPECT_EQ(Read(b, kTestChunk + 5, 10), data.substr(kTestChunk + 5, 10));
+  ASSERT_EQ(upstream_.requests(), 1u);
+  ASSERT_OK(source_->Prefetch(b, 0, data.size()));
+  auto log = upstream_.request_log();
+  ASSERT_EQ(log.size(), 3u);
+  EXPECT_EQ(log[1].offset, 0u);
+  EXPECT_EQ(log[1].length, kTestChunk);
+  EXPECT_EQ(log[2].offset, 2 * kTestChunk);
+  EXPECT_EQ(log[2].length, data.size() - 2 * kTestChunk);
+  // Everything is cached now: neither a read nor another prefetch goes upstream.
+  EXPECT_EQ(Read(b, 0, data.size()), data);
+  ASSERT_OK(source_->Prefetch(b, 0, data.size()));
+  EXPECT_EQ(upstream_.requests(), 3u);
+  EXPECT_EQ(source_->Prefetch(b, data.size() - 1, 2).code(), Code::kRangeNotSatisfiable);
+}
+
+// A chunk that a reader is fetching is left to that reader: the prefetch asks
+// for the others and does not wait for it.
+TEST_F(CachedSourceTest, PrefetchLeavesChunksBeingFetchedToTheirReader) {
+  OpenCache(1ull << 30, NoReadahead());
+  std::string data = RandomBytes(kTestChunk * 4, 42);
+  auto b = upstream_.AddBlob(data);
+  upstream_.HoldRequests();
+  std::string got;
+  std::thread reader([&] { got = Read(b, 2 * kTestChunk, 100); });
+  ASSERT_TRUE(upstream_.WaitForRequests(1, std::chrono::seconds(10)));
+  Status pst;
+  std::thread prefetch([&] { pst = source_->Prefetch(b, 0, data.size()); });
+  ASSERT_TRUE(upstream_.WaitForRequests(2, std::chrono::seconds(10)));
+  upstream_.ReleaseRequests();
+  prefetch.join();
+  reader.join();
+  ASSERT_OK(pst);
+  EXPECT_EQ(got, data.substr(2 * kTestChunk, 100));
+  auto log = upstream_.request_log();
+  ASSERT_EQ(log.size(), 3u);
+  EXPECT_EQ(log[0].offset, 2 * kTestChunk);
+  EXPECT_EQ(log[1].offset, 0u);
+  EXPECT_EQ(log[1].length, 2 * kTestChunk);
+  EXPECT_EQ(log[2].offset, 3 * kTestChunk);
+  EXPECT_EQ(log[2].length, kTestChunk);
+  EXPECT_EQ(Read(b, 0, data.size()), data);
+  EXPECT_EQ(upstream_.requests(), 3u);
+}
+
+// A failed prefetch reports the error and leaves nothing behind: the next
+// read fetches the chunk itself.
+TEST_F(CachedSourceTest, AFailedPrefetchLeavesTheChunkToTheNextRead) {
+  OpenCache(1ull << 30, NoReadahead());
+  std::string data = RandomBytes(kTestChunk * 2, 43);
+  auto b = upstream_.AddBlob(data);
+  upstream_.FailNext(1, Status::Transient("connection reset"));
+  EXPECT_FALSE(source_->Prefetch(b, 0, data.size()).ok());
+  EXPECT_EQ(Read(b, 0, data.size()), data);
+  EXPECT_EQ(upstream_.requests(), 2u);
+}
+
 }  // namespace
 }  // namespace regfs::testing
