@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -14,7 +15,7 @@
 namespace regfs {
 namespace {
 constexpr size_t kMaxSequentialPasses = 256;
-constexpr size_t kMaxPooledBuffers = 4;
+constexpr size_t kMaxPooledBuffers = 32;  // chunk-sized buffers
 
 // A fetch buffer. Its bytes start uninitialised (new[] without "()"): they
 // are always filled by the upstream before anyone reads them.
@@ -22,6 +23,7 @@ struct FetchBuf {
   std::unique_ptr<uint8_t[]> bytes;
   size_t capacity = 0;
   size_t size = 0;
+  size_t filled = 0;  // bytes written so far
   uint8_t* data() { return bytes.get(); }
   const uint8_t* data() const { return bytes.get(); }
   void Resize(size_t n) {
@@ -54,6 +56,7 @@ class CachedBlobSource::BufferPool : public std::enable_shared_from_this<BufferP
     if (!b) b = std::make_unique<FetchBuf>();
     b->Resize(std::max(n, reserve));
     b->size = n;
+    b->filled = 0;
     return std::shared_ptr<FetchBuf>(b.release(), [pool = shared_from_this()](FetchBuf* p) {
       pool->Put(std::unique_ptr<FetchBuf>(p));
     });
@@ -347,7 +350,7 @@ Status CachedBlobSource::FetchMissing(const BlobDescriptor& blob, uint64_t offse
     }
   }
 
-  Status first_error = FetchLed(blob, mine);
+  Status first_error = FetchLed(blob, std::move(mine));
 
   // Copy every missing chunk's part of the request, from whoever fetched it.
   for (const auto& [c, flight] : needed) {
@@ -365,17 +368,18 @@ Status CachedBlobSource::FetchMissing(const BlobDescriptor& blob, uint64_t offse
 }
 
 Status CachedBlobSource::FetchLed(
-    const BlobDescriptor& blob,
-    const std::vector<std::pair<uint64_t, std::shared_ptr<Flight>>>& mine) {
-  // In runs of consecutive indices, at most max_fetch_bytes each.
+    const BlobDescriptor& blob, std::vector<std::pair<uint64_t, std::shared_ptr<Flight>>> mine) {
+  // In runs of consecutive indices, at most max_fetch_bytes each. The flights
+  // move into the runs, which drop each one once it is stored, so that its
+  // buffer goes back to the pool as soon as no waiter holds it.
   const uint64_t max_chunks = std::max<uint64_t>(1, options_.max_fetch_bytes / cache_->chunk_size());
   Status first_error;
   for (size_t i = 0; i < mine.size();) {
     size_t j = i + 1;
     while (j < mine.size() && mine[j].first == mine[j - 1].first + 1 && j - i < max_chunks) ++j;
     std::vector<std::shared_ptr<Flight>> run;
-    for (size_t k = i; k < j; ++k) run.push_back(mine[k].second);
-    Status st = FetchRun(blob, mine[i].first, mine[j - 1].first, run);
+    for (size_t k = i; k < j; ++k) run.push_back(std::move(mine[k].second));
+    Status st = FetchRun(blob, mine[i].first, mine[j - 1].first, std::move(run));
     if (!st.ok() && first_error.ok()) first_error = st;
     i = j;
   }
@@ -412,7 +416,7 @@ Status CachedBlobSource::Prefetch(const BlobDescriptor& blob, uint64_t offset, u
   }
   if (mine.empty()) return Status::Ok();
   Count(blob.digest, 0, mine.size(), 0, 0);
-  return FetchLed(blob, mine);
+  return FetchLed(blob, std::move(mine));
 }
 
 bool CachedBlobSource::FetchSmallRandom(const BlobDescriptor& blob, uint64_t offset,
@@ -456,50 +460,84 @@ bool CachedBlobSource::FetchSmallRandom(const BlobDescriptor& blob, uint64_t off
 }
 
 Status CachedBlobSource::FetchRun(const BlobDescriptor& blob, uint64_t first, uint64_t last,
-                                  const std::vector<std::shared_ptr<Flight>>& flights) {
+                                  std::vector<std::shared_ptr<Flight>> flights) {
+  // One upstream request for the run, streamed: each chunk is answered to
+  // its waiters as soon as its last byte is in, and stored in small batches,
+  // instead of after the whole run. Chunk buffers come from the pool.
+  constexpr size_t kStoreBatch = 4;
   const uint64_t cs = cache_->chunk_size();
   const uint64_t start = first * cs;
   const uint64_t end = std::min((last + 1) * cs, blob.size);
-  std::shared_ptr<FetchBuf> buf = buffers_->Get(end - start, options_.max_fetch_bytes);
-  Status st = upstream_->ReadAt(blob, start, {buf->data(), buf->size});
-  Count(blob.digest, 0, 0, 1, st.ok() ? buf->size : 0);
-  const std::span<const uint8_t> bytes(buf->data(), buf->size);
-  if (st.ok()) st = CheckChunkHashes(blob, first, bytes);
-  if (st.ok()) {
-    // A cache that cannot store (full disk, read-only) has logged why; the
-    // bytes are still served from memory.
-    if (cache_->PutChunks(blob, first, bytes).ok() && options_.verify_complete) {
-      MaybeVerifyComplete(blob);
+  // A verified blob's chunks are checked against their recorded hashes.
+  std::optional<std::string> hashes;
+  if (auto h = cache_->GetChunkSha256s(blob.digest); h.ok()) hashes = std::move(*h);
+
+  uint64_t next = first;  // the chunk being filled
+  uint64_t received = 0;
+  std::shared_ptr<FetchBuf> cur;
+  std::vector<std::pair<uint64_t, std::shared_ptr<const FetchBuf>>> unstored;
+  bool stored = false;
+  auto unregister = [&](uint64_t from, uint64_t to) {
+    {
+      // Stored before unregistering: a newcomer finds either the flight or the chunk.
+      std::lock_guard<std::mutex> lock(flights_mu_);
+      for (uint64_t c = from; c <= to; ++c) flights_.erase({blob.digest, c});
+      completed_gen_.fetch_add(1, std::memory_order_release);
     }
+    for (uint64_t c = from; c <= to; ++c) flights[c - first].reset();
+  };
+  auto store = [&] {
+    if (unstored.empty()) return;
+    std::vector<std::span<const uint8_t>> spans;
+    for (const auto& u : unstored) spans.emplace_back(u.second->data(), u.second->size);
+    // A cache that cannot store (full disk, read-only) has logged why; the
+    // bytes were served from memory all the same.
+    if (cache_->PutChunks(blob, unstored.front().first, spans).ok()) stored = true;
+    unregister(unstored.front().first, unstored.back().first);
+    unstored.clear();
+  };
+  auto sink = [&](std::span<const uint8_t> bytes) -> Status {
+    received += bytes.size();
+    while (!bytes.empty()) {
+      if (next > last) return Status::Protocol("more bytes than the range asked for");
+      if (!cur) cur = buffers_->Get(std::min<uint64_t>(cs, blob.size - next * cs), cs);
+      const size_t n = std::min(bytes.size(), cur->size - cur->filled);
+      std::memcpy(cur->data() + cur->filled, bytes.data(), n);
+      cur->filled += n;
+      bytes = bytes.subspan(n);
+      if (cur->filled < cur->size) break;
+      const std::span<const uint8_t> chunk(cur->data(), cur->size);
+      if (hashes) RETURN_IF_ERROR(CheckChunkHash(blob, *hashes, next, chunk));
+      std::shared_ptr<const FetchBuf> done = std::move(cur);
+      cur.reset();
+      flights[next - first]->Finish(Status::Ok(), done, 0, done->size);
+      unstored.emplace_back(next, std::move(done));
+      ++next;
+      if (unstored.size() >= kStoreBatch) store();
+    }
+    return Status::Ok();
+  };
+  Status st = upstream_->ReadStream(blob, start, end - start, sink);
+  Count(blob.digest, 0, 0, 1, received);
+  if (st.ok() && next <= last) st = Status::Protocol("upstream ended the range early");
+  store();
+  if (next <= last) {
+    std::vector<std::shared_ptr<Flight>> failed(flights.begin() + static_cast<ptrdiff_t>(next - first),
+                                                flights.end());
+    unregister(next, last);
+    for (auto& f : failed) f->Finish(st, nullptr, 0, 0);
   }
-  {
-    // Stored before unregistering: a newcomer finds either the flight or the chunk.
-    std::lock_guard<std::mutex> lock(flights_mu_);
-    for (uint64_t c = first; c <= last; ++c) flights_.erase({blob.digest, c});
-    completed_gen_.fetch_add(1, std::memory_order_release);
-  }
-  for (uint64_t c = first; c <= last; ++c) {
-    const uint64_t off = (c - first) * cs;
-    flights[c - first]->Finish(st, buf, off, std::min<uint64_t>(cs, buf->size - off));
-  }
+  if (stored && options_.verify_complete) MaybeVerifyComplete(blob);
   return st;
 }
 
-Status CachedBlobSource::CheckChunkHashes(const BlobDescriptor& blob, uint64_t first,
-                                          std::span<const uint8_t> bytes) {
-  auto hashes = cache_->GetChunkSha256s(blob.digest);
-  if (!hashes.ok() || !hashes->has_value()) return Status::Ok();
-  const std::string& h = **hashes;
-  const uint64_t cs = cache_->chunk_size();
-  for (uint64_t off = 0; off < bytes.size(); off += cs) {
-    const uint64_t c = first + off / cs;
-    if ((c + 1) * 32 > h.size()) return Status::Corrupt("chunk hash table too short");
-    const uint64_t n = std::min<uint64_t>(cs, bytes.size() - off);
-    std::string_view chunk(reinterpret_cast<const char*>(bytes.data() + off), n);
-    if (Sha256Raw(chunk) != h.substr(c * 32, 32)) {
-      return Status::Corrupt("chunk " + std::to_string(c) + " of " + blob.digest +
-                             " from upstream does not match its recorded sha256");
-    }
+Status CachedBlobSource::CheckChunkHash(const BlobDescriptor& blob, const std::string& hashes,
+                                        uint64_t c, std::span<const uint8_t> chunk) {
+  if ((c + 1) * 32 > hashes.size()) return Status::Corrupt("chunk hash table too short");
+  std::string_view bytes(reinterpret_cast<const char*>(chunk.data()), chunk.size());
+  if (Sha256Raw(bytes) != std::string_view(hashes).substr(c * 32, 32)) {
+    return Status::Corrupt("chunk " + std::to_string(c) + " of " + blob.digest +
+                           " from upstream does not match its recorded sha256");
   }
   return Status::Ok();
 }

@@ -124,11 +124,12 @@ class CachedBlobSource : public BlobSource {
                       const std::vector<uint64_t>& missing, uint64_t gen, bool* stale);
   // Fetches the chunks this caller registered as leader of.
   Status FetchLed(const BlobDescriptor& blob,
-                  const std::vector<std::pair<uint64_t, std::shared_ptr<Flight>>>& mine);
+                  std::vector<std::pair<uint64_t, std::shared_ptr<Flight>>> mine);
   Status FetchRun(const BlobDescriptor& blob, uint64_t first, uint64_t last,
-                  const std::vector<std::shared_ptr<Flight>>& flights);
-  Status CheckChunkHashes(const BlobDescriptor& blob, uint64_t first,
-                          std::span<const uint8_t> bytes);
+                  std::vector<std::shared_ptr<Flight>> flights);
+  // Checks chunk c against a verified blob's table of per-chunk sha256s.
+  static Status CheckChunkHash(const BlobDescriptor& blob, const std::string& hashes, uint64_t c,
+                               std::span<const uint8_t> chunk);
   Status TrackSequential(const BlobDescriptor& blob, uint64_t offset,
                          std::span<const uint8_t> bytes);
   Status FinishVerification(const BlobDescriptor& blob, const std::string& actual,

@@ -579,16 +579,29 @@ Status ChunkCache::MakeRoomLocked(uint64_t needed, uint64_t max_size, bool* fits
 
 Status ChunkCache::PutChunks(const BlobDescriptor& blob, uint64_t first_index,
                              std::span<const uint8_t> data) {
+  const uint64_t cs = chunk_size_;
+  std::vector<std::span<const uint8_t>> chunks;
+  for (uint64_t off = 0; off < data.size(); off += cs) {
+    chunks.push_back(data.subspan(off, std::min<uint64_t>(cs, data.size() - off)));
+  }
+  return PutChunks(blob, first_index, chunks);
+}
+
+Status ChunkCache::PutChunks(const BlobDescriptor& blob, uint64_t first_index,
+                             std::span<const std::span<const uint8_t>> chunks) {
   if (!writable_) return Status::IoError("chunk cache is not writable");
   const uint64_t cs = chunk_size_;
-  const uint64_t start = first_index * cs;
-  if (data.empty() || start + data.size() > blob.size ||
-      (data.size() % cs != 0 && start + data.size() != blob.size)) {
+  const uint64_t n = chunks.size();
+  bool whole = n > 0;
+  for (uint64_t i = 0; whole && i < n; ++i) {
+    const uint64_t start = (first_index + i) * cs;
+    whole = start + chunks[i].size() == std::min(start + cs, blob.size) && start < blob.size;
+  }
+  if (!whole) {
     return Status::InvalidArgument("PutChunks: data is not whole chunks of " + blob.digest);
   }
-  const uint64_t n = (data.size() + cs - 1) / cs;
   std::vector<std::string> crcs(n);
-  for (uint64_t i = 0; i < n; ++i) crcs[i] = CrcsOf(data.subspan(i * cs, std::min(cs, data.size() - i * cs)));
+  for (uint64_t i = 0; i < n; ++i) crcs[i] = CrcsOf(chunks[i]);
 
   std::lock_guard<std::mutex> lock(write_mu_);
   std::vector<Victim> victims;
@@ -621,7 +634,7 @@ Status ChunkCache::PutChunks(const BlobDescriptor& blob, uint64_t first_index,
       ASSIGN_OR_RETURN(bool exists, w.chunk_exists.Step());
       w.chunk_exists.Reset();
       if (exists) continue;
-      auto bytes = data.subspan(i * cs, std::min(cs, data.size() - i * cs));
+      std::span<const uint8_t> bytes = chunks[i];
       bool fits = false;
       RETURN_IF_ERROR(MakeRoomLocked(bytes.size(), max, &fits, &victims));
       if (!fits) break;

@@ -145,6 +145,9 @@ class ChunkCache {
   // Makes room first; chunks that do not fit under the cap are not stored.
   Status PutChunks(const BlobDescriptor& blob, uint64_t first_index,
                    std::span<const uint8_t> data);
+  // The same, with each consecutive chunk in a buffer of its own.
+  Status PutChunks(const BlobDescriptor& blob, uint64_t first_index,
+                   std::span<const std::span<const uint8_t>> chunks);
   // Deletes every chunk of a blob (and forgets its verification).
   Status DropBlob(std::string_view digest);
 

@@ -5,6 +5,14 @@
 
 namespace regfs {
 
+Status BlobSource::ReadStream(const BlobDescriptor& blob, uint64_t offset, uint64_t len,
+                              const ByteSink& sink) {
+  if (len == 0) return Status::Ok();
+  std::vector<uint8_t> buf(static_cast<size_t>(len));
+  RETURN_IF_ERROR(ReadAt(blob, offset, buf));
+  return sink(buf);
+}
+
 Status BlobSource::Prefetch(const BlobDescriptor& blob, uint64_t offset, uint64_t len) {
   constexpr uint64_t kPiece = 4u << 20;
   std::vector<uint8_t> scratch(static_cast<size_t>(std::min(len, kPiece)));

@@ -8,6 +8,7 @@
 #define REGFS_READER_BASE_BLOB_SOURCE_H_
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 
@@ -31,6 +32,15 @@ class BlobSource {
   // contents of `out` are unspecified and must not be used.
   virtual Status ReadAt(const BlobDescriptor& blob, uint64_t offset,
                         std::span<uint8_t> out) = 0;
+
+  // Streams bytes [offset, offset + len) to `sink`, in order, each byte
+  // once, as they arrive (a long range can be used before its end is in).
+  // Same range rules as ReadAt. A non-OK return from the sink stops the read
+  // and is returned. This default makes one ReadAt into a buffer of `len`
+  // bytes and hands it over whole.
+  using ByteSink = std::function<Status(std::span<const uint8_t>)>;
+  virtual Status ReadStream(const BlobDescriptor& blob, uint64_t offset, uint64_t len,
+                            const ByteSink& sink);
 
   // Read-ahead: makes [offset, offset + len) cheap to read soon, without
   // handing the bytes to the caller. Same range rules as ReadAt. This default

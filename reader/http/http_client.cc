@@ -61,7 +61,9 @@ struct Transfer {
   bool ValidateHeaders() {
     if (!Is2xx()) return true;
     if (!ValidateRange()) return false;
-    uint64_t cap = req->body_out.empty() ? req->max_body : req->body_out.size();
+    uint64_t cap = !req->body_out.empty() ? req->body_out.size()
+                   : req->body_sink       ? req->sink_cap
+                                          : req->max_body;
     uint64_t content_length = 0;
     if (!req->head && ParseU64(Trim(resp->Header("content-length")), &content_length) &&
         content_length > cap) {
@@ -182,6 +184,17 @@ size_t WriteCallback(char* data, size_t size, size_t n, void* userdata) {
       return 0;
     }
     std::memcpy(q.body_out.data() + r->body_bytes, data, len);
+  } else if (q.body_sink) {
+    if (r->body_bytes + len > q.sink_cap) {
+      t->abort = Status::Protocol(t->what + ": body longer than the " +
+                                  std::to_string(q.sink_cap) + " bytes expected");
+      return 0;
+    }
+    Status st = q.body_sink({reinterpret_cast<const uint8_t*>(data), len});
+    if (!st.ok()) {
+      t->abort = std::move(st);
+      return 0;
+    }
   } else {
     if (r->body.size() + len > q.max_body) {
       t->abort = Status::Protocol(t->what + ": body exceeds the " + std::to_string(q.max_body) +

@@ -25,6 +25,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -118,8 +119,13 @@ struct HttpRequest {
   // Accept a 200 (whole body) in answer to `range`; the body cap still holds.
   bool allow_full_body_for_range = false;
   // Where a 2xx body goes: into `body_out` (cap = its size) when non-empty,
-  // else into HttpResponse::body up to `max_body` bytes.
+  // else to `body_sink` when set (cap = sink_cap), else into
+  // HttpResponse::body up to `max_body` bytes.
   std::span<uint8_t> body_out;
+  // Called with the body's bytes in order, as they arrive. A non-OK return
+  // stops the transfer, and the result's status is that one.
+  std::function<Status(std::span<const uint8_t>)> body_sink;
+  uint64_t sink_cap = 0;
   size_t max_body = 1 << 20;
   bool verify_tls = true;
 };

@@ -72,6 +72,10 @@ struct RegistryClient::Call {
   std::optional<ByteRange> range;
   uint64_t total = 0;
   std::span<uint8_t> out;
+  // Instead of `out`: the bytes go to `sink`, in order, each once (a resumed
+  // attempt continues after the last byte delivered).
+  std::function<Status(std::span<const uint8_t>)> sink;
+  bool sink_failed = false;  // the sink refused bytes: no retry
   uint64_t done = 0;
   size_t max_body = 1 << 20;  // whole-body requests
   HttpResponse response;      // the final successful response
@@ -194,7 +198,16 @@ Status RegistryClient::AttemptOnce(Call& call, bool* progressed) {
     if (call.range) {
       req.range = ByteRange{call.range->first + call.done, call.range->last};
       req.expected_total = call.total;
-      req.body_out = call.out.subspan(call.done);
+      if (call.sink) {
+        req.body_sink = [&call](std::span<const uint8_t> bytes) {
+          Status st = call.sink(bytes);
+          if (!st.ok()) call.sink_failed = true;
+          return st;
+        };
+        req.sink_cap = call.range->size() - call.done;
+      } else {
+        req.body_out = call.out.subspan(call.done);
+      }
       req.allow_full_body_for_range = req.range->first == 0 && req.range->last + 1 == call.total;
     } else {
       req.max_body = call.max_body;
@@ -262,7 +275,7 @@ Status RegistryClient::Execute(Call& call) {
   while (true) {
     bool progressed = false;
     Status st = AttemptOnce(call, &progressed);
-    if (st.ok()) return st;
+    if (st.ok() || call.sink_failed) return st;
     if (call.retry_now) {
       int& rounds = call.auth_round ? auth_rounds : reresolves;
       if (rounds < (call.auth_round ? kMaxAuthRounds : kMaxReresolves)) {
@@ -358,6 +371,24 @@ Status RegistryClient::ReadAt(const BlobDescriptor& blob, uint64_t offset, std::
   call.range = ByteRange{offset, offset + out.size() - 1};
   call.total = blob.size;
   call.out = out;
+  return Execute(call).Annotate("blob " + blob.digest);
+}
+
+Status RegistryClient::ReadStream(const BlobDescriptor& blob, uint64_t offset, uint64_t len,
+                                  const ByteSink& sink) {
+  if (len == 0) return Status::Ok();
+  RETURN_IF_ERROR(ValidateDigest(blob.digest));
+  if (offset >= blob.size || blob.size - offset < len) {
+    return Status::RangeNotSatisfiable("blob " + blob.digest + ": range " + std::to_string(offset) +
+                                       "+" + std::to_string(len) + " outside its " +
+                                       std::to_string(blob.size) + " bytes");
+  }
+  Call call;
+  call.path = "/v2/" + ref_.repository + "/blobs/" + blob.digest;
+  call.redirect_key = blob.digest;
+  call.range = ByteRange{offset, offset + len - 1};
+  call.total = blob.size;
+  call.sink = sink;
   return Execute(call).Annotate("blob " + blob.digest);
 }
 

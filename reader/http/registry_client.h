@@ -101,6 +101,9 @@ class RegistryClient : public BlobSource {
   // BlobSource: bytes [offset, offset + out.size()) of `blob` by HTTP Range.
   // RangeNotSatisfiable when the range is outside [0, blob.size).
   Status ReadAt(const BlobDescriptor& blob, uint64_t offset, std::span<uint8_t> out) override;
+  // BlobSource: the same range, one request, handed to `sink` as it arrives.
+  Status ReadStream(const BlobDescriptor& blob, uint64_t offset, uint64_t len,
+                    const ByteSink& sink) override;
 
   RegistryCounters Counters() const;
   const Reference& reference() const { return ref_; }

@@ -495,5 +495,58 @@ TEST_F(CachedSourceTest, AFailedPrefetchLeavesTheChunkToTheNextRead) {
   EXPECT_EQ(upstream_.requests(), 2u);
 }
 
+// A fetch is streamed: each chunk is answered as soon as its bytes are in,
+// not when the whole run is. Here the run's stream pauses after its first
+// chunk, and a read of that chunk completes meanwhile.
+TEST_F(CachedSourceTest, AChunkIsServedBeforeTheRestOfItsRunArrives) {
+  OpenCache(1ull << 30, NoReadahead());
+  std::string data = RandomBytes(kTestChunk * 4, 44);
+  auto b = upstream_.AddBlob(data);
+  upstream_.SetStreamPiece(kTestChunk / 4);
+  upstream_.HoldStreamsAfter(kTestChunk + kTestChunk / 2);
+  Status pst;
+  std::thread prefetch([&] { pst = source_->Prefetch(b, 0, data.size()); });
+  ASSERT_TRUE(upstream_.WaitForHeldStream(std::chrono::seconds(10)));
+  std::atomic<bool> done{false};
+  std::string got;
+  std::thread reader([&] {
+    got = Read(b, 10, 1000);
+    done = true;
+  });
+  // Bounded wait for the read while the stream is still paused.
+  for (int i = 0; i < 1000 && !done; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_TRUE(done) << "the read of chunk 0 waited for the whole run";
+  upstream_.ReleaseStreams();
+  reader.join();
+  prefetch.join();
+  ASSERT_OK(pst);
+  EXPECT_EQ(got, data.substr(10, 1000));
+  EXPECT_EQ(upstream_.requests(), 1u);
+  EXPECT_EQ(Read(b, 0, data.size()), data);
+  EXPECT_EQ(upstream_.requests(), 1u);
+}
+
+// A stream that breaks off keeps the chunks it completed: they are stored,
+// and only the rest is fetched again.
+TEST_F(CachedSourceTest, ABrokenStreamKeepsItsCompleteChunks) {
+  OpenCache(1ull << 30, NoReadahead());
+  std::string data = RandomBytes(kTestChunk * 4, 45);
+  auto b = upstream_.AddBlob(data);
+  upstream_.SetStreamPiece(kTestChunk / 3);
+  upstream_.FailStreamsAfter(2 * kTestChunk + 10, Status::Transient("connection reset"));
+  Status st;
+  Read(b, 0, data.size(), &st);
+  EXPECT_EQ(st.code(), Code::kTransient) << st.ToString();
+  auto present = cache_->PresentChunks(b.digest, 0, 4);
+  ASSERT_OK(present);
+  EXPECT_EQ(*present, (std::vector<bool>{true, true, false, false}));
+  upstream_.FailStreamsAfter(UINT64_MAX, Status::Ok());
+  EXPECT_EQ(Read(b, 0, data.size()), data);
+  auto log = upstream_.request_log();
+  ASSERT_EQ(log.size(), 2u);
+  EXPECT_EQ(log[1].offset, 2 * kTestChunk);
+  EXPECT_EQ(log[1].length, 2 * kTestChunk);
+}
+
 }  // namespace
 }  // namespace regfs::testing

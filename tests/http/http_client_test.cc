@@ -172,6 +172,21 @@ TEST_F(HttpClientTest, FixedBufferCapAbortsTransfer) {
   EXPECT_EQ(r.response.body_bytes, 0u);
 }
 
+TEST_F(HttpClientTest, SinkCapAbortsTransfer) {
+  uint64_t seen = 0;
+  HttpRequest req;
+  req.url = server_.url() + "/big";
+  req.body_sink = [&](std::span<const uint8_t> b) {
+    seen += b.size();
+    return Status::Ok();
+  };
+  req.sink_cap = 100;
+  HttpResult r = client().Perform(req);
+  EXPECT_EQ(r.status.code(), Code::kProtocol) << r.status.ToString();
+  EXPECT_EQ(seen, 0u);
+  EXPECT_EQ(r.response.body_bytes, 0u);
+}
+
 TEST_F(HttpClientTest, PoolIsBoundedAndReused) {
   HttpClient& c = client(2);
   std::vector<std::thread> threads;

@@ -56,6 +56,37 @@ TEST_F(RangeRead, TruncatedBodyResumes) {
   EXPECT_GE(client().Counters().resumes, 2u);
 }
 
+// The streaming form: the sink sees each byte of the range once, in order,
+// also across resumed attempts (the fixture checks fds and connections).
+TEST_F(RangeRead, StreamDeliversEachByteOnceAcrossResumes) {
+  server_.AddFault(blob_path(), Fault{FaultKind::kResetMidBody});
+  server_.AddFault(blob_path(), Fault{FaultKind::kTruncate}, 2);
+  std::string got;
+  size_t calls = 0;
+  ASSERT_OK(client().ReadStream(blob_, 1000, 100000, [&](std::span<const uint8_t> b) {
+    got.append(reinterpret_cast<const char*>(b.data()), b.size());
+    ++calls;
+    return Status::Ok();
+  }));
+  EXPECT_EQ(got, Expected(1000, 100000));
+  EXPECT_GT(calls, 1u);
+  EXPECT_GE(client().Counters().resumes, 1u);
+}
+
+// A sink that refuses stops the read at once, with its status, and without
+// a retry.
+TEST_F(RangeRead, StreamSinkErrorStopsWithoutRetry) {
+  uint64_t before = server_.total_requests();
+  Status st = client().ReadStream(blob_, 0, blob_.size, [](std::span<const uint8_t>) {
+    return Status::Corrupt("refused by the sink");
+  });
+  EXPECT_EQ(st.code(), Code::kCorrupt) << st.ToString();
+  EXPECT_EQ(server_.total_requests(), before + 1);
+  EXPECT_EQ(client().ReadStream(blob_, blob_.size, 1, [](std::span<const uint8_t>) {
+    return Status::Ok();
+  }).code(), Code::kRangeNotSatisfiable);
+}
+
 TEST_F(RangeRead, StallEndsByLowSpeedLimitAndResumes) {
   server_.AddFault(blob_path(), Fault{FaultKind::kStall});
   std::string got;

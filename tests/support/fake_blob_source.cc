@@ -1,5 +1,6 @@
 #include "tests/support/fake_blob_source.h"
 
+#include <algorithm>
 #include <cstring>
 #include <thread>
 
@@ -67,6 +68,68 @@ Status FakeBlobSource::ReadAt(const BlobDescriptor& blob, uint64_t offset,
   }
   bytes_served_ += out.size();
   return Status::Ok();
+}
+
+Status FakeBlobSource::ReadStream(const BlobDescriptor& blob, uint64_t offset, uint64_t len,
+                                  const ByteSink& sink) {
+  std::string buf(len, '\0');
+  RETURN_IF_ERROR(ReadAt(blob, offset, {reinterpret_cast<uint8_t*>(buf.data()), buf.size()}));
+  constexpr uint64_t kNever = UINT64_MAX;
+  uint64_t piece, fail_after, hold_after;
+  Status fail_status;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    piece = stream_piece_ ? stream_piece_ : std::max<uint64_t>(len, 1);
+    fail_after = fail_stream_after_.value_or(kNever);
+    fail_status = fail_stream_status_;
+    hold_after = hold_stream_after_.value_or(kNever);
+  }
+  for (uint64_t done = 0; done < len;) {
+    uint64_t n = std::min<uint64_t>(piece, len - done);
+    if (done + n > fail_after) n = fail_after - done;
+    if (done < hold_after && done + n > hold_after) n = hold_after - done;
+    if (n > 0) {
+      RETURN_IF_ERROR(sink({reinterpret_cast<const uint8_t*>(buf.data()) + done, n}));
+      done += n;
+    }
+    if (done == fail_after) return fail_status;
+    if (done == hold_after) {
+      std::unique_lock<std::mutex> lock(mu_);
+      stream_held_ = true;
+      cv_.notify_all();
+      cv_.wait(lock, [this] { return !hold_stream_after_; });
+      hold_after = kNever;
+    }
+  }
+  return Status::Ok();
+}
+
+void FakeBlobSource::SetStreamPiece(size_t bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  stream_piece_ = bytes;
+}
+
+void FakeBlobSource::FailStreamsAfter(uint64_t bytes, Status status) {
+  std::lock_guard<std::mutex> lock(mu_);
+  fail_stream_after_ = bytes;
+  fail_stream_status_ = std::move(status);
+}
+
+void FakeBlobSource::HoldStreamsAfter(uint64_t bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  hold_stream_after_ = bytes;
+  stream_held_ = false;
+}
+
+bool FakeBlobSource::WaitForHeldStream(std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  return cv_.wait_for(lock, timeout, [this] { return stream_held_; });
+}
+
+void FakeBlobSource::ReleaseStreams() {
+  std::lock_guard<std::mutex> lock(mu_);
+  hold_stream_after_.reset();
+  cv_.notify_all();
 }
 
 void FakeBlobSource::FailNext(int n, Status status) {

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -42,6 +43,10 @@ class FakeBlobSource : public BlobSource {
   void ReplaceContent(const std::string& digest, std::string bytes);
 
   Status ReadAt(const BlobDescriptor& blob, uint64_t offset, std::span<uint8_t> out) override;
+  // One request (logged, faults as for ReadAt), whose bytes reach the sink in
+  // pieces of SetStreamPiece bytes (default: all at once).
+  Status ReadStream(const BlobDescriptor& blob, uint64_t offset, uint64_t len,
+                    const ByteSink& sink) override;
 
   // Faults.
   void FailNext(int n, Status status);
@@ -49,6 +54,14 @@ class FakeBlobSource : public BlobSource {
   void SetCorruptResponses(bool on);  // flips one byte in every response
   void HoldRequests();                // requests block until ReleaseRequests()
   void ReleaseRequests();
+  void SetStreamPiece(size_t bytes);
+  // The next streams stop with `status` once they have delivered `bytes`.
+  void FailStreamsAfter(uint64_t bytes, Status status);
+  // The next streams pause once they have delivered `bytes`, until
+  // ReleaseStreams(); WaitForHeldStream() waits (bounded) for one to pause.
+  void HoldStreamsAfter(uint64_t bytes);
+  bool WaitForHeldStream(std::chrono::milliseconds timeout);
+  void ReleaseStreams();
   // Waits (bounded) until at least n requests have arrived; false on timeout.
   bool WaitForRequests(uint64_t n, std::chrono::milliseconds timeout);
 
@@ -70,6 +83,11 @@ class FakeBlobSource : public BlobSource {
   std::chrono::milliseconds delay_{0};
   bool corrupt_ = false;
   bool hold_ = false;
+  size_t stream_piece_ = 0;
+  std::optional<uint64_t> fail_stream_after_;
+  Status fail_stream_status_;
+  std::optional<uint64_t> hold_stream_after_;
+  bool stream_held_ = false;
 };
 
 }  // namespace regfs::testing
