@@ -36,8 +36,9 @@ ImageFs::ImageFs(ImageFsInput input, BlobSource* blobs, std::function<std::strin
       opts_(std::move(opts)),
       index_source_(blobs, &cancelled_) {
   if (opts_.readahead_threads > 0) {
-    prefetcher_ = std::make_unique<Prefetcher>(blobs_, opts_.readahead_threads,
-                                               opts_.readahead_job, opts_.is_cached);
+    prefetcher_ =
+        std::make_unique<Prefetcher>(blobs_, opts_.readahead_threads, opts_.readahead_job,
+                                     opts_.readahead_request, opts_.is_cached);
   }
   Build();
 }
@@ -163,6 +164,12 @@ void ImageFs::MaybeReadAhead(const BlobDescriptor& blob, uint64_t offset, size_t
     uint64_t target = std::min(blob.size, st.next + st.window);
     from = std::max(st.ahead_to, st.next);
     if (target <= from) return;
+    // Top up in batches of half the window (at most one request's worth),
+    // so that an established stream makes few large requests rather than one
+    // small one every few reads.
+    if (target < blob.size && target - from < std::min(st.window / 2, opts_.readahead_request)) {
+      return;
+    }
     count = target - from;
     st.ahead_to = target;
   }

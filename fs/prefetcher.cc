@@ -6,8 +6,12 @@
 
 namespace regfs {
 
-Prefetcher::Prefetcher(BlobSource* source, int threads, uint64_t job_size, CachedFn is_cached)
-    : source_(source), job_size_(job_size), is_cached_(std::move(is_cached)) {
+Prefetcher::Prefetcher(BlobSource* source, int threads, uint64_t job_size, uint64_t max_request,
+                       CachedFn is_cached)
+    : source_(source),
+      job_size_(job_size),
+      max_request_(std::max(job_size, max_request)),
+      is_cached_(std::move(is_cached)) {
   for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Run(); });
 }
 
@@ -41,25 +45,35 @@ void Prefetcher::Enqueue(const BlobDescriptor& blob, uint64_t offset, uint64_t l
 void Prefetcher::Run() {
   for (;;) {
     Job job;
+    std::vector<uint64_t> pieces;  // offsets of the queued jobs merged into `job`
     {
       std::unique_lock lock(mu_);
       cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
       if (stop_) return;
       job = std::move(queue_.front());
       queue_.pop_front();
+      pieces.push_back(job.offset);
+      // Jobs queued right after it, of the same blob and contiguous, go in
+      // the same request, up to max_request_: a long sequential window makes
+      // few large requests, a short one (maybe two random reads that landed
+      // close) only small ones.
+      while (!queue_.empty() && queue_.front().blob.digest == job.blob.digest &&
+             queue_.front().offset == job.offset + job.len &&
+             job.len + queue_.front().len <= max_request_) {
+        job.len += queue_.front().len;
+        pieces.push_back(queue_.front().offset);
+        queue_.pop_front();
+      }
     }
-    if (is_cached_ && is_cached_(job.blob, job.offset, job.len)) {
-      std::lock_guard lock(mu_);
-      pending_.erase({job.blob.digest, job.offset});
-      continue;
-    }
-    Status s = source_->Prefetch(job.blob, job.offset, job.len);
-    if (!s.ok()) {
-      LOG_INFO("read-ahead of " + job.blob.digest + " at " + std::to_string(job.offset) +
-               " failed: " + s.ToString());
+    if (!is_cached_ || !is_cached_(job.blob, job.offset, job.len)) {
+      Status s = source_->Prefetch(job.blob, job.offset, job.len);
+      if (!s.ok()) {
+        LOG_INFO("read-ahead of " + job.blob.digest + " at " + std::to_string(job.offset) +
+                 " failed: " + s.ToString());
+      }
     }
     std::lock_guard lock(mu_);
-    pending_.erase({job.blob.digest, job.offset});
+    for (uint64_t o : pieces) pending_.erase({job.blob.digest, o});
   }
 }
 

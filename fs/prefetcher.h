@@ -27,7 +27,10 @@ class Prefetcher {
   // `is_cached(blob, offset, len)`, if given, lets a job whose bytes are all
   // cached already be skipped instead of read through for nothing.
   using CachedFn = std::function<bool(const BlobDescriptor&, uint64_t, uint64_t)>;
-  Prefetcher(BlobSource* source, int threads, uint64_t job_size, CachedFn is_cached = nullptr);
+  // Jobs are job_size pieces; contiguous queued pieces of a blob are fetched
+  // together, in requests of up to max_request bytes.
+  Prefetcher(BlobSource* source, int threads, uint64_t job_size, uint64_t max_request,
+             CachedFn is_cached = nullptr);
   ~Prefetcher();  // drops queued jobs, joins the threads
   Prefetcher(const Prefetcher&) = delete;
   Prefetcher& operator=(const Prefetcher&) = delete;
@@ -46,6 +49,7 @@ class Prefetcher {
 
   BlobSource* source_;
   const uint64_t job_size_;
+  const uint64_t max_request_;
   const CachedFn is_cached_;
   static constexpr size_t kMaxQueue = 256;
 
