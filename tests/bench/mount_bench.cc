@@ -9,7 +9,7 @@
 //    reads the same chunk files; a re-read that races it is printed too;
 //  - p50/p99 latency of cold random 4 KiB reads, regfs and httpdirfs.
 //
-//   mount_bench [size_mib=128] [runs=5]
+//   mount_bench [size_mib=128] [runs=7]
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -91,7 +91,7 @@ struct Mounted {
 
 int main(int argc, char** argv) {
   uint64_t size = (argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 128) << 20;
-  int runs = argc > 2 ? std::atoi(argv[2]) : 5;
+  int runs = argc > 2 ? std::atoi(argv[2]) : 7;
   std::string why = FuseUnavailableReason();
   if (!why.empty()) {
     std::fprintf(stderr, "mount_bench needs FUSE: %s\n", why.c_str());
@@ -124,9 +124,9 @@ int main(int argc, char** argv) {
     return r.exit_code == 0;
   };
 
-  // Each regfs run is paired with its baseline, run right before it, and the
+  // Each regfs run is paired with its baseline, run next to it, and the
   // ratio is the median of the pairs' ratios: this machine's speed drifts
-  // between runs (curl alone has ranged from 950 to 1700 MiB/s), and pairing
+  // between runs (curl alone has ranged from 800 to 1750 MiB/s), and pairing
   // keeps that drift out of the ratios.
   std::string local = tmp.Sub("local.blob");
   RunCommand({"curl", "-sf", "-o", local, url});
@@ -146,18 +146,27 @@ int main(int argc, char** argv) {
       if (!ok) return 1;
     }
     // curl to /dev/null, and to a file on the disk that holds the caches (a
-    // download that keeps the bytes, as the mount does).
-    curl_s.push_back(TimeIt([&] { RunCommand({"curl", "-sf", "-o", "/dev/null", url}); }));
-    std::string f = tmp.Sub("curl.out");
-    curl_file_s.push_back(TimeIt([&] { RunCommand({"curl", "-sf", "-o", f, url}); }));
-    unlink(f.c_str());
+    // download that keeps the bytes, as the mount does). Each timed step
+    // starts after a sync, so that none pays for the previous one's
+    // write-back, and curl goes first in even runs, regfs in odd ones.
+    auto time_curl = [&] {
+      sync();
+      curl_s.push_back(TimeIt([&] { RunCommand({"curl", "-sf", "-o", "/dev/null", url}); }));
+      std::string f = tmp.Sub("curl.out");
+      sync();
+      curl_file_s.push_back(TimeIt([&] { RunCommand({"curl", "-sf", "-o", f, url}); }));
+      unlink(f.c_str());
+    };
+    if (r % 2 == 0) time_curl();
     // regfs cold, on a fresh cache.
     Mounted m{tmp.Sub("m" + std::to_string(r))};
     m.ok = mount_regfs(m.mnt, tmp.Sub("cache" + std::to_string(r)));
     if (!m.ok) return 1;
     std::string path = m.mnt + "/blobs/" + blob->digest;
+    sync();
     cold_s.push_back(TimeIt([&] { ok = CatToNull(path, size); }));
     if (!ok) return 1;
+    if (r % 2 == 1) time_curl();
     cold_ratio.push_back(curl_s.back() / cold_s.back());
     cold_file_ratio.push_back(curl_file_s.back() / cold_s.back());
     double v = WaitForVerified(m.mnt);
