@@ -4,6 +4,7 @@
 #include <cctype>
 #include <charconv>
 #include <cstring>
+#include <exception>
 #include <memory>
 #include <nlohmann/json.hpp>
 
@@ -190,7 +191,14 @@ size_t WriteCallback(char* data, size_t size, size_t n, void* userdata) {
                                   std::to_string(q.sink_cap) + " bytes expected");
       return 0;
     }
-    Status st = q.body_sink({reinterpret_cast<const uint8_t*>(data), len});
+    // Nothing may unwind through curl's C frames: an exception from the sink
+    // (say, bad_alloc for a buffer) ends the transfer like an error does.
+    Status st;
+    try {
+      st = q.body_sink({reinterpret_cast<const uint8_t*>(data), len});
+    } catch (const std::exception& e) {
+      st = Status::IoError(t->what + ": body sink failed: " + e.what());
+    }
     if (!st.ok()) {
       t->abort = std::move(st);
       return 0;

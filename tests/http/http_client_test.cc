@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <new>
 #include <thread>
 #include <vector>
 
@@ -185,6 +186,22 @@ TEST_F(HttpClientTest, SinkCapAbortsTransfer) {
   EXPECT_EQ(r.status.code(), Code::kProtocol) << r.status.ToString();
   EXPECT_EQ(seen, 0u);
   EXPECT_EQ(r.response.body_bytes, 0u);
+}
+
+// An exception from the sink must not unwind through curl: the transfer ends
+// with an error, and the client stays usable.
+TEST_F(HttpClientTest, SinkThatThrowsEndsTheTransferWithAnError) {
+  HttpRequest req;
+  req.url = server_.url() + "/big";
+  req.body_sink = [](std::span<const uint8_t>) -> Status { throw std::bad_alloc(); };
+  req.sink_cap = 1 << 20;
+  HttpResult r = client().Perform(req);
+  EXPECT_EQ(r.status.code(), Code::kIoError) << r.status.ToString();
+  HttpRequest again;
+  again.url = server_.url() + "/small";
+  HttpResult ok = client().Perform(again);
+  ASSERT_OK(ok.status);
+  EXPECT_EQ(ok.response.body, "hello");
 }
 
 TEST_F(HttpClientTest, PoolIsBoundedAndReused) {
