@@ -26,7 +26,8 @@ void AddCommonOptions(CLI::App* cmd, CommonOptions* o) {
   cmd->add_option("--authfile", o->authfile, "credentials file (containers auth.json format)");
   cmd->add_option("--creds", o->creds, "USER:PASSWORD for the registry");
   cmd->add_option("--cert-dir", o->cert_dir,
-                  "directory of *.crt CA certificates trusted for the registry (default: "
+                  "directory of *.crt CA certificates trusted for the registry, and of a "
+                  "client certificate NAME.cert with its key NAME.key (default: "
                   "/etc/containers/certs.d/HOST:PORT when it exists)");
   cmd->add_option("--retry-timeout", o->retry_timeout_s,
                   "seconds a request may take, retries included")

@@ -38,33 +38,64 @@ Result<uint64_t> ParseSize(const std::string& s) {
   return static_cast<uint64_t>(v * mult);
 }
 
-Result<std::string> ReadCertDir(const std::string& dir) {
+Result<CertDir> ReadCertDir(const std::string& dir) {
   std::error_code ec;
   std::filesystem::directory_iterator it(dir, ec);
   if (ec) return Status::NotFound("certificate directory " + dir + ": " + ec.message());
-  std::vector<std::filesystem::path> files;
+  std::vector<std::filesystem::path> cas, certs, keys;
   for (const auto& e : it) {
-    if (e.path().extension() == ".crt") files.push_back(e.path());
+    const std::filesystem::path ext = e.path().extension();
+    if (ext == ".crt") cas.push_back(e.path());
+    if (ext == ".cert") certs.push_back(e.path());
+    if (ext == ".key") keys.push_back(e.path());
   }
-  std::sort(files.begin(), files.end());
-  std::string pem;
-  for (const auto& f : files) {
+  std::sort(cas.begin(), cas.end());
+  std::sort(certs.begin(), certs.end());
+  CertDir out;
+  for (const auto& f : cas) {
     ASSIGN_OR_RETURN(std::string crt, ReadFileToString(f.string()));
-    pem += crt + "\n";
+    out.ca_pem += crt + "\n";
   }
-  return pem;
+  // As containers/image: every key needs its certificate and the reverse.
+  auto has = [](const std::vector<std::filesystem::path>& v, std::filesystem::path p) {
+    return std::find(v.begin(), v.end(), p) != v.end();
+  };
+  for (const auto& k : keys) {
+    if (!has(certs, std::filesystem::path(k).replace_extension(".cert"))) {
+      return Status::InvalidArgument("certificate directory " + dir + ": key " +
+                                     k.filename().string() + " has no client certificate " +
+                                     k.stem().string() + ".cert");
+    }
+  }
+  for (const auto& c : certs) {
+    if (!has(keys, std::filesystem::path(c).replace_extension(".key"))) {
+      return Status::InvalidArgument("certificate directory " + dir + ": client certificate " +
+                                     c.filename().string() + " has no key " +
+                                     c.stem().string() + ".key");
+    }
+  }
+  if (!certs.empty()) {
+    ASSIGN_OR_RETURN(out.client_cert_pem, ReadFileToString(certs[0].string()));
+    ASSIGN_OR_RETURN(out.client_key_pem,
+                     ReadFileToString(std::filesystem::path(certs[0]).replace_extension(".key")));
+  }
+  return out;
 }
 
 Result<RegistryClientOptions> MakeClientOptions(const CommonOptions& o,
                                                 const std::string& registry) {
   RegistryClientOptions c;
   c.tls_verify = o.tls_verify;
-  if (!o.cert_dir.empty()) {
-    ASSIGN_OR_RETURN(c.extra_ca_pem, ReadCertDir(o.cert_dir));
-  } else if (const std::string d = "/etc/containers/certs.d/" + registry;
-             registry.find('/') == std::string::npos && std::filesystem::is_directory(d)) {
-    Result<std::string> pem = ReadCertDir(d);
-    if (pem.ok()) c.extra_ca_pem = *pem;
+  std::string dir = o.cert_dir;
+  if (dir.empty() && registry.find('/') == std::string::npos &&
+      std::filesystem::is_directory("/etc/containers/certs.d/" + registry)) {
+    dir = "/etc/containers/certs.d/" + registry;
+  }
+  if (!dir.empty()) {
+    ASSIGN_OR_RETURN(CertDir certs, ReadCertDir(dir));
+    c.extra_ca_pem = std::move(certs.ca_pem);
+    c.client_cert_pem = std::move(certs.client_cert_pem);
+    c.client_key_pem = std::move(certs.client_key_pem);
   }
   c.credentials.authfile = o.authfile;
   if (!o.creds.empty()) {

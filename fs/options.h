@@ -18,7 +18,7 @@ struct CommonOptions {
   bool tls_verify = true;        // --tls-verify=false for plain http / self-signed
   std::string authfile;          // --authfile
   std::string creds;             // --creds user:pass
-  std::string cert_dir;          // --cert-dir: *.crt CAs trusted for the registry
+  std::string cert_dir;          // --cert-dir: CAs and client certificate (ReadCertDir)
   std::string cache_dir;         // --cache-dir; empty = DefaultCacheDir()
   std::string cache_max_size;    // --cache-max-size, "10G"
   double retry_timeout_s = 25;   // per request, all retries included
@@ -29,14 +29,23 @@ struct CommonOptions {
 Result<uint64_t> ParseSize(const std::string& s);
 
 // Builds RegistryClientOptions (credentials included) from the flags for
-// `registry` ("host[:port]"). The registry's CA certificates (*.crt) come from
+// `registry` ("host[:port]"). The registry's certificates come from
 // --cert-dir, or else, as podman and skopeo do, from
-// /etc/containers/certs.d/<registry>/ when that exists; they are trusted
-// besides the system's. An unreadable --cert-dir is an error.
+// /etc/containers/certs.d/<registry>/ when that exists (see ReadCertDir).
+// An unreadable --cert-dir, or a client certificate without its key, is an
+// error.
 Result<RegistryClientOptions> MakeClientOptions(const CommonOptions& o,
                                                 const std::string& registry);
-// The concatenated *.crt files of `dir`; "" when there are none.
-Result<std::string> ReadCertDir(const std::string& dir);
+
+// What a certificate directory holds, in containers/image's layout: *.crt
+// are CAs trusted besides the system's; X.cert with X.key is a client
+// certificate and its key (the first pair by name when there are several).
+struct CertDir {
+  std::string ca_pem;  // the concatenated *.crt files
+  std::string client_cert_pem, client_key_pem;
+};
+// InvalidArgument for an X.cert without X.key or an X.key without X.cert.
+Result<CertDir> ReadCertDir(const std::string& dir);
 
 }  // namespace regfs
 

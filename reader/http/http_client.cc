@@ -217,6 +217,15 @@ size_t WriteCallback(char* data, size_t size, size_t n, void* userdata) {
 
 Status MapCurlCode(CURLcode code, std::string_view what, std::string_view detail) {
   std::string msg = std::string(what) + ": " + std::string(detail);
+  // A server that wants a client certificate and did not get an acceptable
+  // one says so with a TLS alert (under TLS 1.3 after the handshake, so curl
+  // reports a receive error). Retrying cannot help.
+  if (detail.find("alert bad certificate") != std::string_view::npos ||
+      detail.find("alert certificate required") != std::string_view::npos) {
+    return Status::Unauthorized(msg +
+                                " (the server refused the client certificate, or wants one: "
+                                "put NAME.cert and NAME.key in --cert-dir)");
+  }
   switch (code) {
     case CURLE_OK:
       return Status::Ok();
@@ -508,6 +517,16 @@ HttpResult HttpClient::Perform(const HttpRequest& req) {
   if (!options_.ca_file.empty()) set(CURLOPT_CAINFO, options_.ca_file.c_str());
   curl_blob ca_blob{const_cast<char*>(ca_blob_.data()), ca_blob_.size(), CURL_BLOB_NOCOPY};
   if (!ca_blob_.empty()) set(CURLOPT_CAINFO_BLOB, &ca_blob);
+  curl_blob cert_blob{const_cast<char*>(options_.client_cert_pem.data()),
+                      options_.client_cert_pem.size(), CURL_BLOB_NOCOPY};
+  curl_blob key_blob{const_cast<char*>(options_.client_key_pem.data()),
+                     options_.client_key_pem.size(), CURL_BLOB_NOCOPY};
+  if (!options_.client_cert_pem.empty()) {
+    set(CURLOPT_SSLCERT_BLOB, &cert_blob);
+    set(CURLOPT_SSLCERTTYPE, "PEM");
+    set(CURLOPT_SSLKEY_BLOB, &key_blob);
+    set(CURLOPT_SSLKEYTYPE, "PEM");
+  }
   if (!options_.user_agent.empty()) set(CURLOPT_USERAGENT, options_.user_agent.c_str());
   if (req.head) set(CURLOPT_NOBODY, 1L);
   if (req.range) set(CURLOPT_RANGE, range.c_str());

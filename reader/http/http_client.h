@@ -169,6 +169,9 @@ struct HttpClientOptions {
   // own CA, as skopeo's --cert-dir). A system bundle that cannot be read
   // leaves only these.
   std::string extra_ca_pem;
+  // A client certificate and its private key (PEM), presented to servers
+  // that ask for one. Both or neither.
+  std::string client_cert_pem, client_key_pem;
 };
 
 struct HttpCounters {

@@ -111,6 +111,8 @@ static HttpClientOptions HttpOptionsFrom(const RegistryClientOptions& o) {
   h.user_agent = o.user_agent;
   h.ca_file = o.ca_file;
   h.extra_ca_pem = o.extra_ca_pem;
+  h.client_cert_pem = o.client_cert_pem;
+  h.client_key_pem = o.client_key_pem;
   return h;
 }
 

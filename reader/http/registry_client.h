@@ -64,6 +64,8 @@ struct RegistryClientOptions {
   std::string user_agent = "regfs/0.1";
   std::string ca_file;       // CA bundle for https instead of the system's
   std::string extra_ca_pem;  // CAs trusted besides the system's (--cert-dir)
+  // A client certificate and its key, PEM (--cert-dir's X.cert and X.key).
+  std::string client_cert_pem, client_key_pem;
 };
 
 struct RegistryCounters {

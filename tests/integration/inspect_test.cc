@@ -173,6 +173,48 @@ TEST_F(InspectTest, HttpsRegistryWithItsOwnCertificate) {
   EXPECT_FALSE(IsMountPoint(mnt));
 }
 
+// A registry that asks for a client certificate, as containers/image reads
+// it from a certificate directory: X.cert with its key X.key.
+TEST_F(InspectTest, HttpsRegistryThatRequiresAClientCertificate) {
+  TestRegistryOptions o;
+  o.tls = true;
+  o.require_client_cert = true;
+  TestRegistry reg(o);
+  ASSERT_OK(reg.Start());
+  BuiltImage img = BuildImage(Spec("mtls", Platform{"linux", "amd64", ""}));
+  ASSERT_OK(ImagePusher(reg).PushImage("mtls/app", "v1", img));
+  const std::string ref = reg.Ref("mtls/app", "v1");
+  TempDir tmp("regfs-mtls");
+  auto copy = [](const std::string& from, const std::string& to) {
+    std::ifstream in(from);
+    std::ofstream out(to);
+    out << in.rdbuf();
+  };
+  const std::string ca_only = tmp.Sub("ca-only"), full = tmp.Sub("full"),
+                    no_key = tmp.Sub("no-key");
+  for (const std::string& d : {ca_only, full, no_key}) {
+    ASSERT_EQ(mkdir(d.c_str(), 0755), 0);
+    copy(reg.tls_cert_path(), d + "/ca.crt");
+  }
+  copy(reg.client_cert_path(), full + "/client.cert");
+  copy(reg.client_key_path(), full + "/client.key");
+  copy(reg.client_cert_path(), no_key + "/client.cert");
+  auto inspect = [&](const std::string& certs) {
+    return RunCommand({REGFS_BINARY, "inspect", "--json", "--retry-timeout", "5", "--cert-dir",
+                       certs, ref});
+  };
+  CommandResult r = inspect(ca_only);  // the server refuses the handshake
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("refused the client certificate"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("retry budget"), std::string::npos) << r.output;
+  r = inspect(no_key);
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("client.cert has no key client.key"), std::string::npos) << r.output;
+  r = inspect(full);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  ExpectImage(Json(r), img);
+}
+
 class AuthInspectTest : public InspectTest,
                         public ::testing::WithParamInterface<RegistryAuth> {};
 

@@ -419,6 +419,10 @@ ImagePusher::ImagePusher(const TestRegistry& registry)
           registry.options().auth == RegistryAuth::kAnonymous ? "" : registry.options().username,
           registry.options().auth == RegistryAuth::kAnonymous ? "" : registry.options().password) {
   if (registry.options().tls) ca_file_ = registry.tls_cert_path();
+  if (registry.options().tls && registry.options().require_client_cert) {
+    client_cert_file_ = registry.client_cert_path();
+    client_key_file_ = registry.client_key_path();
+  }
 }
 
 Result<HttpResult> ImagePusher::PerformOnce(Request& req) {
@@ -450,6 +454,10 @@ Result<HttpResult> ImagePusher::PerformOnce(Request& req) {
   curl_easy_setopt(curl.get(), CURLOPT_URL, url.c_str());
   curl_easy_setopt(curl.get(), CURLOPT_NOSIGNAL, 1L);
   if (!ca_file_.empty()) curl_easy_setopt(curl.get(), CURLOPT_CAINFO, ca_file_.c_str());
+  if (!client_cert_file_.empty()) {
+    curl_easy_setopt(curl.get(), CURLOPT_SSLCERT, client_cert_file_.c_str());
+    curl_easy_setopt(curl.get(), CURLOPT_SSLKEY, client_key_file_.c_str());
+  }
   curl_easy_setopt(curl.get(), CURLOPT_CONNECTTIMEOUT_MS, 10000L);
   curl_easy_setopt(curl.get(), CURLOPT_LOW_SPEED_LIMIT, 1L);
   curl_easy_setopt(curl.get(), CURLOPT_LOW_SPEED_TIME, 60L);

@@ -163,6 +163,8 @@ class ImagePusher {
 
   std::string base_url_, username_, password_;
   std::string ca_file_;  // the test registry's certificate, when it serves https
+  // The client certificate the test registry asks for, if it does.
+  std::string client_cert_file_, client_key_file_;
   std::mutex mu_;
   std::map<std::string, std::string> tokens_;  // repo -> bearer token; guarded by mu_
   bool use_basic_ = false;

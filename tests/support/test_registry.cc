@@ -538,6 +538,23 @@ Status TestRegistry::Prepare() {
       RETURN_IF_ERROR(WriteFile(tls_cert_path(), Pem([c](BIO* b) { PEM_write_bio_X509(b, c); })));
     }
     tls = "  tls:\n    certificate: " + tls_cert_path() + "\n    key: " + dir_ + "/tls-key.pem\n";
+    if (opts_.require_client_cert) {
+      if (::access(client_cert_path().c_str(), R_OK) != 0) {
+        std::unique_ptr<EVP_PKEY, PkeyFree> key;
+        std::unique_ptr<X509, X509Free> cert;
+        RETURN_IF_ERROR(MakeSelfSigned("regfs test client", nullptr, &key, &cert));
+        EVP_PKEY* k = key.get();
+        X509* c = cert.get();
+        RETURN_IF_ERROR(WriteFile(client_key_path(), Pem([k](BIO* b) {
+                                    PEM_write_bio_PrivateKey(b, k, nullptr, nullptr, 0, nullptr,
+                                                             nullptr);
+                                  })));
+        RETURN_IF_ERROR(
+            WriteFile(client_cert_path(), Pem([c](BIO* b) { PEM_write_bio_X509(b, c); })));
+      }
+      // The client's self-signed certificate is its own CA.
+      tls += "    clientcas:\n      - " + client_cert_path() + "\n";
+    }
   }
   std::string auth;
   switch (opts_.auth) {
@@ -637,6 +654,10 @@ Status TestRegistry::WaitReady() {
     curl_easy_setopt(curl.get(), CURLOPT_TIMEOUT_MS, 2000L);
     curl_easy_setopt(curl.get(), CURLOPT_FORBID_REUSE, 1L);
     if (opts_.tls) curl_easy_setopt(curl.get(), CURLOPT_CAINFO, tls_cert_path().c_str());
+    if (opts_.tls && opts_.require_client_cert) {
+      curl_easy_setopt(curl.get(), CURLOPT_SSLCERT, client_cert_path().c_str());
+      curl_easy_setopt(curl.get(), CURLOPT_SSLKEY, client_key_path().c_str());
+    }
     if (curl_easy_perform(curl.get()) == CURLE_OK) {
       long code = 0;
       curl_easy_getinfo(curl.get(), CURLINFO_RESPONSE_CODE, &code);

@@ -52,6 +52,9 @@ struct TestRegistryOptions {
   // first start and written to tls_cert_path() (a client that trusts it as
   // a CA can verify the registry).
   bool tls = false;
+  // With tls: require a client certificate, self-signed, made at the first
+  // start (client_cert_path(), client_key_path()).
+  bool require_client_cert = false;
 };
 
 // A minimal HTTP token endpoint (GET /token?service=..&scope=..) for the
@@ -146,6 +149,8 @@ class TestRegistry {
   std::string HostPort() const;  // "127.0.0.1:PORT"
   std::string Url() const;       // "http://127.0.0.1:PORT" (https with tls)
   std::string tls_cert_path() const { return dir_ + "/tls-cert.pem"; }
+  std::string client_cert_path() const { return dir_ + "/client.cert"; }
+  std::string client_key_path() const { return dir_ + "/client.key"; }
   // "127.0.0.1:PORT/repo:tag" or ".../repo@sha256:.." (ref starting "sha256:").
   std::string Ref(std::string_view repo, std::string_view tag_or_digest) const;
 
