@@ -82,9 +82,12 @@ struct CachedBlobSource::Flight {
   size_t offset = 0;  // of this chunk in buf
   size_t len = 0;
 
+  // The first call decides; later ones (an error path after a success) do
+  // nothing, so that a waiter's bytes stay where they were.
   void Finish(Status st, std::shared_ptr<const FetchBuf> b, size_t off, size_t n) {
     {
       std::lock_guard<std::mutex> lock(mu);
+      if (done) return;
       status = std::move(st);
       buf = std::move(b);
       offset = off;
@@ -318,7 +321,9 @@ Status CachedBlobSource::FetchMissing(const BlobDescriptor& blob, uint64_t offse
   // Register: lead the chunks nobody fetches yet, wait for the others.
   std::vector<std::pair<uint64_t, std::shared_ptr<Flight>>> mine;   // chunk, flight (leader)
   std::map<uint64_t, std::shared_ptr<Flight>> needed;               // chunk of the request
-  {
+  // Reserved, so that a flight once registered is always recorded in `mine`.
+  mine.reserve(missing.size() + extra.size());
+  try {
     std::lock_guard<std::mutex> lock(flights_mu_);
     if (gen != UINT64_MAX && completed_gen_.load(std::memory_order_relaxed) != gen) {
       *stale = true;
@@ -331,9 +336,10 @@ Status CachedBlobSource::FetchMissing(const BlobDescriptor& blob, uint64_t offse
         needed[c] = it->second;
       } else {
         auto f = std::make_shared<Flight>();
+        auto& slot = needed[c];
         flights_.emplace(key, f);
         mine.emplace_back(c, f);
-        needed[c] = f;
+        slot = f;
       }
     }
     for (uint64_t c : extra) {
@@ -348,6 +354,11 @@ Status CachedBlobSource::FetchMissing(const BlobDescriptor& blob, uint64_t offse
       ra.next_chunk = mine.back().first + 1;
       ra.window = window;
     }
+  } catch (const std::exception& e) {
+    // Nobody may wait forever for a flight registered here.
+    Status st = Status::IoError("reading " + blob.digest + ": " + e.what());
+    AbandonFlights(blob, mine, st);
+    return st;
   }
 
   Status first_error = FetchLed(blob, std::move(mine));
@@ -374,16 +385,41 @@ Status CachedBlobSource::FetchLed(
   // buffer goes back to the pool as soon as no waiter holds it.
   const uint64_t max_chunks = std::max<uint64_t>(1, options_.max_fetch_bytes / cache_->chunk_size());
   Status first_error;
-  for (size_t i = 0; i < mine.size();) {
-    size_t j = i + 1;
-    while (j < mine.size() && mine[j].first == mine[j - 1].first + 1 && j - i < max_chunks) ++j;
-    std::vector<std::shared_ptr<Flight>> run;
-    for (size_t k = i; k < j; ++k) run.push_back(std::move(mine[k].second));
-    Status st = FetchRun(blob, mine[i].first, mine[j - 1].first, std::move(run));
-    if (!st.ok() && first_error.ok()) first_error = st;
-    i = j;
+  try {
+    for (size_t i = 0; i < mine.size();) {
+      size_t j = i + 1;
+      while (j < mine.size() && mine[j].first == mine[j - 1].first + 1 && j - i < max_chunks) ++j;
+      std::vector<std::shared_ptr<Flight>> run;
+      run.reserve(j - i);
+      for (size_t k = i; k < j; ++k) run.push_back(std::move(mine[k].second));
+      Status st = FetchRun(blob, mine[i].first, mine[j - 1].first, std::move(run));
+      if (!st.ok() && first_error.ok()) first_error = st;
+      i = j;
+    }
+  } catch (const std::exception& e) {
+    // Nobody may wait forever for a flight this call registered.
+    Status st = Status::IoError("fetching " + blob.digest + ": " + e.what());
+    AbandonFlights(blob, mine, st);
+    return st;
   }
   return first_error;
+}
+
+void CachedBlobSource::AbandonFlights(
+    const BlobDescriptor& blob, const std::vector<std::pair<uint64_t, std::shared_ptr<Flight>>>& led,
+    const Status& st) noexcept {
+  {
+    std::lock_guard<std::mutex> lock(flights_mu_);
+    for (const auto& [c, f] : led) {
+      if (!f) continue;
+      auto it = flights_.find({blob.digest, c});
+      if (it != flights_.end() && it->second == f) flights_.erase(it);
+    }
+    completed_gen_.fetch_add(1, std::memory_order_release);
+  }
+  for (const auto& [c, f] : led) {
+    if (f) f->Finish(st, nullptr, 0, 0);
+  }
 }
 
 Status CachedBlobSource::Prefetch(const BlobDescriptor& blob, uint64_t offset, uint64_t len) {
@@ -397,20 +433,27 @@ Status CachedBlobSource::Prefetch(const BlobDescriptor& blob, uint64_t offset, u
   const uint64_t cs = cache_->chunk_size();
   const uint64_t first = offset / cs, last = (offset + len - 1) / cs;
   std::vector<std::pair<uint64_t, std::shared_ptr<Flight>>> mine;
+  mine.reserve(last - first + 1);  // no allocation between registering and recording
   // As in ReadRange: a fetch that completes between the presence query and
   // the registration makes the query stale; then ask again.
   for (int attempt = 0;; ++attempt) {
     const uint64_t gen = completed_gen_.load(std::memory_order_acquire);
     ASSIGN_OR_RETURN(std::vector<bool> present,
                      cache_->PresentChunks(blob.digest, first, last - first + 1));
-    std::lock_guard<std::mutex> lock(flights_mu_);
-    if (attempt < 3 && completed_gen_.load(std::memory_order_relaxed) != gen) continue;
-    for (uint64_t c = first; c <= last; ++c) {
-      auto key = std::make_pair(blob.digest, c);
-      if (present[c - first] || flights_.count(key)) continue;
-      auto f = std::make_shared<Flight>();
-      flights_.emplace(key, f);
-      mine.emplace_back(c, f);
+    try {
+      std::lock_guard<std::mutex> lock(flights_mu_);
+      if (attempt < 3 && completed_gen_.load(std::memory_order_relaxed) != gen) continue;
+      for (uint64_t c = first; c <= last; ++c) {
+        auto key = std::make_pair(blob.digest, c);
+        if (present[c - first] || flights_.count(key)) continue;
+        auto f = std::make_shared<Flight>();
+        flights_.emplace(key, f);
+        mine.emplace_back(c, f);
+      }
+    } catch (const std::exception& e) {
+      Status st = Status::IoError("prefetching " + blob.digest + ": " + e.what());
+      AbandonFlights(blob, mine, st);
+      return st;
     }
     break;
   }
@@ -461,6 +504,21 @@ bool CachedBlobSource::FetchSmallRandom(const BlobDescriptor& blob, uint64_t off
 
 Status CachedBlobSource::FetchRun(const BlobDescriptor& blob, uint64_t first, uint64_t last,
                                   std::vector<std::shared_ptr<Flight>> flights) {
+  try {
+    return StreamRun(blob, first, last, flights);
+  } catch (const std::exception& e) {
+    // Out of memory, say: every flight of the run not yet dropped ends (the
+    // ones answered already keep their bytes) and leaves the map.
+    Status st = Status::IoError("fetching " + blob.digest + ": " + e.what());
+    std::vector<std::pair<uint64_t, std::shared_ptr<Flight>>> left;
+    for (uint64_t c = first; c <= last; ++c) left.emplace_back(c, flights[c - first]);
+    AbandonFlights(blob, left, st);
+    return st;
+  }
+}
+
+Status CachedBlobSource::StreamRun(const BlobDescriptor& blob, uint64_t first, uint64_t last,
+                                   std::vector<std::shared_ptr<Flight>>& flights) {
   // One upstream request for the run, streamed: each chunk is answered to
   // its waiters as soon as its last byte is in, and stored in small batches,
   // instead of after the whole run. Chunk buffers come from the pool.
@@ -476,6 +534,7 @@ Status CachedBlobSource::FetchRun(const BlobDescriptor& blob, uint64_t first, ui
   uint64_t received = 0;
   std::shared_ptr<FetchBuf> cur;
   std::vector<std::pair<uint64_t, std::shared_ptr<const FetchBuf>>> unstored;
+  unstored.reserve(kStoreBatch);
   bool stored = false;
   auto unregister = [&](uint64_t from, uint64_t to) {
     {
@@ -510,9 +569,9 @@ Status CachedBlobSource::FetchRun(const BlobDescriptor& blob, uint64_t first, ui
       if (hashes) RETURN_IF_ERROR(CheckChunkHash(blob, *hashes, next, chunk));
       std::shared_ptr<const FetchBuf> done = std::move(cur);
       cur.reset();
-      flights[next - first]->Finish(Status::Ok(), done, 0, done->size);
-      unstored.emplace_back(next, std::move(done));
-      ++next;
+      const uint64_t c = next++;  // from here on, chunk c counts as answered
+      unstored.emplace_back(c, done);  // no allocation: reserved, flushed at kStoreBatch
+      flights[c - first]->Finish(Status::Ok(), std::move(done), 0, chunk.size());
       if (unstored.size() >= kStoreBatch) store();
     }
     return Status::Ok();

@@ -127,6 +127,14 @@ class CachedBlobSource : public BlobSource {
                   std::vector<std::pair<uint64_t, std::shared_ptr<Flight>>> mine);
   Status FetchRun(const BlobDescriptor& blob, uint64_t first, uint64_t last,
                   std::vector<std::shared_ptr<Flight>> flights);
+  // FetchRun's work; may throw (allocation), FetchRun cleans up.
+  Status StreamRun(const BlobDescriptor& blob, uint64_t first, uint64_t last,
+                   std::vector<std::shared_ptr<Flight>>& flights);
+  // Unregisters the still-registered flights of `led` and finishes them with
+  // `st` (those finished already keep their answer).
+  void AbandonFlights(const BlobDescriptor& blob,
+                      const std::vector<std::pair<uint64_t, std::shared_ptr<Flight>>>& led,
+                      const Status& st) noexcept;
   // Checks chunk c against a verified blob's table of per-chunk sha256s.
   static Status CheckChunkHash(const BlobDescriptor& blob, const std::string& hashes, uint64_t c,
                                std::span<const uint8_t> chunk);

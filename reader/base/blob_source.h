@@ -36,8 +36,8 @@ class BlobSource {
   // Streams bytes [offset, offset + len) to `sink`, in order, each byte
   // once, as they arrive (a long range can be used before its end is in).
   // Same range rules as ReadAt. A non-OK return from the sink stops the read
-  // and is returned. This default makes one ReadAt into a buffer of `len`
-  // bytes and hands it over whole.
+  // and is returned. This default reads and hands over 1 MiB pieces (one
+  // ReadAt each), for sources that are not network requests.
   using ByteSink = std::function<Status(std::span<const uint8_t>)>;
   virtual Status ReadStream(const BlobDescriptor& blob, uint64_t offset, uint64_t len,
                             const ByteSink& sink);
