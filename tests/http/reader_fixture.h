@@ -46,7 +46,7 @@ class ReaderTest : public FdCheckedTest {
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
     EXPECT_EQ(open, 0) << "connections still open after the client was destroyed";
-    EXPECT_LE(server_.peak_connections(), options_.pool_size)
+    EXPECT_LE(server_.peak_connections(), options_.pool_size + peak_slack_)
         << "server saw more concurrent connections than the pool size";
     server_.Stop();
     FdCheckedTest::TearDown();
@@ -108,6 +108,10 @@ class ReaderTest : public FdCheckedTest {
 
   FaultServer server_;
   RegistryClientOptions options_ = FastOptions();
+  // Connections the server may count above the pool size: it learns that the
+  // client closed one only when the close reaches it, which under load can be
+  // after the client's next connect has been accepted.
+  int peak_slack_ = 0;
   std::unique_ptr<RegistryClient> client_;
   std::string blob_data_;
   BlobDescriptor blob_;

@@ -52,6 +52,11 @@ Fault PickFault(std::mt19937& rng) {
 TEST_F(Soak, TenThousandRangedReadsWithFaults) {
   SetBlob(RandomBytes(1 << 20, 99));
   options_.pool_size = kThreads;
+  // About 1,500 connections are closed and reopened here, many while the
+  // machine is busy: the server's count may lag one close (seen twice in
+  // ctest -j2 runs: 9 with a pool of 8). The pool itself is checked exactly
+  // below (pool.created).
+  peak_slack_ = 1;
   options_.retry.max_attempts = 6;
   options_.retry.initial_backoff = std::chrono::milliseconds(1);
   options_.retry.max_backoff = std::chrono::milliseconds(10);
