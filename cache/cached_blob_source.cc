@@ -35,15 +35,24 @@ struct FetchBuf {
   }
 };
 
+// The range rules of ReadAt and Prefetch: inside the blob, digest well formed.
+Status CheckRange(const BlobDescriptor& blob, uint64_t offset, uint64_t len, const char* what) {
+  if (offset > blob.size || len > blob.size - offset) {
+    return Status::RangeNotSatisfiable(std::string(what) + " [" + std::to_string(offset) +
+                                       ", +" + std::to_string(len) + ") outside blob " +
+                                       blob.digest + " of size " + std::to_string(blob.size));
+  }
+  return ValidateDigest(blob.digest);
+}
+
 }  // namespace
 
 class CachedBlobSource::BufferPool : public std::enable_shared_from_this<BufferPool> {
  public:
   // A buffer of `n` bytes (contents undefined), back to the pool when the
-  // last reference goes.
-  // `reserve`: the capacity to allocate if a new buffer is needed, so that
-  // buffers are allocated once at the largest fetch size and then reused
-  // (untouched capacity costs address space, not memory).
+  // last reference goes. `reserve`: the capacity to allocate if a new buffer
+  // is needed (a chunk's size, so that a blob's short last chunk gets a
+  // buffer every other chunk can reuse).
   std::shared_ptr<FetchBuf> Get(size_t n, size_t reserve) {
     std::unique_ptr<FetchBuf> b;
     {
@@ -78,20 +87,16 @@ struct CachedBlobSource::Flight {
   std::condition_variable cv;
   bool done = false;
   Status status;
-  std::shared_ptr<const FetchBuf> buf;
-  size_t offset = 0;  // of this chunk in buf
-  size_t len = 0;
+  std::shared_ptr<const FetchBuf> buf;  // the chunk, and nothing else
 
   // The first call decides; later ones (an error path after a success) do
   // nothing, so that a waiter's bytes stay where they were.
-  void Finish(Status st, std::shared_ptr<const FetchBuf> b, size_t off, size_t n) {
+  void Finish(Status st, std::shared_ptr<const FetchBuf> b) {
     {
       std::lock_guard<std::mutex> lock(mu);
       if (done) return;
       status = std::move(st);
       buf = std::move(b);
-      offset = off;
-      len = n;
       done = true;
     }
     cv.notify_all();
@@ -100,7 +105,7 @@ struct CachedBlobSource::Flight {
   Status Wait(std::span<const uint8_t>* bytes) {
     std::unique_lock<std::mutex> lock(mu);
     cv.wait(lock, [this] { return done; });
-    if (status.ok()) *bytes = std::span<const uint8_t>(buf->data() + offset, len);
+    if (status.ok()) *bytes = std::span<const uint8_t>(buf->data(), buf->size);
     return status;
   }
 };
@@ -224,12 +229,7 @@ double CachedBlobSource::PercentCached(const BlobDescriptor& blob) {
 Status CachedBlobSource::ReadAt(const BlobDescriptor& blob, uint64_t offset,
                                 std::span<uint8_t> out) {
   if (out.empty()) return Status::Ok();
-  if (offset > blob.size || out.size() > blob.size - offset) {
-    return Status::RangeNotSatisfiable("read [" + std::to_string(offset) + ", +" +
-                                       std::to_string(out.size()) + ") outside blob " +
-                                       blob.digest + " of size " + std::to_string(blob.size));
-  }
-  RETURN_IF_ERROR(ValidateDigest(blob.digest));
+  RETURN_IF_ERROR(CheckRange(blob, offset, out.size(), "read"));
   RETURN_IF_ERROR(ReadRange(blob, offset, out));
   if (options_.verify_sequential) return TrackSequential(blob, offset, out);
   return Status::Ok();
@@ -418,18 +418,13 @@ void CachedBlobSource::AbandonFlights(
     completed_gen_.fetch_add(1, std::memory_order_release);
   }
   for (const auto& [c, f] : led) {
-    if (f) f->Finish(st, nullptr, 0, 0);
+    if (f) f->Finish(st, nullptr);
   }
 }
 
 Status CachedBlobSource::Prefetch(const BlobDescriptor& blob, uint64_t offset, uint64_t len) {
   if (len == 0) return Status::Ok();
-  if (offset > blob.size || len > blob.size - offset) {
-    return Status::RangeNotSatisfiable("prefetch [" + std::to_string(offset) + ", +" +
-                                       std::to_string(len) + ") outside blob " + blob.digest +
-                                       " of size " + std::to_string(blob.size));
-  }
-  RETURN_IF_ERROR(ValidateDigest(blob.digest));
+  RETURN_IF_ERROR(CheckRange(blob, offset, len, "prefetch"));
   const uint64_t cs = cache_->chunk_size();
   const uint64_t first = offset / cs, last = (offset + len - 1) / cs;
   std::vector<std::pair<uint64_t, std::shared_ptr<Flight>>> mine;
@@ -571,7 +566,7 @@ Status CachedBlobSource::StreamRun(const BlobDescriptor& blob, uint64_t first, u
       cur.reset();
       const uint64_t c = next++;  // from here on, chunk c counts as answered
       unstored.emplace_back(c, done);  // no allocation: reserved, flushed at kStoreBatch
-      flights[c - first]->Finish(Status::Ok(), std::move(done), 0, chunk.size());
+      flights[c - first]->Finish(Status::Ok(), std::move(done));
       if (unstored.size() >= kStoreBatch) store();
     }
     return Status::Ok();
@@ -584,7 +579,7 @@ Status CachedBlobSource::StreamRun(const BlobDescriptor& blob, uint64_t first, u
     std::vector<std::shared_ptr<Flight>> failed(flights.begin() + static_cast<ptrdiff_t>(next - first),
                                                 flights.end());
     unregister(next, last);
-    for (auto& f : failed) f->Finish(st, nullptr, 0, 0);
+    for (auto& f : failed) f->Finish(st, nullptr);
   }
   if (stored && options_.verify_complete) MaybeVerifyComplete(blob);
   return st;

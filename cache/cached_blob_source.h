@@ -153,7 +153,7 @@ class CachedBlobSource : public BlobSource {
   ChunkCache* const cache_;
   BlobSource* const upstream_;
   const CachedSourceOptions options_;
-  // Fetch buffers, recycled: a fresh multi-MiB buffer per fetch costs page
+  // Chunk buffers for fetches, recycled: fresh memory per fetch costs page
   // faults and zeroing that showed up in cold-read profiles. One pool per
   // process, so that the idle buffers it keeps resident are bounded once.
   static std::shared_ptr<BufferPool> SharedBufferPool();

@@ -21,15 +21,7 @@ Status BlobSource::ReadStream(const BlobDescriptor& blob, uint64_t offset, uint6
 }
 
 Status BlobSource::Prefetch(const BlobDescriptor& blob, uint64_t offset, uint64_t len) {
-  constexpr uint64_t kPiece = 4u << 20;
-  std::vector<uint8_t> scratch(static_cast<size_t>(std::min(len, kPiece)));
-  for (uint64_t done = 0; done < len;) {
-    const uint64_t n = std::min(len - done, kPiece);
-    Status st = ReadAt(blob, offset + done, {scratch.data(), static_cast<size_t>(n)});
-    if (!st.ok()) return st;
-    done += n;
-  }
-  return Status::Ok();
+  return ReadStream(blob, offset, len, [](std::span<const uint8_t>) { return Status::Ok(); });
 }
 
 }  // namespace regfs

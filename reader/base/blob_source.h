@@ -44,8 +44,8 @@ class BlobSource {
 
   // Read-ahead: makes [offset, offset + len) cheap to read soon, without
   // handing the bytes to the caller. Same range rules as ReadAt. This default
-  // reads them into a scratch buffer; a caching source overrides it to fetch
-  // into its cache without copying them out.
+  // reads them through ReadStream and drops them; a caching source overrides
+  // it to fetch into its cache without copying them out.
   virtual Status Prefetch(const BlobDescriptor& blob, uint64_t offset, uint64_t len);
 };
 

@@ -47,6 +47,12 @@ std::string Excerpt(std::string_view body) {
   return std::string(Trim(out));
 }
 
+// How many 2xx body bytes the request takes (see HttpRequest::body_out).
+uint64_t BodyCap(const HttpRequest& q) {
+  if (!q.body_out.empty()) return q.body_out.size();
+  return q.body_sink ? q.sink_cap : q.max_body;
+}
+
 // State shared with curl's callbacks for one exchange.
 struct Transfer {
   const HttpRequest* req = nullptr;
@@ -62,9 +68,7 @@ struct Transfer {
   bool ValidateHeaders() {
     if (!Is2xx()) return true;
     if (!ValidateRange()) return false;
-    uint64_t cap = !req->body_out.empty() ? req->body_out.size()
-                   : req->body_sink       ? req->sink_cap
-                                          : req->max_body;
+    const uint64_t cap = BodyCap(*req);
     uint64_t content_length = 0;
     if (!req->head && ParseU64(Trim(resp->Header("content-length")), &content_length) &&
         content_length > cap) {
@@ -178,30 +182,28 @@ size_t WriteCallback(char* data, size_t size, size_t n, void* userdata) {
     return len <= room ? len : 0;
   }
   const HttpRequest& q = *t->req;
-  if (!q.body_out.empty()) {
-    if (r->body_bytes + len > q.body_out.size()) {
-      t->abort = Status::Protocol(t->what + ": body longer than the " +
-                                  std::to_string(q.body_out.size()) + " bytes expected");
+  if (!q.body_out.empty() || q.body_sink) {
+    const uint64_t cap = BodyCap(q);
+    if (r->body_bytes + len > cap) {
+      t->abort = Status::Protocol(t->what + ": body longer than the " + std::to_string(cap) +
+                                  " bytes expected");
       return 0;
     }
-    std::memcpy(q.body_out.data() + r->body_bytes, data, len);
-  } else if (q.body_sink) {
-    if (r->body_bytes + len > q.sink_cap) {
-      t->abort = Status::Protocol(t->what + ": body longer than the " +
-                                  std::to_string(q.sink_cap) + " bytes expected");
-      return 0;
-    }
-    // Nothing may unwind through curl's C frames: an exception from the sink
-    // (say, bad_alloc for a buffer) ends the transfer like an error does.
-    Status st;
-    try {
-      st = q.body_sink({reinterpret_cast<const uint8_t*>(data), len});
-    } catch (const std::exception& e) {
-      st = Status::IoError(t->what + ": body sink failed: " + e.what());
-    }
-    if (!st.ok()) {
-      t->abort = std::move(st);
-      return 0;
+    if (!q.body_out.empty()) {
+      std::memcpy(q.body_out.data() + r->body_bytes, data, len);
+    } else {
+      // Nothing may unwind through curl's C frames: an exception from the
+      // sink (say, bad_alloc for a buffer) ends the transfer like an error.
+      Status st;
+      try {
+        st = q.body_sink({reinterpret_cast<const uint8_t*>(data), len});
+      } catch (const std::exception& e) {
+        st = Status::IoError(t->what + ": body sink failed: " + e.what());
+      }
+      if (!st.ok()) {
+        t->abort = std::move(st);
+        return 0;
+      }
     }
   } else {
     if (r->body.size() + len > q.max_body) {

@@ -360,24 +360,20 @@ Result<std::string> RegistryClient::GetBlob(const BlobDescriptor& desc, size_t m
 }
 
 Status RegistryClient::ReadAt(const BlobDescriptor& blob, uint64_t offset, std::span<uint8_t> out) {
-  if (out.empty()) return Status::Ok();
-  RETURN_IF_ERROR(ValidateDigest(blob.digest));
-  if (offset >= blob.size || blob.size - offset < out.size()) {
-    return Status::RangeNotSatisfiable("blob " + blob.digest + ": range " + std::to_string(offset) +
-                                       "+" + std::to_string(out.size()) + " outside its " +
-                                       std::to_string(blob.size) + " bytes");
-  }
   Call call;
-  call.path = "/v2/" + ref_.repository + "/blobs/" + blob.digest;
-  call.redirect_key = blob.digest;
-  call.range = ByteRange{offset, offset + out.size() - 1};
-  call.total = blob.size;
   call.out = out;
-  return Execute(call).Annotate("blob " + blob.digest);
+  return ReadRange(blob, offset, out.size(), call);
 }
 
 Status RegistryClient::ReadStream(const BlobDescriptor& blob, uint64_t offset, uint64_t len,
                                   const ByteSink& sink) {
+  Call call;
+  call.sink = sink;
+  return ReadRange(blob, offset, len, call);
+}
+
+Status RegistryClient::ReadRange(const BlobDescriptor& blob, uint64_t offset, uint64_t len,
+                                 Call& call) {
   if (len == 0) return Status::Ok();
   RETURN_IF_ERROR(ValidateDigest(blob.digest));
   if (offset >= blob.size || blob.size - offset < len) {
@@ -385,12 +381,10 @@ Status RegistryClient::ReadStream(const BlobDescriptor& blob, uint64_t offset, u
                                        "+" + std::to_string(len) + " outside its " +
                                        std::to_string(blob.size) + " bytes");
   }
-  Call call;
   call.path = "/v2/" + ref_.repository + "/blobs/" + blob.digest;
   call.redirect_key = blob.digest;
   call.range = ByteRange{offset, offset + len - 1};
   call.total = blob.size;
-  call.sink = sink;
   return Execute(call).Annotate("blob " + blob.digest);
 }
 

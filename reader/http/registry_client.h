@@ -119,6 +119,9 @@ class RegistryClient : public BlobSource {
 
   struct Call;  // one logical request across attempts, hops and auth rounds
   Status Execute(Call& call);
+  // Bytes [offset, offset + len) of `blob` by a Range request, into
+  // call.out or call.sink (whichever the caller set).
+  Status ReadRange(const BlobDescriptor& blob, uint64_t offset, uint64_t len, Call& call);
   Status AttemptOnce(Call& call, bool* progressed);
   Result<std::string> ResolveBase();
 

@@ -192,6 +192,20 @@ std::string Pem(F&& write) {
   return std::string(pem, static_cast<size_t>(pem_len));
 }
 
+// MakeSelfSigned, written as PEM to key_path and cert_path.
+Status WriteSelfSigned(const std::string& cn, const char* san, const std::string& key_path,
+                       const std::string& cert_path) {
+  std::unique_ptr<EVP_PKEY, PkeyFree> key;
+  std::unique_ptr<X509, X509Free> cert;
+  RETURN_IF_ERROR(MakeSelfSigned(cn, san, &key, &cert));
+  EVP_PKEY* k = key.get();
+  X509* c = cert.get();
+  RETURN_IF_ERROR(WriteFile(key_path, Pem([k](BIO* b) {
+                              PEM_write_bio_PrivateKey(b, k, nullptr, nullptr, 0, nullptr, nullptr);
+                            })));
+  return WriteFile(cert_path, Pem([c](BIO* b) { PEM_write_bio_X509(b, c); }));
+}
+
 }  // namespace
 
 // ---- TokenServer -----------------------------------------------------------
@@ -526,31 +540,14 @@ Status TestRegistry::Prepare() {
   std::string tls;
   if (opts_.tls) {
     if (::access(tls_cert_path().c_str(), R_OK) != 0) {  // kept across restarts
-      std::unique_ptr<EVP_PKEY, PkeyFree> key;
-      std::unique_ptr<X509, X509Free> cert;
-      RETURN_IF_ERROR(MakeSelfSigned("127.0.0.1", "IP:127.0.0.1", &key, &cert));
-      EVP_PKEY* k = key.get();
-      X509* c = cert.get();
-      RETURN_IF_ERROR(WriteFile(dir_ + "/tls-key.pem", Pem([k](BIO* b) {
-                                  PEM_write_bio_PrivateKey(b, k, nullptr, nullptr, 0, nullptr,
-                                                           nullptr);
-                                })));
-      RETURN_IF_ERROR(WriteFile(tls_cert_path(), Pem([c](BIO* b) { PEM_write_bio_X509(b, c); })));
+      RETURN_IF_ERROR(
+          WriteSelfSigned("127.0.0.1", "IP:127.0.0.1", dir_ + "/tls-key.pem", tls_cert_path()));
     }
     tls = "  tls:\n    certificate: " + tls_cert_path() + "\n    key: " + dir_ + "/tls-key.pem\n";
     if (opts_.require_client_cert) {
       if (::access(client_cert_path().c_str(), R_OK) != 0) {
-        std::unique_ptr<EVP_PKEY, PkeyFree> key;
-        std::unique_ptr<X509, X509Free> cert;
-        RETURN_IF_ERROR(MakeSelfSigned("regfs test client", nullptr, &key, &cert));
-        EVP_PKEY* k = key.get();
-        X509* c = cert.get();
-        RETURN_IF_ERROR(WriteFile(client_key_path(), Pem([k](BIO* b) {
-                                    PEM_write_bio_PrivateKey(b, k, nullptr, nullptr, 0, nullptr,
-                                                             nullptr);
-                                  })));
-        RETURN_IF_ERROR(
-            WriteFile(client_cert_path(), Pem([c](BIO* b) { PEM_write_bio_X509(b, c); })));
+        RETURN_IF_ERROR(WriteSelfSigned("regfs test client", nullptr, client_key_path(),
+                                        client_cert_path()));
       }
       // The client's self-signed certificate is its own CA.
       tls += "    clientcas:\n      - " + client_cert_path() + "\n";
