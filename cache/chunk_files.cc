@@ -82,6 +82,12 @@ Status ChunkFiles::Write(std::string_view digest, uint64_t offset,
     written_ += data.size();
   }
   ASSIGN_OR_RETURN(FdPtr fd, Get(digest, /*create=*/true));
+  // Allocating the range first (as unwritten extents) roughly halves the
+  // CPU of the buffered write that follows on ext4: it skips the per-block
+  // delayed-allocation bookkeeping (128 MiB in 1 MiB writes: 25-30 ms ->
+  // 16-19 ms). Advice only: a filesystem without it just writes.
+  (void)::fallocate(fd->get(), FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
+                    static_cast<off_t>(data.size()));
   size_t done = 0;
   while (done < data.size()) {
     ssize_t n = ::pwrite(fd->get(), data.data() + done, data.size() - done,
