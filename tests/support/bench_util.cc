@@ -23,6 +23,25 @@ double TimeIt(const std::function<void()>& fn) {
   return NowSeconds() - t0;
 }
 
+double MachineBusySeconds() {
+  std::ifstream in("/proc/stat");
+  std::string cpu;
+  unsigned long long user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0,
+                     steal = 0;
+  in >> cpu >> user >> nice >> system >> idle >> iowait >> irq >> softirq >> steal;
+  if (!in || cpu != "cpu") return 0;
+  static const long ticks = sysconf(_SC_CLK_TCK);
+  return static_cast<double>(user + nice + system + irq + softirq + steal) /
+         static_cast<double>(ticks > 0 ? ticks : 100);
+}
+
+double TimeItWithCpu(const std::function<void()>& fn, double* busy) {
+  double c0 = MachineBusySeconds();
+  double t = TimeIt(fn);
+  *busy = MachineBusySeconds() - c0;
+  return t;
+}
+
 double Median(std::vector<double> v) { return Percentile(std::move(v), 50); }
 
 double Percentile(std::vector<double> v, double p) {

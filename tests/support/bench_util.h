@@ -15,6 +15,12 @@ namespace regfs::testing {
 double NowSeconds();
 // Runs fn and returns the seconds it took.
 double TimeIt(const std::function<void()>& fn);
+// CPU seconds this machine has spent busy (all CPUs, all processes: user,
+// nice, system, irq, softirq, steal from /proc/stat) since boot; the
+// difference across a step is the work the step cost the whole machine.
+double MachineBusySeconds();
+// Times fn; *busy gets the machine's busy CPU seconds over it.
+double TimeItWithCpu(const std::function<void()>& fn, double* busy);
 // Median of a few runs.
 double Median(std::vector<double> v);
 // p in [0, 100]; nearest-rank.
