@@ -345,6 +345,8 @@ CachedSourceOptions DaemonCacheOptions() {
   o.verify_sequential = false;
   o.verify_complete = true;
   o.small_random_fetches = true;
+  // A read-ahead request is fetched as one upstream request, not split.
+  o.max_fetch_bytes = ImageFsOptions{}.readahead_request;
   return o;
 }
 
