@@ -85,7 +85,10 @@ Status ChunkFiles::Write(std::string_view digest, uint64_t offset,
   // Allocating the range first (as unwritten extents) roughly halves the
   // CPU of the buffered write that follows on ext4: it skips the per-block
   // delayed-allocation bookkeeping (128 MiB in 1 MiB writes: 25-30 ms ->
-  // 16-19 ms). Advice only: a filesystem without it just writes.
+  // 16-19 ms). Advice only: a filesystem without it just writes. Blocks
+  // are then placed in the order chunks arrive, not at write-back: a blob
+  // fetched by three threads ends in ~20 extents instead of 2, and reading
+  // it back from the disk measured the same (60 ms per 128 MiB either way).
   (void)::fallocate(fd->get(), FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
                     static_cast<off_t>(data.size()));
   size_t done = 0;
