@@ -383,6 +383,19 @@ void OpRelease(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
   });
 }
 
+// An opaque directory of a layer tree carries trusted.overlay.opaque (for
+// overlayfs mounted by root) and user.overlay.opaque (for rootless, userxattr
+// mounts). overlayfs hides only its own prefix from the merged view, so a
+// container over a root mount would see the user one: root callers (overlayfs
+// reads lower layers with its mounter's credentials) are not shown it.
+bool XattrShown(const Node& node, std::string_view name, uid_t caller) {
+  if (caller != 0 || name != "user.overlay.opaque" || !node.xattrs) return true;
+  for (const auto& kv : *node.xattrs) {
+    if (kv.first == "trusted.overlay.opaque") return false;
+  }
+  return true;
+}
+
 void OpGetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
   Guard(req, "getxattr", [&] {
     Result<Node> node = Self(req)->tree->Get(ino);
@@ -390,7 +403,8 @@ void OpGetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
       ReplyStatus(req, node.status(), "F16 getxattr");
       return;
     }
-    if (node->xattrs) {
+    const uid_t caller = fuse_req_ctx(req)->uid;
+    if (node->xattrs && XattrShown(*node, name, caller)) {
       for (const auto& [k, v] : *node->xattrs) {
         if (k != name) continue;
         if (size == 0) {
@@ -415,8 +429,10 @@ void OpListxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
       return;
     }
     std::string names;
+    const uid_t caller = fuse_req_ctx(req)->uid;
     if (node->xattrs) {
       for (const auto& kv : *node->xattrs) {
+        if (!XattrShown(*node, kv.first, caller)) continue;
         names += kv.first;
         names.push_back('\0');
       }

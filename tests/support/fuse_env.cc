@@ -2,7 +2,11 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <sys/xattr.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include <cstdlib>
 #include <filesystem>
@@ -56,6 +60,48 @@ bool ReadWholeFile(const std::string& path, std::string* out) {
   while ((n = read(fd, buf, sizeof buf)) > 0) out->append(buf, static_cast<size_t>(n));
   close(fd);
   return n == 0;
+}
+
+long GetxattrAs(uid_t uid, const std::string& path, const std::string& name) {
+  const size_t slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash);
+  const std::string base = slash == std::string::npos ? path : path.substr(slash + 1);
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) return -errno;
+  pid_t pid = fork();
+  if (pid < 0) {
+    int e = errno;
+    close(fds[0]);
+    close(fds[1]);
+    return -e;
+  }
+  if (pid == 0) {
+    // The child of a threaded process: system calls only, then _exit.
+    long r;
+    char v[256];
+    if (chdir(dir.c_str()) != 0 || setgid(uid) != 0 || setuid(uid) != 0) {
+      r = -errno;
+    } else {
+      ssize_t n = lgetxattr(base.c_str(), name.c_str(), v, sizeof v);
+      r = n < 0 ? -errno : n;
+    }
+    ssize_t w = write(fds[1], &r, sizeof r);
+    _exit(w == static_cast<ssize_t>(sizeof r) ? 0 : 1);
+  }
+  close(fds[1]);
+  long r = -EIO;
+  ssize_t n;
+  do {
+    n = read(fds[0], &r, sizeof r);
+  } while (n < 0 && errno == EINTR);
+  close(fds[0]);
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (n != static_cast<ssize_t>(sizeof r) || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    return -EIO;
+  }
+  return r;
 }
 
 }  // namespace regfs::testing

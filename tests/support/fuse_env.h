@@ -2,6 +2,8 @@
 #ifndef REGFS_TESTS_SUPPORT_FUSE_ENV_H_
 #define REGFS_TESTS_SUPPORT_FUSE_ENV_H_
 
+#include <sys/types.h>
+
 #include <string>
 
 namespace regfs::testing {
@@ -29,6 +31,11 @@ bool IsMountPoint(const std::string& path);
 
 // Reads a whole file; empty optional-like: returns false on error.
 bool ReadWholeFile(const std::string& path, std::string* out);
+
+// lgetxattr(path, name) from a child process running as uid:gid `uid` (the
+// parent directory is entered as root first, so the directories above it
+// need not be open to that user). Returns the value's size, or -errno.
+long GetxattrAs(uid_t uid, const std::string& path, const std::string& name);
 
 }  // namespace regfs::testing
 
