@@ -23,7 +23,6 @@
 #include <string>
 #include <vector>
 
-#include "reader/base/file_util.h"
 #include "tests/support/bench_util.h"
 #include "tests/support/fuse_env.h"
 #include "tests/support/image_builder.h"
@@ -34,20 +33,6 @@ using namespace regfs;           // NOLINT
 using namespace regfs::testing;  // NOLINT
 
 namespace {
-
-// Waits (bounded) for the mount's status.json to report the layer's digest
-// verified; returns the seconds waited, or a negative value on timeout.
-double WaitForVerified(const std::string& mnt) {
-  const std::string status = mnt + "/.regfs/status.json";
-  double waited = TimeIt([&] {
-    for (int i = 0; i < 6000; ++i) {
-      Result<std::string> s = ReadFileToString(status);
-      if (s.ok() && s->find("\"digestVerified\": true") != std::string::npos) return;
-      usleep(5000);
-    }
-  });
-  return waited >= 30 ? -1 : waited;
-}
 
 bool CatToNull(const std::string& path, uint64_t expect) {
   int fd = open(path.c_str(), O_RDONLY);
@@ -183,7 +168,7 @@ int main(int argc, char** argv) {
     cold_ceiling.push_back(curl_s.back() / (cold_cpu.back() / ncpu));
     cold_ratio.push_back(curl_s.back() / cold_s.back());
     cold_file_ratio.push_back(curl_file_s.back() / cold_s.back());
-    double v = WaitForVerified(m.mnt);
+    double v = WaitForLayersVerified(m.mnt, 1);
     if (v < 0) {
       std::fprintf(stderr, "the blob was not verified within 30 s\n");
       return 1;

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <iterator>
 
 #include <nlohmann/json.hpp>
 
@@ -40,6 +41,22 @@ double TimeItWithCpu(const std::function<void()>& fn, double* busy) {
   double t = TimeIt(fn);
   *busy = MachineBusySeconds() - c0;
   return t;
+}
+
+double WaitForLayersVerified(const std::string& mnt, int layers) {
+  const std::string status = mnt + "/.regfs/status.json";
+  const std::string key = "\"digestVerified\": true";
+  double waited = TimeIt([&] {
+    for (int i = 0; i < 6000; ++i) {
+      std::ifstream in(status);
+      std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      int n = 0;
+      for (size_t at = s.find(key); at != std::string::npos; at = s.find(key, at + 1)) ++n;
+      if (n >= layers) return;
+      usleep(5000);
+    }
+  });
+  return waited >= 30 ? -1 : waited;
 }
 
 double Median(std::vector<double> v) { return Percentile(std::move(v), 50); }

@@ -27,6 +27,11 @@ double Median(std::vector<double> v);
 double Percentile(std::vector<double> v, double p);
 // echo 3 > /proc/sys/vm/drop_caches (after sync); false if not permitted.
 bool DropPageCache();
+// Waits (up to 30 s) until the regfs mount at `mnt` reports `layers` layers
+// with their digest verified in .regfs/status.json (the background check
+// that hashes a blob once the cache holds all of it); returns the seconds
+// waited, or a negative value on timeout.
+double WaitForLayersVerified(const std::string& mnt, int layers);
 // Prints "name: value unit" and appends {"bench":..,"name":..,"value":..,"unit":..}
 // to $REGFS_BENCH_JSON when set.
 void Report(const std::string& bench, const std::string& name, double value,
