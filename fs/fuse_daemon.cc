@@ -113,6 +113,12 @@ void OpInit(void* userdata, fuse_conn_info* conn) {
   }
   // Everything is immutable: the kernel may keep pages and attributes.
   conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+  // readdirplus for every piece of a listing, not only the first (the
+  // kernel's "auto" mode): with auto, `du -s rootfs` of rootfs_bench's tree
+  // (5,970 entries) looked up 1,589 entries one round trip each, and took
+  // 2.1 times as long as on the unpacked tree; now it makes no lookups and
+  // takes 0.9-1.0 times as long.
+  conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
   conn->time_gran = 1;
   // libfuse derives the kernel's max_pages (the largest request) from
   // max_write: raise it so a sequential read arrives in 1 MiB requests, not
