@@ -36,9 +36,8 @@ ImageFs::ImageFs(ImageFsInput input, BlobSource* blobs, std::function<std::strin
       opts_(std::move(opts)),
       index_source_(blobs, &cancelled_) {
   if (opts_.readahead_threads > 0) {
-    prefetcher_ =
-        std::make_unique<Prefetcher>(blobs_, opts_.readahead_threads, opts_.readahead_job,
-                                     opts_.readahead_request, opts_.is_cached);
+    prefetcher_ = std::make_unique<Prefetcher>(blobs_, opts_.readahead_threads,
+                                               opts_.readahead_job, opts_.readahead_request);
   }
   Build();
 }

@@ -75,7 +75,6 @@ struct LayerIndexStatus {
 
 struct ImageFsOptions {
   int readahead_threads = 3;
-  Prefetcher::CachedFn is_cached;           // skips read-ahead of cached bytes
   // The first read-ahead window of a sequential stream, and the piece size
   // of its jobs: small, so that two random reads that happen to land close
   // together cost little over a slow link.

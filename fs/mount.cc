@@ -237,16 +237,6 @@ int Serve(MountOptions mo, DaemonReady* ready) {
   ImageFsOptions fso;
   fso.whiteouts = mo.overlay_whiteouts ? WhiteoutMode::kOverlay : WhiteoutMode::kAsInTar;
   fso.readahead_threads = mo.readahead_threads;
-  fso.is_cached = [db = cache->get()](const BlobDescriptor& b, uint64_t off, uint64_t len) {
-    uint64_t cs = db->chunk_size();
-    uint64_t first = off / cs, last = (off + len - 1) / cs;
-    Result<std::vector<bool>> present = db->PresentChunks(b.digest, first, last - first + 1);
-    if (!present.ok()) return false;
-    for (bool p : *present) {
-      if (!p) return false;
-    }
-    return true;
-  };
   fso.index_store = CacheIndexStore(cache->get());
   ChunkCache* db = cache->get();
   fso.make_cached = [db](BlobSource* upstream) -> std::unique_ptr<BlobSource> {

@@ -57,23 +57,21 @@ Result<CertDir> ReadCertDir(const std::string& dir) {
     out.ca_pem += crt + "\n";
   }
   // As containers/image: every key needs its certificate and the reverse.
-  auto has = [](const std::vector<std::filesystem::path>& v, std::filesystem::path p) {
-    return std::find(v.begin(), v.end(), p) != v.end();
+  using Paths = std::vector<std::filesystem::path>;
+  auto paired = [&dir](const Paths& from, const Paths& to, const char* from_what,
+                       const char* to_ext, const char* to_what) -> Status {
+    for (const auto& f : from) {
+      if (std::find(to.begin(), to.end(), std::filesystem::path(f).replace_extension(to_ext)) ==
+          to.end()) {
+        return Status::InvalidArgument("certificate directory " + dir + ": " + from_what + " " +
+                                       f.filename().string() + " has no " + to_what + " " +
+                                       f.stem().string() + to_ext);
+      }
+    }
+    return Status::Ok();
   };
-  for (const auto& k : keys) {
-    if (!has(certs, std::filesystem::path(k).replace_extension(".cert"))) {
-      return Status::InvalidArgument("certificate directory " + dir + ": key " +
-                                     k.filename().string() + " has no client certificate " +
-                                     k.stem().string() + ".cert");
-    }
-  }
-  for (const auto& c : certs) {
-    if (!has(keys, std::filesystem::path(c).replace_extension(".key"))) {
-      return Status::InvalidArgument("certificate directory " + dir + ": client certificate " +
-                                     c.filename().string() + " has no key " +
-                                     c.stem().string() + ".key");
-    }
-  }
+  RETURN_IF_ERROR(paired(keys, certs, "key", ".cert", "client certificate"));
+  RETURN_IF_ERROR(paired(certs, keys, "client certificate", ".key", "key"));
   if (!certs.empty()) {
     ASSIGN_OR_RETURN(out.client_cert_pem, ReadFileToString(certs[0].string()));
     ASSIGN_OR_RETURN(out.client_key_pem,

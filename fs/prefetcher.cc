@@ -6,12 +6,8 @@
 
 namespace regfs {
 
-Prefetcher::Prefetcher(BlobSource* source, int threads, uint64_t job_size, uint64_t max_request,
-                       CachedFn is_cached)
-    : source_(source),
-      job_size_(job_size),
-      max_request_(std::max(job_size, max_request)),
-      is_cached_(std::move(is_cached)) {
+Prefetcher::Prefetcher(BlobSource* source, int threads, uint64_t job_size, uint64_t max_request)
+    : source_(source), job_size_(job_size), max_request_(std::max(job_size, max_request)) {
   for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Run(); });
 }
 
@@ -65,12 +61,10 @@ void Prefetcher::Run() {
         queue_.pop_front();
       }
     }
-    if (!is_cached_ || !is_cached_(job.blob, job.offset, job.len)) {
-      Status s = source_->Prefetch(job.blob, job.offset, job.len);
-      if (!s.ok()) {
-        LOG_INFO("read-ahead of " + job.blob.digest + " at " + std::to_string(job.offset) +
-                 " failed: " + s.ToString());
-      }
+    Status s = source_->Prefetch(job.blob, job.offset, job.len);
+    if (!s.ok()) {
+      LOG_INFO("read-ahead of " + job.blob.digest + " at " + std::to_string(job.offset) +
+               " failed: " + s.ToString());
     }
     std::lock_guard lock(mu_);
     for (uint64_t o : pieces) pending_.erase({job.blob.digest, o});

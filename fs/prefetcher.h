@@ -10,7 +10,6 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
-#include <functional>
 #include <mutex>
 #include <set>
 #include <string>
@@ -24,13 +23,10 @@ namespace regfs {
 
 class Prefetcher {
  public:
-  // `is_cached(blob, offset, len)`, if given, lets a job whose bytes are all
-  // cached already be skipped instead of read through for nothing.
-  using CachedFn = std::function<bool(const BlobDescriptor&, uint64_t, uint64_t)>;
   // Jobs are job_size pieces; contiguous queued pieces of a blob are fetched
-  // together, in requests of up to max_request bytes.
-  Prefetcher(BlobSource* source, int threads, uint64_t job_size, uint64_t max_request,
-             CachedFn is_cached = nullptr);
+  // together, in requests of up to max_request bytes, through
+  // source->Prefetch (which, for the cache, skips chunks already cached).
+  Prefetcher(BlobSource* source, int threads, uint64_t job_size, uint64_t max_request);
   ~Prefetcher();  // drops queued jobs, joins the threads
   Prefetcher(const Prefetcher&) = delete;
   Prefetcher& operator=(const Prefetcher&) = delete;
@@ -50,7 +46,6 @@ class Prefetcher {
   BlobSource* source_;
   const uint64_t job_size_;
   const uint64_t max_request_;
-  const CachedFn is_cached_;
   static constexpr size_t kMaxQueue = 256;
 
   mutable std::mutex mu_;  // guards everything below

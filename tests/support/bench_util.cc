@@ -7,9 +7,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
-#include <iterator>
 
 #include <nlohmann/json.hpp>
+
+#include "reader/base/file_util.h"
 
 namespace regfs::testing {
 
@@ -24,6 +25,10 @@ double TimeIt(const std::function<void()>& fn) {
   return NowSeconds() - t0;
 }
 
+namespace {
+
+// CPU seconds this machine has spent busy (all CPUs, all processes: user,
+// nice, system, irq, softirq, steal from /proc/stat) since boot.
 double MachineBusySeconds() {
   std::ifstream in("/proc/stat");
   std::string cpu;
@@ -35,6 +40,8 @@ double MachineBusySeconds() {
   return static_cast<double>(user + nice + system + irq + softirq + steal) /
          static_cast<double>(ticks > 0 ? ticks : 100);
 }
+
+}  // namespace
 
 double TimeItWithCpu(const std::function<void()>& fn, double* busy) {
   double c0 = MachineBusySeconds();
@@ -48,10 +55,12 @@ double WaitForLayersVerified(const std::string& mnt, int layers) {
   const std::string key = "\"digestVerified\": true";
   double waited = TimeIt([&] {
     for (int i = 0; i < 6000; ++i) {
-      std::ifstream in(status);
-      std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      Result<std::string> s = ReadFileToString(status);
       int n = 0;
-      for (size_t at = s.find(key); at != std::string::npos; at = s.find(key, at + 1)) ++n;
+      for (size_t at = s.ok() ? s->find(key) : std::string::npos; at != std::string::npos;
+           at = s->find(key, at + 1)) {
+        ++n;
+      }
       if (n >= layers) return;
       usleep(5000);
     }

@@ -15,11 +15,9 @@ namespace regfs::testing {
 double NowSeconds();
 // Runs fn and returns the seconds it took.
 double TimeIt(const std::function<void()>& fn);
-// CPU seconds this machine has spent busy (all CPUs, all processes: user,
-// nice, system, irq, softirq, steal from /proc/stat) since boot; the
-// difference across a step is the work the step cost the whole machine.
-double MachineBusySeconds();
-// Times fn; *busy gets the machine's busy CPU seconds over it.
+// Times fn; *busy gets the CPU seconds the whole machine was busy over it
+// (all CPUs, all processes and the kernel, from /proc/stat): the work the
+// step cost the machine.
 double TimeItWithCpu(const std::function<void()>& fn, double* busy);
 // Median of a few runs.
 double Median(std::vector<double> v);
