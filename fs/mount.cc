@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -17,7 +16,6 @@
 #include "fs/image_fs.h"
 #include "reader/base/digest.h"
 #include "reader/base/log.h"
-#include "reader/base/unique_fd.h"
 #include "reader/image/reference.h"
 
 namespace regfs {
@@ -25,20 +23,6 @@ namespace {
 
 // The layer index format tag in the cache; bump with LayerIndex::kFormatVersion.
 const std::string kIndexFormat = "tar-index/v" + std::to_string(LayerIndex::kFormatVersion);
-
-// The child's half of the readiness pipe: "OK" or an error message.
-class ReadyPipe : public DaemonReady {
- public:
-  explicit ReadyPipe(int fd) : fd_(fd) {}
-  void Send(const std::string& msg) override {
-    if (fd_.get() < 0) return;
-    (void)!write(fd_.get(), msg.data(), msg.size());
-    fd_.Reset();
-  }
-
- private:
-  UniqueFd fd_;
-};
 
 std::string StatusJson(const ResolvedImage& img, CachedBlobSource* cached,
                        RegistryClient* client, const ImageFs* fs,
@@ -196,10 +180,8 @@ Status CheckMountpoint(const std::string& path) {
   return Status::Ok();
 }
 
-namespace {
-
 // Everything after the fork: resolve, mount, tell the parent, serve.
-int Serve(MountOptions mo, DaemonReady* ready) {
+int ServeMount(MountOptions mo, DaemonReady* ready) {
   auto fail = [&](const std::string& what, const Status& s) {
     return FailStartup(ready, what, s);
   };
@@ -262,10 +244,7 @@ int Serve(MountOptions mo, DaemonReady* ready) {
   if (Status s = daemon.Mount(); !s.ok()) return fail("mount", s);
   LOG_INFO("mounted " + ref->Normalized() + " (" + img->manifest_digest + ") on " +
            mo.mountpoint);
-  if (ready) {
-    ready->Send("OK");
-    DetachFromTerminal();
-  }
+  if (ready) ready->Send("OK");
   fs.StartIndexing();
   Status s = daemon.Loop(true);
   if (!s.ok()) {
@@ -275,7 +254,6 @@ int Serve(MountOptions mo, DaemonReady* ready) {
   return 0;
 }
 
-}  // namespace
 
 Result<ResolvedImage> ResolveFromFlags(const CommonOptions& o, const Reference& ref,
                                        std::unique_ptr<RegistryClient>* client_out) {
@@ -352,75 +330,6 @@ IndexStore CacheIndexStore(ChunkCache* db) {
     if (!put.ok()) LOG_WARN("cannot store the index of " + digest + ": " + put.ToString());
   };
   return st;
-}
-
-void DetachFromTerminal() {
-  int null = open("/dev/null", O_RDWR | O_CLOEXEC);
-  if (null >= 0) {
-    dup2(null, STDIN_FILENO);
-    dup2(null, STDOUT_FILENO);
-    dup2(null, STDERR_FILENO);  // logs go to --log-file, if any
-    close(null);
-  }
-  if (chdir("/") != 0) LOG_WARN("chdir / failed");
-}
-
-int RunMount(MountOptions mo) {
-  TakeOwnOptions(&mo);
-  std::string log_file = mo.log_file;
-  bool foreground = mo.foreground;
-  return RunDaemon(log_file, foreground,
-                   [&](DaemonReady* ready) { return Serve(std::move(mo), ready); });
-}
-
-int RunDaemon(const std::string& log_file, bool foreground,
-              const std::function<int(DaemonReady*)>& serve) {
-  if (!log_file.empty()) {
-    std::FILE* f = std::fopen(log_file.c_str(), "ae");
-    if (!f) {
-      std::fprintf(stderr, "regfs: cannot open log file %s: %s\n", log_file.c_str(),
-                   std::strerror(errno));
-      return 1;
-    }
-    SetLogFile(f);  // lives as long as the process
-  }
-  if (foreground) return serve(nullptr);
-
-  int fds[2];
-  if (pipe2(fds, O_CLOEXEC) != 0) {
-    std::perror("regfs: pipe");
-    return 1;
-  }
-  UniqueFd rd(fds[0]);
-  pid_t pid = fork();
-  if (pid < 0) {
-    close(fds[1]);
-    std::perror("regfs: fork");
-    return 1;
-  }
-  if (pid == 0) {
-    rd.Reset();
-    setsid();
-    ReadyPipe ready(fds[1]);
-    _exit(serve(&ready));
-  }
-  close(fds[1]);
-  std::string msg;
-  char buf[4096];
-  ssize_t n;
-  while ((n = read(rd.get(), buf, sizeof buf)) != 0) {
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      break;
-    }
-    msg.append(buf, static_cast<size_t>(n));
-  }
-  if (msg == "OK") return 0;
-  int status = 0;
-  waitpid(pid, &status, 0);
-  if (msg.empty()) msg = "the daemon exited before the mount was ready";
-  std::fprintf(stderr, "regfs: %s\n", msg.c_str());
-  return 1;
 }
 
 }  // namespace regfs

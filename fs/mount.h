@@ -1,7 +1,7 @@
-// `regfs mount`: resolve the image, open the cache, mount, serve. Without -f
-// the process forks first (before any thread exists); the parent waits on a
-// pipe until the child says the mount is ready or why it failed, prints the
-// error and exits nonzero, so nothing is left mounted on failure.
+// `regfs mount` and `regfs store` as library calls: resolve the image, open
+// the cache, mount, serve until unmounted, reporting readiness (or why not)
+// through a DaemonReady. Process concerns (forking, detaching, the log file)
+// belong to the command line (cli/daemon.h).
 #ifndef REGFS_FS_MOUNT_H_
 #define REGFS_FS_MOUNT_H_
 
@@ -36,8 +36,17 @@ struct MountOptions {
 Result<ResolvedImage> ResolveFromFlags(const CommonOptions& o, const Reference& ref,
                                        std::unique_ptr<RegistryClient>* client_out);
 
-// Returns the exit status.
-int RunMount(MountOptions mo);
+// The daemon's half of the readiness report: Send("OK") or an error, once.
+class DaemonReady {
+ public:
+  virtual ~DaemonReady() = default;
+  virtual void Send(const std::string& msg) = 0;
+};
+
+// Mounts mo.ref on mo.mountpoint and serves until unmounted (or a signal).
+// `ready` (nullptr in the foreground) hears "OK" once the mount is live, or
+// the startup error. Returns the exit status.
+int ServeMount(MountOptions mo, DaemonReady* ready);
 
 // Pieces `regfs mount` and `regfs store` share.
 //
@@ -53,26 +62,11 @@ IndexStore CacheIndexStore(ChunkCache* db);
 // cache holds all of them (in-order hashing would rarely complete and would
 // sit on the read path), and small random reads fetch only their bytes.
 CachedSourceOptions DaemonCacheOptions();
-// The daemon's half of the readiness pipe: Send("OK") or an error, once.
-class DaemonReady {
- public:
-  virtual ~DaemonReady() = default;
-  virtual void Send(const std::string& msg) = 0;
-};
-
 // Reports a startup failure: to the waiting parent through `ready`, or on
 // stderr in the foreground (ready == nullptr). Returns the exit status, 1.
 int FailStartup(DaemonReady* ready, const std::string& what, const Status& s);
 // OK when `path` is a directory to mount on.
 Status CheckMountpoint(const std::string& path);
-
-// Opens `log_file` (if any), then runs `serve` in the foreground (ready =
-// nullptr) or in a forked, detached child whose parent waits for the
-// readiness message, prints an error and exits 1 if it is not "OK".
-int RunDaemon(const std::string& log_file, bool foreground,
-              const std::function<int(DaemonReady*)>& serve);
-// After "OK": stdio to /dev/null, cwd to / (the parent has exited).
-void DetachFromTerminal();
 
 }  // namespace regfs
 

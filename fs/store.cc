@@ -354,11 +354,8 @@ int LayerStore::RmdirErrno(Ino parent, std::string_view name) {
   return ENOENT;
 }
 
-int RunStore(MountOptions mo) {
-  TakeOwnOptions(&mo);
-  std::string log_file = mo.log_file;
-  bool foreground = mo.foreground;
-  return RunDaemon(log_file, foreground, [&](DaemonReady* ready) {
+int ServeStore(MountOptions mo, DaemonReady* ready) {
+  {
     auto fail = [&](const std::string& what, const Status& s) {
       return FailStartup(ready, what, s);
     };
@@ -380,17 +377,14 @@ int RunStore(MountOptions mo) {
     FuseDaemon daemon(&store.tree(), &store, fo);
     if (Status s = daemon.Mount(); !s.ok()) return fail("mount", s);
     LOG_INFO("layer store mounted on " + mo.mountpoint);
-    if (ready) {
-      ready->Send("OK");
-      DetachFromTerminal();
-    }
+    if (ready) ready->Send("OK");
     Status s = daemon.Loop(true);
     if (!s.ok()) {
       LOG_ERROR("daemon: " + s.ToString());
       return 1;
     }
     return 0;
-  });
+  }
 }
 
 }  // namespace regfs

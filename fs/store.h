@@ -122,9 +122,9 @@ class LayerStore : public FsContent {
   StoreCounters counters_;
 };
 
-// `regfs store [options] MOUNTPOINT`: mounts (allow_other, dev, suid) and
-// serves until unmounted. Returns the exit status.
-int RunStore(MountOptions mo);
+// `regfs store [options] MOUNTPOINT`: mounts and serves until unmounted;
+// `ready` as for ServeMount. Returns the exit status.
+int ServeStore(MountOptions mo, DaemonReady* ready);
 
 }  // namespace regfs
 

@@ -1,8 +1,8 @@
 // The regfs command line: `regfs mount|umount|store|inspect|cache ...`.
 // RegfsMain is the whole tool; main() only calls it, so tests can drive the
 // tool in-process (dwarfs's dwarfs_main idea).
-#ifndef REGFS_FS_CLI_H_
-#define REGFS_FS_CLI_H_
+#ifndef REGFS_CLI_CLI_H_
+#define REGFS_CLI_CLI_H_
 
 namespace regfs {
 
@@ -11,4 +11,4 @@ int RegfsMain(int argc, char** argv);
 
 }  // namespace regfs
 
-#endif  // REGFS_FS_CLI_H_
+#endif  // REGFS_CLI_CLI_H_

@@ -1,4 +1,4 @@
-#include "fs/cli.h"
+#include "cli/cli.h"
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -7,6 +7,7 @@
 #include <iostream>
 
 #include "cache/chunk_cache.h"
+#include "cli/daemon.h"
 #include "fs/fuse_daemon.h"
 #include "fs/mount.h"
 #include "fs/options.h"
@@ -184,6 +185,16 @@ std::vector<std::string> NormalizeArgs(int argc, char** argv) {
   return args;
 }
 
+// `regfs mount` / `regfs store`: regfs's own keys out of -o, then serve as
+// a daemon (or in the foreground with -f).
+int RunDaemonFor(MountOptions mo, int (*serve)(MountOptions, DaemonReady*)) {
+  TakeOwnOptions(&mo);
+  std::string log_file = mo.log_file;
+  bool foreground = mo.foreground;
+  return RunDaemon(log_file, foreground,
+                   [&](DaemonReady* ready) { return serve(std::move(mo), ready); });
+}
+
 }  // namespace
 
 int RegfsMain(int argc, char** argv) {
@@ -257,12 +268,12 @@ int RegfsMain(int argc, char** argv) {
     mo.common = common;
     mo.ref = ref_text;
     mo.overlay_whiteouts = whiteouts == "overlay";
-    return RunMount(mo);
+    return RunDaemonFor(std::move(mo), ServeMount);
   }
   if (store->parsed()) {
     ApplyVerbosity(common);
     so.common = common;
-    return RunStore(so);
+    return RunDaemonFor(std::move(so), ServeStore);
   }
   if (umount->parsed()) {
     Status s = UnmountPath(umount_path);

@@ -1,3 +1,3 @@
-#include "fs/cli.h"
+#include "cli/cli.h"
 
 int main(int argc, char** argv) { return regfs::RegfsMain(argc, argv); }

@@ -1,0 +1,24 @@
+// Running regfs as a daemon: the log file, the fork into a detached child,
+// and the readiness pipe through which the child tells the waiting parent
+// that the mount is live (or why it is not), so that `regfs mount` exits 0
+// only with a working mount and nonzero with nothing left mounted.
+#ifndef REGFS_CLI_DAEMON_H_
+#define REGFS_CLI_DAEMON_H_
+
+#include <functional>
+#include <string>
+
+#include "fs/mount.h"
+
+namespace regfs {
+
+// Opens `log_file` (if any), then runs `serve` in the foreground (ready =
+// nullptr) or in a forked child, which detaches from the terminal once it
+// reports "OK"; the parent waits for that report, prints an error and
+// returns 1 if it is not "OK".
+int RunDaemon(const std::string& log_file, bool foreground,
+              const std::function<int(DaemonReady*)>& serve);
+
+}  // namespace regfs
+
+#endif  // REGFS_CLI_DAEMON_H_
