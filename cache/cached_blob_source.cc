@@ -101,11 +101,15 @@ struct CachedBlobSource::Flight {
     }
     cv.notify_all();
   }
-  // Waits, then returns the status and (when OK) the chunk's bytes.
-  Status Wait(std::span<const uint8_t>* bytes) {
+  // Waits until `deadline` at most, then returns the status and (when OK
+  // and there are any) the chunk's bytes. A leader that hangs (a stalled
+  // upstream) costs its waiters kTransient, never a thread forever.
+  Status Wait(std::chrono::steady_clock::time_point deadline, std::span<const uint8_t>* bytes) {
     std::unique_lock<std::mutex> lock(mu);
-    cv.wait(lock, [this] { return done; });
-    if (status.ok()) *bytes = std::span<const uint8_t>(buf->data(), buf->size);
+    if (!cv.wait_until(lock, deadline, [this] { return done; })) {
+      return Status::Transient("gave up waiting for another reader's fetch");
+    }
+    if (status.ok() && buf) *bytes = std::span<const uint8_t>(buf->data(), buf->size);
     return status;
   }
 };
@@ -115,6 +119,7 @@ struct CachedBlobSource::SeqHash {
   std::mutex mu;
   bool done = false;
   uint64_t next = 0;
+  uint64_t last_use = 0;  // seq_tick_ when last advanced; the oldest pass goes first
   Sha256 whole;
   Sha256 chunk;
   std::string chunk_hashes;
@@ -226,13 +231,107 @@ double CachedBlobSource::PercentCached(const BlobDescriptor& blob) {
   return 100.0 * static_cast<double>(st->chunks_present) / static_cast<double>(st->chunk_count);
 }
 
+Status CachedBlobSource::CheckNotBad(const BlobDescriptor& blob) {
+  std::string actual;
+  if (!cache_->IsBad(blob.digest, &actual)) return Status::Ok();
+  return Status::Corrupt("blob " + blob.digest + " did not match its digest (got " + actual +
+                         "); not served until a full fetch verifies it");
+}
+
+bool CachedBlobSource::KnownVerified(const BlobDescriptor& blob) {
+  {
+    std::lock_guard<std::mutex> lock(verified_mu_);
+    if (verified_.count(blob.digest)) return true;
+  }
+  auto state = cache_->GetBlobState(blob.digest);
+  if (!state.ok() || !state->verified || state->size != blob.size) return false;
+  NoteVerified(blob.digest);
+  return true;
+}
+
+void CachedBlobSource::NoteVerified(const std::string& digest) {
+  constexpr size_t kMaxRemembered = 100000;  // bounds the memory; forgetting costs a query
+  std::lock_guard<std::mutex> lock(verified_mu_);
+  if (verified_.size() >= kMaxRemembered) verified_.clear();
+  verified_.insert(digest);
+}
+
 Status CachedBlobSource::ReadAt(const BlobDescriptor& blob, uint64_t offset,
                                 std::span<uint8_t> out) {
   if (out.empty()) return Status::Ok();
   RETURN_IF_ERROR(CheckRange(blob, offset, out.size(), "read"));
-  RETURN_IF_ERROR(ReadRange(blob, offset, out));
-  if (options_.verify_sequential) return TrackSequential(blob, offset, out);
-  return Status::Ok();
+  RETURN_IF_ERROR(CheckNotBad(blob));
+  const uint64_t cs = cache_->chunk_size();
+  const uint64_t last_chunk_start = (blob.size - 1) / cs * cs;
+  if (offset + out.size() <= last_chunk_start) {
+    RETURN_IF_ERROR(ReadRange(blob, offset, out));
+    return TrackSequential(blob, offset, out, nullptr);
+  }
+  if (KnownVerified(blob)) return ReadRange(blob, offset, out);
+  // The last chunk of a blob not verified yet: its bytes go out only once
+  // the whole blob has been verified, so that a reader never reaches a clean
+  // end of file after wrong bytes. An in-order pass that this read continues
+  // is finished here (at most the rest of the last chunk) and verifies
+  // exactly the bytes handed out; otherwise the blob is verified from the
+  // cache, fetching what is missing, and the range read again (a refetched
+  // chunk is then checked against its hash).
+  if (offset == 0 || PassReaches(blob, offset)) {
+    RETURN_IF_ERROR(ReadRange(blob, offset, out));
+    bool verified = false;
+    RETURN_IF_ERROR(TrackSequential(blob, offset, out, &verified));
+    const uint64_t end = offset + out.size();
+    if (!verified && end < blob.size && PassReaches(blob, end)) {
+      std::vector<uint8_t> rest(blob.size - end);  // less than a chunk
+      RETURN_IF_ERROR(ReadRange(blob, end, rest));
+      RETURN_IF_ERROR(TrackSequential(blob, end, rest, &verified));
+    }
+    if (verified) return Status::Ok();
+  }
+  RETURN_IF_ERROR(VerifyWhole(blob));
+  return ReadRange(blob, offset, out);
+}
+
+bool CachedBlobSource::PassReaches(const BlobDescriptor& blob, uint64_t offset) {
+  std::shared_ptr<SeqHash> h;
+  {
+    std::lock_guard<std::mutex> lock(seq_mu_);
+    auto it = seq_.find(blob.digest);
+    if (it == seq_.end()) return false;
+    h = it->second;
+  }
+  std::lock_guard<std::mutex> lock(h->mu);
+  return !h->done && h->next >= offset;
+}
+
+Status CachedBlobSource::VerifyWhole(const BlobDescriptor& blob) {
+  const auto deadline = std::chrono::steady_clock::now() + options_.wait_timeout;
+  std::shared_ptr<Flight> f;
+  bool leader = false;
+  {
+    std::lock_guard<std::mutex> lock(flights_mu_);
+    auto [it, inserted] = whole_flights_.try_emplace(blob.digest);
+    if (inserted) it->second = std::make_shared<Flight>();
+    f = it->second;
+    leader = inserted;
+  }
+  if (!leader) {
+    std::span<const uint8_t> none;
+    Status st = f->Wait(deadline, &none);
+    if (st.code() == Code::kTransient) st = st.Annotate("verifying " + blob.digest);
+    return st;
+  }
+  Status st;
+  try {
+    st = FetchWhole(blob, nullptr, deadline);
+  } catch (const std::exception& e) {
+    st = Status::IoError("verifying " + blob.digest + ": " + e.what());
+  }
+  {
+    std::lock_guard<std::mutex> lock(flights_mu_);
+    whole_flights_.erase(blob.digest);
+  }
+  f->Finish(st, nullptr);
+  return st;
 }
 
 std::vector<uint64_t> CachedBlobSource::Lookup(const BlobDescriptor& blob, uint64_t offset,
@@ -362,11 +461,13 @@ Status CachedBlobSource::FetchMissing(const BlobDescriptor& blob, uint64_t offse
   }
 
   Status first_error = FetchLed(blob, std::move(mine));
+  // Measured from here: the wait is for others' fetches, not for our own.
+  const auto deadline = std::chrono::steady_clock::now() + options_.wait_timeout;
 
   // Copy every missing chunk's part of the request, from whoever fetched it.
   for (const auto& [c, flight] : needed) {
     std::span<const uint8_t> bytes;
-    Status st = flight->Wait(&bytes);
+    Status st = flight->Wait(deadline, &bytes);
     if (!st.ok()) {
       if (first_error.ok()) first_error = st;
       continue;
@@ -425,6 +526,7 @@ void CachedBlobSource::AbandonFlights(
 Status CachedBlobSource::Prefetch(const BlobDescriptor& blob, uint64_t offset, uint64_t len) {
   if (len == 0) return Status::Ok();
   RETURN_IF_ERROR(CheckRange(blob, offset, len, "prefetch"));
+  RETURN_IF_ERROR(CheckNotBad(blob));
   const uint64_t cs = cache_->chunk_size();
   const uint64_t first = offset / cs, last = (offset + len - 1) / cs;
   std::vector<std::pair<uint64_t, std::shared_ptr<Flight>>> mine;
@@ -597,7 +699,7 @@ Status CachedBlobSource::CheckChunkHash(const BlobDescriptor& blob, const std::s
 }
 
 Status CachedBlobSource::TrackSequential(const BlobDescriptor& blob, uint64_t offset,
-                                         std::span<const uint8_t> bytes) {
+                                         std::span<const uint8_t> bytes, bool* verified) {
   std::shared_ptr<SeqHash> h;
   {
     std::lock_guard<std::mutex> lock(seq_mu_);
@@ -606,25 +708,26 @@ Status CachedBlobSource::TrackSequential(const BlobDescriptor& blob, uint64_t of
   }
   if (!h) {
     if (offset != 0) return Status::Ok();
-    auto state = cache_->GetBlobState(blob.digest);
-    if (state.ok() && state->verified) return Status::Ok();
+    if (KnownVerified(blob)) return Status::Ok();
     std::lock_guard<std::mutex> lock(seq_mu_);
-    if (seq_.size() >= kMaxSequentialPasses) return Status::Ok();
+    if (seq_.size() >= kMaxSequentialPasses) {
+      // The pass that advanced least recently is most likely abandoned.
+      auto oldest = seq_.begin();
+      for (auto it = seq_.begin(); it != seq_.end(); ++it) {
+        if (it->second->last_use < oldest->second->last_use) oldest = it;
+      }
+      seq_.erase(oldest);
+    }
     auto [it, inserted] = seq_.emplace(blob.digest, std::make_shared<SeqHash>());
     h = it->second;
   }
   std::unique_lock<std::mutex> lock(h->mu);
-  if (h->done) return Status::Ok();
-  if (offset > h->next) {  // a gap: this is not an in-order pass
-    h->done = true;
-    lock.unlock();
-    std::lock_guard<std::mutex> l(seq_mu_);
-    auto it = seq_.find(blob.digest);
-    if (it != seq_.end() && it->second == h) seq_.erase(it);
-    return Status::Ok();
-  }
+  // A read that does not continue the pass (another reader's, elsewhere in
+  // the blob) is not part of it; the pass goes on with the reads that do.
+  if (h->done || offset > h->next) return Status::Ok();
   const uint64_t end = offset + bytes.size();
   if (end <= h->next) return Status::Ok();
+  h->last_use = seq_tick_.fetch_add(1, std::memory_order_relaxed);
   const uint64_t cs = cache_->chunk_size();
   while (h->next < end) {
     const uint64_t chunk_end = std::min((h->next / cs + 1) * cs, blob.size);
@@ -648,24 +751,37 @@ Status CachedBlobSource::TrackSequential(const BlobDescriptor& blob, uint64_t of
     auto it = seq_.find(blob.digest);
     if (it != seq_.end() && it->second == h) seq_.erase(it);
   }
-  return FinishVerification(blob, actual, hashes);
+  RETURN_IF_ERROR(FinishVerification(blob, actual, hashes));
+  if (verified) *verified = true;
+  return Status::Ok();
 }
 
 Status CachedBlobSource::FinishVerification(const BlobDescriptor& blob, const std::string& actual,
                                             const std::string& chunk_hashes) {
   if (actual != blob.digest) {
-    Status dropped = cache_->DropBlob(blob.digest);
+    {
+      std::lock_guard<std::mutex> lock(verified_mu_);
+      verified_.erase(blob.digest);
+    }
+    Status dropped = cache_->MarkBad(blob.digest, actual);
     LOG_WARN("blob " + blob.digest + " has content digest " + actual +
-             "; dropped its cached chunks" + (dropped.ok() ? "" : " (" + dropped.ToString() + ")"));
+             "; dropped its cached chunks and marked it bad" +
+             (dropped.ok() ? "" : " (" + dropped.ToString() + ")"));
     return Status::Corrupt("blob " + blob.digest + " does not match its digest (got " + actual +
                            ")");
   }
+  NoteVerified(blob.digest);
   Status st = cache_->SetVerified(blob, chunk_hashes);
   if (!st.ok()) LOG_DEBUG("could not record verification of " + blob.digest + ": " + st.ToString());
   return Status::Ok();
 }
 
 Status CachedBlobSource::FetchWhole(const BlobDescriptor& blob, const Sink& sink) {
+  return FetchWhole(blob, sink, std::chrono::steady_clock::time_point::max());
+}
+
+Status CachedBlobSource::FetchWhole(const BlobDescriptor& blob, const Sink& sink,
+                                    std::chrono::steady_clock::time_point deadline) {
   RETURN_IF_ERROR(ValidateDigest(blob.digest));
   // This pass verifies the blob itself: keep the background verifier off it
   // (hashing it twice), and hand it over if the pass stops early.
@@ -674,7 +790,7 @@ Status CachedBlobSource::FetchWhole(const BlobDescriptor& blob, const Sink& sink
     std::lock_guard<std::mutex> lock(verify_mu_);
     mine = verify_queued_.insert(blob.digest).second;
   }
-  Status st = FetchWholeVerified(blob, sink);
+  Status st = FetchWholeVerified(blob, sink, deadline);
   if (mine) {
     {
       std::lock_guard<std::mutex> lock(verify_mu_);
@@ -688,13 +804,17 @@ Status CachedBlobSource::FetchWhole(const BlobDescriptor& blob, const Sink& sink
   return st;
 }
 
-Status CachedBlobSource::FetchWholeVerified(const BlobDescriptor& blob, const Sink& sink) {
+Status CachedBlobSource::FetchWholeVerified(const BlobDescriptor& blob, const Sink& sink,
+                                            std::chrono::steady_clock::time_point deadline) {
   const uint64_t cs = cache_->chunk_size();
   const uint64_t step = std::max<uint64_t>(1, options_.max_fetch_bytes / cs) * cs;
   std::vector<uint8_t> buf(std::min<uint64_t>(step, blob.size));
   Sha256 whole;
   std::string hashes;
   for (uint64_t off = 0; off < blob.size; off += step) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      return Status::Transient("verifying " + blob.digest + " took longer than its budget");
+    }
     std::span<uint8_t> s(buf.data(), std::min(step, blob.size - off));
     RETURN_IF_ERROR(ReadRange(blob, off, s));
     whole.Update(s.data(), s.size());

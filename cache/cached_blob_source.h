@@ -12,15 +12,28 @@
 //
 // Verification: a blob's sha256 is checked against its digest, and each
 // chunk's sha256 recorded, in one of three ways: FetchWhole; an in-order pass
-// of reads from offset 0 to the end (verify_sequential); or, once fetches
-// have left every chunk of the blob in the cache in whatever order
-// (verify_complete, what a FUSE mount's concurrent, reordered reads need), by
-// hashing it from the cache on a background thread. Later refetches of a
-// verified blob's chunks are checked against the chunk hashes. A mismatch is
-// Code::kCorrupt (for the read that finds it) and every cached chunk of the
-// blob is dropped. Bytes of an unverified blob served before verification
-// are only as good as the upstream (the cache's own CRCs guard against local
-// corruption, not a lying server).
+// of reads from offset 0 to the end (such as a layer's index pass), hashed as
+// it goes, whatever other reads of the blob happen meanwhile (reads that do
+// not continue the pass are simply not part of it); or, once fetches have
+// left every chunk of the blob in the cache in whatever order
+// (verify_complete), by hashing it from the cache on a background thread.
+// Later fetches of a verified blob's chunks are fetched whole and checked
+// against the chunk hashes, so bytes refetched after eviction are verified.
+//
+// A digest mismatch is Code::kCorrupt, every cached chunk of the blob is
+// dropped, and the blob is marked bad in the cache (ChunkCache::MarkBad,
+// persisted): every later read of it, in this process or a later one, is
+// kCorrupt until a FetchWhole verifies it. Bytes of an unverified blob served
+// before verification are only as good as the upstream (the cache's own CRCs
+// guard against local corruption, not a lying server), except the blob's last
+// chunk: a read that touches it is answered only once the whole blob is
+// verified (from the cache, fetching what is missing), so a reader that reads
+// a blob to its end sees either the right bytes or an error, never a clean
+// end of file after wrong bytes.
+//
+// Waits: a reader waiting for another reader's fetch (single flight) or for
+// another reader's whole-blob verification gives up after wait_timeout with
+// kTransient; nothing in here waits without a deadline.
 //
 // Errors: upstream errors are returned as they are (waiters on a shared fetch
 // get the leader's error); cache errors are logged and bypassed.
@@ -29,6 +42,7 @@
 #define REGFS_CACHE_CACHED_BLOB_SOURCE_H_
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -52,8 +66,15 @@ namespace regfs {
 struct CachedSourceOptions {
   uint64_t max_fetch_bytes = 16u << 20;  // cap of one coalesced upstream request
   bool readahead = true;                 // grow the window for sequential readers
-  bool verify_sequential = true;         // hash in-order passes to verify digests
+  // Ignored: in-order passes are always hashed (see the header comment); the
+  // pass tracking no longer breaks on interleaved reads, which is why the
+  // mount turned this off. Kept so that existing callers compile.
+  bool verify_sequential = true;
   bool verify_complete = true;           // verify blobs the cache completes, in the background
+  // How long a reader waits for someone else's fetch of a chunk (single
+  // flight) or verification of a blob before it fails with kTransient; also
+  // the budget of the whole-blob verification a read of the last chunk needs.
+  std::chrono::milliseconds wait_timeout{120000};
   // A small random read (at most small_read_bytes, not at the blob's start,
   // not continuing a sequential run) that misses fetches only its own bytes
   // the first time it touches a chunk, and does not store them; a second
@@ -90,6 +111,9 @@ class CachedBlobSource : public BlobSource {
   // mismatch returns kCorrupt and drops every cached chunk of the blob.
   using Sink = std::function<Status(uint64_t offset, std::span<const uint8_t> bytes)>;
   Status FetchWhole(const BlobDescriptor& blob, const Sink& sink = nullptr);
+  // The same, giving up with kTransient once `deadline` has passed.
+  Status FetchWhole(const BlobDescriptor& blob, const Sink& sink,
+                    std::chrono::steady_clock::time_point deadline);
 
   BlobCounters Counters(std::string_view digest) const;
   std::map<std::string, BlobCounters> AllCounters() const;
@@ -138,13 +162,27 @@ class CachedBlobSource : public BlobSource {
   // Checks chunk c against a verified blob's table of per-chunk sha256s.
   static Status CheckChunkHash(const BlobDescriptor& blob, const std::string& hashes, uint64_t c,
                                std::span<const uint8_t> chunk);
+  // Feeds a read to the blob's in-order pass if it continues it; sets
+  // *verified (if given) when this read completed the pass and the digest
+  // matched. kCorrupt if it completed the pass and the digest did not match.
   Status TrackSequential(const BlobDescriptor& blob, uint64_t offset,
-                         std::span<const uint8_t> bytes);
+                         std::span<const uint8_t> bytes, bool* verified);
+  // True if the blob's in-order pass has hashed [0, offset) at least, so
+  // that a read from `offset` continues it.
+  bool PassReaches(const BlobDescriptor& blob, uint64_t offset);
+  // Verifies the whole blob (FetchWhole) unless it is; one caller per blob
+  // does it, the others wait for its answer, all within wait_timeout.
+  Status VerifyWhole(const BlobDescriptor& blob);
+  Status CheckNotBad(const BlobDescriptor& blob);
+  // Verified, by this object's memory or the cache's record.
+  bool KnownVerified(const BlobDescriptor& blob);
+  void NoteVerified(const std::string& digest);
   Status FinishVerification(const BlobDescriptor& blob, const std::string& actual,
                             const std::string& chunk_hashes);
   void Count(const std::string& digest, uint64_t hits, uint64_t misses, uint64_t requests,
              uint64_t bytes);
-  Status FetchWholeVerified(const BlobDescriptor& blob, const Sink& sink);
+  Status FetchWholeVerified(const BlobDescriptor& blob, const Sink& sink,
+                            std::chrono::steady_clock::time_point deadline);
   // Queues a background verification if the blob is complete and unverified.
   void MaybeVerifyComplete(const BlobDescriptor& blob);
   void VerifierLoop();
@@ -168,8 +206,15 @@ class CachedBlobSource : public BlobSource {
   // Bumped (under flights_mu_) whenever a fetch unregisters its flights.
   std::atomic<uint64_t> completed_gen_{0};
 
+  // Whole-blob verifications for reads of a last chunk (single flight).
+  std::map<std::string, std::shared_ptr<Flight>> whole_flights_;  // guarded by flights_mu_
+
   std::mutex seq_mu_;  // guards seq_ (the map); each SeqHash has its own mutex
   std::map<std::string, std::shared_ptr<SeqHash>> seq_;
+  std::atomic<uint64_t> seq_tick_{0};
+
+  std::mutex verified_mu_;  // guards verified_
+  std::set<std::string> verified_;  // blobs known verified (saves a query per read)
 
   mutable std::mutex counters_mu_;
   std::map<std::string, BlobCounters> counters_;

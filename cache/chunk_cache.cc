@@ -20,7 +20,7 @@ using sqlite::Transaction;
 
 namespace {
 
-constexpr int kSchemaVersion = 2;
+constexpr int kSchemaVersion = 3;
 constexpr int kPageSize = 65536;
 constexpr size_t kMaxPendingTouches = 20000;
 
@@ -78,6 +78,16 @@ CREATE TRIGGER chunks_del AFTER DELETE ON chunks BEGIN
   UPDATE totals SET bytes = bytes - OLD.size, chunks = chunks - 1;
   UPDATE blobs SET present = present - 1 WHERE id = OLD.blob_id;
 END;
+)sql",
+    // 2 -> 3: blobs that failed their digest check (served as errors until a
+    // fetch verifies them), and access times of layer indexes and manifests
+    // so that they can be evicted least recently used first.
+    R"sql(
+CREATE TABLE bad_blobs(digest TEXT PRIMARY KEY, actual TEXT NOT NULL, marked INTEGER NOT NULL);
+ALTER TABLE layer_indexes ADD COLUMN atime INTEGER NOT NULL DEFAULT 0;
+UPDATE layer_indexes SET atime = created;
+ALTER TABLE manifests ADD COLUMN atime INTEGER NOT NULL DEFAULT 0;
+UPDATE manifests SET atime = created;
 )sql",
 };
 static_assert(std::size(kMigrations) == kSchemaVersion);
@@ -242,6 +252,17 @@ Status ChunkCache::Init() {
                                  "SELECT c.id, c.idx, c.size, b.digest FROM chunks c "
                                  "JOIN blobs b ON b.id = c.blob_id ORDER BY c.atime, c.id"));
   ASSIGN_OR_RETURN(writer_->delete_chunk, Stmt::Prepare(db, "DELETE FROM chunks WHERE id = ?"));
+
+  {
+    ASSIGN_OR_RETURN(Stmt bad, Stmt::Prepare(db, "SELECT digest, actual FROM bad_blobs"));
+    std::unique_lock<std::shared_mutex> lock(bad_mu_);
+    while (true) {
+      ASSIGN_OR_RETURN(bool row, bad.Step());
+      if (!row) break;
+      bad_[bad.Text(0)] = bad.Text(1);
+    }
+    any_bad_ = !bad_.empty();
+  }
 
   // One reader up front proves the database can be read by a second connection.
   ASSIGN_OR_RETURN(auto r, NewReadConn());
@@ -718,6 +739,40 @@ Status ChunkCache::DropBlob(std::string_view digest) {
   return files_->Clear(digest);
 }
 
+Status ChunkCache::MarkBad(std::string_view digest, std::string_view actual) {
+  {
+    std::unique_lock<std::shared_mutex> lock(bad_mu_);
+    bad_[std::string(digest)] = std::string(actual);
+    any_bad_ = true;
+  }
+  if (!writable_) return Status::Ok();
+  std::lock_guard<std::mutex> lock(write_mu_);
+  sqlite3* db = writer_->db.get();
+  ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db, Transaction::Kind::kImmediate));
+  ASSIGN_OR_RETURN(Stmt del, Stmt::Prepare(db,
+                                           "DELETE FROM chunks WHERE blob_id = "
+                                           "(SELECT id FROM blobs WHERE digest = ?)"));
+  RETURN_IF_ERROR(del.Bind(1, digest).Run());
+  ASSIGN_OR_RETURN(Stmt unverify,
+                   Stmt::Prepare(db, "UPDATE blobs SET chunk_sha256 = NULL WHERE digest = ?"));
+  RETURN_IF_ERROR(unverify.Bind(1, digest).Run());
+  ASSIGN_OR_RETURN(Stmt mark, Stmt::Prepare(db,
+                                            "INSERT OR REPLACE INTO bad_blobs(digest, actual, "
+                                            "marked) VALUES (?, ?, ?)"));
+  RETURN_IF_ERROR(mark.Bind(1, digest).Bind(2, actual).Bind(3, WallMicros()).Run());
+  RETURN_IF_ERROR(txn.Commit());
+  return files_->Clear(digest);
+}
+
+bool ChunkCache::IsBad(std::string_view digest, std::string* actual) {
+  if (!any_bad_.load(std::memory_order_relaxed)) return false;
+  std::shared_lock<std::shared_mutex> lock(bad_mu_);
+  auto it = bad_.find(std::string(digest));
+  if (it == bad_.end()) return false;
+  if (actual) *actual = it->second;
+  return true;
+}
+
 Result<std::optional<std::string>> ChunkCache::GetChunkSha256s(std::string_view digest) {
   if (!writable_) return std::optional<std::string>();
   ASSIGN_OR_RETURN(ReadConnLease conn, AcquireRead());
@@ -739,6 +794,10 @@ Status ChunkCache::SetVerified(const BlobDescriptor& blob, std::string_view chun
   if (chunk_sha256s.size() != chunks * 32) {
     return Status::InvalidArgument("SetVerified: wrong number of chunk hashes");
   }
+  {
+    std::unique_lock<std::shared_mutex> lock(bad_mu_);
+    bad_.erase(blob.digest);
+  }
   Status st = [&]() -> Status {
     std::lock_guard<std::mutex> lock(write_mu_);
     WriteConn& w = *writer_;
@@ -755,6 +814,8 @@ Status ChunkCache::SetVerified(const BlobDescriptor& blob, std::string_view chun
     if (sqlite3_changes(w.db.get()) != 1) {
       return Status::InvalidArgument("blob " + blob.digest + " is cached with another size");
     }
+    ASSIGN_OR_RETURN(Stmt good, Stmt::Prepare(w.db.get(), "DELETE FROM bad_blobs WHERE digest = ?"));
+    RETURN_IF_ERROR(good.Bind(1, blob.digest).Run());
     return txn.Commit();
   }();
   if (!st.ok() && st.code() != Code::kInvalidArgument) WarnWrite(st);

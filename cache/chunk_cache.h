@@ -150,6 +150,13 @@ class ChunkCache {
                    std::span<const std::span<const uint8_t>> chunks);
   // Deletes every chunk of a blob (and forgets its verification).
   Status DropBlob(std::string_view digest);
+  // DropBlob, and remembers (persisted, for later processes too) that the
+  // blob's bytes did not match its digest (`actual` is what they hashed to),
+  // until SetVerified clears the mark. Remembered in memory even when the
+  // cache cannot be written. Marks are loaded at Open: a mark made by another
+  // process after that is seen by this one only at its next Open.
+  Status MarkBad(std::string_view digest, std::string_view actual);
+  bool IsBad(std::string_view digest, std::string* actual = nullptr);
 
   // Per-chunk raw sha256s (32 bytes each, chunk order) of a verified blob;
   // nullopt if the blob was never verified.
@@ -250,6 +257,10 @@ class ChunkCache {
   std::mutex touch_mu_;
   std::unordered_map<int64_t, int64_t> touches_;  // chunk id -> access time (us)
   int64_t last_time_us_ = 0;
+
+  std::shared_mutex bad_mu_;
+  std::unordered_map<std::string, std::string> bad_;  // digest -> what it hashed to
+  std::atomic<bool> any_bad_{false};  // bad_ is not empty (skips the lock on reads)
 
   std::mutex pin_mu_;
   std::map<std::pair<std::string, uint64_t>, int> pins_;
