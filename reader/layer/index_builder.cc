@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -12,6 +14,19 @@
 
 namespace regfs {
 namespace {
+
+// Output bytes between two calls of IndexBuildOptions::cancelled: 1 MiB is
+// at most 2048 tar headers, well under a millisecond of work.
+constexpr uint64_t kCancelCheckInterval = 1 << 20;
+
+Status CancelledStatus() { return Status::Transient("layer index build cancelled"); }
+
+uint64_t SaturatingMul(uint64_t a, uint64_t b) {
+  if (a != 0 && b > std::numeric_limits<uint64_t>::max() / a) {
+    return std::numeric_limits<uint64_t>::max();
+  }
+  return a * b;
+}
 
 // Reads the blob front to back in pieces, hashing every byte.
 class BlobPass {
@@ -24,6 +39,7 @@ class BlobPass {
   // The next piece; empty at the end of the blob. Valid until the next call.
   Result<std::span<const uint8_t>> Next() {
     if (offset_ >= blob_.size) return std::span<const uint8_t>();
+    if (options_.cancelled && options_.cancelled()) return CancelledStatus();
     const size_t n = static_cast<size_t>(std::min<uint64_t>(buf_.size(), blob_.size - offset_));
     std::span<uint8_t> piece(buf_.data(), n);
     Status st = source_->ReadAt(blob_, offset_, piece);
@@ -96,6 +112,17 @@ class BufferedStream : public TarStream {
   uint64_t Position() const override { return position_; }
   uint64_t produced() const { return produced_; }
 
+  // Hash every byte produced into *hash (the DiffID of a compressed layer).
+  void HashOutputInto(Sha256* hash) { hash_ = hash; }
+  // Fail once more than `max_bytes` are produced (a decompression bomb);
+  // `why` says which limit that is.
+  void LimitOutput(uint64_t max_bytes, std::string why) {
+    max_output_ = max_bytes;
+    limit_why_ = std::move(why);
+  }
+  // Consulted every kCancelCheckInterval bytes of output. May be null.
+  void CancelWith(const std::function<bool()>* cancelled) { cancelled_ = cancelled; }
+
  protected:
   static constexpr size_t kOutSize = 256 << 10;
   BufferedStream() : buf_(kGzipWindowSize + kOutSize) {}
@@ -108,11 +135,23 @@ class BufferedStream : public TarStream {
       std::memmove(buf_.data(), buf_.data() + end_ - kGzipWindowSize, kGzipWindowSize);
       start_ = end_ = kGzipWindowSize;
     }
-    return Fill();
+    RETURN_IF_ERROR(Fill());
+    if (produced_ > max_output_) {
+      return Status::Corrupt("layer decompresses to more than " + std::to_string(max_output_) +
+                             " uncompressed bytes (" + limit_why_ + ")");
+    }
+    // Checked here, inside a piece of the blob, not only between reads: a
+    // few KiB of zstd can hold gigabytes of output.
+    if (cancelled_ != nullptr && *cancelled_ && produced_ >= next_cancel_check_) {
+      next_cancel_check_ = produced_ + kCancelCheckInterval;
+      if ((*cancelled_)()) return CancelledStatus();
+    }
+    return Status::Ok();
   }
   uint8_t* out_ptr() { return buf_.data() + end_; }
   size_t out_avail() const { return buf_.size() - end_; }
   void Produced(size_t n) {
+    if (hash_ != nullptr && n > 0) hash_->Update(buf_.data() + end_, n);
     end_ += n;
     produced_ += n;
   }
@@ -129,6 +168,11 @@ class BufferedStream : public TarStream {
   size_t start_ = 0, end_ = 0;
   uint64_t position_ = 0;
   uint64_t produced_ = 0;
+  Sha256* hash_ = nullptr;
+  uint64_t max_output_ = std::numeric_limits<uint64_t>::max();
+  std::string limit_why_;
+  const std::function<bool()>* cancelled_ = nullptr;
+  uint64_t next_cancel_check_ = kCancelCheckInterval;
 };
 
 class PlainStream : public BufferedStream {
@@ -318,6 +362,16 @@ Result<LayerIndex> BuildLayerIndex(BlobSource* source, const BlobDescriptor& blo
     compression = SniffCompression(std::span<const uint8_t>(head, n));
   }
   const uint64_t interval = std::max<uint64_t>(options.checkpoint_interval, 64 << 10);
+  const bool check_diff_id = !options.expected_diff_id.empty();
+  if (check_diff_id) {
+    RETURN_IF_ERROR(ValidateDigest(options.expected_diff_id).Annotate("expected DiffID"));
+    // An uncompressed layer is its own tar stream: its DiffID is its digest,
+    // which the pass verifies anyway.
+    if (compression == LayerCompression::kNone && options.expected_diff_id != blob.digest) {
+      return Status::Corrupt("layer " + blob.digest + " (uncompressed) does not match its DiffID " +
+                             options.expected_diff_id);
+    }
+  }
 
   BlobPass pass(source, blob, options);
   std::unique_ptr<BufferedStream> stream;
@@ -344,6 +398,18 @@ Result<LayerIndex> BuildLayerIndex(BlobSource* source, const BlobDescriptor& blo
     default:
       return Status::Unsupported("layer compression not supported");
   }
+  Sha256 diff_hash;
+  if (check_diff_id && compression != LayerCompression::kNone) stream->HashOutputInto(&diff_hash);
+  uint64_t max_output = options.max_uncompressed_bytes;
+  std::string limit_why = "max_uncompressed_bytes";
+  if (options.max_uncompressed_ratio > 0 &&
+      SaturatingMul(options.max_uncompressed_ratio, blob.size) < max_output) {
+    max_output = SaturatingMul(options.max_uncompressed_ratio, blob.size);
+    limit_why = std::to_string(options.max_uncompressed_ratio) + " times the blob's " +
+                std::to_string(blob.size) + " bytes";
+  }
+  stream->LimitOutput(max_output, std::move(limit_why));
+  if (options.cancelled) stream->CancelWith(&options.cancelled);
 
   LayerIndex index;
   index.blob_digest = blob.digest;
@@ -361,13 +427,21 @@ Result<LayerIndex> BuildLayerIndex(BlobSource* source, const BlobDescriptor& blo
     Result<bool> more = tar.Next(&e);
     if (!more.ok()) return more.status().Annotate(blob.digest);
     if (!*more) break;
+    // Counted as read (a path that appears twice counts twice): this bounds
+    // the memory the pass holds, and a layer cut short would be a wrong tree.
+    if (index.entries.size() >= options.max_entries) {
+      return Status::Corrupt("layer " + blob.digest + " has more than " +
+                             std::to_string(options.max_entries) + " entries (max_entries)");
+    }
     if (e.type == EntryType::kHardLink) {
       auto it = by_path.find(e.link_target);
       const TarEntry* t = it == by_path.end() ? nullptr : &index.entries[it->second];
       if (t == nullptr || t->type == EntryType::kDirectory || e.link_target == e.path) {
-        LOG_WARN("tar: skipping hard link '" + e.path + "': target '" + e.link_target +
-                 (t == nullptr ? "' is not in the layer before it" : "' cannot be linked"));
-        ++skipped;
+        // A hostile layer may hold millions of these; the log keeps 100.
+        if (++skipped <= 100) {
+          LOG_WARN("tar: skipping hard link '" + e.path + "': target '" + e.link_target +
+                   (t == nullptr ? "' is not in the layer before it" : "' cannot be linked"));
+        }
         continue;
       }
       if (t->type == EntryType::kHardLink) e.link_target = t->link_target;
@@ -416,7 +490,22 @@ Result<LayerIndex> BuildLayerIndex(BlobSource* source, const BlobDescriptor& blo
     if (*n == 0) break;
   }
   index.uncompressed_size = stream->Position();
+  if (index.uncompressed_size != stream->produced()) {
+    return Status::Corrupt("layer " + blob.digest + ": the tar walk covered " +
+                           std::to_string(index.uncompressed_size) + " of " +
+                           std::to_string(stream->produced()) + " uncompressed bytes");
+  }
   RETURN_IF_ERROR(pass.Finish());
+  if (compression == LayerCompression::kNone) {
+    index.diff_id = blob.digest;
+  } else if (check_diff_id) {
+    std::string got = diff_hash.FinishDigest();
+    if (got != options.expected_diff_id) {
+      return Status::Corrupt("layer " + blob.digest + ": its uncompressed stream (" + got +
+                             ") does not match its DiffID " + options.expected_diff_id);
+    }
+    index.diff_id = std::move(got);
+  }
 
   if (gz) {
     index.checkpoints = gz->TakeCheckpoints();

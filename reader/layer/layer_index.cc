@@ -5,6 +5,8 @@
 #include <cstring>
 #include <limits>
 
+#include "reader/base/digest.h"
+
 namespace regfs {
 namespace {
 
@@ -117,6 +119,7 @@ std::string LayerIndex::Serialize() const {
   b.U8(tar_end_marker ? 1 : 0);
   b.Var(skipped_entries);
   b.Var(gzip_members);
+  b.Str(diff_id);
 
   b.Var(checkpoints.size());
   uint64_t prev_out = 0, prev_in = 0;
@@ -210,9 +213,10 @@ Result<LayerIndex> LayerIndex::Deserialize(std::string_view bytes) {
   uint8_t comp, marker;
   if (!r.Str(&x.blob_digest) || !r.Var(&x.blob_size) || !r.U8(&comp) ||
       !r.Var(&x.uncompressed_size) || !r.U8(&marker) || !r.Var(&x.skipped_entries) ||
-      !r.Var(&x.gzip_members)) {
+      !r.Var(&x.gzip_members) || !r.Str(&x.diff_id)) {
     return Bad("truncated header");
   }
+  if (!x.diff_id.empty() && !ValidateDigest(x.diff_id).ok()) return Bad("malformed diff_id");
   switch (static_cast<LayerCompression>(comp)) {
     case LayerCompression::kNone:
     case LayerCompression::kGzip:

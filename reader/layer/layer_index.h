@@ -43,7 +43,10 @@ struct ZstdFrame {
 };
 
 struct LayerIndex {
-  static constexpr uint32_t kFormatVersion = 1;
+  // 2: diff_id; header-only entry types carry no data, global PAX records
+  // change no entry, names beyond Linux's limits skipped (indexes of version
+  // 1 may describe hostile layers differently: they are rebuilt).
+  static constexpr uint32_t kFormatVersion = 2;
 
   std::string blob_digest;  // "sha256:..." the blob this describes (verified)
   uint64_t blob_size = 0;
@@ -62,6 +65,12 @@ struct LayerIndex {
   uint64_t gzip_members = 0;     // gzip: members in the stream (concatenated gzip > 1)
   uint64_t skipped_entries = 0;  // refused by policy (each logged at build time)
   bool tar_end_marker = false;   // the archive had its end-of-archive block
+  // "sha256:<hex>" of the uncompressed stream, when verified: the build was
+  // given IndexBuildOptions::expected_diff_id and it matched, or the layer is
+  // uncompressed (its DiffID is its digest). Empty when not verified: a
+  // caller that needs a DiffID checked and loads a stored index with another
+  // (or no) diff_id must rebuild it with expected_diff_id set.
+  std::string diff_id;
 
   // True when the stream has no restart point after its start (single-frame
   // zstd): a read at offset X decompresses from 0 to X, so the caller should

@@ -1,7 +1,9 @@
 #include "reader/layer/tar_reader.h"
 
+#include <algorithm>
 #include <array>
 #include <limits>
+#include <optional>
 
 #include "reader/base/log.h"
 
@@ -36,18 +38,44 @@ struct Overrides {
   bool sparse = false;
 };
 
+// Sets an xattr (a later record of the same name wins). Past kMaxXattrs
+// names, new names are dropped here already, so that a PAX block of many
+// tiny records costs O(records * kMaxXattrs), not O(records^2).
 void SetXattr(std::vector<std::pair<std::string, std::string>>* xattrs, std::string name,
-              std::string value) {
+              std::string value, uint64_t* dropped) {
   for (auto& [n, v] : *xattrs) {
     if (n == name) {
       v = std::move(value);
       return;
     }
   }
+  if (xattrs->size() >= TarReader::kMaxXattrs) {
+    ++*dropped;
+    return;
+  }
   xattrs->emplace_back(std::move(name), std::move(value));
 }
 
-Status ApplyPax(const PaxRecords& records, Overrides* o) {
+// Keeps the xattrs a Linux unpack could set (XATTR_NAME_MAX, XATTR_SIZE_MAX)
+// within our per-entry total, in archive order. Returns how many went.
+uint64_t BoundXattrs(std::vector<std::pair<std::string, std::string>>* xattrs) {
+  uint64_t dropped = 0;
+  size_t total = 0;
+  std::vector<std::pair<std::string, std::string>> kept;
+  for (auto& [n, v] : *xattrs) {
+    if (n.size() > TarReader::kMaxXattrName || v.size() > TarReader::kMaxXattrValue ||
+        n.size() + v.size() > TarReader::kMaxXattrBytes - total) {
+      ++dropped;
+      continue;
+    }
+    total += n.size() + v.size();
+    kept.emplace_back(std::move(n), std::move(v));
+  }
+  *xattrs = std::move(kept);
+  return dropped;
+}
+
+Status ApplyPax(const PaxRecords& records, Overrides* o, uint64_t* dropped_xattrs) {
   constexpr std::string_view kXattr = "SCHILY.xattr.";
   for (const auto& [key, value] : records) {
     if (key == "path") {
@@ -69,7 +97,7 @@ Status ApplyPax(const PaxRecords& records, Overrides* o) {
     } else if (key == "mtime") {
       ASSIGN_OR_RETURN(o->mtime, ParsePaxTime(value));
     } else if (key.size() > kXattr.size() && key.compare(0, kXattr.size(), kXattr) == 0) {
-      SetXattr(&o->xattrs, key.substr(kXattr.size()), value);
+      SetXattr(&o->xattrs, key.substr(kXattr.size()), value, dropped_xattrs);
     } else if (key.compare(0, 11, "GNU.sparse.") == 0) {
       o->sparse = true;
     }
@@ -79,13 +107,65 @@ Status ApplyPax(const PaxRecords& records, Overrides* o) {
   return Status::Ok();
 }
 
+// Why a Linux unpack would fail to create `raw` (cleaned: `clean`), or null.
+const char* PathProblem(std::string_view raw, const std::optional<std::string>& clean) {
+  if (raw.find('\0') != std::string_view::npos) return "has a NUL byte";
+  if (!clean) return "has a '..' component";
+  if (clean->size() > TarReader::kMaxPath) return "is longer than 4096 bytes";
+  size_t start = 0;
+  while (start <= clean->size()) {
+    size_t slash = clean->find('/', start);
+    if (slash == std::string::npos) slash = clean->size();
+    if (slash - start > TarReader::kMaxNameComponent) {
+      return "has a component longer than 255 bytes";
+    }
+    start = slash + 1;
+  }
+  return nullptr;
+}
+
+// Go's archive/tar (isHeaderOnlyType, applied after a v7 '\0' entry named
+// "x/" became a directory) gives these types no data whatever their size
+// says, and containers/storage extracts what it reads, so that is podman's
+// view and ours. bsdtar 3.6 agrees except for hard links in pax archives
+// (it reads their data); GNU tar 1.34 agrees when extracting but `tar t`
+// skips `size` bytes after symlinks, devices, fifos and v7 directories.
+bool IsHeaderOnly(char typeflag, std::string_view name) {
+  switch (typeflag) {
+    case '1':
+    case '2':
+    case '3':
+    case '4':
+    case '5':
+    case '6':
+      return true;
+    case '\0':
+      return !name.empty() && name.back() == '/';
+    default:
+      return false;
+  }
+}
+
 }  // namespace
 
 void TarReader::ResetPending() {
   local_pax_.clear();
+  local_pax_bytes_ = 0;
+  skip_next_.clear();
   long_name_.clear();
   long_link_.clear();
   have_long_name_ = have_long_link_ = false;
+}
+
+void TarReader::Skipped(const std::string& why) {
+  ++stats_.skipped;
+  // A hostile layer may hold millions of these; the log keeps the first 100.
+  if (++warnings_ <= 100) {
+    LOG_WARN("tar: skipping " + why);
+  } else {
+    if (warnings_ == 101) LOG_WARN("tar: more than 100 entries skipped; the rest at debug level");
+    LOG_DEBUG("tar: skipping " + why);
+  }
 }
 
 Status TarReader::SkipData(uint64_t n) {
@@ -98,11 +178,8 @@ Status TarReader::SkipData(uint64_t n) {
   return Status::Ok();
 }
 
-Result<std::string> TarReader::ReadBlockData(uint64_t size, uint64_t cap, const char* what) {
-  if (size > cap) {
-    return Status::Corrupt(std::string("tar: ") + what + " block of " + std::to_string(size) +
-                           " bytes exceeds the cap of " + std::to_string(cap));
-  }
+// Callers bound `size` first (it is never more than kMaxPaxSize).
+Result<std::string> TarReader::ReadBlockData(uint64_t size, const char* what) {
   std::string data;
   std::array<uint8_t, 16384> buf;
   uint64_t left = size;
@@ -146,31 +223,62 @@ Result<bool> TarReader::Next(TarEntry* out) {
       return parsed.status().Annotate("tar header at offset " + std::to_string(header_offset));
     }
     RawTarHeader& h = *parsed;
+    const std::string at = " at offset " + std::to_string(header_offset);
 
     switch (h.typeflag) {
       case 'x':
       case 'X': {
-        ASSIGN_OR_RETURN(std::string data, ReadBlockData(h.size, kMaxPaxSize, "pax header"));
+        // Several 'x' blocks before one entry add up; past the cap the rest
+        // are skipped unread and the entry they describe goes too.
+        if (local_pax_bytes_ > kMaxPaxSize || h.size > kMaxPaxSize - local_pax_bytes_) {
+          RETURN_IF_ERROR(SkipData(RoundUpBlock(h.size)));
+          local_pax_.clear();
+          local_pax_bytes_ = kMaxPaxSize + 1;
+          if (skip_next_.empty()) skip_next_ = "its PAX headers are over 1 MiB";
+          continue;
+        }
+        local_pax_bytes_ += h.size;
+        ASSIGN_OR_RETURN(std::string data, ReadBlockData(h.size, "pax header"));
         ASSIGN_OR_RETURN(PaxRecords recs, ParsePaxRecords(data));
         for (auto& r : recs) local_pax_.push_back(std::move(r));
         continue;
       }
       case 'g': {
-        ASSIGN_OR_RETURN(std::string data, ReadBlockData(h.size, kMaxPaxSize, "pax global header"));
+        // Not applied to entries (see tar_reader.h); read only within the cap.
+        if (h.size > kMaxGlobalPaxSize - global_pax_bytes_) {
+          RETURN_IF_ERROR(SkipData(RoundUpBlock(h.size)));
+          ++stats_.ignored_global_pax;
+          Skipped("global PAX header of " + std::to_string(h.size) + " bytes" + at +
+                  ": global headers over 64 KiB in all are ignored");
+          continue;
+        }
+        global_pax_bytes_ += h.size;
+        ASSIGN_OR_RETURN(std::string data, ReadBlockData(h.size, "pax global header"));
         ASSIGN_OR_RETURN(PaxRecords recs, ParsePaxRecords(data));
         for (auto& r : recs) global_pax_.push_back(std::move(r));
         continue;
       }
-      case 'L': {
-        ASSIGN_OR_RETURN(std::string data, ReadBlockData(h.size, kMaxLongNameSize, "GNU long name"));
-        long_name_ = data.substr(0, data.find('\0'));
-        have_long_name_ = true;
-        continue;
-      }
+      case 'L':
       case 'K': {
-        ASSIGN_OR_RETURN(std::string data, ReadBlockData(h.size, kMaxLongNameSize, "GNU long link"));
-        long_link_ = data.substr(0, data.find('\0'));
-        have_long_link_ = true;
+        const bool is_name = h.typeflag == 'L';
+        if (h.size > kMaxLongNameSize) {
+          RETURN_IF_ERROR(SkipData(RoundUpBlock(h.size)));
+          if (skip_next_.empty()) {
+            skip_next_ = std::string("its GNU long ") + (is_name ? "name" : "link") + " of " +
+                         std::to_string(h.size) + " bytes is over 64 KiB";
+          }
+          continue;
+        }
+        ASSIGN_OR_RETURN(std::string data,
+                         ReadBlockData(h.size, is_name ? "GNU long name" : "GNU long link"));
+        data.resize(std::min(data.size(), data.find('\0')));
+        if (is_name) {
+          long_name_ = std::move(data);
+          have_long_name_ = true;
+        } else {
+          long_link_ = std::move(data);
+          have_long_link_ = true;
+        }
         continue;
       }
       default:
@@ -178,18 +286,15 @@ Result<bool> TarReader::Next(TarEntry* out) {
     }
 
     Overrides o;
-    RETURN_IF_ERROR(ApplyPax(global_pax_, &o).Annotate("pax global header"));
-    // Global headers set defaults for every entry; path/linkpath there would
-    // rename everything, which no extractor does usefully.
-    o.path.reset();
-    o.linkpath.reset();
-    RETURN_IF_ERROR(ApplyPax(local_pax_, &o).Annotate("pax header at offset " +
-                                                      std::to_string(header_offset)));
+    uint64_t dropped = 0;  // xattrs over the limits
+    RETURN_IF_ERROR(ApplyPax(local_pax_, &o, &dropped).Annotate("pax header" + at));
 
     std::string name = o.path ? *o.path : have_long_name_ ? long_name_ : h.name;
     std::string link = o.linkpath ? *o.linkpath : have_long_link_ ? long_link_ : h.linkname;
     const uint64_t size = o.size ? *o.size : h.size;
+    const std::string skip_reason = std::move(skip_next_);
     ResetPending();
+    pending_skip_ = IsHeaderOnly(h.typeflag, name) ? 0 : RoundUpBlock(size);
 
     if (h.typeflag == 'S' || o.sparse) {
       // Old GNU sparse headers may be followed by extension blocks before the data.
@@ -199,11 +304,15 @@ Result<bool> TarReader::Next(TarEntry* out) {
         if (n != kTarBlockSize) return Status::Corrupt("tar: GNU sparse extension truncated");
         extended = block[504] != 0;
       }
-      LOG_WARN("tar: skipping GNU sparse entry '" + Printable(name) +
-               "': Unsupported: sparse files are not served");
-      ++stats_.skipped;
-      ++stats_.skipped_sparse;
-      pending_skip_ = RoundUpBlock(size);
+      if (skip_reason.empty()) {
+        ++stats_.skipped_sparse;
+        Skipped("GNU sparse entry '" + Printable(name) +
+                "': Unsupported: sparse files are not served");
+        continue;
+      }
+    }
+    if (!skip_reason.empty()) {
+      Skipped("entry '" + Printable(name) + "'" + at + ": " + skip_reason);
       continue;
     }
 
@@ -224,36 +333,38 @@ Result<bool> TarReader::Next(TarEntry* out) {
       case '6': e.type = EntryType::kFifo; break;
       default: known = false; break;
     }
-    pending_skip_ = RoundUpBlock(size);
     if (!known) {
-      LOG_WARN("tar: skipping entry '" + Printable(name) + "' of unknown type '" +
-               Printable(std::string(1, h.typeflag)) + "'");
-      ++stats_.skipped;
+      Skipped("entry '" + Printable(name) + "' of unknown type '" +
+              Printable(std::string(1, h.typeflag)) + "'");
       continue;
     }
     std::optional<std::string> clean = CleanTarPath(name);
-    if (!clean) {
-      LOG_WARN("tar: skipping entry '" + Printable(name) + "': path has a '..' component");
-      ++stats_.skipped;
+    if (const char* why = PathProblem(name, clean)) {
+      Skipped("entry '" + Printable(name) + "': its path " + why);
       continue;
     }
     if (e.type == EntryType::kHardLink) {
       std::optional<std::string> target = CleanTarPath(link);
-      if (!target || target->empty()) {
-        LOG_WARN("tar: skipping hard link '" + Printable(name) + "': bad target '" +
-                 Printable(link) + "'");
-        ++stats_.skipped;
+      const char* why = PathProblem(link, target);
+      if (why == nullptr && target->empty()) why = "is the root";
+      if (why != nullptr) {
+        Skipped("hard link '" + Printable(name) + "': its target '" + Printable(link) + "' " +
+                why);
         continue;
       }
       e.link_target = std::move(*target);
     } else if (e.type == EntryType::kSymlink) {
+      // symlink(2) takes any bytes but NUL, up to PATH_MAX.
+      if (link.find('\0') != std::string::npos || link.size() > kMaxPath) {
+        Skipped("symlink '" + Printable(name) + "': its target has a NUL byte or is over 4096 bytes");
+        continue;
+      }
       e.link_target = std::move(link);
     }
     const uint64_t uid = o.uid ? *o.uid : h.uid;
     const uint64_t gid = o.gid ? *o.gid : h.gid;
     if (uid > std::numeric_limits<uint32_t>::max() || gid > std::numeric_limits<uint32_t>::max()) {
-      LOG_WARN("tar: skipping entry '" + Printable(name) + "': uid/gid beyond 32 bits");
-      ++stats_.skipped;
+      Skipped("entry '" + Printable(name) + "': uid/gid beyond 32 bits");
       continue;
     }
     e.path = std::move(*clean);
@@ -275,6 +386,14 @@ Result<bool> TarReader::Next(TarEntry* out) {
     if (e.type == EntryType::kCharDevice || e.type == EntryType::kBlockDevice) {
       e.dev_major = h.dev_major;
       e.dev_minor = h.dev_minor;
+    }
+    dropped += BoundXattrs(&o.xattrs);
+    if (dropped > 0) {
+      stats_.dropped_xattrs += dropped;
+      if (++warnings_ <= 100) {
+        LOG_WARN("tar: entry '" + Printable(e.path) + "': " + std::to_string(dropped) +
+                 " xattrs dropped (over 255-byte name, 64 KiB value, 128 or 64 KiB per entry)");
+      }
     }
     e.xattrs = std::move(o.xattrs);
     *out = std::move(e);

@@ -208,7 +208,8 @@ TEST(TarReaderTest, PaxOverridesGnuLongNamesAndTypes) {
   EXPECT_EQ(es[0].mtime_sec, 1600000000);
   EXPECT_EQ(es[0].mtime_nsec, 500000000u);
   EXPECT_EQ(es[0].uid, 4000000000u);
-  EXPECT_EQ(es[0].uname, "globaluser");
+  // Global records change no entry, as in Go's archive/tar (podman's view).
+  EXPECT_EQ(es[0].uname, "root");
   EXPECT_EQ(es[0].size, 5u);
   EXPECT_EQ(es[0].data_offset, 5 * 512u);  // g hdr+data, x hdr+data, header
   ASSERT_EQ(es[0].xattrs.size(), 1u);
@@ -226,6 +227,26 @@ TEST(TarReaderTest, PaxOverridesGnuLongNamesAndTypes) {
   EXPECT_EQ(es[7].type, EntryType::kDirectory);
   EXPECT_EQ(es[7].path, "v7dir");
   EXPECT_TRUE(stats.saw_end_marker);
+}
+
+TEST(TarReaderTest, GlobalPaxKeptWithinItsCap) {
+  TarWriter w;
+  w.Pax({{"comment", std::string(30 << 10, 'a')}}, 'g');
+  w.Pax({{"comment", std::string(30 << 10, 'b')}}, 'g');
+  w.Pax({{"comment", std::string(30 << 10, 'c')}}, 'g');  // over 64 KiB in all
+  w.File("f", "x");
+  w.End();
+  StringStream ss(w.str());
+  TarReader r(&ss);
+  TarEntry e;
+  auto more = r.Next(&e);
+  ASSERT_OK(more);
+  ASSERT_TRUE(*more);
+  EXPECT_EQ(e.path, "f");
+  ASSERT_EQ(r.global_pax().size(), 2u);
+  EXPECT_EQ(r.global_pax()[1].second[0], 'b');
+  EXPECT_EQ(r.stats().ignored_global_pax, 1u);
+  EXPECT_EQ(r.stats().skipped, 1u);
 }
 
 TEST(TarReaderTest, Base256SizeAndSignedChecksumEntries) {
