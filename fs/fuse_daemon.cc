@@ -92,11 +92,23 @@ int ReplyStatus(fuse_req_t req, const Status& s, const char* site) {
   return fuse_reply_err(req, err);
 }
 
+// Whether the caller may make the content work on its behalf
+// (FuseOptions::trusted_uids). Lookups and listings that overlayfs makes for
+// a container carry its mounter's uid, not the container process's, so a
+// container of any user started by a trusted one is trusted here.
+bool Trusted(const Impl* self, fuse_req_t req) {
+  const std::vector<uid_t>& trusted = self->opts.trusted_uids;
+  return trusted.empty() ||
+         std::find(trusted.begin(), trusted.end(), fuse_req_ctx(req)->uid) != trusted.end();
+}
+
 // A pending directory (a layer not yet indexed) is filled before anyone
-// looks into it.
-Status EnsurePopulated(Impl* self, Ino dir) {
+// looks into it; filling it fetches the layer, so only a trusted caller may
+// start that.
+Status EnsurePopulated(Impl* self, fuse_req_t req, Ino dir) {
   uint32_t id = self->tree->PendingId(dir);
   if (id == 0) return Status::Ok();
+  if (!Trusted(self, req)) return Status::Unauthorized("caller may not populate");
   return self->content->Populate(id);
 }
 
@@ -130,7 +142,7 @@ void OpInit(void* userdata, fuse_conn_info* conn) {
 void OpLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   Guard(req, "lookup", [&] {
     Impl* self = Self(req);
-    if (Status s = EnsurePopulated(self, parent); !s.ok()) {
+    if (Status s = EnsurePopulated(self, req, parent); !s.ok()) {
       ReplyStatus(req, s, "F03 lookup populate");
       return;
     }
@@ -139,7 +151,12 @@ void OpLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
     e.attr_timeout = self->opts.timeout_s;
     e.entry_timeout = self->opts.timeout_s;
     Result<Ino> ino = self->tree->Lookup(parent, name);
-    if (!ino.ok() && ino.status().code() == Code::kNotFound) {
+    if (!ino.ok() && ino.status().code() == Code::kNotFound && !Trusted(self, req)) {
+      // The content would resolve the name (a store: over the network). An
+      // untrusted caller gets ENOENT, which the kernel must not remember
+      // for the trusted callers after it.
+      e.entry_timeout = 0;
+    } else if (!ino.ok() && ino.status().code() == Code::kNotFound) {
       bool cache_negative = true;
       Status miss = self->content->LookupMiss(parent, name, &cache_negative);
       if (miss.ok()) {
@@ -218,7 +235,7 @@ void OpOpendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
       fuse_reply_err(req, ENOSYS);  // the kernel stops sending opendir
       return;
     }
-    if (Status s = EnsurePopulated(self, ino); !s.ok()) {
+    if (Status s = EnsurePopulated(self, req, ino); !s.ok()) {
       ReplyStatus(req, s, "F08 opendir populate");
       return;
     }
@@ -240,7 +257,7 @@ void OpOpendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 void DoReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus) {
   Guard(req, plus ? "readdirplus" : "readdir", [&] {
     Impl* self = Self(req);
-    if (Status s = EnsurePopulated(self, ino); !s.ok()) {
+    if (Status s = EnsurePopulated(self, req, ino); !s.ok()) {
       ReplyStatus(req, s, "F10 readdir populate");
       return;
     }
@@ -371,7 +388,8 @@ void OpRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_in
     Result<size_t> n =
         self->content->Read(*node, static_cast<uint64_t>(off), std::span<uint8_t>(buf.get(), size));
     if (!n.ok()) {
-      ReplyStatus(req, n.status(), "F15 read");
+      LOG_WARN("EIO (F15 read): " + n.status().ToString());
+      fuse_reply_err(req, ReadFailureErrno(n.status()));
       return;
     }
     fuse_reply_buf(req, reinterpret_cast<const char*>(buf.get()), *n);
@@ -466,16 +484,27 @@ void OpStatfs(fuse_req_t req, fuse_ino_t) {
   });
 }
 
+// Create and rmdir are notifications to the content (a store counts the
+// uses of a layer): only trusted callers may send them.
 void OpCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t, fuse_file_info*) {
-  Guard(req, "create", [&] { fuse_reply_err(req, Self(req)->content->CreateErrno(parent, name)); });
+  Guard(req, "create", [&] {
+    Impl* self = Self(req);
+    fuse_reply_err(req, Trusted(self, req) ? self->content->CreateErrno(parent, name) : EACCES);
+  });
 }
 
 void OpMknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t, dev_t) {
-  Guard(req, "mknod", [&] { fuse_reply_err(req, Self(req)->content->CreateErrno(parent, name)); });
+  Guard(req, "mknod", [&] {
+    Impl* self = Self(req);
+    fuse_reply_err(req, Trusted(self, req) ? self->content->CreateErrno(parent, name) : EACCES);
+  });
 }
 
 void OpRmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
-  Guard(req, "rmdir", [&] { fuse_reply_err(req, Self(req)->content->RmdirErrno(parent, name)); });
+  Guard(req, "rmdir", [&] {
+    Impl* self = Self(req);
+    fuse_reply_err(req, Trusted(self, req) ? self->content->RmdirErrno(parent, name) : EACCES);
+  });
 }
 
 void OpAccess(fuse_req_t req, fuse_ino_t, int mask) {

@@ -7,6 +7,8 @@
 #ifndef REGFS_FS_FUSE_DAEMON_H_
 #define REGFS_FS_FUSE_DAEMON_H_
 
+#include <sys/types.h>
+
 #include <atomic>
 #include <cerrno>
 #include <cstdint>
@@ -61,6 +63,15 @@ struct FuseOptions {
   // Mount "ro". A layer store mounts rw so that create/rmdir notifications
   // reach CreateErrno/RmdirErrno; nothing is writable either way.
   bool read_only = true;
+  // Callers (the request's uid) who may make the content do work on their
+  // behalf: LookupMiss (a layer store resolves a reference, with its
+  // credentials, over the network), Populate (indexes a layer) and the
+  // create/rmdir notifications. Anyone else gets ENOENT for a miss (not
+  // cached, so a trusted caller's lookup of the same name still asks),
+  // EACCES for the rest, and the content is not called. Empty: everyone.
+  // Reads are not checked: a container's process faults pages of a layer
+  // file in with its own uid, not overlayfs's mounter's.
+  std::vector<uid_t> trusted_uids;
 };
 
 class FuseDaemon {
