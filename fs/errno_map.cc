@@ -21,4 +21,6 @@ int StatusToErrno(const Status& s) {
   return EIO;
 }
 
+int ReadFailureErrno(const Status& s) { return s.ok() ? 0 : EIO; }
+
 }  // namespace regfs

@@ -9,6 +9,11 @@
 namespace regfs {
 
 int StatusToErrno(const Status& s);
+// A read of file data that failed: always EIO. Whatever went wrong below
+// (a registry that forgot the blob, refused us, a corrupt chunk), the file
+// exists and was opened; ENOENT, EACCES or EINVAL from read(2) would tell a
+// program something false about the file.
+int ReadFailureErrno(const Status& s);
 
 }  // namespace regfs
 

@@ -7,49 +7,35 @@
 #include "reader/base/digest.h"
 #include "reader/base/log.h"
 #include "reader/image/manifest.h"
-#include "reader/layer/index_builder.h"
 
 namespace regfs {
-namespace {
-
-// The uncompressed stream of a layer as a blob, for the chunk cache to keep.
-class DecompressedSource : public BlobSource {
- public:
-  explicit DecompressedSource(LayerReader* reader) : reader_(reader) {}
-  Status ReadAt(const BlobDescriptor&, uint64_t offset, std::span<uint8_t> out) override {
-    ASSIGN_OR_RETURN(size_t n, reader_->ReadAt(offset, out));
-    if (n != out.size()) return Status::Corrupt("layer stream shorter than its index says");
-    return Status::Ok();
-  }
-
- private:
-  LayerReader* reader_;
-};
-
-}  // namespace
 
 ImageFs::ImageFs(ImageFsInput input, BlobSource* blobs, std::function<std::string()> status,
                  ImageFsOptions opts)
-    : input_(std::move(input)),
-      blobs_(blobs),
-      status_(std::move(status)),
-      opts_(std::move(opts)),
-      index_source_(blobs, &cancelled_) {
+    : input_(std::move(input)), blobs_(blobs), status_(std::move(status)), opts_(std::move(opts)) {
   if (opts_.readahead_threads > 0) {
     prefetcher_ = std::make_unique<Prefetcher>(blobs_, opts_.readahead_threads,
-                                               opts_.readahead_job, opts_.readahead_request);
+                                               opts_.readahead_job, opts_.readahead_request,
+                                               opts_.readahead_max);
   }
+  LayerSetOptions lo = opts_.layer_set;
+  if (prefetcher_ && !lo.read_ahead) {
+    // Index passes read ahead through the same engine as blob readers; a
+    // failure there is only logged, the pass reports its own.
+    lo.read_ahead = [p = prefetcher_.get()](BlobSource* src, const BlobDescriptor& b,
+                                            uint64_t off, uint64_t len) {
+      p->Enqueue(b, off, len, src);
+    };
+  }
+  layer_set_ = std::make_unique<LayerSet>(std::move(lo));
   Build();
 }
 
 ImageFs::~ImageFs() {
-  cancelled_ = true;
-  {
-    std::lock_guard lock(layers_mu_);
-    stop_ = true;
-  }
-  layers_cv_.notify_all();
-  for (auto& t : index_threads_) t.join();
+  layer_set_->Cancel();
+  if (background_.joinable()) background_.join();
+  layers_.clear();
+  layer_set_.reset();
 }
 
 void ImageFs::Build() {
@@ -86,12 +72,15 @@ void ImageFs::Build() {
   if (opts_.layers) {
     Ino layers = tree_.AddDir(kRootIno, "layers");
     tree_.SetTimesAndOwner(layers, input_.mtime_sec, opts_.uid, opts_.gid);
-    layers_.resize(input_.layers.size());
     for (size_t i = 0; i < input_.layers.size(); ++i) {
-      layers_[i].dir = tree_.AddDir(layers, std::to_string(i), 0755);
-      tree_.SetTimesAndOwner(layers_[i].dir, input_.mtime_sec, opts_.uid, opts_.gid);
-      tree_.SetPending(layers_[i].dir, static_cast<uint32_t>(i + 1));
+      std::string diff_id = i < input_.diff_ids.size() ? input_.diff_ids[i] : "";
+      layers_.push_back(layer_set_->Get(input_.layers[i], diff_id, blobs_));
+      Ino dir = tree_.AddDir(layers, std::to_string(i), 0755);
+      tree_.SetTimesAndOwner(dir, input_.mtime_sec, opts_.uid, opts_.gid);
+      tree_.SetPending(dir, static_cast<uint32_t>(i + 1));
+      layer_dirs_.push_back(dir);
     }
+    tree_stats_.resize(layers_.size());
     rootfs_dir_ = tree_.AddDir(kRootIno, "rootfs", 0755);
     tree_.SetTimesAndOwner(rootfs_dir_, input_.mtime_sec, opts_.uid, opts_.gid);
     tree_.SetPending(rootfs_dir_, static_cast<uint32_t>(layers_.size() + 1));
@@ -111,30 +100,17 @@ Result<size_t> ImageFs::Read(const Node& node, uint64_t offset, std::span<uint8_
       const BlobDescriptor& blob = input_.layers.at(node.content_id);
       if (offset >= blob.size) return size_t{0};
       size_t n = static_cast<size_t>(std::min<uint64_t>(out.size(), blob.size - offset));
-      MaybeReadAhead(blob, offset, n);
+      if (prefetcher_) prefetcher_->OnRead(blob, offset, n);
       RETURN_IF_ERROR(blobs_->ReadAt(blob, offset, out.first(n)));
       return n;
     }
     case ContentKind::kLayerEntry: {
-      LayerReader* reader = nullptr;
-      BlobSource* raw = nullptr;
-      BlobDescriptor raw_desc;
-      {
-        std::lock_guard lock(layers_mu_);
-        if (node.content_id < layers_.size()) {
-          reader = layers_[node.content_id].reader.get();
-          raw = layers_[node.content_id].raw.get();
-          raw_desc = layers_[node.content_id].raw_desc;
-        }
-      }
-      if (!reader) return Status::NotFound("layer not indexed");
+      if (node.content_id >= layers_.size()) return Status::IoError("no such layer");
       if (offset >= node.attr.size) return size_t{0};
       size_t n = static_cast<size_t>(std::min<uint64_t>(out.size(), node.attr.size - offset));
-      if (raw) {
-        RETURN_IF_ERROR(raw->ReadAt(raw_desc, node.content_arg + offset, out.first(n)));
-        return n;
-      }
-      ASSIGN_OR_RETURN(size_t got, reader->ReadAt(node.content_arg + offset, out.first(n)));
+      ASSIGN_OR_RETURN(size_t got,
+                       layers_[node.content_id]->ReadUncompressed(node.content_arg + offset,
+                                                                  out.first(n)));
       if (got != n) return Status::Corrupt("layer stream ends inside a file");
       return n;
     }
@@ -143,272 +119,94 @@ Result<size_t> ImageFs::Read(const Node& node, uint64_t offset, std::span<uint8_
   }
 }
 
-void ImageFs::MaybeReadAhead(const BlobDescriptor& blob, uint64_t offset, size_t len) {
-  if (!prefetcher_) return;
-  // The kernel issues its own read-ahead asynchronously, from several threads,
-  // so "sequential" allows a little reordering around the expected offset.
-  constexpr uint64_t kSlack = 2ull << 20;
-  uint64_t from = 0, count = 0;
-  {
-    std::lock_guard lock(streams_mu_);
-    Stream& st = streams_[blob.digest];
-    bool sequential = st.next != 0 && offset + kSlack >= st.next && offset <= st.next + kSlack;
-    if (!sequential) {
-      st = Stream{offset + len, 0, 0};
-      return;
-    }
-    st.next = std::max(st.next, offset + len);
-    st.window = st.window == 0 ? opts_.readahead_job
-                               : std::min(st.window * 2, opts_.readahead_max);
-    uint64_t target = std::min(blob.size, st.next + st.window);
-    from = std::max(st.ahead_to, st.next);
-    if (target <= from) return;
-    // Top up in batches of half the window (at most one request's worth),
-    // so that an established stream makes few large requests rather than one
-    // small one every few reads.
-    if (target < blob.size && target - from < std::min(st.window / 2, opts_.readahead_request)) {
-      return;
-    }
-    count = target - from;
-    st.ahead_to = target;
-  }
-  prefetcher_->Enqueue(blob, from, count);
-}
-
 Result<std::string> ImageFs::Generate(const Node& node) {
   if (node.kind != ContentKind::kDynamic) return Status::InvalidArgument("not dynamic");
   return status_ ? status_() : std::string("{}\n");
 }
 
 Status ImageFs::Populate(uint32_t id) {
-  size_t i = id - 1;
   if (opts_.layers && id == layers_.size() + 1) return PopulateRootfs();
-  std::unique_lock lock(layers_mu_);
-  if (id == 0 || i >= layers_.size()) return Status::NotFound("no such layer");
-  if (layers_[i].state == Layer::State::kPending) {
-    // On demand before background: whoever looks first builds it.
-    layers_[i].state = Layer::State::kBuilding;
-    lock.unlock();
-    BuildLayer(i);
-    lock.lock();
+  if (id == 0 || id > layers_.size()) return Status::NotFound("no such layer");
+  return PopulateLayer(id - 1);
+}
+
+Status ImageFs::PopulateLayer(size_t i) {
+  LayerTreeStats ts;
+  bool filled_now = tree_.PendingId(layer_dirs_[i]) != 0;
+  RETURN_IF_ERROR(layers_[i]->FillTree(tree_, layer_dirs_[i], static_cast<uint32_t>(i),
+                                       opts_.whiteouts, HardLinkMetadata::kKeepTarget, &ts));
+  if (filled_now && ts.entries + ts.skipped > 0) {
+    std::lock_guard lock(rootfs_mu_);
+    tree_stats_[i] = ts;
   }
-  layers_cv_.wait(lock, [&] {
-    return layers_[i].state == Layer::State::kReady || layers_[i].state == Layer::State::kFailed;
-  });
-  return layers_[i].state == Layer::State::kReady ? Status::Ok() : layers_[i].error;
+  return Status::Ok();
 }
 
 void ImageFs::StartIndexing() {
   if (!opts_.layers || layers_.empty()) return;
-  int n = std::max(1, std::min<int>(opts_.index_threads, static_cast<int>(layers_.size())));
-  for (int t = 0; t < n; ++t) index_threads_.emplace_back([this] { IndexWorker(); });
-}
-
-void ImageFs::IndexWorker() {
-  for (;;) {
-    size_t next = layers_.size();
-    {
-      std::lock_guard lock(layers_mu_);
-      if (stop_) return;
-      for (size_t i = 0; i < layers_.size(); ++i) {
-        if (layers_[i].state == Layer::State::kPending) {
-          layers_[i].state = Layer::State::kBuilding;
-          next = i;
-          break;
-        }
-      }
+  for (const auto& l : layers_) layer_set_->BuildInBackground(l);
+  background_ = std::thread([this] {
+    Status s = PopulateRootfs();
+    if (!s.ok() && !layer_set_->cancelled()) {
+      LOG_WARN("rootfs/ not ready: " + s.ToString() + " (the next look into it tries again)");
     }
-    if (next == layers_.size()) {
-      // Every layer is claimed: the merged view is the next background job,
-      // then random access into single-frame zstd layers.
-      (void)PopulateRootfs();
-      FillRawLayers();
-      return;
-    }
-    BuildLayer(next);
-  }
-}
-
-Result<LayerIndex> LoadOrBuildLayerIndex(const IndexStore& store, BlobSource* source,
-                                         const BlobDescriptor& blob,
-                                         const IndexBuildOptions& build, bool* from_store) {
-  *from_store = false;
-  if (store.get) {
-    if (std::optional<std::string> bytes = store.get(blob.digest)) {
-      Result<LayerIndex> idx = LayerIndex::Deserialize(*bytes);
-      if (idx.ok() && idx->blob_digest != blob.digest) {
-        idx = Status::Corrupt("it indexes " + idx->blob_digest);
-      }
-      if (idx.ok()) {
-        *from_store = true;
-        return idx;
-      }
-      LOG_WARN("layer " + blob.digest + ": stored index unusable (" + idx.status().ToString() +
-               "); rebuilding");
-    }
-  }
-  ASSIGN_OR_RETURN(LayerIndex idx,
-                   BuildLayerIndex(source, blob, CompressionOfMediaType(blob.media_type), build));
-  if (store.put) store.put(blob.digest, idx.Serialize());
-  return idx;
-}
-
-std::shared_ptr<const LayerIndex> IndexForReader(LayerIndex index) {
-  index.entries.clear();
-  index.entries.shrink_to_fit();
-  return std::make_shared<const LayerIndex>(std::move(index));
-}
-
-Result<std::shared_ptr<const LayerIndex>> ImageFs::LoadOrBuildIndex(size_t i) {
-  const BlobDescriptor& blob = input_.layers[i];
-  IndexBuildOptions bo;
-  bo.progress = [this, i](uint64_t done, uint64_t total) {
-    {
-      std::lock_guard lock(layers_mu_);
-      layers_[i].done = done;
-    }
-    if (opts_.progress) {
-      opts_.progress("indexing layer " + std::to_string(i) + ": " +
-                     std::to_string(total ? done * 100 / total : 100) + "%");
-    }
-  };
-  bool from_store = false;
-  ASSIGN_OR_RETURN(LayerIndex idx,
-                   LoadOrBuildLayerIndex(opts_.index_store, &index_source_, blob, bo, &from_store));
-  if (from_store) {
-    std::lock_guard lock(layers_mu_);
-    layers_[i].from_cache = true;
-    layers_[i].done = blob.size;
-  }
-  return std::make_shared<const LayerIndex>(std::move(idx));
-}
-
-void ImageFs::BuildLayer(size_t i) {
-  Result<std::shared_ptr<const LayerIndex>> idx = LoadOrBuildIndex(i);
-  if (!idx.ok()) {
-    LOG_ERROR("layer " + std::to_string(i) + " (" + input_.layers[i].digest +
-              "): cannot index: " + idx.status().ToString());
-    std::lock_guard lock(layers_mu_);
-    layers_[i].state = Layer::State::kFailed;
-    layers_[i].error = idx.status();
-    layers_cv_.notify_all();
-    return;
-  }
-  Ino dir;
-  {
-    std::lock_guard lock(layers_mu_);
-    dir = layers_[i].dir;
-  }
-  LayerTreeStats ts = AddLayerEntries(tree_, dir, static_cast<uint32_t>(i), **idx,
-                                      opts_.whiteouts);
-  // The tree holds the entries now; the reader needs only the restart points.
-  std::shared_ptr<const LayerIndex> trimmed = IndexForReader(**idx);
-  idx->reset();
-  auto reader = std::make_unique<LayerReader>(blobs_, input_.layers[i], trimmed);
-  std::unique_ptr<BlobSource> raw_upstream, raw;
-  BlobDescriptor raw_desc;
-  if (trimmed->NeedsSequentialDecompression() && opts_.make_cached &&
-      i < input_.diff_ids.size() && ValidateDigest(input_.diff_ids[i]).ok()) {
-    raw_desc = {"application/vnd.oci.image.layer.v1.tar", input_.diff_ids[i],
-                trimmed->uncompressed_size};
-    raw_upstream = std::make_unique<DecompressedSource>(reader.get());
-    raw = opts_.make_cached(raw_upstream.get());
-  }
-  {
-    std::lock_guard lock(layers_mu_);
-    layers_[i].index = trimmed;
-    layers_[i].reader = std::move(reader);
-    layers_[i].raw_upstream = std::move(raw_upstream);
-    layers_[i].raw = std::move(raw);
-    layers_[i].raw_desc = raw_desc;
-  }
-  tree_.ClearPending(dir);
-  std::lock_guard lock(layers_mu_);
-  layers_[i].tree_stats = ts;
-  layers_[i].state = Layer::State::kReady;
-  layers_cv_.notify_all();
-  if (opts_.progress) opts_.progress("layer " + std::to_string(i) + " ready");
+    if (s.ok() && layer_set_->options().progress) layer_set_->options().progress("rootfs ready");
+  });
 }
 
 Status ImageFs::PopulateRootfs() {
   for (size_t i = 0; i < layers_.size(); ++i) {
-    Status s = Populate(static_cast<uint32_t>(i + 1));
+    Status s = PopulateLayer(i);
     if (!s.ok()) return s.Annotate("rootfs needs layer " + std::to_string(i));
   }
-  std::unique_lock lock(layers_mu_);
-  if (rootfs_state_ == Layer::State::kPending) {
-    rootfs_state_ = Layer::State::kBuilding;
-    std::vector<Ino> roots;
-    for (const Layer& l : layers_) roots.push_back(l.dir);
-    lock.unlock();
-    MergeStats ms = MergeLayers(tree_, roots, rootfs_dir_, opts_.whiteouts);
-    tree_.ClearPending(rootfs_dir_);
-    lock.lock();
-    rootfs_stats_ = ms;
-    rootfs_state_ = Layer::State::kReady;
-    // Index builds freed their buffers: give the memory back to the system.
-    malloc_trim(0);
-    layers_cv_.notify_all();
-    if (opts_.progress) opts_.progress("rootfs ready");
-  }
-  layers_cv_.wait(lock, [&] { return rootfs_state_ == Layer::State::kReady; });
-  return Status::Ok();
-}
-
-void ImageFs::FillRawLayers() {
-  for (size_t i = 0;; ++i) {
-    BlobSource* raw = nullptr;
-    BlobDescriptor desc;
-    {
-      std::lock_guard lock(layers_mu_);
-      if (i >= layers_.size() || stop_) return;
-      if (!layers_[i].raw || layers_[i].raw_filled) continue;
-      layers_[i].raw_filled = true;  // claimed: one worker fills each layer
-      raw = layers_[i].raw.get();
-      desc = layers_[i].raw_desc;
-    }
-    std::vector<uint8_t> buf(4 << 20);
-    for (uint64_t off = 0; off < desc.size && !cancelled_; off += buf.size()) {
-      size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), desc.size - off));
-      Status s = raw->ReadAt(desc, off, std::span(buf.data(), n));
-      if (!s.ok()) {
-        LOG_WARN("layer " + std::to_string(i) + ": keeping its decompressed tar failed: " +
-                 s.ToString() + " (reads decompress from the start instead)");
-        break;
-      }
+  std::unique_lock lock(rootfs_mu_);
+  auto deadline = std::chrono::steady_clock::now() + opts_.layer_set.wait_timeout;
+  for (;;) {
+    if (rootfs_state_ == Layer::State::kReady) return Status::Ok();
+    if (rootfs_state_ != Layer::State::kBuilding) break;
+    if (!rootfs_cv_.wait_until(lock, deadline,
+                               [&] { return rootfs_state_ != Layer::State::kBuilding; })) {
+      return Status::Transient("timed out waiting for rootfs/");
     }
   }
+  rootfs_state_ = Layer::State::kBuilding;
+  lock.unlock();
+  MergeStats ms;
+  Status merged;
+  try {
+    ms = MergeLayers(tree_, layer_dirs_, rootfs_dir_, opts_.whiteouts);
+  } catch (const std::exception& e) {
+    merged = Status::IoError(std::string("merging layers failed: ") + e.what());
+  }
+  if (merged.ok()) tree_.ClearPending(rootfs_dir_);
+  lock.lock();
+  rootfs_stats_ = ms;
+  rootfs_state_ = merged.ok() ? Layer::State::kReady : Layer::State::kFailed;
+  rootfs_error_ = merged;
+  // Index builds freed their buffers: give the memory back to the system.
+  if (merged.ok()) malloc_trim(0);
+  rootfs_cv_.notify_all();
+  return merged;
 }
 
 std::string ImageFs::RootfsState() const {
   static const char* kNames[] = {"pending", "building", "ready", "failed"};
-  std::lock_guard lock(layers_mu_);
+  std::lock_guard lock(rootfs_mu_);
   return kNames[static_cast<int>(rootfs_state_)];
 }
 
 MergeStats ImageFs::RootfsStats() const {
-  std::lock_guard lock(layers_mu_);
+  std::lock_guard lock(rootfs_mu_);
   return rootfs_stats_;
 }
 
 std::vector<LayerIndexStatus> ImageFs::LayerStatuses() const {
-  std::lock_guard lock(layers_mu_);
   std::vector<LayerIndexStatus> out;
   for (size_t i = 0; i < layers_.size(); ++i) {
-    const Layer& l = layers_[i];
-    LayerIndexStatus st;
-    static const char* kNames[] = {"pending", "building", "ready", "failed"};
-    st.state = kNames[static_cast<int>(l.state)];
-    uint64_t size = input_.layers[i].size;
-    st.percent = l.state == Layer::State::kReady ? 100.0
-                 : size ? 100.0 * static_cast<double>(l.done) / static_cast<double>(size)
-                        : 0.0;
-    st.from_cache = l.from_cache;
-    st.entries = l.tree_stats.entries;
-    st.skipped = l.tree_stats.skipped;
-    st.sequential_only = l.index && l.index->NeedsSequentialDecompression() && !l.raw;
-    st.raw_cached = l.raw != nullptr;
-    if (!l.error.ok()) st.error = l.error.ToString();
+    LayerIndexStatus st = layers_[i]->Snapshot();
+    std::lock_guard lock(rootfs_mu_);
+    if (tree_stats_[i].entries) st.entries = tree_stats_[i].entries;
+    st.skipped += tree_stats_[i].skipped;
     out.push_back(st);
   }
   return out;

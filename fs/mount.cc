@@ -219,13 +219,13 @@ int ServeMount(MountOptions mo, DaemonReady* ready) {
   ImageFsOptions fso;
   fso.whiteouts = mo.overlay_whiteouts ? WhiteoutMode::kOverlay : WhiteoutMode::kAsInTar;
   fso.readahead_threads = mo.readahead_threads;
-  fso.index_store = CacheIndexStore(cache->get());
+  fso.layer_set.index_store = CacheIndexStore(cache->get());
   ChunkCache* db = cache->get();
-  fso.make_cached = [db](BlobSource* upstream) -> std::unique_ptr<BlobSource> {
+  fso.layer_set.make_cached = [db](BlobSource* upstream) -> std::unique_ptr<BlobSource> {
     return std::make_unique<CachedBlobSource>(db, upstream);
   };
   if (!ready) {  // -f: a progress line on the terminal
-    fso.progress = [](const std::string& line) {
+    fso.layer_set.progress = [](const std::string& line) {
       std::fprintf(stderr, "\r\033[Kregfs: %s", line.c_str());
       if (line.find("ready") != std::string::npos) std::fprintf(stderr, "\n");
     };
@@ -313,6 +313,11 @@ CachedSourceOptions DaemonCacheOptions() {
   o.verify_sequential = false;
   o.verify_complete = true;
   o.small_random_fetches = true;
+  // One read-ahead policy: fs/'s (ImageFs::MaybeReadAhead and the index
+  // passes' look-ahead), in the background, whose failures are only logged.
+  // The cache's own window would widen foreground fetches, and a failure of
+  // the widened part would fail the read that asked for less.
+  o.readahead = false;
   // A read-ahead request is fetched as one upstream request, not split.
   o.max_fetch_bytes = ImageFsOptions{}.readahead_request;
   return o;

@@ -18,24 +18,7 @@ namespace regfs {
 namespace {
 
 constexpr uint32_t kStatusId = 0xffffffffu;  // content_id of .regfs/status.json
-// Background index builds at once: podman looks up an image's layers
-// together, and each build mostly waits for the registry.
-constexpr size_t kBuilders = 4;
-
-// Fails reads once `stop` is set, so that a store being torn down does not
-// wait for a whole layer to download.
-class StoppableSource : public BlobSourceWrapper {
- public:
-  StoppableSource(BlobSource* target, const std::atomic<bool>* stop)
-      : BlobSourceWrapper(target), stop_(stop) {}
-  Status ReadAt(const BlobDescriptor& blob, uint64_t offset, std::span<uint8_t> out) override {
-    if (stop_->load()) return Status::Transient("the store is stopping");
-    return BlobSourceWrapper::ReadAt(blob, offset, out);
-  }
-
- private:
-  const std::atomic<bool>* stop_;
-};
+constexpr std::string_view kLayersDir = ".layers";
 
 Node FileNode(ContentKind kind, uint32_t id, uint64_t size) {
   Node n;
@@ -65,20 +48,43 @@ LayerStore::LayerStore(ChunkCache* cache, CommonOptions common, IndexStore index
   tree_.Update(kRootIno, [](Node& n) { n.attr.mode = S_IFDIR | 0755; });
   Ino meta = tree_.AddDir(kRootIno, ".regfs");
   status_file_ = tree_.AddChild(meta, "status.json", FileNode(ContentKind::kDynamic, kStatusId, 0));
+  layers_dir_ = tree_.AddDir(kRootIno, std::string(kLayersDir), 0755);
+
+  ImageFsOptions defaults;
+  prefetcher_ = std::make_unique<Prefetcher>(nullptr, defaults.readahead_threads,
+                                             defaults.readahead_job, defaults.readahead_request,
+                                             defaults.readahead_max);
+  LayerSetOptions lo;
+  lo.index_store = index_store_;
+  // podman looks up an image's layers together, and each build mostly
+  // waits for the registry.
+  lo.threads = 4;
+  lo.read_ahead = [p = prefetcher_.get()](BlobSource* src, const BlobDescriptor& b,
+                                          uint64_t off, uint64_t len) {
+    p->Enqueue(b, off, len, src);
+  };
+  lo.make_cached = [cache](BlobSource* upstream) -> std::unique_ptr<BlobSource> {
+    return std::make_unique<CachedBlobSource>(cache, upstream);
+  };
+  layer_set_ = std::make_unique<LayerSet>(std::move(lo));
 }
 
 LayerStore::~LayerStore() {
+  layer_set_->Cancel();
   {
     std::lock_guard lock(mu_);
-    stopping_ = true;
+    layers_.clear();
   }
-  build_cv_.notify_all();
-  for (std::thread& t : builders_) t.join();
+  layer_set_.reset();
+  prefetcher_.reset();
 }
 
 StoreCounters LayerStore::Counters() const {
   std::lock_guard lock(mu_);
-  return counters_;
+  StoreCounters c = counters_;
+  c.indexed = 0;
+  for (const StoreLayer& l : layers_) c.indexed += tree_.PendingId(l.diff) == 0;
+  return c;
 }
 
 std::string LayerStore::StatusJson() const {
@@ -88,20 +94,25 @@ std::string LayerStore::StatusJson() const {
   j["images"] = counters_.images;
   j["uses"] = counters_.uses;
   j["releases"] = counters_.releases;
-  j["indexedLayers"] = counters_.indexed;
-  j["treeNodes"] = tree_.Count();
+  uint64_t indexed = 0;
   j["layers"] = nlohmann::json::array();
-  static const char* kStates[] = {"pending", "building", "ready", "failed"};
-  for (const Layer& l : layers_) {
-    nlohmann::json lj = {{"digest", l.blob.digest},
-                         {"diffID", l.diff_id},
-                         {"state", kStates[static_cast<int>(l.state)]},
-                         {"queued", l.queued},
+  for (const StoreLayer& l : layers_) {
+    LayerIndexStatus st = l.layer->Snapshot();
+    bool filled = tree_.PendingId(l.diff) == 0;
+    indexed += filled;
+    nlohmann::json lj = {{"digest", l.layer->blob().digest},
+                         {"diffID", l.layer->diff_id()},
+                         {"state", st.state},
+                         {"treeFilled", filled},
                          {"uses", l.uses},
                          {"releases", l.releases}};
-    if (!l.error.ok()) lj["error"] = l.error.ToString();
+    if (!st.error.empty()) lj["error"] = st.error;
     j["layers"].push_back(lj);
   }
+  j["indexedLayers"] = indexed;
+  j["liveLayerHandles"] = layer_set_->LiveCount();
+  j["treeNodes"] = tree_.Count();
+  j["treeBytes"] = tree_.MemoryBytes();
   return j.dump(2) + "\n";
 }
 
@@ -120,8 +131,9 @@ Status LayerStore::AddImage(std::string_view name, bool* cache_negative) {
   std::string repo_key = ref->registry + "/" + ref->repository;
   Repo& repo = repos_[repo_key];
   if (!repo.client) {
-    ASSIGN_OR_RETURN(RegistryClientOptions co, MakeClientOptions(common_, ref->registry));
-    Result<std::unique_ptr<RegistryClient>> client = RegistryClient::Create(*ref, co);
+    Result<RegistryClientOptions> co = MakeClientOptions(common_, ref->registry);
+    Result<std::unique_ptr<RegistryClient>> client =
+        co.ok() ? RegistryClient::Create(*ref, *co) : Result<std::unique_ptr<RegistryClient>>(co.status());
     if (!client.ok()) {
       repos_.erase(repo_key);
       LOG_WARN("store: " + *text + ": " + client.status().ToString());
@@ -150,33 +162,16 @@ Status LayerStore::AddImage(std::string_view name, bool* cache_negative) {
              " diff_ids for " + std::to_string(blobs.size()) + " layers");
     return Status::NotFound("diff_ids do not match the layers");
   }
-  // Nobody sees the image directory's children before this lookup answers:
-  // the kernel sends one lookup at a time for a name in a directory.
-  Ino image_dir = tree_.AddChild(kRootIno, std::string(name), DirNode());
   for (size_t i = 0; i < blobs.size(); ++i) {
-    bool existed = false;
-    Ino dir = tree_.AddChild(image_dir, blobs[i].digest, DirNode(), &existed);
-    if (existed) continue;  // the same layer twice in one image
-    size_t id;
-    {
-      std::lock_guard lock(mu_);
-      id = layers_.size();
-      Layer& l = layers_.emplace_back();
-      l.blob = blobs[i];
-      l.diff_id = img->config.diff_ids[i];
-      l.source = repo.cached.get();
-      l.dir = dir;
-      layer_dirs_[dir] = id;
-      ++counters_.layers;
-    }
-    Ino diff = tree_.AddDir(dir, "diff", 0755);
-    tree_.SetPending(diff, static_cast<uint32_t>(id + 1));
-    tree_.AddChild(dir, "info", FileNode(ContentKind::kDynamic, static_cast<uint32_t>(id), 0));
-    tree_.AddChild(dir, "blob",
-                   FileNode(ContentKind::kBlob, static_cast<uint32_t>(id), blobs[i].size));
-    std::lock_guard lock(mu_);
-    layers_[id].diff = diff;
+    AddLayer(blobs[i], img->config.diff_ids[i], repo.cached.get());
   }
+  // Every image's directory is the one of all layers: a layer shared by
+  // many images is one directory, one tree and one reader.
+  Node link;
+  link.attr.mode = S_IFLNK | 0777;
+  link.link_target = std::string(kLayersDir);
+  link.attr.size = link.link_target.size();
+  tree_.AddChild(kRootIno, std::string(name), std::move(link));
   std::lock_guard lock(mu_);
   ++counters_.images;
   LOG_INFO("store: " + *text + " -> " + img->manifest_digest + " (" + std::to_string(blobs.size()) +
@@ -184,94 +179,78 @@ Status LayerStore::AddImage(std::string_view name, bool* cache_negative) {
   return Status::Ok();
 }
 
-std::string LayerStore::InfoJson(size_t i) {
-  std::string digest;
-  std::optional<uint64_t> size;
+void LayerStore::AddLayer(const BlobDescriptor& blob, const std::string& diff_id,
+                          BlobSource* source) {
+  size_t id;
   {
     std::lock_guard lock(mu_);
-    digest = layers_[i].blob.digest;
-    size = layers_[i].diff_size;
+    if (by_digest_.count(blob.digest)) return;
+    id = layers_.size();
+    StoreLayer& l = layers_.emplace_back();
+    l.layer = layer_set_->Get(blob, diff_id, source);
+    by_digest_[blob.digest] = id;
+    ++counters_.layers;
   }
+  // Nobody sees the directory's children before the lookup that made it
+  // answers: the kernel sends one lookup at a time for a name in a directory.
+  Ino dir = tree_.AddChild(layers_dir_, blob.digest, DirNode());
+  Ino diff = tree_.AddDir(dir, "diff", 0755);
+  tree_.SetPending(diff, static_cast<uint32_t>(id + 1));
+  tree_.AddChild(dir, "info", FileNode(ContentKind::kDynamic, static_cast<uint32_t>(id), 0));
+  tree_.AddChild(dir, "blob", FileNode(ContentKind::kBlob, static_cast<uint32_t>(id), blob.size));
+  std::lock_guard lock(mu_);
+  layers_[id].dir = dir;
+  layers_[id].diff = diff;
+  layer_dirs_[dir] = id;
+}
+
+std::shared_ptr<Layer> LayerStore::LayerAt(size_t i) const {
+  std::lock_guard lock(mu_);
+  return i < layers_.size() ? layers_[i].layer : nullptr;
+}
+
+std::string LayerStore::InfoJson(size_t i) {
+  std::shared_ptr<Layer> l = LayerAt(i);
+  std::optional<uint64_t> size = l->UncompressedSize();
   if (!size && index_store_.get) {
     // Known once the layer was indexed, by this store or another mount.
-    if (std::optional<std::string> bytes = index_store_.get(digest)) {
+    if (std::optional<std::string> bytes = index_store_.get(l->blob().digest)) {
       Result<LayerIndex> idx = LayerIndex::Deserialize(*bytes);
-      if (idx.ok() && idx->blob_digest == digest) size = idx->uncompressed_size;
+      if (idx.ok() && idx->blob_digest == l->blob().digest) size = idx->uncompressed_size;
     }
   }
-  std::lock_guard lock(mu_);
-  Layer& l = layers_[i];
-  if (size) l.diff_size = size;
-  nlohmann::json j = {{"compressed-diff-digest", l.blob.digest},
-                      {"compressed-size", l.blob.size},
-                      {"diff-digest", l.diff_id},
-                      {"compression", static_cast<int>(CompressionOfMediaType(l.blob.media_type))}};
-  if (l.diff_size) j["diff-size"] = *l.diff_size;
+  nlohmann::json j = {
+      {"compressed-diff-digest", l->blob().digest},
+      {"compressed-size", l->blob().size},
+      {"diff-digest", l->diff_id()},
+      {"compression", static_cast<int>(CompressionOfMediaType(l->blob().media_type))}};
+  if (size) j["diff-size"] = *size;
   return j.dump();
 }
 
 Result<std::string> LayerStore::Generate(const Node& node) {
   if (node.kind != ContentKind::kDynamic) return Status::InvalidArgument("not dynamic");
   if (node.content_id == kStatusId) return StatusJson();
-  {
-    std::lock_guard lock(mu_);
-    if (node.content_id >= layers_.size()) return Status::NotFound("no such layer");
-  }
+  std::shared_ptr<Layer> l = LayerAt(node.content_id);
+  if (!l) return Status::IoError("no such layer");
   // podman reads info when it looks the layer up during `podman pull`; the
   // index is then likely ready by the time `podman run` looks into diff/.
-  if (index_on_pull_) QueueBuild(node.content_id);
+  if (index_on_pull_) layer_set_->BuildInBackground(l);
   return InfoJson(node.content_id);
 }
 
-void LayerStore::QueueBuild(size_t i) {
-  {
-    std::lock_guard lock(mu_);
-    Layer& l = layers_[i];
-    if (stopping_ || l.queued || l.state != Layer::State::kPending) return;
-    l.queued = true;
-    build_queue_.push_back(i);
-    if (builders_.size() < kBuilders) builders_.emplace_back([this] { BuilderLoop(); });
-  }
-  build_cv_.notify_one();
-}
-
-void LayerStore::BuilderLoop() {
-  std::unique_lock lock(mu_);
-  for (;;) {
-    build_cv_.wait(lock, [&] { return stopping_ || !build_queue_.empty(); });
-    if (stopping_) return;
-    size_t i = build_queue_.front();
-    build_queue_.pop_front();
-    // Populate may have built it (or be building it) in the meantime.
-    if (layers_[i].state != Layer::State::kPending) continue;
-    layers_[i].state = Layer::State::kBuilding;
-    lock.unlock();
-    BuildLayer(i);
-    lock.lock();
-  }
-}
-
 Result<size_t> LayerStore::Read(const Node& node, uint64_t offset, std::span<uint8_t> out) {
-  BlobDescriptor blob;
-  BlobSource* source = nullptr;
-  LayerReader* reader = nullptr;
-  {
-    std::lock_guard lock(mu_);
-    if (node.content_id >= layers_.size()) return Status::NotFound("no such layer");
-    const Layer& l = layers_[node.content_id];
-    blob = l.blob;
-    source = l.source;
-    reader = l.reader.get();  // lives as long as the store once set
-  }
+  std::shared_ptr<Layer> l = LayerAt(node.content_id);
+  if (!l) return Status::IoError("no such layer");
   if (offset >= node.attr.size) return size_t{0};
   size_t n = static_cast<size_t>(std::min<uint64_t>(out.size(), node.attr.size - offset));
   switch (node.kind) {
     case ContentKind::kBlob:
-      RETURN_IF_ERROR(source->ReadAt(blob, offset, out.first(n)));
+      prefetcher_->OnRead(l->blob(), offset, n, l->source());
+      RETURN_IF_ERROR(l->source()->ReadAt(l->blob(), offset, out.first(n)));
       return n;
     case ContentKind::kLayerEntry: {
-      if (!reader) return Status::NotFound("layer not indexed");
-      ASSIGN_OR_RETURN(size_t got, reader->ReadAt(node.content_arg + offset, out.first(n)));
+      ASSIGN_OR_RETURN(size_t got, l->ReadUncompressed(node.content_arg + offset, out.first(n)));
       if (got != n) return Status::Corrupt("layer stream ends inside a file");
       return n;
     }
@@ -281,57 +260,18 @@ Result<size_t> LayerStore::Read(const Node& node, uint64_t offset, std::span<uin
 }
 
 Status LayerStore::Populate(uint32_t id) {
-  std::unique_lock lock(mu_);
-  if (id == 0 || id > layers_.size()) return Status::NotFound("no such layer");
-  size_t i = id - 1;
-  // A failed build (the registry was unreachable, say) is tried again by the
-  // next lookup rather than leaving diff/ broken for the life of the store.
-  if (layers_[i].state == Layer::State::kPending || layers_[i].state == Layer::State::kFailed) {
-    layers_[i].state = Layer::State::kBuilding;
-    lock.unlock();
-    BuildLayer(i);
-    lock.lock();
-  }
-  cv_.wait(lock, [&] {
-    return layers_[i].state == Layer::State::kReady || layers_[i].state == Layer::State::kFailed;
-  });
-  return layers_[i].state == Layer::State::kReady ? Status::Ok() : layers_[i].error;
-}
-
-void LayerStore::BuildLayer(size_t i) {
-  BlobDescriptor blob;
-  BlobSource* source;
+  std::shared_ptr<Layer> l = LayerAt(id - 1);
   Ino diff;
   {
     std::lock_guard lock(mu_);
-    blob = layers_[i].blob;
-    source = layers_[i].source;
-    diff = layers_[i].diff;
+    if (id == 0 || id > layers_.size()) return Status::NotFound("no such layer");
+    diff = layers_[id - 1].diff;
   }
-  StoppableSource stoppable(source, &stopping_);
-  bool from_store = false;
-  Result<LayerIndex> idx =
-      LoadOrBuildLayerIndex(index_store_, &stoppable, blob, IndexBuildOptions{}, &from_store);
-  if (!idx.ok()) {
-    LOG_ERROR("store: layer " + blob.digest + ": cannot index: " + idx.status().ToString());
-    std::lock_guard lock(mu_);
-    layers_[i].state = Layer::State::kFailed;
-    layers_[i].error = idx.status();
-    cv_.notify_all();
-    return;
-  }
-  AddLayerEntries(tree_, diff, static_cast<uint32_t>(i), *idx, WhiteoutMode::kOverlay,
-                  HardLinkMetadata::kApplyLinkHeader);
-  uint64_t size = idx->uncompressed_size;
-  // The tree holds the entries now; the reader needs only the restart points.
-  auto reader = std::make_unique<LayerReader>(source, blob, IndexForReader(std::move(*idx)));
-  tree_.ClearPending(diff);
-  std::lock_guard lock(mu_);
-  layers_[i].reader = std::move(reader);
-  layers_[i].diff_size = size;
-  layers_[i].state = Layer::State::kReady;
-  ++counters_.indexed;
-  cv_.notify_all();
+  // A failed build (the registry was unreachable, say) is tried again by a
+  // later lookup (after a backoff) rather than leaving diff/ broken for the
+  // life of the store.
+  return l->FillTree(tree_, diff, id - 1, WhiteoutMode::kOverlay,
+                     HardLinkMetadata::kApplyLinkHeader);
 }
 
 int LayerStore::CreateErrno(Ino parent, std::string_view name) {

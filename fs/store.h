@@ -1,19 +1,22 @@
 // `regfs store`: an additional layer store for podman and CRI-O
 // (containers/storage's "additionallayerstores", the MOUNTPOINT:ref form).
 //
-// The mount's root lists nothing. A lookup of NAME, the base64 (standard
-// alphabet, padded) of an image reference, resolves the reference on demand
-// and shows NAME/<layer digest>/ for each layer of the image with
-//   diff/  the layer's tree, whiteouts in overlayfs form, indexed (the blob
-//          read once through the chunk cache) when first looked into, or,
-//          with index_on_pull, in the background from the first read of the
-//          layer's info (podman reads it during `podman pull`; the pull then
-//          makes the store fetch whole layers, which the default avoids);
+// containers/storage looks for MOUNTPOINT/<base64 of the reference>/<layer
+// digest>/{diff,info,blob}. A lookup of NAME in the root, the base64
+// (standard alphabet, padded) of an image reference, resolves the reference
+// on demand; NAME is then a symbolic link to `.layers`, which holds one
+// directory per layer digest, shared by every image that has the layer:
+//   diff/  the layer's tree, whiteouts in overlayfs form, filled when first
+//          looked into (its index loaded from the cache or built by one pass
+//          over the blob), or, with index_on_pull, built in the background
+//          from the first read of the layer's info (podman reads it during
+//          `podman pull`);
 //   info   JSON: diff-digest, compressed-diff-digest, compressed-size,
 //          diff-size (once known), compression (0 none, 2 gzip, 4 zstd);
 //   blob   the compressed blob, through the chunk cache.
-// Creating NAME/<digest>/use counts a use and answers ENOENT; rmdir of
-// NAME/<digest> counts a release and answers ENOENT (the protocol's
+// A layer is one Layer (fs/layer_set.h) and one tree however many images
+// share it. Creating <layer>/use counts a use and answers ENOENT; rmdir of
+// <layer> counts a release and answers ENOENT (the protocol's
 // "notification-aware store" answers). .regfs/status.json shows the counts.
 //
 // Failure: a reference that does not decode, parse or resolve is ENOENT
@@ -24,16 +27,13 @@
 #define REGFS_FS_STORE_H_
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
-#include <optional>
 #include <string>
 #include <string_view>
-#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -41,6 +41,8 @@
 #include "cache/chunk_cache.h"
 #include "fs/fuse_daemon.h"
 #include "fs/image_fs.h"
+#include "fs/layer_set.h"
+#include "fs/prefetcher.h"
 #include "fs/mount.h"
 #include "fs/options.h"
 #include "fs/tree.h"
@@ -75,17 +77,10 @@ class LayerStore : public FsContent {
   int RmdirErrno(Ino parent, std::string_view name) override;
 
  private:
-  struct Layer {
-    enum class State { kPending, kBuilding, kReady, kFailed } state = State::kPending;
-    BlobDescriptor blob;
-    std::string diff_id;
-    BlobSource* source = nullptr;  // the image's repository, through the cache
+  struct StoreLayer {
+    std::shared_ptr<Layer> layer;
     Ino dir = 0, diff = 0;
-    std::optional<uint64_t> diff_size;
-    Status error;
-    std::unique_ptr<LayerReader> reader;
     uint64_t uses = 0, releases = 0;
-    bool queued = false;  // in build_queue_ (or was)
   };
   // A registry client and its cached view, per registry/repository.
   struct Repo {
@@ -94,30 +89,30 @@ class LayerStore : public FsContent {
   };
 
   Status AddImage(std::string_view name, bool* cache_negative);
-  // Queues layer i for a background build when it is still pending.
-  void QueueBuild(size_t i);
-  void BuilderLoop();
-  void BuildLayer(size_t i);
+  // The layer's directory under .layers, made on first sight of the digest.
+  void AddLayer(const BlobDescriptor& blob, const std::string& diff_id, BlobSource* source);
   std::string InfoJson(size_t i);
+  // A copy of layer i's handle; nullptr for an unknown id.
+  std::shared_ptr<Layer> LayerAt(size_t i) const;
 
   ChunkCache* cache_;
   CommonOptions common_;
   IndexStore index_store_;
   Tree tree_;
   Ino status_file_ = 0;
-
+  Ino layers_dir_ = 0;  // .layers
   const bool index_on_pull_;
+
   std::mutex resolve_mu_;  // one resolution at a time; guards repos_
   std::map<std::string, Repo> repos_;
+  // Declared after repos_ (destroyed before it): layers read through the
+  // repositories' sources until their builds are stopped.
+  std::unique_ptr<Prefetcher> prefetcher_;
+  std::unique_ptr<LayerSet> layer_set_;
 
-  mutable std::mutex mu_;       // guards layers_, layer_dirs_, counters_, build_queue_, builders_
-  std::condition_variable cv_;  // a layer's state changed
-  std::condition_variable build_cv_;  // build_queue_ grew, or stopping_
-  std::deque<size_t> build_queue_;
-  std::vector<std::thread> builders_;  // started on demand, up to kBuilders
-  // Set by the destructor: builders stop and index builds fail at their next read.
-  std::atomic<bool> stopping_{false};
-  std::deque<Layer> layers_;  // content ids; never shrinks
+  mutable std::mutex mu_;  // guards layers_, by_digest_, layer_dirs_, counters_
+  std::deque<StoreLayer> layers_;  // by content id; one per digest
+  std::unordered_map<std::string, size_t> by_digest_;
   std::unordered_map<Ino, size_t> layer_dirs_;
   StoreCounters counters_;
 };

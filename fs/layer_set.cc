@@ -1,0 +1,365 @@
+#include "fs/layer_set.h"
+
+#include <algorithm>
+#include <exception>
+
+#include "reader/base/digest.h"
+#include "reader/base/log.h"
+#include "reader/image/manifest.h"
+
+namespace regfs {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// The uncompressed stream of a layer as a blob, for the chunk cache to keep.
+class DecompressedSource : public BlobSource {
+ public:
+  explicit DecompressedSource(std::shared_ptr<LayerReader> reader) : reader_(std::move(reader)) {}
+  Status ReadAt(const BlobDescriptor&, uint64_t offset, std::span<uint8_t> out) override {
+    ASSIGN_OR_RETURN(size_t n, reader_->ReadAt(offset, out));
+    if (n != out.size()) return Status::Corrupt("layer stream shorter than its index says");
+    return Status::Ok();
+  }
+
+ private:
+  std::shared_ptr<LayerReader> reader_;
+};
+
+// What an index pass reads through: stops when the set is cancelled (the
+// mount went away), reads ahead of itself, reports progress.
+class IndexPassSource : public BlobSourceWrapper {
+ public:
+  IndexPassSource(BlobSource* target, const LayerSet* set) : BlobSourceWrapper(target), set_(set) {}
+  Status ReadAt(const BlobDescriptor& blob, uint64_t offset, std::span<uint8_t> out) override {
+    if (set_->cancelled()) return Status::Transient("unmounting");
+    const auto& ahead = set_->options().read_ahead;
+    if (ahead && offset + out.size() < blob.size) {
+      ahead(target(), blob, offset + out.size(), std::min<uint64_t>(blob.size - offset - out.size(),
+                                                          uint64_t{32} << 20));
+    }
+    return BlobSourceWrapper::ReadAt(blob, offset, out);
+  }
+
+ private:
+  const LayerSet* set_;
+};
+
+const char* StateName(Layer::State s) {
+  static const char* kNames[] = {"pending", "building", "ready", "failed"};
+  return kNames[static_cast<int>(s)];
+}
+
+}  // namespace
+
+Result<LayerIndex> LoadOrBuildLayerIndex(const IndexStore& store, BlobSource* source,
+                                         const BlobDescriptor& blob,
+                                         const IndexBuildOptions& build, bool* from_store) {
+  *from_store = false;
+  if (store.get) {
+    if (std::optional<std::string> bytes = store.get(blob.digest)) {
+      Result<LayerIndex> idx = LayerIndex::Deserialize(*bytes);
+      if (idx.ok() && idx->blob_digest != blob.digest) {
+        idx = Status::Corrupt("it indexes " + idx->blob_digest);
+      }
+      if (idx.ok()) {
+        *from_store = true;
+        return idx;
+      }
+      LOG_WARN("layer " + blob.digest + ": stored index unusable (" + idx.status().ToString() +
+               "); rebuilding");
+    }
+  }
+  ASSIGN_OR_RETURN(LayerIndex idx,
+                   BuildLayerIndex(source, blob, CompressionOfMediaType(blob.media_type), build));
+  if (store.put) store.put(blob.digest, idx.Serialize());
+  return idx;
+}
+
+Layer::Layer(LayerSet* set, BlobDescriptor blob, std::string diff_id, BlobSource* source)
+    : set_(set), blob_(std::move(blob)), diff_id_(std::move(diff_id)), source_(source) {}
+
+Layer::~Layer() = default;
+
+Layer::State Layer::state() const {
+  std::lock_guard lock(mu_);
+  return state_;
+}
+
+std::optional<uint64_t> Layer::UncompressedSize() const {
+  std::lock_guard lock(mu_);
+  if (trimmed_) return trimmed_->uncompressed_size;
+  return std::nullopt;
+}
+
+Status Layer::EnsureReady() {
+  std::unique_lock lock(mu_);
+  auto deadline = Clock::now() + set_->opts_.wait_timeout;
+  for (;;) {
+    switch (state_) {
+      case State::kReady:
+        return Status::Ok();
+      case State::kFailed:
+        if (Clock::now() < retry_at_) return error_;
+        [[fallthrough]];
+      case State::kPending:
+        if (set_->cancelled()) return Status::Transient("unmounting");
+        // On demand before background: whoever asks first builds it.
+        state_ = State::kBuilding;
+        lock.unlock();
+        Build();
+        lock.lock();
+        continue;
+      case State::kBuilding:
+        if (!cv_.wait_until(lock, deadline, [&] { return state_ != State::kBuilding; })) {
+          return Status::Transient("timed out waiting for the index of layer " + blob_.digest);
+        }
+        // A build that failed while we waited is its answer to us too.
+        if (state_ == State::kFailed) return error_;
+        continue;
+    }
+  }
+}
+
+void Layer::Build() {
+  Status s;
+  try {
+    s = BuildOrThrow();
+  } catch (const std::exception& e) {
+    s = Status::IoError(std::string("index build threw: ") + e.what());
+  } catch (...) {
+    s = Status::IoError("index build threw");
+  }
+  std::lock_guard lock(mu_);
+  if (s.ok()) {
+    state_ = State::kReady;
+    error_ = Status::Ok();
+    backoff_ = std::chrono::milliseconds(0);
+  } else {
+    LOG_ERROR("layer " + blob_.digest + ": cannot index: " + s.ToString());
+    state_ = State::kFailed;
+    error_ = s;
+    backoff_ = backoff_.count() == 0 ? set_->opts_.backoff_min
+                                     : std::min(backoff_ * 2, set_->opts_.backoff_max);
+    retry_at_ = Clock::now() + backoff_;
+  }
+  cv_.notify_all();
+}
+
+Status Layer::BuildOrThrow() {
+  const LayerSetOptions& opts = set_->opts_;
+  IndexPassSource pass(source_, set_);
+  IndexBuildOptions bo;
+  if (ValidateDigest(diff_id_).ok()) bo.expected_diff_id = diff_id_;
+  bo.cancelled = [set = set_] { return set->cancelled(); };
+  bo.progress = [this, &opts](uint64_t done, uint64_t total) {
+    {
+      std::lock_guard lock(mu_);
+      done_ = done;
+    }
+    if (opts.progress) {
+      opts.progress("indexing " + blob_.digest.substr(0, 19) + ": " +
+                    std::to_string(total ? done * 100 / total : 100) + "%");
+    }
+  };
+  bool from_store = false;
+  ASSIGN_OR_RETURN(LayerIndex idx,
+                   LoadOrBuildLayerIndex(opts.index_store, &pass, blob_, bo, &from_store));
+  auto full = std::make_shared<const LayerIndex>(std::move(idx));
+  LayerIndex restart_points = *full;
+  restart_points.entries.clear();
+  restart_points.entries.shrink_to_fit();
+  auto trimmed = std::make_shared<const LayerIndex>(std::move(restart_points));
+  auto reader = std::make_shared<LayerReader>(source_, blob_, trimmed);
+  std::shared_ptr<BlobSource> raw_upstream, raw;
+  BlobDescriptor raw_desc;
+  if (trimmed->NeedsSequentialDecompression() && opts.make_cached &&
+      ValidateDigest(diff_id_).ok()) {
+    uint64_t cap = blob_.size * opts.raw_max_ratio + opts.raw_slack;
+    if (trimmed->uncompressed_size <= cap) {
+      raw_desc = {"application/vnd.oci.image.layer.v1.tar", diff_id_, trimmed->uncompressed_size};
+      raw_upstream = std::make_shared<DecompressedSource>(reader);
+      raw = opts.make_cached(raw_upstream.get());
+    } else {
+      LOG_WARN("layer " + blob_.digest + ": not keeping its decompressed tar (" +
+               std::to_string(trimmed->uncompressed_size) + " bytes from a " +
+               std::to_string(blob_.size) + "-byte blob); reads decompress from the start");
+    }
+  }
+  // Everything is published under one lock, and only then is the layer
+  // ready: nobody sees "ready" without a reader.
+  std::lock_guard lock(mu_);
+  from_cache_ = from_store;
+  done_ = blob_.size;
+  entries_count_ = full->entries.size();
+  skipped_ = full->skipped_entries;
+  full_ = std::move(full);
+  trimmed_ = std::move(trimmed);
+  reader_ = std::move(reader);
+  raw_upstream_ = std::move(raw_upstream);
+  raw_ = std::move(raw);
+  raw_desc_ = raw_desc;
+  return Status::Ok();
+}
+
+Result<std::shared_ptr<const LayerIndex>> Layer::Entries() {
+  {
+    std::lock_guard lock(mu_);
+    if (full_) return full_;
+  }
+  // A tree took them before: the cache has them (or a pass rebuilds them).
+  IndexPassSource pass(source_, set_);
+  IndexBuildOptions bo;
+  if (ValidateDigest(diff_id_).ok()) bo.expected_diff_id = diff_id_;
+  bo.cancelled = [set = set_] { return set->cancelled(); };
+  bool from_store = false;
+  ASSIGN_OR_RETURN(LayerIndex idx, LoadOrBuildLayerIndex(set_->opts_.index_store, &pass, blob_,
+                                                         bo, &from_store));
+  return std::make_shared<const LayerIndex>(std::move(idx));
+}
+
+Status Layer::FillTree(Tree& tree, Ino dir, uint32_t content_id, WhiteoutMode mode,
+                       HardLinkMetadata links, LayerTreeStats* stats) {
+  if (tree.PendingId(dir) == 0) return Status::Ok();
+  RETURN_IF_ERROR(EnsureReady());
+  std::unique_lock fill(fill_mu_, std::defer_lock);
+  if (!fill.try_lock_for(set_->opts_.wait_timeout)) {
+    return Status::Transient("timed out waiting for layer " + blob_.digest + "'s tree");
+  }
+  if (tree.PendingId(dir) == 0) return Status::Ok();  // filled while we waited
+  ASSIGN_OR_RETURN(std::shared_ptr<const LayerIndex> idx, Entries());
+  LayerTreeStats ts = AddLayerEntries(tree, dir, content_id, *idx, mode, links);
+  tree.ClearPending(dir);
+  if (stats) *stats = ts;
+  std::lock_guard lock(mu_);
+  full_.reset();  // the tree holds the entries now
+  return Status::Ok();
+}
+
+Result<size_t> Layer::ReadUncompressed(uint64_t offset, std::span<uint8_t> out) {
+  std::shared_ptr<LayerReader> reader;
+  std::shared_ptr<BlobSource> raw;
+  BlobDescriptor raw_desc;
+  {
+    std::lock_guard lock(mu_);
+    reader = reader_;
+    raw = raw_;
+    raw_desc = raw_desc_;
+  }
+  if (!reader) return Status::Transient("layer " + blob_.digest + " is not indexed");
+  uint64_t size = reader->index().uncompressed_size;
+  if (offset >= size) return size_t{0};
+  size_t n = static_cast<size_t>(std::min<uint64_t>(out.size(), size - offset));
+  if (raw) {
+    RETURN_IF_ERROR(raw->ReadAt(raw_desc, offset, out.first(n)));
+    return n;
+  }
+  ASSIGN_OR_RETURN(size_t got, reader->ReadAt(offset, out.first(n)));
+  if (got != n) return Status::Corrupt("layer stream ends early");
+  return n;
+}
+
+void Layer::FillRaw() {
+  std::shared_ptr<BlobSource> raw;
+  BlobDescriptor desc;
+  {
+    std::lock_guard lock(mu_);
+    if (!raw_ || raw_claimed_) return;
+    raw_claimed_ = true;  // one worker fills each layer
+    raw = raw_;
+    desc = raw_desc_;
+  }
+  std::vector<uint8_t> buf(4 << 20);
+  for (uint64_t off = 0; off < desc.size && !set_->cancelled(); off += buf.size()) {
+    size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), desc.size - off));
+    Status s = raw->ReadAt(desc, off, std::span(buf.data(), n));
+    if (!s.ok()) {
+      LOG_WARN("layer " + blob_.digest + ": keeping its decompressed tar failed: " +
+               s.ToString() + " (reads decompress from the start instead)");
+      return;
+    }
+  }
+}
+
+LayerIndexStatus Layer::Snapshot() const {
+  std::lock_guard lock(mu_);
+  LayerIndexStatus st;
+  st.state = StateName(state_);
+  st.percent = state_ == State::kReady ? 100.0
+               : blob_.size ? 100.0 * static_cast<double>(done_) / static_cast<double>(blob_.size)
+                            : 0.0;
+  st.from_cache = from_cache_;
+  st.entries = entries_count_;
+  st.skipped = skipped_;
+  st.sequential_only = trimmed_ && trimmed_->NeedsSequentialDecompression() && !raw_;
+  st.raw_cached = raw_ != nullptr;
+  if (trimmed_) st.uncompressed_size = trimmed_->uncompressed_size;
+  if (!error_.ok()) st.error = error_.ToString();
+  return st;
+}
+
+LayerSet::LayerSet(LayerSetOptions opts) : opts_(std::move(opts)) {}
+
+LayerSet::~LayerSet() {
+  Cancel();
+  for (std::thread& t : threads_) t.join();
+}
+
+void LayerSet::Cancel() {
+  {
+    std::lock_guard lock(mu_);
+    cancelled_ = true;
+    queue_.clear();
+  }
+  cv_.notify_all();
+}
+
+std::shared_ptr<Layer> LayerSet::Get(const BlobDescriptor& blob, const std::string& diff_id,
+                                     BlobSource* source) {
+  std::lock_guard lock(mu_);
+  std::weak_ptr<Layer>& slot = layers_[blob.digest];
+  if (std::shared_ptr<Layer> l = slot.lock()) return l;
+  auto l = std::make_shared<Layer>(this, blob, diff_id, source);
+  slot = l;
+  // Forget handles nobody holds any more, so the map does not grow forever.
+  for (auto it = layers_.begin(); it != layers_.end();) {
+    it = it->second.expired() ? layers_.erase(it) : std::next(it);
+  }
+  return l;
+}
+
+size_t LayerSet::LiveCount() const {
+  std::lock_guard lock(mu_);
+  size_t n = 0;
+  for (const auto& [digest, w] : layers_) n += !w.expired();
+  return n;
+}
+
+void LayerSet::BuildInBackground(const std::shared_ptr<Layer>& layer) {
+  {
+    std::lock_guard lock(mu_);
+    if (cancelled_) return;
+    queue_.push_back(layer);
+    if (threads_.size() < static_cast<size_t>(std::max(1, opts_.threads))) {
+      threads_.emplace_back([this] { Worker(); });
+    }
+  }
+  cv_.notify_one();
+}
+
+void LayerSet::Worker() {
+  for (;;) {
+    std::shared_ptr<Layer> layer;
+    {
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [&] { return cancelled_ || !queue_.empty(); });
+      if (cancelled_) return;
+      layer = queue_.front().lock();
+      queue_.pop_front();
+    }
+    if (!layer) continue;
+    if (layer->EnsureReady().ok()) layer->FillRaw();
+  }
+}
+
+}  // namespace regfs
