@@ -418,8 +418,19 @@ Result<LayerIndex> BuildLayerIndex(BlobSource* source, const BlobDescriptor& blo
 
   TarReader tar(stream.get());
   std::unordered_map<std::string, size_t> by_path;
-  // Hard links by the path of the entry whose inode they share.
-  std::unordered_map<std::string, std::vector<size_t>> links_to;
+  // Hard-linked inodes. `primary` is the entry that holds the inode's
+  // metadata (what a link's link_target names); `links` the hard-link
+  // entries sharing it in archive order, `next` the first that may still
+  // inherit the inode. Links' targets are resolved once at the end, so each
+  // replacement of a primary costs O(1) amortised, not O(links).
+  struct Inode {
+    size_t primary;
+    std::vector<size_t> links;
+    size_t next = 0;
+  };
+  constexpr size_t kNoInode = std::numeric_limits<size_t>::max();
+  std::vector<Inode> inodes;
+  std::vector<size_t> inode_of;  // per entry
   std::vector<bool> dead;
   TarEntry e;
   uint64_t skipped = 0;
@@ -433,6 +444,7 @@ Result<LayerIndex> BuildLayerIndex(BlobSource* source, const BlobDescriptor& blo
       return Status::Corrupt("layer " + blob.digest + " has more than " +
                              std::to_string(options.max_entries) + " entries (max_entries)");
     }
+    size_t inode = kNoInode;
     if (e.type == EntryType::kHardLink) {
       auto it = by_path.find(e.link_target);
       const TarEntry* t = it == by_path.end() ? nullptr : &index.entries[it->second];
@@ -444,7 +456,11 @@ Result<LayerIndex> BuildLayerIndex(BlobSource* source, const BlobDescriptor& blo
         }
         continue;
       }
-      if (t->type == EntryType::kHardLink) e.link_target = t->link_target;
+      if (inode_of[it->second] == kNoInode) {
+        inode_of[it->second] = inodes.size();
+        inodes.push_back(Inode{it->second, {}, 0});
+      }
+      inode = inode_of[it->second];
       e.size = t->size;
       e.data_offset = t->data_offset;
     }
@@ -457,28 +473,28 @@ Result<LayerIndex> BuildLayerIndex(BlobSource* source, const BlobDescriptor& blo
       // Extraction unlinks the old file; its inode lives on in its hard links.
       // The first surviving link takes over the old entry's metadata and the
       // others now share its inode.
-      auto links = links_to.find(e.path);
-      if (links != links_to.end()) {
-        std::vector<size_t> alive;
-        for (size_t l : links->second) {
-          if (!dead[l]) alive.push_back(l);
-        }
-        links_to.erase(links);
-        if (!alive.empty()) {
-          TarEntry& heir = index.entries[alive[0]];
-          std::string heir_path = std::move(heir.path);
-          heir = index.entries[old];
-          heir.path = heir_path;
-          for (size_t k = 1; k < alive.size(); ++k) index.entries[alive[k]].link_target = heir_path;
-          alive.erase(alive.begin());
-          if (!alive.empty()) links_to[heir_path] = std::move(alive);
+      if (inode_of[old] != kNoInode && inodes[inode_of[old]].primary == old) {
+        Inode& n = inodes[inode_of[old]];
+        while (n.next < n.links.size() && dead[n.links[n.next]]) ++n.next;
+        if (n.next < n.links.size()) {
+          const size_t heir = n.links[n.next++];
+          std::string heir_path = std::move(index.entries[heir].path);
+          index.entries[heir] = std::move(index.entries[old]);  // dead: dropped below
+          index.entries[heir].path = std::move(heir_path);
+          n.primary = heir;
         }
       }
     }
-    if (e.type == EntryType::kHardLink) links_to[e.link_target].push_back(index.entries.size());
+    if (inode != kNoInode) inodes[inode].links.push_back(index.entries.size());
     index.entries.push_back(std::move(e));
+    inode_of.push_back(inode);
     dead.push_back(false);
     e = TarEntry();
+  }
+  for (size_t i = 0; i < index.entries.size(); ++i) {
+    if (!dead[i] && index.entries[i].type == EntryType::kHardLink) {
+      index.entries[i].link_target = index.entries[inodes[inode_of[i]].primary].path;
+    }
   }
   index.tar_end_marker = tar.stats().saw_end_marker;
   index.skipped_entries = tar.stats().skipped + skipped;

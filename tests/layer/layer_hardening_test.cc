@@ -257,6 +257,60 @@ TEST_F(LayerHardeningTest, NamesBeyondLinuxLimitsAreSkipped) {
   EXPECT_EQ(r->skipped_entries, 5u);
 }
 
+// Extraction of "x; y => x; x => y": x is unlinked and linked again to y's
+// inode, so y holds the data and x links to y (never to itself).
+TEST_F(LayerHardeningTest, PathReplacedByALinkToItsOwnLink) {
+  TarWriter w;
+  w.File("x", "XX");
+  TarHdr l;
+  l.name = "y";
+  l.type = '1';
+  l.linkname = "x";
+  w.Header(l);
+  l.name = "x";
+  l.linkname = "y";
+  w.Header(l);
+  w.End();
+  auto r = Build(w.str(), LayerCompression::kNone);
+  ASSERT_OK(r);
+  auto by = ByPath(*r);
+  ASSERT_EQ(by.size(), 2u);
+  EXPECT_EQ(by["y"].type, EntryType::kRegular);
+  EXPECT_EQ(by["y"].size, 2u);
+  EXPECT_EQ(w.str().substr(by["y"].data_offset, 2), "XX");
+  EXPECT_EQ(by["x"].type, EntryType::kHardLink);
+  EXPECT_EQ(by["x"].link_target, "y");
+  EXPECT_EQ(by["x"].data_offset, by["y"].data_offset);
+}
+
+// Many links to one file whose holders are replaced one after another:
+// each replacement passes the inode to the next link (work linear in the
+// entries; the old code rewrote every remaining link each time).
+TEST_F(LayerHardeningTest, ChainOfReplacedLinkHolders) {
+  constexpr int kLinks = 2000;
+  TarWriter w;
+  w.File("a", "data");
+  for (int i = 0; i < kLinks; ++i) {
+    TarHdr l;
+    l.name = "l" + std::to_string(i);
+    l.type = '1';
+    l.linkname = "a";
+    w.Header(l);
+  }
+  w.File("a", "new a");
+  for (int i = 0; i < kLinks - 1; ++i) w.File("l" + std::to_string(i), "replaced");
+  w.End();
+  auto r = Build(w.str(), LayerCompression::kNone);
+  ASSERT_OK(r);
+  auto by = ByPath(*r);
+  ASSERT_EQ(by.size(), static_cast<size_t>(kLinks) + 1);
+  const TarEntry& last = by["l" + std::to_string(kLinks - 1)];
+  EXPECT_EQ(last.type, EntryType::kRegular);  // the old "a"'s inode ends here
+  EXPECT_EQ(w.str().substr(last.data_offset, last.size), "data");
+  EXPECT_EQ(by["l0"].size, 8u);
+  for (const TarEntry& e : r->entries) EXPECT_NE(e.type, EntryType::kHardLink) << e.path;
+}
+
 TEST_F(LayerHardeningTest, EntryLimit) {
   EXPECT_EQ(IndexBuildOptions{}.max_entries, 4'000'000u);
   TarWriter w;
