@@ -98,16 +98,32 @@ Node Tree::Unpack(const Packed& p) const {
   return n;
 }
 
+std::pair<size_t, bool> Tree::FindForInsert(const std::vector<Child>& kids,
+                                            std::string_view name) const {
+  // Layers are emitted in sorted order: appending is the common case, and
+  // checking the last name first keeps it O(1) instead of a binary search.
+  if (kids.empty() || NameOf(kids.back()) < name) return {kids.size(), false};
+  return Find(kids, name);
+}
+
 Ino Tree::AddChildLocked(Ino parent, std::string_view name, const Node& node, bool* existed) {
+  if (parent == 0 || parent >= nodes_.size()) {
+    if (existed) *existed = true;  // no such directory: nothing can be added
+    return 0;
+  }
   std::vector<Child>* kids = Kids(parent);
   if (!kids) {
     if (existed) *existed = true;  // not a directory: nothing can be added
     return 0;
   }
-  auto [pos, found] = Find(*kids, name);
+  auto [pos, found] = FindForInsert(*kids, name);
   if (found) {
     if (existed) *existed = true;
     return (*kids)[pos].ino;
+  }
+  if (!NameFits(name)) {
+    if (existed) *existed = true;  // refused like a name that is taken
+    return 0;
   }
   if (existed) *existed = false;
   Ino ino = nodes_.size();
@@ -136,10 +152,11 @@ Ino Tree::AddDir(Ino parent, std::string name, uint32_t perm) {
 bool Tree::Link(Ino parent, std::string name, Ino target, bool count_link) {
   std::unique_lock lock(mu_);
   if (target == 0 || target >= nodes_.size() || S_ISDIR(nodes_[target].mode)) return false;
+  if (parent == 0 || parent >= nodes_.size()) return false;
   std::vector<Child>* kids = Kids(parent);
   if (!kids) return false;
-  auto [pos, found] = Find(*kids, name);
-  if (found) return false;
+  auto [pos, found] = FindForInsert(*kids, name);
+  if (found || !NameFits(name)) return false;
   kids->insert(kids->begin() + static_cast<ptrdiff_t>(pos), MakeChild(name, target));
   if (count_link) nodes_[target].nlink++;
   return true;
@@ -201,17 +218,38 @@ uint32_t Tree::PendingId(Ino ino) const {
 
 Status Tree::ReadDir(Ino dir, uint64_t offset,
                      const std::function<bool(const DirEntry&, uint64_t)>& fn) const {
-  std::shared_lock lock(mu_);
-  if (dir == 0 || dir >= nodes_.size()) return Status::NotFound("no such inode");
-  const std::vector<Child>* kids = Kids(dir);
-  if (!kids) return Status::InvalidArgument("not a directory");
-  if (offset == 0 && !fn({".", dir, S_IFDIR}, 1)) return Status::Ok();
-  if (offset <= 1 && !fn({"..", nodes_[dir].parent, S_IFDIR}, 2)) return Status::Ok();
-  for (uint64_t k = offset < 2 ? 0 : offset - 2; k < kids->size(); ++k) {
-    const Child& c = (*kids)[k];
-    if (!fn({std::string(NameOf(c)), c.ino, nodes_[c.ino].mode}, k + 3)) break;
+  // The callback runs without the lock: it may call back into the tree (the
+  // merge does), and a shared_mutex must not be locked twice by one thread.
+  // Entries are copied out in batches, so each batch costs one lock and a
+  // listing stays linear in the directory's size.
+  constexpr size_t kBatch = 256;
+  Ino parent;
+  {
+    std::shared_lock lock(mu_);
+    if (dir == 0 || dir >= nodes_.size()) return Status::NotFound("no such inode");
+    if (!Kids(dir)) return Status::InvalidArgument("not a directory");
+    parent = nodes_[dir].parent;
   }
-  return Status::Ok();
+  if (offset == 0 && !fn({".", dir, S_IFDIR}, 1)) return Status::Ok();
+  if (offset <= 1 && !fn({"..", parent, S_IFDIR}, 2)) return Status::Ok();
+  std::vector<DirEntry> batch;
+  batch.reserve(kBatch);
+  for (uint64_t k = offset < 2 ? 0 : offset - 2;;) {
+    batch.clear();
+    {
+      std::shared_lock lock(mu_);
+      const std::vector<Child>* kids = Kids(dir);
+      for (uint64_t i = k; i < kids->size() && batch.size() < kBatch; ++i) {
+        const Child& c = (*kids)[i];
+        batch.push_back({std::string(NameOf(c)), c.ino, nodes_[c.ino].mode});
+      }
+    }
+    if (batch.empty()) return Status::Ok();
+    for (const DirEntry& e : batch) {
+      if (!fn(e, k + 3)) return Status::Ok();
+      ++k;
+    }
+  }
 }
 
 uint64_t Tree::MemoryBytes() const {

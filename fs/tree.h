@@ -83,7 +83,8 @@ class Tree {
 
   // Building. AddChild keeps the parent's children sorted; adding an existing
   // name replaces nothing and returns the existing inode, with *existed set
-  // (callers decide what a duplicate means).
+  // (callers decide what a duplicate means). Adding names in sorted order is
+  // O(1) each (an append); out of order, an insert into the sorted list.
   Ino AddChild(Ino parent, std::string name, Node node, bool* existed = nullptr);
   Ino AddDir(Ino parent, std::string name, uint32_t perm = 0555);
   // A hard link: `name` in `parent` names the existing inode `target`, whose
@@ -104,7 +105,8 @@ class Tree {
   Result<Node> Get(Ino ino) const;  // a copy (children omitted)
   uint32_t PendingId(Ino ino) const;
   // Fills from the `offset`th child on; `fn` returns false to stop. Offsets 0
-  // and 1 are "." and ".."; child k is offset k + 2.
+  // and 1 are "." and ".."; child k is offset k + 2. `fn` runs without the
+  // tree's lock held, so it may call the tree (even to add entries).
   Status ReadDir(Ino dir, uint64_t offset,
                  const std::function<bool(const DirEntry&, uint64_t next_off)>& fn) const;
   size_t Count() const;
@@ -144,7 +146,14 @@ class Tree {
   const std::vector<Child>* Kids(Ino ino) const;
   // Finds `name` in `kids`: the insertion point, and whether it is there.
   std::pair<size_t, bool> Find(const std::vector<Child>& kids, std::string_view name) const;
+  // Find, with an O(1) answer when `name` sorts after every child.
+  std::pair<size_t, bool> FindForInsert(const std::vector<Child>& kids, std::string_view name) const;
   Child MakeChild(std::string_view name, Ino ino);
+  // Name offsets are 32-bit: a name that would end past 4 GiB of names is
+  // refused (the layer builder's memory limit keeps trees far below that).
+  bool NameFits(std::string_view name) const {
+    return names_.size() + name.size() <= UINT32_MAX;
+  }
   void Store(Packed* p, const Node& n);
   Node Unpack(const Packed& p) const;
 

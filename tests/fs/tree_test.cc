@@ -3,6 +3,10 @@
 #include <gtest/gtest.h>
 #include <sys/sysmacros.h>
 
+#include <algorithm>
+#include <random>
+
+#include "tests/support/fd_count.h"
 #include "tests/support/status_matchers.h"
 
 namespace regfs {
@@ -115,6 +119,71 @@ TEST(TreeTest, ReadDirResumesAtOffsets) {
   }
   EXPECT_EQ(got.size(), 12u);
   EXPECT_EQ(got.back(), "f9");
+}
+
+class TreeListingTest : public testing::FdCheckedTest {};
+
+// The callback used to run under the shared lock, so a callback that touched
+// the tree (the merge calls Get) locked it recursively; one that writes
+// deadlocked.
+TEST_F(TreeListingTest, ReadDirCallbackMayUseTheTree) {
+  Tree t;
+  Ino d = t.AddDir(kRootIno, "d");
+  for (int i = 0; i < 600; ++i) t.AddChild(d, "f" + std::to_string(i), File(1));
+  int seen = 0;
+  EXPECT_OK(t.ReadDir(d, 2, [&](const DirEntry& e, uint64_t) {
+    EXPECT_TRUE(t.Get(e.ino).ok());
+    t.Update(e.ino, [](Node& n) { n.attr.size = 2; });
+    if (seen++ == 300) t.AddChild(kRootIno, "added-while-listing", File(1));
+    return true;
+  }));
+  EXPECT_EQ(seen, 600);
+  EXPECT_EQ(t.Get(*t.Lookup(d, "f599"))->attr.size, 2u);
+  EXPECT_OK(t.Lookup(kRootIno, "added-while-listing"));
+}
+
+// Appends in order, inserts out of order, duplicates found either way.
+TEST_F(TreeListingTest, AnyInsertionOrderListsSorted) {
+  Tree t;
+  std::vector<std::string> names;
+  for (int i = 0; i < 5000; ++i) names.push_back("n" + std::to_string(i));
+  std::vector<std::string> shuffled = names;
+  std::shuffle(shuffled.begin(), shuffled.end(), std::mt19937(42));
+  std::vector<Ino> inos;
+  for (const auto& n : shuffled) inos.push_back(t.AddChild(kRootIno, n, File(1)));
+  std::sort(names.begin(), names.end());
+  std::vector<std::string> want{".", ".."};
+  want.insert(want.end(), names.begin(), names.end());
+  EXPECT_EQ(Names(t, kRootIno), want);
+  bool existed = false;
+  EXPECT_EQ(t.AddChild(kRootIno, shuffled[17], File(2), &existed), inos[17]);
+  EXPECT_TRUE(existed);
+  EXPECT_EQ(t.AddChild(kRootIno, names.back(), File(2), &existed), *t.Lookup(kRootIno, names.back()));
+  EXPECT_TRUE(existed);
+  Ino z = t.AddChild(kRootIno, "zzz", File(2), &existed);
+  EXPECT_EQ(z, t.Count());
+  EXPECT_FALSE(existed);
+}
+
+// Listing is copied out in batches: offsets stay right across batch ends.
+TEST_F(TreeListingTest, ReadDirResumesAcrossBatches) {
+  Tree t;
+  for (int i = 0; i < 1000; ++i) t.AddChild(kRootIno, "f" + std::to_string(1000 + i), File(1));
+  std::vector<std::string> got;
+  uint64_t off = 0;
+  for (int calls = 0; calls < 100; ++calls) {
+    int n = 0;
+    uint64_t next = off;
+    ASSERT_OK(t.ReadDir(kRootIno, off, [&](const DirEntry& e, uint64_t nx) {
+      got.push_back(e.name);
+      next = nx;
+      return ++n < 257;  // one over a batch
+    }));
+    if (next == off) break;
+    off = next;
+  }
+  ASSERT_EQ(got.size(), 1002u);
+  for (int i = 0; i < 1000; ++i) EXPECT_EQ(got[i + 2], "f" + std::to_string(1000 + i));
 }
 
 }  // namespace
