@@ -236,6 +236,21 @@ int RegfsMain(int argc, char** argv) {
   store->add_flag("--index-on-pull", so.index_on_pull,
                   "index layers in the background from `podman pull` on (the pull then makes "
                   "the store fetch whole layers; by default a layer is fetched when first used)");
+  // The store resolves whatever reference podman asks for, with the
+  // machine's credentials: this narrows it to the registries meant.
+  store
+      ->add_option("--allow-registry", common.allow_registries,
+                   "resolve only images of this registry, HOST or HOST:PORT as the image "
+                   "reference spells it (repeat for several; default: any)")
+      ->allow_extra_args(false)
+      ->check(CLI::Validator(
+          [](std::string& v) -> std::string {
+            if (v.empty() || v.find_first_of("/@ \t") != std::string::npos) {
+              return "HOST or HOST:PORT expected, not '" + v + "'";
+            }
+            return "";
+          },
+          "HOST[:PORT]"));
   store->add_option("MOUNTPOINT", so.mountpoint, "an empty directory")->required();
 
   std::string umount_path;

@@ -38,6 +38,26 @@ Result<uint64_t> ParseSize(const std::string& s) {
   return static_cast<uint64_t>(v * mult);
 }
 
+namespace {
+
+// The spelling a parsed reference uses for a registry: Docker Hub's other
+// names are docker.io (reader/image/reference.cc), and host names have no case.
+std::string CanonicalRegistry(std::string_view host) {
+  std::string h(host);
+  for (char& c : h) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (h == "index.docker.io" || h == "registry-1.docker.io") return "docker.io";
+  return h;
+}
+
+}  // namespace
+
+bool RegistryAllowed(const CommonOptions& o, std::string_view registry_host) {
+  if (o.allow_registries.empty()) return true;
+  const std::string host = CanonicalRegistry(registry_host);
+  return std::any_of(o.allow_registries.begin(), o.allow_registries.end(),
+                     [&](const std::string& a) { return CanonicalRegistry(a) == host; });
+}
+
 Result<CertDir> ReadCertDir(const std::string& dir) {
   std::error_code ec;
   std::filesystem::directory_iterator it(dir, ec);

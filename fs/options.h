@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "reader/base/status.h"
@@ -23,7 +24,17 @@ struct CommonOptions {
   std::string cache_max_size;    // --cache-max-size, "10G"
   double retry_timeout_s = 25;   // per request, all retries included
   int verbose = 0;               // -v: info, -vv: debug
+  // --allow-registry (store): the only registries ("host[:port]") whose
+  // images may be resolved; empty = any. See RegistryAllowed.
+  std::vector<std::string> allow_registries;
 };
+
+// Whether images of `registry_host` ("host[:port]", as in Reference::registry)
+// may be resolved under o.allow_registries: any when the list is empty, else
+// only a listed one. Host names compare without case; index.docker.io and
+// registry-1.docker.io are docker.io, as a parsed reference spells it. A port
+// must match exactly ("host" does not allow "host:5000").
+bool RegistryAllowed(const CommonOptions& o, std::string_view registry_host);
 
 // "10G", "512M", "4096", "1.5G" -> bytes (powers of 1024).
 Result<uint64_t> ParseSize(const std::string& s);
