@@ -1,5 +1,6 @@
 #include "cache/chunk_cache.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -23,6 +24,11 @@ namespace {
 constexpr int kSchemaVersion = 3;
 constexpr int kPageSize = 65536;
 constexpr size_t kMaxPendingTouches = 20000;
+// Layer indexes and manifests may take up to this share of the cap; beyond
+// it the least recently used go.
+constexpr uint64_t kKeyedShareDivisor = 4;
+// Prune forgets what has not been used for this long (see Prune).
+constexpr int64_t kPruneUnusedMicros = int64_t{kPruneUnusedDays} * 86400 * 1000000;
 
 // Migration i takes the schema from version i to i + 1. Never edit a shipped
 // entry; append a new one.
@@ -88,6 +94,9 @@ ALTER TABLE layer_indexes ADD COLUMN atime INTEGER NOT NULL DEFAULT 0;
 UPDATE layer_indexes SET atime = created;
 ALTER TABLE manifests ADD COLUMN atime INTEGER NOT NULL DEFAULT 0;
 UPDATE manifests SET atime = created;
+-- When chunks were last stored or the blob verified (microseconds).
+ALTER TABLE blobs ADD COLUMN atime INTEGER NOT NULL DEFAULT 0;
+UPDATE blobs SET atime = CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER);
 )sql",
 };
 static_assert(std::size(kMigrations) == kSchemaVersion);
@@ -147,7 +156,7 @@ struct ChunkCache::ReadConn {
 
 struct ChunkCache::WriteConn {
   Db db;
-  Stmt insert_blob, blob_row, chunk_exists, insert_chunk, touch, totals, lru, delete_chunk;
+  Stmt insert_blob, blob_row, blob_used, chunk_exists, insert_chunk, touch, totals, lru, delete_chunk;
 };
 
 class ChunkCache::ReadConnLease {
@@ -218,11 +227,22 @@ Status ChunkCache::Init() {
                                    SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
                                        SQLITE_OPEN_NOMUTEX,
                                    options_.busy_timeout_ms));
-  // page_size only takes effect on a new, empty database.
-  RETURN_IF_ERROR(w->db.Exec("PRAGMA page_size=" + std::to_string(kPageSize)));
+  // page_size and auto_vacuum only take effect on a new, empty database
+  // (Prune converts an older one): incremental vacuum lets the file shrink
+  // when rows are evicted, so that the cap holds on disk.
+  RETURN_IF_ERROR(w->db.Exec("PRAGMA page_size=" + std::to_string(kPageSize) +
+                             "; PRAGMA auto_vacuum=INCREMENTAL"));
   ASSIGN_OR_RETURN(std::string mode, w->db.QueryText("PRAGMA journal_mode=WAL"));
   if (mode != "wal") return Status::IoError("cannot switch cache database to WAL (" + mode + ")");
   RETURN_IF_ERROR(ApplyPragmas(w->db));
+  {
+    // The WAL counts against the cap: checkpoint (and truncate) it at a
+    // 64th of the cap, between 1 MiB and sqlite's default of 1000 pages.
+    const uint64_t wal = std::clamp<uint64_t>(options_.max_size / 64, 16 * uint64_t{kPageSize},
+                                              1000 * uint64_t{kPageSize});
+    RETURN_IF_ERROR(w->db.Exec("PRAGMA wal_autocheckpoint=" + std::to_string(wal / kPageSize) +
+                               "; PRAGMA journal_size_limit=" + std::to_string(wal)));
+  }
   if (options_.max_page_count) {
     RETURN_IF_ERROR(w->db.Exec("PRAGMA max_page_count=" +
                                std::to_string(options_.max_page_count)));
@@ -239,6 +259,8 @@ Status ChunkCache::Init() {
                    Stmt::Prepare(db, "INSERT OR IGNORE INTO blobs(digest, size) VALUES (?, ?)"));
   ASSIGN_OR_RETURN(writer_->blob_row,
                    Stmt::Prepare(db, "SELECT id, size FROM blobs WHERE digest = ?"));
+  ASSIGN_OR_RETURN(writer_->blob_used,
+                   Stmt::Prepare(db, "UPDATE blobs SET atime = ? WHERE id = ?"));
   ASSIGN_OR_RETURN(writer_->chunk_exists,
                    Stmt::Prepare(db, "SELECT 1 FROM chunks WHERE blob_id = ? AND idx = ?"));
   ASSIGN_OR_RETURN(writer_->insert_chunk,
@@ -564,9 +586,25 @@ ChunkCache::Pin::~Pin() {
   }
 }
 
+uint64_t ChunkCache::DiskBytesBesideChunks() const {
+  if (!options_.cap_counts_database) return 0;
+  // What du counts: allocated blocks of the database files and of the
+  // directories. (Chunk files hold what `totals` counts, rounded up to a
+  // block for a blob's short last chunk.)
+  uint64_t total = 0;
+  for (const std::string& path : {db_path_, db_path_ + "-wal", db_path_ + "-shm", options_.dir,
+                                  options_.dir + "/chunks"}) {
+    struct stat st;
+    if (stat(path.c_str(), &st) == 0) total += static_cast<uint64_t>(st.st_blocks) * 512;
+  }
+  return total;
+}
+
 Status ChunkCache::MakeRoomLocked(uint64_t needed, uint64_t max_size, bool* fits,
                                   std::vector<Victim>* victims) {
   *fits = false;
+  const uint64_t beside = DiskBytesBesideChunks();
+  max_size = max_size > beside ? max_size - beside : 0;
   if (needed > max_size) return Status::Ok();
   WriteConn& w = *writer_;
   ASSIGN_OR_RETURN(bool row, w.totals.Step());
@@ -643,6 +681,7 @@ Status ChunkCache::PutChunks(const BlobDescriptor& blob, uint64_t first_index,
     const int64_t blob_id = w.blob_row.Int(0);
     const uint64_t stored_size = static_cast<uint64_t>(w.blob_row.Int(1));
     w.blob_row.Reset();
+    RETURN_IF_ERROR(w.blob_used.Bind(1, WallMicros()).Bind(2, blob_id).Run());
     if (stored_size != blob.size) {
       return Status::InvalidArgument("blob " + blob.digest + " has size " +
                                      std::to_string(stored_size) + " in the cache, not " +
@@ -805,11 +844,12 @@ Status ChunkCache::SetVerified(const BlobDescriptor& blob, std::string_view chun
                      Transaction::Begin(w.db.get(), Transaction::Kind::kImmediate));
     RETURN_IF_ERROR(w.insert_blob.Bind(1, blob.digest).Bind(2, static_cast<int64_t>(blob.size)).Run());
     ASSIGN_OR_RETURN(Stmt up, Stmt::Prepare(w.db.get(),
-                                            "UPDATE blobs SET chunk_sha256 = ? "
+                                            "UPDATE blobs SET chunk_sha256 = ?, atime = ? "
                                             "WHERE digest = ? AND size = ?"));
     RETURN_IF_ERROR(up.BindBlob(1, AsBytes(chunk_sha256s))
-                        .Bind(2, blob.digest)
-                        .Bind(3, static_cast<int64_t>(blob.size))
+                        .Bind(2, WallMicros())
+                        .Bind(3, blob.digest)
+                        .Bind(4, static_cast<int64_t>(blob.size))
                         .Run());
     if (sqlite3_changes(w.db.get()) != 1) {
       return Status::InvalidArgument("blob " + blob.digest + " is cached with another size");
@@ -849,13 +889,75 @@ Status ChunkCache::PutKeyedRow(const char* sql, std::string_view key, std::strin
   ASSIGN_OR_RETURN(Stmt q, Stmt::Prepare(db, sql));
   RETURN_IF_ERROR(
       q.Bind(1, key).Bind(2, tag).BindBlob(3, AsBytes(bytes)).Bind(4, WallMicros()).Run());
-  return txn.Commit();
+  bool evicted = false;
+  if (options_.cap_counts_database) {
+    RETURN_IF_ERROR(EvictKeyedRowsLocked(max_size_.load() / kKeyedShareDivisor, &evicted));
+  }
+  RETURN_IF_ERROR(txn.Commit());
+  // Give the freed pages back, so that the file shrinks with the rows.
+  if (evicted) RETURN_IF_ERROR(writer_->db.Exec("PRAGMA incremental_vacuum"));
+  return Status::Ok();
+}
+
+Status ChunkCache::EvictKeyedRowsLocked(uint64_t limit, bool* evicted) {
+  sqlite3* db = writer_->db.get();
+  ASSIGN_OR_RETURN(Stmt total, Stmt::Prepare(db,
+                                             "SELECT (SELECT coalesce(sum(length(data)), 0) "
+                                             "FROM layer_indexes) + (SELECT coalesce(sum("
+                                             "length(data)), 0) FROM manifests)"));
+  ASSIGN_OR_RETURN(bool row, total.Step());
+  uint64_t bytes = row ? static_cast<uint64_t>(total.Int(0)) : 0;
+  if (bytes <= limit) return Status::Ok();
+  // Least recently used first, across both tables; the most recent row
+  // (the one just stored or looked up) always stays.
+  ASSIGN_OR_RETURN(Stmt lru, Stmt::Prepare(db,
+                                           "SELECT 0, rowid, length(data), atime FROM "
+                                           "layer_indexes UNION ALL SELECT 1, rowid, "
+                                           "length(data), atime FROM manifests "
+                                           "ORDER BY atime DESC"));
+  std::vector<std::pair<int64_t, int64_t>> victims;  // table, rowid
+  uint64_t kept = 0;
+  bool first = true;
+  while (true) {
+    ASSIGN_OR_RETURN(bool r, lru.Step());
+    if (!r) break;
+    const auto n = static_cast<uint64_t>(lru.Int(2));
+    if (first || kept + n <= limit) {
+      kept += n;
+    } else {
+      victims.emplace_back(lru.Int(0), lru.Int(1));
+      kept = limit + 1;  // past the first row that does not fit, every older one goes
+    }
+    first = false;
+  }
+  lru.Reset();
+  ASSIGN_OR_RETURN(Stmt del_index, Stmt::Prepare(db, "DELETE FROM layer_indexes WHERE rowid = ?"));
+  ASSIGN_OR_RETURN(Stmt del_manifest, Stmt::Prepare(db, "DELETE FROM manifests WHERE rowid = ?"));
+  for (const auto& [table, rowid] : victims) {
+    RETURN_IF_ERROR((table == 0 ? del_index : del_manifest).Bind(1, rowid).Run());
+  }
+  *evicted = *evicted || !victims.empty();
+  return Status::Ok();
+}
+
+void ChunkCache::TouchKeyedRow(const char* sql, std::string_view key, std::string_view tag) {
+  // A lookup of an index or manifest is rare (one per layer or image per
+  // mount): its access time is written at once.
+  std::lock_guard<std::mutex> lock(write_mu_);
+  Status st = [&]() -> Status {
+    ASSIGN_OR_RETURN(Stmt q, Stmt::Prepare(writer_->db.get(), sql));
+    q.Bind(1, WallMicros()).Bind(2, key);
+    if (!tag.empty()) q.Bind(3, tag);
+    return q.Run();
+  }();
+  if (!st.ok()) WarnWrite(st);
 }
 
 Status ChunkCache::PutLayerIndex(std::string_view layer_digest, std::string_view format,
                                  std::string_view bytes) {
   return PutKeyedRow(
-      "INSERT OR REPLACE INTO layer_indexes(digest, format, data, created) VALUES (?, ?, ?, ?)",
+      "INSERT OR REPLACE INTO layer_indexes(digest, format, data, created, atime) "
+      "VALUES (?1, ?2, ?3, ?4, ?4)",
       layer_digest, format, bytes);
 }
 
@@ -873,13 +975,19 @@ Result<std::optional<std::string>> ChunkCache::GetLayerIndex(std::string_view la
     auto b = q.BlobCol(0);
     out.emplace(reinterpret_cast<const char*>(b.data()), b.size());
   }
+  q.Reset();
+  if (out) {
+    TouchKeyedRow("UPDATE layer_indexes SET atime = ? WHERE digest = ? AND format = ?",
+                  layer_digest, format);
+  }
   return out;
 }
 
 Status ChunkCache::PutManifest(std::string_view digest, std::string_view media_type,
                                std::string_view bytes) {
   return PutKeyedRow(
-      "INSERT OR REPLACE INTO manifests(digest, media_type, data, created) VALUES (?, ?, ?, ?)",
+      "INSERT OR REPLACE INTO manifests(digest, media_type, data, created, atime) "
+      "VALUES (?1, ?2, ?3, ?4, ?4)",
       digest, media_type, bytes);
 }
 
@@ -896,6 +1004,8 @@ Result<std::optional<StoredManifest>> ChunkCache::GetManifest(std::string_view d
     out.emplace(StoredManifest{q.Text(0), std::string(reinterpret_cast<const char*>(b.data()),
                                                       b.size())});
   }
+  q.Reset();
+  if (out) TouchKeyedRow("UPDATE manifests SET atime = ? WHERE digest = ?", digest, "");
   return out;
 }
 
@@ -943,27 +1053,95 @@ Result<CacheStats> ChunkCache::Stats() {
 Status ChunkCache::Prune(uint64_t max_size) {
   if (!writable_) return Status::IoError("chunk cache is not writable");
   std::lock_guard<std::mutex> lock(write_mu_);
-  ASSIGN_OR_RETURN(Transaction txn,
-                   Transaction::Begin(writer_->db.get(), Transaction::Kind::kImmediate));
-  RETURN_IF_ERROR(FlushTouchesLocked());
-  bool fits = false;
+  sqlite3* db = writer_->db.get();
+  const int64_t cutoff = WallMicros() - kPruneUnusedMicros;
+  // 1. Rows nothing uses any more, and index/manifest rows past their share.
+  bool evicted = false;
+  {
+    ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db, Transaction::Kind::kImmediate));
+    RETURN_IF_ERROR(FlushTouchesLocked());
+    for (const char* sql : {
+             "DELETE FROM layer_indexes WHERE atime < ?1 AND digest NOT IN "
+             "(SELECT digest FROM blobs WHERE present > 0)",
+             "DELETE FROM manifests WHERE atime < ?1",
+             "DELETE FROM bad_blobs WHERE marked < ?1",
+         }) {
+      ASSIGN_OR_RETURN(Stmt q, Stmt::Prepare(db, sql));
+      RETURN_IF_ERROR(q.Bind(1, cutoff).Run());
+    }
+    if (options_.cap_counts_database) {
+      RETURN_IF_ERROR(EvictKeyedRowsLocked(max_size / kKeyedShareDivisor, &evicted));
+    }
+    RETURN_IF_ERROR(txn.Commit());
+  }
+  RETURN_IF_ERROR(ShrinkDatabaseLocked());
+  // 2. Chunks, least recently used first, until everything fits.
   std::vector<Victim> victims;
-  RETURN_IF_ERROR(MakeRoomLocked(0, max_size, &fits, &victims));
-  RETURN_IF_ERROR(txn.Commit());
+  {
+    ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db, Transaction::Kind::kImmediate));
+    bool fits = false;
+    RETURN_IF_ERROR(MakeRoomLocked(0, max_size, &fits, &victims));
+    RETURN_IF_ERROR(txn.Commit());
+  }
   FreeVictims(victims);
-  // Files of blobs with no chunk left go (eviction leaves them as holes).
+  // 3. Files of blobs with no chunk left go (eviction leaves them as holes).
   // Other processes notice a deleted file at their next access (ChunkFiles
   // reopens by name); a write racing the unlink is lost to the deleted
   // file, and its rows fail their checksums and are refetched, never served.
   {
-    ASSIGN_OR_RETURN(Stmt empty, Stmt::Prepare(writer_->db.get(),
-                                               "SELECT digest FROM blobs WHERE present = 0"));
+    ASSIGN_OR_RETURN(Stmt empty, Stmt::Prepare(db, "SELECT digest FROM blobs WHERE present = 0"));
     while (true) {
       ASSIGN_OR_RETURN(bool row, empty.Step());
       if (!row) break;
       Status st = files_->Remove(empty.Text(0));
       if (!st.ok()) LOG_DEBUG("chunk cache: " + st.ToString());
     }
+  }
+  // 4. Blob rows left with nothing: their chunk hashes when no layer index
+  // of theirs is kept, then the rows themselves (not the one with the
+  // largest id, so that sqlite never hands a deleted row's id to a new blob
+  // while another process may still remember it).
+  {
+    ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db, Transaction::Kind::kImmediate));
+    ASSIGN_OR_RETURN(Stmt forget, Stmt::Prepare(db,
+                                                 "UPDATE blobs SET chunk_sha256 = NULL "
+                                                 "WHERE present = 0 AND atime < ?1 AND "
+                                                 "chunk_sha256 IS NOT NULL AND digest NOT IN "
+                                                 "(SELECT digest FROM layer_indexes)"));
+    RETURN_IF_ERROR(forget.Bind(1, cutoff).Run());
+    ASSIGN_OR_RETURN(Stmt drop, Stmt::Prepare(db,
+                                              "DELETE FROM blobs WHERE present = 0 AND "
+                                              "atime < ?1 AND chunk_sha256 IS NULL AND "
+                                              "digest NOT IN (SELECT digest FROM layer_indexes) "
+                                              "AND digest NOT IN (SELECT digest FROM bad_blobs) "
+                                              "AND id < (SELECT max(id) FROM blobs)"));
+    RETURN_IF_ERROR(drop.Bind(1, cutoff).Run());
+    RETURN_IF_ERROR(txn.Commit());
+    std::unique_lock<std::shared_mutex> ids(ids_mu_);
+    blob_ids_.clear();
+  }
+  RETURN_IF_ERROR(ShrinkDatabaseLocked());
+  // 5. The database may have shrunk less than hoped: evict chunks again
+  // against what it takes now.
+  victims.clear();
+  {
+    ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db, Transaction::Kind::kImmediate));
+    bool fits = false;
+    RETURN_IF_ERROR(MakeRoomLocked(0, max_size, &fits, &victims));
+    RETURN_IF_ERROR(txn.Commit());
+  }
+  FreeVictims(victims);
+  return writer_->db.Exec("PRAGMA wal_checkpoint(TRUNCATE)");
+}
+
+Status ChunkCache::ShrinkDatabaseLocked() {
+  // A database made before auto_vacuum was set is converted once (VACUUM
+  // rewrites it); after that, free pages are handed back incrementally.
+  ASSIGN_OR_RETURN(std::string mode, writer_->db.QueryText("PRAGMA auto_vacuum"));
+  if (mode == "0") {
+    RETURN_IF_ERROR(writer_->db.Exec("PRAGMA auto_vacuum=INCREMENTAL; VACUUM"));
+  } else {
+    RETURN_IF_ERROR(writer_->db.Exec("PRAGMA incremental_vacuum"));
   }
   // Hand the WAL's pages back to the database file so its size reflects the prune.
   return writer_->db.Exec("PRAGMA wal_checkpoint(TRUNCATE)");

@@ -57,6 +57,7 @@ namespace regfs {
 inline constexpr uint64_t kDefaultCacheMaxSize = 10ull << 30;  // 10 GiB
 inline constexpr uint32_t kDefaultChunkSize = 1u << 20;        // 1 MiB
 inline constexpr uint32_t kChunkCrcBlock = 32u << 10;          // checksum granularity
+inline constexpr int kPruneUnusedDays = 30;                     // see ChunkCache::Prune
 
 // $XDG_CACHE_HOME/regfs (or ~/.cache/regfs); /var/cache/regfs for root.
 std::string DefaultCacheDir();
@@ -71,6 +72,10 @@ struct CacheOptions {
   // and a cap on the chunk bytes this object writes (then ENOSPC).
   uint32_t max_page_count = 0;
   uint64_t max_chunk_bytes_written = 0;
+  // max_size caps everything the cache keeps on disk: chunk files and the
+  // database files. Test hook: false caps chunk bytes alone, as tests of
+  // LRU order with a cap of a few chunks need.
+  bool cap_counts_database = true;
   // Test hook: called by ReadChunk just before it reads the chunk file.
   std::function<void()> before_chunk_file_read;
 };
@@ -165,8 +170,11 @@ class ChunkCache {
   Result<BlobCacheState> GetBlobState(std::string_view digest);
 
   // Layer indexes: opaque bytes keyed by (layer digest, format tag such as
-  // "tar-index/v1"). Manifests: exact bytes and media type by digest. Neither
-  // counts against max_size nor is evicted; Put replaces.
+  // "tar-index/v1"). Manifests (and resolutions, under keys of the caller's
+  // choosing): exact bytes and media type by digest. Put replaces; Get
+  // refreshes the row's access time. They count against max_size (they live
+  // in the database) and may take up to a quarter of it; beyond that the
+  // least recently used rows of either kind are evicted when one is put.
   Status PutLayerIndex(std::string_view layer_digest, std::string_view format,
                        std::string_view bytes);
   Result<std::optional<std::string>> GetLayerIndex(std::string_view layer_digest,
@@ -179,8 +187,24 @@ class ChunkCache {
   // sqlite read connections this object has opened (each costs a database
   // open); for tests.
   uint64_t read_connections_opened() const { return read_conns_opened_.load(); }
-  // Evicts least-recently-used chunks until chunk bytes <= max_size, and
-  // deletes the chunk files of blobs left with no chunk.
+  // Brings everything the cache keeps on disk (database files and chunk
+  // files) under max_size, and forgets what nothing references:
+  //  - layer indexes of blobs with no chunk cached, unused (not looked up)
+  //    for kPruneUnusedDays; manifests and resolutions unused that long;
+  //    marks of blobs that failed their digest check that long ago;
+  //  - index and manifest rows beyond a quarter of max_size, least recently
+  //    used first;
+  //  - then chunks, least recently used first (pinned ones stay), and the
+  //    chunk files of blobs left with no chunk;
+  //  - the per-chunk hashes of blobs with no chunk and no layer index whose
+  //    chunks were last stored (or which were verified) kPruneUnusedDays
+  //    ago, and then such blob rows (except the one with the largest id:
+  //    sqlite would reuse its id, which another process may remember);
+  //  - the database file shrinks (incremental vacuum; a database made
+  //    before this is VACUUMed once) and the WAL is truncated.
+  // A process that remembers the id of a blob row deleted here misses on
+  // that blob until it restarts (never serves wrong bytes: a missing row is
+  // a miss).
   Status Prune(uint64_t max_size);
   // Writes pending access times now.
   Status FlushTouches();
@@ -224,8 +248,18 @@ class ChunkCache {
   void Touch(int64_t chunk_id);
   // Writer-side helpers: caller holds write_mu_ and an open transaction.
   Status FlushTouchesLocked();
+  // Evicts chunks until `needed` more chunk bytes fit under max_size less
+  // the disk the database takes (DiskBytesBesideChunks).
   Status MakeRoomLocked(uint64_t needed, uint64_t max_size, bool* fits,
                         std::vector<Victim>* victims);
+  uint64_t DiskBytesBesideChunks() const;
+  // Deletes least-recently-used index and manifest rows until they take at
+  // most `limit` bytes; sets *evicted if any went.
+  Status EvictKeyedRowsLocked(uint64_t limit, bool* evicted);
+  // Hands free pages back to the file system and truncates the WAL.
+  Status ShrinkDatabaseLocked();
+  // Writes now as the access time of a keyed row (`sql` binds time, key, tag).
+  void TouchKeyedRow(const char* sql, std::string_view key, std::string_view tag);
   // Frees the bytes of chunks whose rows are gone (committed).
   void FreeVictims(const std::vector<Victim>& victims);
   Status DeleteChunkLocked(int64_t chunk_id);

@@ -410,7 +410,7 @@ TEST_F(ChunkCacheTest, SchemaOneDatabaseIsMigratedAndItsChunksForgotten) {
       "DELETE FROM chunk_data WHERE id = OLD.id; END;"
       // What migration 2 -> 3 adds.
       "DROP TABLE bad_blobs; ALTER TABLE layer_indexes DROP COLUMN atime;"
-      "ALTER TABLE manifests DROP COLUMN atime;"
+      "ALTER TABLE manifests DROP COLUMN atime; ALTER TABLE blobs DROP COLUMN atime;"
       "UPDATE meta SET value = 1 WHERE key = 'schema_version'");
   OpenCache();
   EXPECT_EQ(QueryInt("SELECT value FROM meta WHERE key = 'schema_version'"), 3);
