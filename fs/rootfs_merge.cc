@@ -3,9 +3,14 @@
 #include <sys/sysmacros.h>
 
 #include <map>
-#include <memory>
 #include <string>
+#include <string_view>
 #include <unordered_map>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+#include "reader/base/log.h"
 
 namespace regfs {
 namespace {
@@ -13,30 +18,39 @@ namespace {
 constexpr std::string_view kWhiteoutPrefix = ".wh.";
 constexpr std::string_view kOpaqueMarker = ".wh..wh..opq";
 constexpr std::string_view kOpaqueXattrs[] = {"trusted.overlay.opaque", "user.overlay.opaque"};
+constexpr uint32_t kNone = UINT32_MAX;
 
-// The merged view while it is built; emitted into the Tree at the end.
+// The merged view while it is built; emitted into the Tree at the end. Flat:
+// nodes refer to each other by index, so nothing (building, walking or
+// freeing) recurses in proportion to depth. Nodes a later layer replaces
+// stay in the vector until the merge ends.
 struct MNode {
   Ino src = 0;  // the layer inode giving attributes (dirs) or everything (others)
   uint32_t layer = 0;
-  bool dir = false;
-  std::map<std::string, std::unique_ptr<MNode>> kids;
+  uint32_t kids = 0;  // directories: 1 + index into Merger::kids_
 };
 
 class Merger {
  public:
-  Merger(Tree& tree, WhiteoutMode mode) : tree_(tree), mode_(mode) {}
+  Merger(Tree& tree, WhiteoutMode mode, const MergeLimits& limits)
+      : tree_(tree), mode_(mode), limits_(limits) {
+    nodes_.push_back(MNode{});
+    kids_.emplace_back();
+    nodes_[0].kids = 1;
+  }
 
   void ApplyLayer(Ino layer_root, uint32_t layer) {
-    root_.src = layer_root;
-    root_.dir = true;
-    ApplyDir(layer_root, layer, &root_);
+    nodes_[0].src = layer_root;
+    // Depth first with an explicit stack of (layer directory, merged node).
+    std::vector<std::pair<Ino, uint32_t>> stack{{layer_root, 0}};
+    while (!stack.empty()) {
+      auto [dir, merged] = stack.back();
+      stack.pop_back();
+      ApplyDir(dir, layer, merged, &stack);
+    }
   }
 
-  MergeStats Emit(Ino rootfs) {
-    if (root_.src) CopyDirAttr(rootfs, root_.src);
-    EmitDir(root_, rootfs);
-    return stats_;
-  }
+  MergeStats Emit(Ino rootfs);
 
  private:
   struct Kid {
@@ -44,6 +58,7 @@ class Merger {
     Ino ino;
     Node node;
   };
+  using Children = std::map<std::string, uint32_t>;
 
   bool IsOverlayWhiteout(const Node& n) const {
     return mode_ == WhiteoutMode::kOverlay && S_ISCHR(n.attr.mode) && n.attr.rdev == makedev(0, 0);
@@ -55,62 +70,96 @@ class Merger {
     }
     return false;
   }
+  // As in the tar: `.wh.` names are whiteouts, never entries.
+  bool IsWhiteoutName(std::string_view name) const {
+    return mode_ == WhiteoutMode::kAsInTar && name.substr(0, kWhiteoutPrefix.size()) == kWhiteoutPrefix;
+  }
+  Children& KidsOf(uint32_t id) { return kids_[nodes_[id].kids - 1]; }
 
-  void ApplyDir(Ino layer_dir, uint32_t layer, MNode* merged) {
+  uint32_t NewNode(Ino src, uint32_t layer, bool dir) {
+    if (nodes_.size() - 1 >= limits_.max_entries) {
+      if (!over_limit_) {
+        LOG_WARN("rootfs: over the limit of " + std::to_string(limits_.max_entries) +
+                 " entries: skipping the rest");
+      }
+      over_limit_ = true;
+      ++stats_.skipped;
+      return kNone;
+    }
+    MNode n;
+    n.src = src;
+    n.layer = layer;
+    if (dir) {
+      kids_.emplace_back();
+      n.kids = static_cast<uint32_t>(kids_.size());
+    }
+    nodes_.push_back(n);
+    return static_cast<uint32_t>(nodes_.size() - 1);
+  }
+
+  void ApplyDir(Ino layer_dir, uint32_t layer, uint32_t merged,
+                std::vector<std::pair<Ino, uint32_t>>* stack) {
     std::vector<Kid> kids;
     (void)tree_.ReadDir(layer_dir, 2, [&](const DirEntry& de, uint64_t) {
-      Result<Node> n = tree_.Get(de.ino);
-      if (n.ok()) kids.push_back({de.name, de.ino, std::move(*n)});
+      kids.push_back({de.name, de.ino, Node{}});
       return true;
     });
-    Result<Node> self = tree_.Get(layer_dir);
-    // Whiteouts first: they hide lower layers only, never this layer's names.
-    bool opaque = (self.ok() && HasOpaqueXattr(*self));
-    for (const Kid& k : kids) {
-      if (k.name == kOpaqueMarker) opaque = true;
+    for (Kid& k : kids) {
+      Result<Node> n = tree_.Get(k.ino);
+      if (n.ok()) k.node = std::move(*n);
     }
+    Result<Node> self = tree_.Get(layer_dir);
+    // Whiteouts first: they hide lower layers only, never this layer's names
+    // (except a `.wh.x` that came after x in the tar: extraction removed x).
+    bool opaque = self.ok() && HasOpaqueXattr(*self);
+    for (const Kid& k : kids) {
+      if (mode_ == WhiteoutMode::kAsInTar && k.name == kOpaqueMarker) opaque = true;
+    }
+    Children& mk = KidsOf(merged);
     if (opaque) {
       ++stats_.opaque;
-      for (auto it = merged->kids.begin(); it != merged->kids.end();) {
-        it = it->second->layer < layer ? merged->kids.erase(it) : std::next(it);
+      for (auto it = mk.begin(); it != mk.end();) {
+        it = nodes_[it->second].layer < layer ? mk.erase(it) : std::next(it);
       }
     }
+    std::unordered_set<std::string_view> hidden_here;  // this layer's own names removed
     for (const Kid& k : kids) {
-      std::string hidden;
-      if (k.name == kOpaqueMarker) continue;
-      if (k.name.rfind(kWhiteoutPrefix, 0) == 0) {
-        hidden = k.name.substr(kWhiteoutPrefix.size());
-      } else if (IsOverlayWhiteout(k.node)) {
+      std::string_view hidden;
+      if (IsWhiteoutName(k.name)) {
+        if (k.name == kOpaqueMarker) continue;
+        hidden = std::string_view(k.name).substr(kWhiteoutPrefix.size());
+        if (k.node.flags & Node::kHidesOwnLayer) hidden_here.insert(hidden);
+      } else if (IsOverlayWhiteout(k.node) ||
+                 (mode_ == WhiteoutMode::kOverlay && (k.node.flags & Node::kReplacedWhiteout))) {
         hidden = k.name;
       } else {
         continue;
       }
-      auto it = merged->kids.find(hidden);
-      if (it != merged->kids.end() && it->second->layer < layer) {
-        merged->kids.erase(it);
+      auto it = mk.find(std::string(hidden));
+      if (it != mk.end() && nodes_[it->second].layer < layer) {
+        mk.erase(it);
         ++stats_.whiteouts;
       }
     }
     for (const Kid& k : kids) {
-      if (k.name == kOpaqueMarker || k.name.rfind(kWhiteoutPrefix, 0) == 0 ||
-          IsOverlayWhiteout(k.node)) {
-        continue;
-      }
-      std::unique_ptr<MNode>& slot = merged->kids[k.name];
+      if (IsWhiteoutName(k.name) || IsOverlayWhiteout(k.node) || hidden_here.count(k.name)) continue;
       bool is_dir = S_ISDIR(k.node.attr.mode);
-      if (slot && !(is_dir && slot->dir)) {
+      auto it = KidsOf(merged).find(k.name);
+      uint32_t slot = it == KidsOf(merged).end() ? kNone : it->second;
+      if (slot != kNone && !(is_dir && nodes_[slot].kids)) {
         ++stats_.replaced;
-        slot.reset();
+        KidsOf(merged).erase(it);
+        slot = kNone;
       }
-      if (!slot) {
-        slot = std::make_unique<MNode>();
-        slot->dir = is_dir;
-        slot->src = k.ino;
+      if (slot == kNone) {
+        slot = NewNode(k.ino, layer, is_dir);  // may grow kids_: no references held
+        if (slot == kNone) continue;
+        KidsOf(merged)[k.name] = slot;
       } else if (!(k.node.flags & Node::kImplicitDir)) {
-        slot->src = k.ino;  // an upper layer's own entry: its attributes win
+        nodes_[slot].src = k.ino;  // an upper layer's own entry: its attributes win
       }
-      slot->layer = layer;
-      if (is_dir) ApplyDir(k.ino, layer, slot.get());
+      nodes_[slot].layer = layer;
+      if (is_dir) stack->emplace_back(k.ino, slot);
     }
   }
 
@@ -134,49 +183,63 @@ class Merger {
     });
   }
 
-  void EmitDir(const MNode& m, Ino dir) {
-    for (const auto& [name, kid] : m.kids) {
+  Tree& tree_;
+  WhiteoutMode mode_;
+  MergeLimits limits_;
+  bool over_limit_ = false;
+  std::vector<MNode> nodes_;  // [0] is rootfs/ itself
+  std::vector<Children> kids_;
+  MergeStats stats_;
+};
+
+MergeStats Merger::Emit(Ino rootfs) {
+  if (nodes_[0].src) CopyDirAttr(rootfs, nodes_[0].src);
+  // Hard-linked layer inodes: one rootfs inode per group, counting its
+  // surviving names.
+  std::unordered_map<Ino, Ino> groups;
+  // Depth first with an explicit stack; each directory's names go in sorted
+  // order, so every AddChild is an append.
+  std::vector<std::pair<uint32_t, Ino>> stack{{0, rootfs}};
+  while (!stack.empty()) {
+    auto [id, dir] = stack.back();
+    stack.pop_back();
+    for (const auto& [name, kid] : KidsOf(id)) {
+      const MNode& m = nodes_[kid];
       ++stats_.entries;
-      if (kid->dir) {
+      if (m.kids) {
         Node n;
         n.attr.mode = S_IFDIR | 0755;
         n.attr.nlink = 2;
         Ino ino = tree_.AddChild(dir, name, std::move(n));
-        CopyDirAttr(ino, kid->src);
-        EmitDir(*kid, ino);
+        if (ino == 0) continue;
+        CopyDirAttr(ino, m.src);
+        stack.emplace_back(kid, ino);
         continue;
       }
-      Result<Node> src = tree_.Get(kid->src);
+      Result<Node> src = tree_.Get(m.src);
       if (!src.ok()) continue;
       if (src->attr.nlink <= 1) {
-        tree_.Link(dir, name, kid->src, /*count_link=*/false);
+        tree_.Link(dir, name, m.src, /*count_link=*/false);
         continue;
       }
-      // A hard-linked inode: one rootfs inode per group, counting its
-      // surviving names.
-      auto it = groups_.find(kid->src);
-      if (it == groups_.end()) {
+      auto it = groups.find(m.src);
+      if (it == groups.end()) {
         Node n = *src;
         n.attr.nlink = 1;
-        groups_[kid->src] = tree_.AddChild(dir, name, std::move(n));
+        groups[m.src] = tree_.AddChild(dir, name, std::move(n));
       } else {
         tree_.Link(dir, name, it->second);
       }
     }
   }
-
-  Tree& tree_;
-  WhiteoutMode mode_;
-  MNode root_;
-  std::unordered_map<Ino, Ino> groups_;
-  MergeStats stats_;
-};
+  return stats_;
+}
 
 }  // namespace
 
 MergeStats MergeLayers(Tree& tree, const std::vector<Ino>& layer_roots, Ino rootfs,
-                       WhiteoutMode mode) {
-  Merger m(tree, mode);
+                       WhiteoutMode mode, const MergeLimits& limits) {
+  Merger m(tree, mode, limits);
   for (size_t i = 0; i < layer_roots.size(); ++i) {
     m.ApplyLayer(layer_roots[i], static_cast<uint32_t>(i));
   }

@@ -8,12 +8,19 @@
 //  - a later entry replaces an earlier one of any type; directories merge,
 //    taking the upper layer's attributes (unless the upper layer only
 //    implied the directory as a parent);
-//  - whiteouts themselves never appear; hard links stay within their layer.
+//  - whiteouts themselves never appear; hard links stay within their layer;
+//  - within a layer, extraction order counts where the layer tree records
+//    it: a `.wh.x` after x (Node::kHidesOwnLayer) removes that layer's x
+//    too, and a directory made over `.wh.x` (Node::kReplacedWhiteout) hides
+//    lower layers' x as the whiteout would have.
+// The merged view is built flat (indexes, explicit stacks), so nothing
+// recurses in proportion to path depth, and emitted in sorted order.
 // Non-directories are shared with their layer's inode (same bytes, no copy);
 // hard-linked ones get a rootfs inode per group so st_nlink counts the names
 // that survive the merge. Directories are new inodes.
 //
-// Failure: none; it works on what the Tree holds.
+// Failure: none; it works on what the Tree holds. Past MergeLimits the rest
+// is left out, with one log line.
 #ifndef REGFS_FS_ROOTFS_MERGE_H_
 #define REGFS_FS_ROOTFS_MERGE_H_
 
@@ -30,10 +37,18 @@ struct MergeStats {
   uint64_t whiteouts = 0;   // whiteouts applied
   uint64_t opaque = 0;      // opaque directories applied
   uint64_t replaced = 0;    // entries replaced by an upper layer
+  uint64_t skipped = 0;     // left out over MergeLimits
+};
+
+struct MergeLimits {
+  // Names in rootfs/ (and nodes of the merge's working tree, which holds at
+  // most one per layer entry). Each layer is bounded by LayerTreeLimits
+  // already; this bounds the merge's own memory (~100 bytes per node).
+  uint64_t max_entries = 16000000;
 };
 
 MergeStats MergeLayers(Tree& tree, const std::vector<Ino>& layer_roots, Ino rootfs,
-                       WhiteoutMode mode);
+                       WhiteoutMode mode, const MergeLimits& limits = {});
 
 }  // namespace regfs
 

@@ -65,6 +65,13 @@ struct Node {
   // kImplicitDir: a parent directory its layer did not list (attributes
   // are defaults, so a merge keeps those of a lower layer's real entry).
   static constexpr uint8_t kImplicitDir = 1;
+  // A `.wh.x` (whiteouts as in the tar) that came after x in its own layer:
+  // extraction removes x of that layer too, so the merge must.
+  static constexpr uint8_t kHidesOwnLayer = 2;
+  // Overlay form: a directory that replaced a whiteout of its own name in
+  // its layer (`.wh.x` then `x/`). The changeset rules hide lower layers'
+  // x, which overlayfs would merge into it: the merge does hide them.
+  static constexpr uint8_t kReplacedWhiteout = 4;
   uint8_t flags = 0;
   // Directories whose contents are filled in later (a layer not yet indexed):
   // nonzero is the id passed to the Tree's populate hook.
