@@ -119,7 +119,9 @@ struct CachedBlobSource::SeqHash {
   std::mutex mu;
   bool done = false;
   uint64_t next = 0;
-  uint64_t last_use = 0;  // seq_tick_ when last advanced; the oldest pass goes first
+  // seq_tick_ when last advanced; the oldest pass goes first. Atomic: read
+  // under seq_mu_ alone.
+  std::atomic<uint64_t> last_use{0};
   Sha256 whole;
   Sha256 chunk;
   std::string chunk_hashes;
@@ -568,10 +570,8 @@ bool CachedBlobSource::FetchSmallRandom(const BlobDescriptor& blob, uint64_t off
       missing.back() - missing.front() + 1 != missing.size()) {
     return false;
   }
-  // Verified: fetch whole chunks (checked against their hashes). The state
-  // query does not copy the blob's hash table as GetChunkSha256s would.
-  auto state = cache_->GetBlobState(blob.digest);
-  if (!state.ok() || state->verified) return false;
+  // Verified: fetch whole chunks (checked against their hashes).
+  if (KnownVerified(blob)) return false;
   {
     std::lock_guard<std::mutex> lock(flights_mu_);
     for (uint64_t c : missing) {
@@ -714,7 +714,7 @@ Status CachedBlobSource::TrackSequential(const BlobDescriptor& blob, uint64_t of
       // The pass that advanced least recently is most likely abandoned.
       auto oldest = seq_.begin();
       for (auto it = seq_.begin(); it != seq_.end(); ++it) {
-        if (it->second->last_use < oldest->second->last_use) oldest = it;
+        if (it->second->last_use.load() < oldest->second->last_use.load()) oldest = it;
       }
       seq_.erase(oldest);
     }
@@ -727,7 +727,7 @@ Status CachedBlobSource::TrackSequential(const BlobDescriptor& blob, uint64_t of
   if (h->done || offset > h->next) return Status::Ok();
   const uint64_t end = offset + bytes.size();
   if (end <= h->next) return Status::Ok();
-  h->last_use = seq_tick_.fetch_add(1, std::memory_order_relaxed);
+  h->last_use.store(seq_tick_.fetch_add(1, std::memory_order_relaxed));
   const uint64_t cs = cache_->chunk_size();
   while (h->next < end) {
     const uint64_t chunk_end = std::min((h->next / cs + 1) * cs, blob.size);
