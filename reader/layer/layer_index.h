@@ -63,7 +63,9 @@ struct LayerIndex {
   // entry whose inode they share (chains resolved).
   std::vector<TarEntry> entries;
   uint64_t gzip_members = 0;     // gzip: members in the stream (concatenated gzip > 1)
-  uint64_t skipped_entries = 0;  // refused by policy (each logged at build time)
+  // Entries refused by policy (see tar_reader.h; logged at build time, the
+  // first 100), and global PAX headers ignored for being over their cap.
+  uint64_t skipped_entries = 0;
   bool tar_end_marker = false;   // the archive had its end-of-archive block
   // "sha256:<hex>" of the uncompressed stream, when verified: the build was
   // given IndexBuildOptions::expected_diff_id and it matched, or the layer is

@@ -58,10 +58,25 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   BytesStream stream(data, size);
   regfs::TarReader reader(&stream);
   regfs::TarEntry e;
+  // An entry's data is skipped by the next call, which fails when the data
+  // is cut short: only an entry followed by a good call promises its bytes.
+  uint64_t prev_end = 0;
   for (int i = 0; i < 100000; ++i) {
     auto more = reader.Next(&e);
-    if (!more.ok() || !*more) break;
-    if (e.type == regfs::EntryType::kRegular && e.data_offset + e.size > size) __builtin_trap();
+    if (!more.ok()) break;
+    if (prev_end > size) __builtin_trap();
+    if (!*more) break;
+    prev_end = e.type == regfs::EntryType::kRegular ? e.data_offset + e.size : 0;
+    // The limits the reader promises (tar_reader.h).
+    if (e.path.size() > regfs::TarReader::kMaxPath) __builtin_trap();
+    if (e.path.find('\0') != std::string::npos) __builtin_trap();
+    if (e.xattrs.size() > regfs::TarReader::kMaxXattrs) __builtin_trap();
+    size_t xattr_bytes = 0;
+    for (const auto& [k, v] : e.xattrs) xattr_bytes += k.size() + v.size();
+    if (xattr_bytes > regfs::TarReader::kMaxXattrBytes) __builtin_trap();
   }
+  size_t global_bytes = 0;
+  for (const auto& [k, v] : reader.global_pax()) global_bytes += k.size() + v.size();
+  if (global_bytes > regfs::TarReader::kMaxGlobalPaxSize) __builtin_trap();
   return 0;
 }
