@@ -308,10 +308,23 @@ int ServeStore(MountOptions mo, DaemonReady* ready) {
     FuseOptions fo;
     fo.mountpoint = mo.mountpoint;
     fo.fsname = "regfs-store";
-    // Root's overlayfs and runc use the layers: other users, device nodes
-    // and setuid bits must work through this mount.
-    fo.mount_opts = {"allow_other", "dev", "suid"};
+    // The store resolves any reference with this machine's credentials, so
+    // only root and this daemon's user may use it. overlayfs looks up and
+    // opens lower layers with its mounter's credentials and checks setuid
+    // bits and device nodes on its own mount, and runc runs as root: so the
+    // root is 0700 (default_permissions: the kernel keeps everyone else out
+    // of everything, including what root already resolved), lookups that
+    // would resolve or index something are refused to other uids in the
+    // daemon too, and the mount is nosuid,nodev, placed after the user's -o
+    // so that they win. allow_other stays: a container's process faults
+    // pages of a layer file in with its own uid, and root needs it to use
+    // a store run by another user.
+    store.tree().SetTimesAndOwner(kRootIno, 0, geteuid(), getegid());
+    store.tree().Update(kRootIno, [](Node& n) { n.attr.mode = S_IFDIR | 0700; });
+    fo.trusted_uids = {0, geteuid()};
+    fo.mount_opts = {"allow_other"};
     fo.mount_opts.insert(fo.mount_opts.end(), mo.fuse_opts.begin(), mo.fuse_opts.end());
+    fo.mount_opts.insert(fo.mount_opts.end(), {"nosuid", "nodev"});
     fo.read_only = false;
     fo.debug = mo.fuse_debug;
     FuseDaemon daemon(&store.tree(), &store, fo);
