@@ -588,6 +588,10 @@ ChunkCache::Pin::~Pin() {
 
 uint64_t ChunkCache::DiskBytesBesideChunks() const {
   if (!options_.cap_counts_database) return 0;
+  return DatabaseDiskBytes();
+}
+
+uint64_t ChunkCache::DatabaseDiskBytes() const {
   // What du counts: allocated blocks of the database files and of the
   // directories. (Chunk files hold what `totals` counts, rounded up to a
   // block for a blob's short last chunk.)
@@ -1017,6 +1021,7 @@ Result<CacheStats> ChunkCache::Stats() {
   s.misses = misses_.load();
   s.evicted_chunks = evicted_.load();
   if (!writable_) return s;
+  s.database_bytes = DatabaseDiskBytes();
   ASSIGN_OR_RETURN(ReadConnLease conn, AcquireRead());
   sqlite3* db = conn->db.get();
   ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db, Transaction::Kind::kDeferred));

@@ -92,6 +92,7 @@ struct BlobCacheState {
 
 struct CacheStats {
   uint64_t bytes = 0;           // chunk bytes stored
+  uint64_t database_bytes = 0;  // disk besides chunks: cache.db, WAL, shm, directories
   uint64_t chunks = 0;
   uint64_t blobs = 0;           // blobs with at least one chunk
   uint64_t complete_blobs = 0;
@@ -252,7 +253,8 @@ class ChunkCache {
   // the disk the database takes (DiskBytesBesideChunks).
   Status MakeRoomLocked(uint64_t needed, uint64_t max_size, bool* fits,
                         std::vector<Victim>* victims);
-  uint64_t DiskBytesBesideChunks() const;
+  uint64_t DiskBytesBesideChunks() const;  // 0 unless cap_counts_database
+  uint64_t DatabaseDiskBytes() const;
   // Deletes least-recently-used index and manifest rows until they take at
   // most `limit` bytes; sets *evicted if any went.
   Status EvictKeyedRowsLocked(uint64_t limit, bool* evicted);

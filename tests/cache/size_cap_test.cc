@@ -87,6 +87,8 @@ TEST_F(SizeCapTest, IndexesManifestsAndChunksStayUnderTheCapAndWhatIsUsedStays) 
   auto stats = cache_->Stats();
   ASSERT_OK(stats);
   EXPECT_LT(stats->layer_indexes, 30u);
+  EXPECT_GT(stats->database_bytes, 0u);
+  EXPECT_LE(stats->bytes + stats->database_bytes, kCap);
   // A prune to a smaller size shrinks the directory with it.
   ASSERT_OK(cache_->Prune(kCap / 2));
   EXPECT_LE(DiskUsage(dir_ + "/cache"), kCap / 2);
