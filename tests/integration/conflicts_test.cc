@@ -403,7 +403,8 @@ std::vector<Case> Cases() {
                         {TE::Whiteout("wd")},
                     }},
                    false,
-                   {{"x", "file"}, {"x2", "file"}, {"wd/new", "file"}}});
+                   // The lower wd is hidden, the layer's own wd stays.
+                   {{"x", "file"}, {"x2", "file"}, {"wd/new", "file"}, {"wd/old", "absent"}}});
   return cases;
 }
 
