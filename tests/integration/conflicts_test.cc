@@ -107,6 +107,9 @@ struct Case {
   // The same, where the oracles differ.
   std::vector<std::pair<std::string, std::string>> expect_podman;
   std::vector<std::pair<std::string, std::string>> expect_umoci;
+  // path -> xattr name both oracles show (xattrs are only compared where
+  // the oracle kept some).
+  std::vector<std::pair<std::string, std::string>> expect_xattrs;
 };
 
 TE Owned(TE e, uint32_t uid, uint32_t gid) {
@@ -191,6 +194,9 @@ std::vector<Case> Cases() {
             {WithXattrs(Owned(TE::Dir("xd", 0750), 1000, 1000),
                         {{"user.d", "1"}, {"trusted.d", "2"}})},
             {TE::File("xd/keep", "xd/keep\n")},
+            {WithXattrs(TE::File("xk", "xk keeps its xattrs\n"),
+                        {{"user.k", "1"}, {"trusted.k", "2"}})},
+            {WithXattrs(TE::Dir("xe"), {{"user.old", "1"}, {"trusted.old", "2"}})},
             {TE::Dir("sw")},
             {TE::File("sw/lower", "sw/lower is a file in layer 0\n")},
             {TE::Dir("sd")},
@@ -213,6 +219,8 @@ std::vector<Case> Cases() {
             {TE::CharDev("dv", 1, 3, 0666)},
             {TE::File("xa", "xa without xattrs\n")},
             {TE::Dir("xd", 0755)},
+            {WithXattrs(Owned(TE::Dir("xe", 0700), 5, 6),
+                        {{"user.new", "3"}, {"trusted.new", "4"}})},
             {TE::Dir("sw")},
             {TE::Dir("sw/lower")},
             {TE::File("sw/lower/kid", "sw/lower/kid\n")},
@@ -242,7 +250,10 @@ std::vector<Case> Cases() {
         {"sw/lower/kid", "file"},
         {"sd", "symlink"},
         {"hd", "file"},
-        {"fd", "fifo"}}});
+        {"fd", "fifo"}},
+       {},
+       {},
+       {{"xk", "user.k"}, {"xk", "trusted.k"}, {"xe", "user.new"}, {"xe", "trusted.new"}}});
   // Opaque directories with new content in the same layer, the marker
   // before and after that content (it hides only lower layers).
   cases.push_back({"OpaqueWithNewContent",
@@ -519,6 +530,10 @@ void ExpectTheConflictsHappened(const Case& c,
       auto it = t.find(path);
       EXPECT_EQ(it == t.end() ? "absent" : TypeName(it->second.mode), type) << path;
     }
+  }
+  for (const auto& [path, name] : c.expect_xattrs) {
+    auto it = t.find(path);
+    EXPECT_TRUE(it != t.end() && it->second.xattrs.count(name)) << path << " " << name;
   }
 }
 
