@@ -110,9 +110,12 @@ class StoreSecurityTest : public FdCheckedTest {
     FdCheckedTest::TearDown();
   }
 
-  void StartStore() {
-    CommandResult r = RunCommand({REGFS_BINARY, "store", "--tls-verify=false", "--cache-dir",
-                                  dir_->Sub("cache"), "--log-file", dir_->Sub("store.log"), mnt_});
+  void StartStore(const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> args = {REGFS_BINARY, "store", "--tls-verify=false", "--cache-dir",
+                                     dir_->Sub("cache"), "--log-file", dir_->Sub("store.log")};
+    args.insert(args.end(), extra.begin(), extra.end());
+    args.push_back(mnt_);
+    CommandResult r = RunCommand(args);
     ASSERT_EQ(r.exit_code, 0) << r.output;
     ASSERT_TRUE(IsMountPoint(mnt_));
   }
@@ -196,6 +199,15 @@ TEST_F(StoreSecurityTest, MountIsNosuidNodev) {
   if (fd >= 0) close(fd);
   EXPECT_EQ(fd, -1);
   EXPECT_EQ(err, EACCES);
+}
+
+// The user's -o cannot turn setuid or devices back on.
+TEST_F(StoreSecurityTest, UserOptionsDoNotUndoNosuidNodev) {
+  StartStore({"-o", "suid,dev"});
+  struct statvfs sv;
+  ASSERT_EQ(statvfs(mnt_.c_str(), &sv), 0);
+  EXPECT_NE(sv.f_flag & ST_NOSUID, 0u);
+  EXPECT_NE(sv.f_flag & ST_NODEV, 0u);
 }
 
 // What the store is for still works: a container started through it as user
