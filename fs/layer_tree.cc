@@ -170,7 +170,7 @@ class Builder {
       nodes_[it->second].kind = SNode::kDir;
       nodes_[it->second].entry = i;
       ++stats_.entries;
-      if (mode_ == WhiteoutMode::kAsInTar) TrackOwnWhiteouts(parent, name, it->second);
+      if (mode_ == WhiteoutMode::kAsInTar) TrackOwnWhiteouts(parent, name, it->second, false);
       return;
     }
     // Anything else over an existing name: extraction removes it (with all
@@ -208,12 +208,16 @@ class Builder {
     }
     KidsOf(parent)[name] = id;
     ++stats_.entries;
-    if (mode_ == WhiteoutMode::kAsInTar) TrackOwnWhiteouts(parent, name, id);
+    if (mode_ == WhiteoutMode::kAsInTar) {
+      TrackOwnWhiteouts(parent, name, id, e.type == EntryType::kRegular);
+    }
   }
 
   // As in the tar, `.wh.x` and x are two names; extraction would remove x
   // when `.wh.x` comes after it, and the merge needs to know that.
-  void TrackOwnWhiteouts(uint32_t parent, std::string_view name, uint32_t id) {
+  // Only a regular file of its own (not a hard link, whose inode is shared)
+  // is a whiteout that can be flagged.
+  void TrackOwnWhiteouts(uint32_t parent, std::string_view name, uint32_t id, bool may_flag) {
     if (!own_whiteouts_.empty()) {
       // x made again after its whiteout: the whiteout no longer removes it.
       auto w = own_whiteouts_.find({parent, name});
@@ -222,7 +226,7 @@ class Builder {
         own_whiteouts_.erase(w);
       }
     }
-    if (!IsWhiteoutName(name) || name == kOpaqueMarker) return;
+    if (!may_flag || !IsWhiteoutName(name) || name == kOpaqueMarker) return;
     std::string_view hidden = name.substr(kWhiteoutPrefix.size());
     if (hidden.empty() || nodes_[id].kind != SNode::kEntry) return;
     const Children& kids = KidsOf(parent);
@@ -378,12 +382,13 @@ class Builder {
     n.attr.gid = e.gid;
     if (!e.xattrs.empty()) {
       auto x = n.xattrs ? std::make_shared<Xattrs>(*n.xattrs) : std::make_shared<Xattrs>();
-      for (const auto& [key, value] : e.xattrs) {
+      for (const auto& header_kv : e.xattrs) {
+        const std::string& key = header_kv.first;
         auto same = std::find_if(x->begin(), x->end(), [&](const auto& kv) { return kv.first == key; });
         if (same != x->end()) {
-          same->second = value;
+          same->second = header_kv.second;
         } else {
-          x->emplace_back(key, value);
+          x->push_back(header_kv);
         }
       }
       n.xattrs = x;

@@ -44,10 +44,16 @@ fi
 if [[ "${REGFS_SKIP_FUZZ:-0}" != 1 ]] && command -v clang++-14 >/dev/null; then
   CC=clang-14 CXX=clang++-14 cmake -S "$ROOT" -B build-fuzz -G Ninja -DREGFS_BUILD_FUZZ=ON \
     -DREGFS_BUILD_TESTS=OFF -DREGFS_BUILD_BENCH=OFF -DREGFS_WERROR=ON >/dev/null
-  ninja -C build-fuzz -j "$JOBS" tar_header_fuzz index_builder_fuzz
-  for f in tar_header_fuzz index_builder_fuzz; do
+  FUZZ_TARGETS=(tar_header_fuzz index_builder_fuzz layer_tree_fuzz rootfs_merge_fuzz)
+  ninja -C build-fuzz -j "$JOBS" "${FUZZ_TARGETS[@]}"
+  for f in "${FUZZ_TARGETS[@]}"; do
     echo "== fuzz smoke: $f"
-    build-fuzz/tests/$f -runs=20000 -max_total_time=10 2>&1 | tail -2
+    # Seeds (tests/fuzz/corpus/<target>/, the hostile cases) are copied: a
+    # run adds what it finds to its corpus directory.
+    corpus=$(mktemp -d)
+    if [[ -d tests/fuzz/corpus/$f ]]; then cp tests/fuzz/corpus/$f/* "$corpus"/; fi
+    build-fuzz/tests/$f -runs=20000 -max_total_time=10 "$corpus" 2>&1 | tail -2
+    rm -rf "$corpus"
   done
 fi
 

@@ -90,7 +90,8 @@ inline std::vector<std::string> Dump(const Tree& t, Ino root) {
   std::vector<std::string> out;
   std::vector<std::pair<std::string, Ino>> stack{{"", root}};  // to list
   while (!stack.empty()) {
-    auto [path, ino] = std::move(stack.back());
+    std::string path = std::move(stack.back().first);
+    Ino ino = stack.back().second;
     stack.pop_back();
     if (!path.empty()) {
       Result<Node> n = t.Get(ino);
