@@ -111,8 +111,9 @@ class StoreSecurityTest : public FdCheckedTest {
   }
 
   void StartStore(const std::vector<std::string>& extra = {}) {
-    std::vector<std::string> args = {REGFS_BINARY, "store", "--tls-verify=false", "--cache-dir",
-                                     dir_->Sub("cache"), "--log-file", dir_->Sub("store.log")};
+    std::vector<std::string> args = {
+        REGFS_BINARY,       "store",      "--tls-verify=false",  "--cache-dir",
+        dir_->Sub("cache"), "--log-file", dir_->Sub("store.log")};
     args.insert(args.end(), extra.begin(), extra.end());
     args.push_back(mnt_);
     CommandResult r = RunCommand(args);
@@ -145,9 +146,8 @@ TEST_F(StoreSecurityTest, NobodyCannotMakeTheStoreResolveOrSeeImages) {
   CommandResult stat_nobody = RunShell(AsNobody("stat " + ShellQuote(image_dir_)));
   EXPECT_NE(stat_nobody.exit_code, 0) << stat_nobody.output;
   // Nor from inside the mount: nobody's working directory is the store root.
-  CommandResult from_inside =
-      RunShell("cd " + ShellQuote(mnt_) + " && " +
-               AsNobody("stat " + ShellQuote(Base64Encode(ref_))));
+  CommandResult from_inside = RunShell("cd " + ShellQuote(mnt_) + " && " +
+                                       AsNobody("stat " + ShellQuote(Base64Encode(ref_))));
   EXPECT_NE(from_inside.exit_code, 0) << from_inside.output;
   CommandResult list_nobody = RunShell(AsNobody("ls -a " + ShellQuote(mnt_)));
   EXPECT_NE(list_nobody.exit_code, 0) << list_nobody.output;
@@ -168,7 +168,8 @@ TEST_F(StoreSecurityTest, NobodyCannotMakeTheStoreResolveOrSeeImages) {
   EXPECT_NE(cat_blob.exit_code, 0) << cat_blob.output;
   CommandResult stat_diff = RunShell(AsNobody("stat " + ShellQuote(diff_ + "/bin/probe")));
   EXPECT_NE(stat_diff.exit_code, 0) << stat_diff.output;
-  CommandResult status_nobody = RunShell(AsNobody("cat " + ShellQuote(mnt_ + "/.regfs/status.json")));
+  CommandResult status_nobody =
+      RunShell(AsNobody("cat " + ShellQuote(mnt_ + "/.regfs/status.json")));
   EXPECT_NE(status_nobody.exit_code, 0) << status_nobody.output;
   EXPECT_EQ(registry_->CountRequests(), requests_after_root);
   EXPECT_EQ(StoreStatus()["indexedLayers"], 0);
@@ -186,8 +187,7 @@ TEST_F(StoreSecurityTest, MountIsNosuidNodev) {
   ASSERT_EQ(st.st_uid, 0u);
   // nobody starts inside the layer (root enters it first), so only nosuid
   // stands between the setuid-root program and euid 0.
-  CommandResult probe =
-      RunShell("cd " + ShellQuote(diff_ + "/bin") + " && " + AsNobody("./probe"));
+  CommandResult probe = RunShell("cd " + ShellQuote(diff_ + "/bin") + " && " + AsNobody("./probe"));
   ASSERT_EQ(probe.exit_code, 0) << probe.output;
   EXPECT_EQ(probe.output, "euid=65534\n");
   // A device node in a layer does not open through the store, even for root.
@@ -222,10 +222,10 @@ TEST_F(StoreSecurityTest, ContainersKeepSetuidAndDevices) {
     envs_[root] = std::make_unique<PodmanEnv>(dir_->Sub(root), lazy ? mnt_ : "");
     CommandResult pull = envs_[root]->Run("pull --tls-verify=false " + ref_, 180);
     ASSERT_EQ(pull.exit_code, 0) << pull.output << StoreLog();
-    CommandResult run = envs_[root]->Run(
-        "run --rm --runtime /usr/sbin/runc --network none --user 65534 " + ref_ +
-            " /bin/probe /probe/zero",
-        180);
+    CommandResult run =
+        envs_[root]->Run("run --rm --runtime /usr/sbin/runc --network none --user 65534 " + ref_ +
+                             " /bin/probe /probe/zero",
+                         180);
     ASSERT_EQ(run.exit_code, 0) << run.output << StoreLog();
     outputs[root] = run.output;
   }
