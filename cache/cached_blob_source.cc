@@ -176,9 +176,10 @@ void CachedBlobSource::VerifierLoop() {
   }
 }
 
-void CachedBlobSource::WaitForVerifications() {
+bool CachedBlobSource::WaitForVerifications() {
   std::unique_lock<std::mutex> lock(verify_mu_);
-  verify_cv_.wait(lock, [this] { return verify_stop_ || verify_queued_.empty(); });
+  return verify_cv_.wait_for(lock, options_.wait_timeout,
+                             [this] { return verify_stop_ || verify_queued_.empty(); });
 }
 
 void CachedBlobSource::VerifyFromCache(const BlobDescriptor& blob) {

@@ -33,7 +33,8 @@
 //
 // Waits: a reader waiting for another reader's fetch (single flight) or for
 // another reader's whole-blob verification gives up after wait_timeout with
-// kTransient; nothing in here waits without a deadline.
+// kTransient; nothing in here waits without a deadline (the background
+// verifier's idle wait for work aside).
 //
 // Errors: upstream errors are returned as they are (waiters on a shared fetch
 // get the leader's error); cache errors are logged and bypassed.
@@ -122,8 +123,9 @@ class CachedBlobSource : public BlobSource {
 
   ChunkCache* cache() const { return cache_; }
 
-  // Waits until every queued background verification has finished.
-  void WaitForVerifications();
+  // Waits until every queued background verification has finished; false
+  // if that took longer than wait_timeout.
+  bool WaitForVerifications();
 
  private:
   struct Flight;
