@@ -146,6 +146,8 @@ const char* FaultKindName(FaultKind k) {
       return "redirect";
     case FaultKind::kRedirectLoop:
       return "redirect-loop";
+    case FaultKind::kDrip:
+      return "drip";
   }
   return "?";
 }
@@ -326,6 +328,25 @@ void FaultServer::Serve(Conn* c) {
   c->done = true;
 }
 
+bool FaultServer::Drip(int fd, const char* data, size_t len, int bytes_per_s) {
+  // Pieces of a tenth of the rate every 100 ms; below 10 bytes/s, one byte
+  // every 1000/rate ms.
+  const int rate = std::max(1, bytes_per_s);
+  const size_t piece = std::max(1, rate / 10);
+  const int interval_ms = static_cast<int>(piece * 1000 / static_cast<size_t>(rate));
+  size_t sent = 0;
+  while (sent < len && !stop_) {
+    size_t n = std::min(piece, len - sent);
+    if (!SendAll(fd, data + sent, n)) return false;
+    sent += n;
+    body_bytes_sent_.fetch_add(n);
+    // A client that hangs up ends the drip at once.
+    pollfd p{fd, POLLRDHUP, 0};
+    if (poll(&p, 1, interval_ms) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR))) return false;
+  }
+  return sent == len;
+}
+
 bool FaultServer::WaitStall(int fd, std::chrono::milliseconds d) {
   auto deadline = std::chrono::steady_clock::now() + d;
   while (!stop_ && std::chrono::steady_clock::now() < deadline) {
@@ -373,6 +394,13 @@ bool FaultServer::Handle(Conn* c, RecordedRequest& req) {
       decided = true;
     } else if (req.path == "/token" && bearer_) {
       token_requests_.fetch_add(1);
+      // Only a drip applies to the token endpoint (its answer, slowly).
+      auto q = faults_.find(req.path);
+      if (q != faults_.end() && !q->second.empty() &&
+          q->second.front().first.kind == FaultKind::kDrip) {
+        fault = q->second.front().first;
+        if (--q->second.front().second <= 0) q->second.pop_front();
+      }
       if (!token_basic_.empty() && auth != token_basic_) {
         respond_error(401, "UNAUTHORIZED", "bad credentials for token");
         headers.emplace_back("WWW-Authenticate", "Basic realm=\"token\"");
@@ -394,7 +422,7 @@ bool FaultServer::Handle(Conn* c, RecordedRequest& req) {
         respond_error(401, "UNAUTHORIZED", "authentication required");
         std::string scope = ScopeOf(req.path);
         headers.emplace_back("WWW-Authenticate",
-                             "Bearer realm=\"" + url() + "/token\",service=\"fault\"" +
+                             "Bearer realm=\"" + RealmLocked() + "\",service=\"fault\"" +
                                  (scope.empty() ? "" : ",scope=\"" + scope + "\""));
         decided = true;
       }
@@ -424,8 +452,10 @@ bool FaultServer::Handle(Conn* c, RecordedRequest& req) {
   }
 
   auto it_res = resources_.end();
+  std::string realm;
   if (!decided) {
     std::lock_guard<std::mutex> lock(mu_);
+    if (fault.kind == FaultKind::kUnauthorized) realm = RealmLocked();
     it_res = resources_.find(req.path);
     if (it_res != resources_.end()) {
       body_owner = it_res->second.body;
@@ -444,7 +474,7 @@ bool FaultServer::Handle(Conn* c, RecordedRequest& req) {
       case FaultKind::kUnauthorized:
         respond_error(401, "UNAUTHORIZED", "injected 401");
         headers.emplace_back("WWW-Authenticate",
-                             "Bearer realm=\"" + url() + "/token\",service=\"fault\"");
+                             "Bearer realm=\"" + realm + "\",service=\"fault\"");
         decided = true;
         break;
       case FaultKind::kForbidden:
@@ -536,6 +566,7 @@ bool FaultServer::Handle(Conn* c, RecordedRequest& req) {
   if (head_only) return true;
 
   const char* data = body->data() + body_from;
+  if (fault.kind == FaultKind::kDrip) return Drip(fd, data, body_len, fault.drip_bytes_per_s);
   const bool mid_body_fault = fault.kind == FaultKind::kResetMidBody ||
                               fault.kind == FaultKind::kStall || fault.kind == FaultKind::kTruncate;
   if (mid_body_fault && (status == 200 || status == 206)) {
@@ -595,6 +626,15 @@ void FaultServer::RequireBasic(const std::string& user, const std::string& passw
 void FaultServer::ExpireTokens() {
   std::lock_guard<std::mutex> lock(mu_);
   tokens_.clear();
+}
+
+void FaultServer::SetTokenRealm(const std::string& realm) {
+  std::lock_guard<std::mutex> lock(mu_);
+  token_realm_ = realm;
+}
+
+std::string FaultServer::RealmLocked() const {
+  return token_realm_.empty() ? url() + "/token" : token_realm_;
 }
 
 void FaultServer::RejectAuthorization(bool reject) {

@@ -46,6 +46,7 @@ enum class FaultKind {
   kInternalError,        // 500
   kRedirect,             // 307 to `location`
   kRedirectLoop,         // 307 to the request's own URL
+  kDrip,                 // the whole answer, its body at drip_bytes_per_s (a slow drip)
 };
 const char* FaultKindName(FaultKind k);
 
@@ -55,6 +56,7 @@ struct Fault {
   std::string location;                    // kRedirect: absolute URL
   std::chrono::milliseconds stall{60000};  // kStall: at most this long
   bool retry_after_as_date = false;        // send Retry-After as an HTTP-date (now + retry_after_s)
+  int drip_bytes_per_s = 2048;             // kDrip: the body's rate (>= 1)
 };
 
 struct RecordedRequest {
@@ -99,6 +101,9 @@ class FaultServer {
   // Every path needs "Authorization: Basic ..." for user:password.
   void RequireBasic(const std::string& user, const std::string& password);
   void ExpireTokens();
+  // The realm named in Bearer challenges instead of url() + "/token" (say,
+  // the same server as "http://localhost:PORT/token", another origin).
+  void SetTokenRealm(const std::string& realm);
   // Answers 400 to any request carrying Authorization (as S3 does for a
   // presigned URL).
   void RejectAuthorization(bool reject);
@@ -127,6 +132,9 @@ class FaultServer {
   void ReapLocked();  // marks peer-closed connections; joins finished threads
   void Record(const RecordedRequest& r);
   bool WaitStall(int fd, std::chrono::milliseconds d);
+  // Sends `len` bytes at about `bytes_per_s`; false when the client hung up.
+  bool Drip(int fd, const char* data, size_t len, int bytes_per_s);
+  std::string RealmLocked() const;  // the Bearer realm; mu_ held
 
   int listen_fd_ = -1;
   int port_ = 0;
@@ -146,6 +154,7 @@ class FaultServer {
   std::map<std::string, std::chrono::steady_clock::time_point> tokens_;  // guarded by mu_
   uint64_t next_token_ = 0;                                              // guarded by mu_
   bool reject_auth_ = false;                                             // guarded by mu_
+  std::string token_realm_;                                              // guarded by mu_
   std::vector<RecordedRequest> log_;                                     // guarded by mu_
   uint64_t total_requests_ = 0;                                          // guarded by mu_
   std::atomic<uint64_t> body_bytes_sent_{0}, token_requests_{0};
