@@ -1,11 +1,13 @@
 #include "reader/http/auth.h"
-#include "reader/base/base64.h"
 
 #include <openssl/evp.h>
 
 #include <algorithm>
 #include <cctype>
 #include <nlohmann/json.hpp>
+
+#include "reader/base/base64.h"
+#include "reader/base/log.h"
 
 namespace regfs {
 namespace {
@@ -84,10 +86,24 @@ std::string BasicAuthorization(const Credentials& creds) {
   return "Basic " + Base64Encode(creds.username + ":" + creds.password);
 }
 
+bool MaySendBasicToRealm(std::string_view realm_url, std::string_view registry_url,
+                         bool registry_insecure) {
+  Result<UrlOrigin> realm = OriginOf(realm_url);
+  if (!realm.ok()) return false;
+  if (realm->scheme == "https") return true;
+  Result<UrlOrigin> registry = OriginOf(registry_url);
+  return registry_insecure && registry.ok() && realm->host == registry->host;
+}
+
 Authenticator::Authenticator(HttpClient* http, std::optional<Credentials> creds, bool verify_tls)
     : http_(http), creds_(std::move(creds)), verify_tls_(verify_tls) {}
 
-Result<std::string> Authenticator::HeaderFor(const std::string& scope) {
+void Authenticator::SetRegistryUrl(const std::string& url) {
+  std::lock_guard<std::mutex> lock(mu_);
+  registry_url_ = url;
+}
+
+Result<std::string> Authenticator::HeaderFor(const std::string& scope, Deadline deadline) {
   std::string stale;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -105,7 +121,7 @@ Result<std::string> Authenticator::HeaderFor(const std::string& scope) {
     auto it = tokens_.find(scope);
     if (it != tokens_.end() && Clock::now() < it->second.refresh_at) return it->second.header;
   }
-  Status st = FetchToken(scope);
+  Status st = FetchToken(scope, deadline);
   std::lock_guard<std::mutex> lock(mu_);
   auto it = tokens_.find(scope);
   if (st.ok() && it != tokens_.end()) return it->second.header;
@@ -115,7 +131,8 @@ Result<std::string> Authenticator::HeaderFor(const std::string& scope) {
 }
 
 Status Authenticator::OnRejected(long http_status, std::string_view www_authenticate,
-                                 const std::string& scope, const std::string& sent) {
+                                 const std::string& scope, const std::string& sent,
+                                 Deadline deadline) {
   std::vector<AuthChallenge> challenges = ParseWwwAuthenticate(www_authenticate);
   const AuthChallenge* bearer = nullptr;
   const AuthChallenge* basic = nullptr;
@@ -147,7 +164,7 @@ Status Authenticator::OnRejected(long http_status, std::string_view www_authenti
         tokens_.erase(it);
       }
     }
-    return FetchToken(scope);
+    return FetchToken(scope, deadline);
   }
   if (basic) {
     if (!creds_) {
@@ -165,11 +182,19 @@ Status Authenticator::OnRejected(long http_status, std::string_view www_authenti
   return Status::Unauthorized(code + ": access denied");
 }
 
-Status Authenticator::FetchToken(const std::string& scope) {
+Status Authenticator::FetchToken(const std::string& scope, Deadline deadline) {
   std::string url;
+  bool may_send_basic = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (realm_.empty()) return Status::Protocol("no token realm known");
+    may_send_basic = MaySendBasicToRealm(realm_, registry_url_, !verify_tls_);
+    if (creds_ && !may_send_basic && !warned_withheld_) {
+      warned_withheld_ = true;
+      LOG_WARN("not sending credentials " + creds_->ToString() + " to the token realm " +
+               RedactUrl(realm_) + ": plain http, and not the insecure registry's own host (" +
+               RedactUrl(registry_url_) + "); asking for an anonymous token");
+    }
     url = realm_ + (realm_.find('?') == std::string::npos ? "?" : "&");
     if (!service_.empty()) url += "service=" + PercentEncode(service_) + "&";
     url += "scope=" + PercentEncode(scope);
@@ -177,16 +202,23 @@ Status Authenticator::FetchToken(const std::string& scope) {
   HttpRequest req;
   req.url = url;
   req.verify_tls = verify_tls_;
+  req.deadline = deadline;
   req.max_body = 1 << 20;
   req.headers.push_back("Accept: application/json");
   // An identity token ("<token>" user) needs the OAuth2 POST flow, which is
   // not implemented; such credentials fetch an anonymous token.
-  if (creds_ && creds_->username != "<token>") {
-    req.headers.push_back("Authorization: " + BasicAuthorization(*creds_));
-  }
+  const bool send_basic = creds_ && creds_->username != "<token>" && may_send_basic;
+  if (send_basic) req.headers.push_back("Authorization: " + BasicAuthorization(*creds_));
   token_fetches_.fetch_add(1);
   HttpResult r = http_->Perform(req);
-  if (!r.status.ok()) return r.status.Annotate("token endpoint");
+  if (!r.status.ok()) {
+    if (creds_ && !may_send_basic && r.status.code() == Code::kUnauthorized) {
+      return r.status.Annotate(
+          "token endpoint (credentials withheld: it is plain http, and not the insecure "
+          "registry's own host)");
+    }
+    return r.status.Annotate("token endpoint");
+  }
   nlohmann::json j = nlohmann::json::parse(r.response.body, nullptr, false);
   if (!j.is_object()) return Status::Protocol("token endpoint: response is not a JSON object");
   std::string token;

@@ -282,11 +282,18 @@ ConnectionPool::Lease::~Lease() {
   if (pool_) pool_->Return(std::move(handle_));
 }
 
-Result<ConnectionPool::Lease> ConnectionPool::Borrow() {
+Result<ConnectionPool::Lease> ConnectionPool::Borrow(
+    std::optional<std::chrono::steady_clock::time_point> deadline) {
   std::unique_lock<std::mutex> lock(mu_);
   if (idle_.empty() && created_ >= limit_) {
     ++waits_;
-    cv_.wait(lock, [&] { return !idle_.empty() || created_ < limit_; });
+    auto free = [&] { return !idle_.empty() || created_ < limit_; };
+    if (!deadline) {
+      cv_.wait(lock, free);
+    } else if (!cv_.wait_until(lock, *deadline, free)) {
+      return Status::Transient("no connection came free before the deadline (" +
+                               std::to_string(limit_) + " in use)");
+    }
   }
   if (!idle_.empty()) {
     CurlEasyPtr h = std::move(idle_.back());
@@ -467,10 +474,22 @@ HttpResult HttpClient::Perform(const HttpRequest& req) {
     out.status = pool.status();
     return out;
   }
-  Result<ConnectionPool::Lease> lease = (*pool)->Borrow();
+  Result<ConnectionPool::Lease> lease = (*pool)->Borrow(req.deadline);
   if (!lease.ok()) {
-    out.status = lease.status();
+    out.status = lease.status().Annotate(what);
     return out;
+  }
+  // The whole exchange (connect, headers, body) ends by the deadline: curl
+  // counts CURLOPT_TIMEOUT_MS from the start of the transfer.
+  long timeout_ms = 0;
+  if (req.deadline) {
+    auto left = std::chrono::ceil<std::chrono::milliseconds>(*req.deadline -
+                                                             std::chrono::steady_clock::now());
+    if (left.count() <= 0) {
+      out.status = Status::Transient(what + ": deadline passed before the request was sent");
+      return out;
+    }
+    timeout_ms = static_cast<long>(left.count());
   }
   CURL* h = lease->get();
 
@@ -504,7 +523,9 @@ HttpResult HttpClient::Perform(const HttpRequest& req) {
   set(CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_1_1));
   set(CURLOPT_MAXCONNECTS, 1L);
   set(CURLOPT_TCP_KEEPALIVE, 1L);
-  set(CURLOPT_CONNECTTIMEOUT_MS, options_.connect_timeout_ms);
+  set(CURLOPT_CONNECTTIMEOUT_MS, timeout_ms > 0 ? std::min(timeout_ms, options_.connect_timeout_ms)
+                                                : options_.connect_timeout_ms);
+  if (timeout_ms > 0) set(CURLOPT_TIMEOUT_MS, timeout_ms);
   set(CURLOPT_LOW_SPEED_LIMIT, options_.low_speed_limit);
   set(CURLOPT_LOW_SPEED_TIME, options_.low_speed_time_s);
   set(CURLOPT_BUFFERSIZE, 128L * 1024);

@@ -7,9 +7,11 @@
 //
 // An exchange never follows redirects (the registry client does that by
 // hand), always sends "Accept-Encoding: identity", ends stalls with a
-// low-speed limit, and writes the body into a caller-provided buffer with a
-// hard cap: a body that would exceed it, or a 200 answering a ranged request
-// (unless allowed), aborts the transfer instead of buffering it.
+// low-speed limit and a slow drip at its deadline (HttpRequest::deadline,
+// the wait for a pooled connection included), and writes the body into a
+// caller-provided buffer with a hard cap: a body that would exceed it, or a
+// 200 answering a ranged request (unless allowed), aborts the transfer
+// instead of buffering it.
 //
 // Failures: every (CURLcode, HTTP status) pair maps to a Status in one
 // function, StatusFromHttp(). Transient = worth retrying (reset, timeout, 408,
@@ -23,6 +25,7 @@
 #include <curl/curl.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -76,8 +79,9 @@ class ConnectionPool {
     CurlEasyPtr handle_;
   };
 
-  // IoError when curl cannot allocate a handle.
-  Result<Lease> Borrow();
+  // IoError when curl cannot allocate a handle; Transient when no handle
+  // came free before `deadline`.
+  Result<Lease> Borrow(std::optional<std::chrono::steady_clock::time_point> deadline = {});
   PoolStats Stats() const;
 
  private:
@@ -128,6 +132,11 @@ struct HttpRequest {
   uint64_t sink_cap = 0;
   size_t max_body = 1 << 20;
   bool verify_tls = true;
+  // When the exchange must be over, waiting for a connection included: a
+  // transfer still running then (say, a body dripping slowly enough to pass
+  // the low-speed limit) ends with a Transient error. None: no bound but the
+  // low-speed limit.
+  std::optional<std::chrono::steady_clock::time_point> deadline;
 };
 
 struct HttpResponse {

@@ -80,6 +80,10 @@ struct RegistryClient::Call {
   size_t max_body = 1 << 20;  // whole-body requests
   HttpResponse response;      // the final successful response
 
+  // When the request must be over (the retry budget's end): every exchange
+  // of every attempt ends by then.
+  std::optional<Clock::time_point> deadline;
+
   // Per-attempt outcome.
   bool retry_now = false;  // auth refreshed or redirect dropped: retry at once
   bool auth_round = false;
@@ -141,12 +145,13 @@ std::string RegistryClient::BaseUrl() {
   return base_url_;
 }
 
-Result<std::string> RegistryClient::ResolveBase() {
+Result<std::string> RegistryClient::ResolveBase(std::optional<Clock::time_point> deadline) {
   std::lock_guard<std::mutex> lock(base_mu_);
   if (!base_url_.empty()) return base_url_;
   const std::string host = ref_.ApiHost();
   if (options_.tls_verify) {
     base_url_ = "https://" + host;
+    auth_.SetRegistryUrl(base_url_);
     return base_url_;
   }
   // As skopeo with --tls-verify=false: https without verification when the
@@ -155,13 +160,18 @@ Result<std::string> RegistryClient::ResolveBase() {
   probe.url = "https://" + host + "/v2/";
   probe.verify_tls = false;
   probe.max_body = 64 << 10;
+  probe.deadline = deadline;
   HttpResult r = http_.Perform(probe);
   if (r.response.status != 0) {
     base_url_ = "https://" + host;
+  } else if (r.status.code() == Code::kTransient && deadline && Clock::now() >= *deadline) {
+    // Out of time, not a refused handshake: decide on a later request.
+    return r.status.Annotate("probing for TLS");
   } else {
     LOG_DEBUG("registry " + host + ": no TLS (" + r.status.message() + "), using http");
     base_url_ = "http://" + host;
   }
+  auth_.SetRegistryUrl(base_url_);
   return base_url_;
 }
 
@@ -170,7 +180,7 @@ Status RegistryClient::AttemptOnce(Call& call, bool* progressed) {
   call.auth_round = false;
   call.retry_after.reset();
   *progressed = false;
-  ASSIGN_OR_RETURN(std::string base, ResolveBase());
+  ASSIGN_OR_RETURN(std::string base, ResolveBase(call.deadline));
   ASSIGN_OR_RETURN(UrlOrigin registry_origin, OriginOf(base));
   const std::string direct_url = base + call.path;
 
@@ -191,10 +201,11 @@ Status RegistryClient::AttemptOnce(Call& call, bool* progressed) {
     HttpRequest req;
     req.url = url;
     req.verify_tls = options_.tls_verify;
+    req.deadline = call.deadline;
     std::string sent_auth;
     if (to_registry) {
       req.headers = call.registry_headers;
-      ASSIGN_OR_RETURN(sent_auth, auth_.HeaderFor(scope_));
+      ASSIGN_OR_RETURN(sent_auth, auth_.HeaderFor(scope_, call.deadline));
       if (!sent_auth.empty()) req.headers.push_back(sent_auth);
     }
     if (call.range) {
@@ -221,7 +232,9 @@ Status RegistryClient::AttemptOnce(Call& call, bool* progressed) {
       std::string location = r.response.Header("location");
       if (location.empty())
         return Status::Protocol("redirect without Location from " + RedactUrl(url));
-      ASSIGN_OR_RETURN(url, ResolveUrl(url, location));
+      ASSIGN_OR_RETURN(std::string next, ResolveUrl(url, location));
+      RETURN_IF_ERROR(CheckRedirect(url, next));
+      url = std::move(next);
       redirects_followed_.fetch_add(1, std::memory_order_relaxed);
       continue;
     }
@@ -249,8 +262,8 @@ Status RegistryClient::AttemptOnce(Call& call, bool* progressed) {
       return r.status;
     }
     if (to_registry && (code == 401 || code == 403)) {
-      Status auth =
-          auth_.OnRejected(code, r.response.Header("www-authenticate"), scope_, sent_auth);
+      Status auth = auth_.OnRejected(code, r.response.Header("www-authenticate"), scope_, sent_auth,
+                                     call.deadline);
       if (auth.ok()) {
         call.retry_now = true;
         call.auth_round = true;
@@ -272,6 +285,7 @@ Status RegistryClient::AttemptOnce(Call& call, bool* progressed) {
 Status RegistryClient::Execute(Call& call) {
   const RetryPolicy& p = options_.retry;
   const auto deadline = Clock::now() + p.total_budget;
+  call.deadline = deadline;
   milliseconds backoff = p.initial_backoff;
   int attempts = 0, auth_rounds = 0, reresolves = 0;
   while (true) {
@@ -386,6 +400,16 @@ Status RegistryClient::ReadRange(const BlobDescriptor& blob, uint64_t offset, ui
   call.range = ByteRange{offset, offset + len - 1};
   call.total = blob.size;
   return Execute(call).Annotate("blob " + blob.digest);
+}
+
+Status CheckRedirect(std::string_view from_url, std::string_view to_url) {
+  ASSIGN_OR_RETURN(UrlOrigin from, OriginOf(from_url));
+  ASSIGN_OR_RETURN(UrlOrigin to, OriginOf(to_url));
+  if (from.scheme == "https" && to.scheme == "http") {
+    return Status::Protocol("refusing a redirect from https to plain http (" + RedactUrl(from_url) +
+                            " -> " + RedactUrl(to_url) + ")");
+  }
+  return Status::Ok();
 }
 
 Result<ResolvedImage> ResolveImage(RegistryClient& client, const Reference& ref,

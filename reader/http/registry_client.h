@@ -5,7 +5,8 @@
 // config and platform a mount needs.
 //
 // Behaviour on the wire:
-//  - Redirects are followed by hand, at most 10 hops, http(s) only. Requests to
+//  - Redirects are followed by hand, at most 10 hops, http(s) only, never
+//    from https down to plain http (CheckRedirect). Requests to
 //    another origin (scheme, host or port) carry no Authorization and no
 //    registry-only header. A blob's redirect target is cached and re-resolved
 //    through the registry when it answers 400/403/404.
@@ -13,7 +14,10 @@
 //    basic credentials), at most twice per request.
 //  - Transient failures (reset, stall, timeout, 429, 5xx, short body) are
 //    retried with exponential backoff honouring Retry-After, bounded by
-//    RetryPolicy in attempts and total time. A ranged read resumes from the
+//    RetryPolicy in attempts and total time. The time budget is also every
+//    attempt's deadline: each HTTP exchange of the request (token fetches,
+//    redirect hops and the TLS probe included) ends when the budget does,
+//    however slowly its answer drips in. A ranged read resumes from the
 //    last byte received; an attempt that made progress does not use up an
 //    attempt (the time budget still bounds it).
 //  - tls_verify=false (skopeo's --tls-verify=false): the first request probes
@@ -123,7 +127,7 @@ class RegistryClient : public BlobSource {
   // call.out or call.sink (whichever the caller set).
   Status ReadRange(const BlobDescriptor& blob, uint64_t offset, uint64_t len, Call& call);
   Status AttemptOnce(Call& call, bool* progressed);
-  Result<std::string> ResolveBase();
+  Result<std::string> ResolveBase(std::optional<std::chrono::steady_clock::time_point> deadline);
 
   const Reference ref_;
   const RegistryClientOptions options_;
@@ -154,6 +158,11 @@ struct ResolvedImage {
   ImageConfig config;
   Platform platform;  // the platform chosen (from the index, else the config's)
 };
+
+// Whether a redirect from `from_url` to `to_url` may be followed: not from
+// https down to plain http (the rest of the exchange, and a blob's bytes,
+// would cross in clear), Protocol error saying so; http -> https is fine.
+Status CheckRedirect(std::string_view from_url, std::string_view to_url);
 
 // Fetches ref's manifest (Accepting OCI index/manifest and Docker list/schema
 // 2); for an index picks `platform` (default HostPlatform()), skipping entries

@@ -135,6 +135,33 @@ TEST_F(Redirect, NonHttpSchemeRefused) {
   EXPECT_EQ(Read(0, 100, &got).code(), Code::kInvalidArgument);
 }
 
+TEST(RedirectCheck, NeverFromHttpsToPlainHttp) {
+  Status st = CheckRedirect("https://registry.example.com/v2/a/blobs/sha256:1",
+                            "http://storage.example.com/blob?sig=secret");
+  EXPECT_EQ(st.code(), Code::kProtocol);
+  EXPECT_NE(st.message().find("https to plain http"), std::string::npos) << st.message();
+  EXPECT_EQ(st.message().find("secret"), std::string::npos) << st.message();
+  EXPECT_OK(CheckRedirect("http://127.0.0.1:5000/v2/", "https://storage.example.com/b"));
+  EXPECT_OK(CheckRedirect("https://r.example.com/v2/", "https://storage.example.com/b"));
+  EXPECT_OK(CheckRedirect("http://127.0.0.1:5000/v2/", "http://127.0.0.1:5001/b"));
+}
+
+TEST(RealmCheck, BasicCredentialsOnlyOverTlsOrToThePlainRegistryItself) {
+  // https: any realm host, as containers/image and docker send them.
+  EXPECT_TRUE(MaySendBasicToRealm("https://auth.example.com/t", "https://r.example.com", false));
+  EXPECT_TRUE(MaySendBasicToRealm("https://auth.example.com/t", "http://127.0.0.1:5000", true));
+  // plain http: only when the registry was made insecure (--tls-verify=false),
+  // and only to its own host (a token server on another port beside it).
+  EXPECT_TRUE(MaySendBasicToRealm("http://127.0.0.1:5000/t", "http://127.0.0.1:5000", true));
+  EXPECT_TRUE(MaySendBasicToRealm("http://127.0.0.1:5001/t", "http://127.0.0.1:5000", true));
+  EXPECT_TRUE(MaySendBasicToRealm("http://r.example.com/t", "https://r.example.com", true));
+  EXPECT_FALSE(MaySendBasicToRealm("http://r.example.com/t", "https://r.example.com", false));
+  EXPECT_FALSE(MaySendBasicToRealm("http://localhost:5000/t", "http://127.0.0.1:5000", true));
+  EXPECT_FALSE(MaySendBasicToRealm("http://auth.example.com/t", "https://r.example.com", true));
+  EXPECT_FALSE(MaySendBasicToRealm("http://auth.example.com/t", "", true));
+  EXPECT_FALSE(MaySendBasicToRealm("ftp://r.example.com/t", "https://r.example.com", true));
+}
+
 using Auth = ReaderTest;
 
 int CountStatus(const FaultServer& s, int status) {
@@ -225,6 +252,27 @@ TEST_F(Auth, CredentialedTokenEndpoint) {
   std::string got;
   ASSERT_OK(Read(0, 100, &got));
   EXPECT_EQ(server_.token_requests(), 1u);
+}
+
+TEST_F(Auth, BasicCredentialsWithheldFromPlainHttpRealmOnOtherHost) {
+  // The registry names a token realm on another host ("localhost" is another
+  // origin than "127.0.0.1") over plain http: the password would cross the
+  // network in clear to a host it was not given for. The token is fetched
+  // anonymously instead.
+  options_.credentials.explicit_creds = Credentials{"bob", "tok-secret", "test"};
+  server_.RequireBearer(300, std::chrono::seconds(300));
+  server_.SetTokenRealm("http://localhost:" + std::to_string(server_.port()) + "/token");
+  std::string got;
+  ASSERT_OK(Read(0, 100, &got));
+  EXPECT_EQ(got, Expected(0, 100));
+  int token_requests = 0;
+  for (const auto& r : server_.requests()) {
+    if (r.path != "/token") continue;
+    ++token_requests;
+    EXPECT_EQ(r.Header("host").rfind("localhost", 0), 0u);
+    EXPECT_EQ(r.Header("authorization"), "");
+  }
+  EXPECT_GE(token_requests, 1);
 }
 
 TEST_F(Auth, SecretsNeverInErrorsOrLogs) {
