@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
@@ -360,6 +361,104 @@ Result<Credentials> ParseCredsFlag(std::string_view s) {
   if (colon == 0) return Status::InvalidArgument("--creds has an empty user name");
   return FromUserSecret(std::string(s.substr(0, colon)), std::string(s.substr(colon + 1)),
                         "--creds");
+}
+
+namespace {
+
+std::string LowerHost(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (out == "index.docker.io" || out == "registry-1.docker.io") out = "docker.io";
+  return out;
+}
+
+std::string_view TrimBlanks(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r'))
+    s.remove_suffix(1);
+  return s;
+}
+
+}  // namespace
+
+bool LooksLikeRegistryHost(std::string_view s) {
+  std::string_view host = s, port;
+  if (!s.empty() && s.front() == '[') {  // [v6]:port
+    size_t close = s.find(']');
+    if (close == std::string_view::npos) return false;
+    host = s.substr(1, close - 1);
+    std::string_view rest = s.substr(close + 1);
+    if (!rest.empty() && (rest.front() != ':' || rest.size() == 1)) return false;
+    if (!rest.empty()) port = rest.substr(1);
+    if (host.empty() ||
+        host.find_first_not_of("0123456789abcdefABCDEF:.") != std::string_view::npos)
+      return false;
+  } else {
+    size_t colon = s.find(':');
+    if (colon != std::string_view::npos) {
+      host = s.substr(0, colon);
+      port = s.substr(colon + 1);
+      if (port.empty()) return false;
+    }
+    if (host.empty() || host.front() == '-' || host.front() == '.' ||
+        host.find_first_not_of(
+            "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-") !=
+            std::string_view::npos) {
+      return false;
+    }
+  }
+  if (!port.empty() &&
+      (port.size() > 5 || port.find_first_not_of("0123456789") != std::string_view::npos)) {
+    return false;
+  }
+  return !port.empty() || host.find('.') != std::string_view::npos || host == "localhost" ||
+         s.front() == '[';
+}
+
+size_t CredsEntryUserStart(std::string_view entry) {
+  size_t eq = entry.find('=');
+  if (eq == std::string_view::npos || !LooksLikeRegistryHost(entry.substr(0, eq))) return 0;
+  return eq + 1;
+}
+
+Result<RegistryCredentials> ParseRegistryCreds(std::string_view entry,
+                                               std::string_view default_registry) {
+  const size_t start = CredsEntryUserStart(entry);
+  RegistryCredentials out;
+  if (start > 0) {
+    out.registry = LowerHost(entry.substr(0, start - 1));
+  } else if (default_registry.empty()) {
+    return Status::InvalidArgument(
+        "--creds USER:PASSWORD names no registry, and the store resolves images from any "
+        "registry: give --creds HOST=USER:PASSWORD (repeatable), e.g. "
+        "--creds registry.example.com=alice:secret");
+  } else {
+    out.registry = LowerHost(default_registry);
+  }
+  ASSIGN_OR_RETURN(out.creds, ParseCredsFlag(entry.substr(start)));
+  if (start > 0) out.creds.source = "--creds for " + out.registry;
+  return out;
+}
+
+std::vector<std::string> SplitCredsEntries(std::string_view text) {
+  std::vector<std::string> out;
+  while (!text.empty()) {
+    size_t nl = text.find('\n');
+    std::string_view line = TrimBlanks(text.substr(0, nl));
+    text = nl == std::string_view::npos ? std::string_view() : text.substr(nl + 1);
+    if (line.empty() || line.front() == '#') continue;
+    out.emplace_back(line);
+  }
+  return out;
+}
+
+std::optional<Credentials> CredentialsForRegistry(const std::vector<RegistryCredentials>& entries,
+                                                  std::string_view registry) {
+  const std::string want = LowerHost(registry);
+  for (const RegistryCredentials& e : entries) {
+    if (e.registry == want) return e.creds;
+  }
+  return std::nullopt;
 }
 
 }  // namespace regfs

@@ -54,6 +54,37 @@ Result<std::optional<Credentials>> RunCredentialHelper(std::string_view helper,
 // "user:pass" as --creds takes it.
 Result<Credentials> ParseCredsFlag(std::string_view s);
 
+// Credentials given for one registry only (--creds HOST=USER:PASSWORD).
+struct RegistryCredentials {
+  std::string registry;  // as Reference::registry spells it: "host[:port]"
+  Credentials creds;
+};
+
+// Whether `s` is a registry host as docker tells one in a reference's first
+// component: host characters only, with a '.' or a ":port" or "localhost".
+bool LooksLikeRegistryHost(std::string_view s);
+
+// Where the USER:PASSWORD part of a --creds entry starts: after "HOST=" when
+// the text before the first '=' is a registry host, else 0.
+size_t CredsEntryUserStart(std::string_view entry);
+
+// One --creds entry: "HOST=USER:PASSWORD" for registry HOST, or a plain
+// "USER:PASSWORD" for `default_registry` (the registry of the one image
+// mounted or inspected). InvalidArgument for a plain entry without a default
+// registry (the store, which serves images from any registry), naming the
+// HOST=USER:PASSWORD spelling. Messages never hold the password.
+Result<RegistryCredentials> ParseRegistryCreds(std::string_view entry,
+                                               std::string_view default_registry);
+
+// The entries of a --creds-file or $REGFS_CREDS: one per line; blank lines
+// and lines starting with '#' are skipped, surrounding blanks trimmed.
+std::vector<std::string> SplitCredsEntries(std::string_view text);
+
+// Of `entries`, the first for `registry` (host names compare without case;
+// docker.io, index.docker.io and registry-1.docker.io are one), or nullopt.
+std::optional<Credentials> CredentialsForRegistry(const std::vector<RegistryCredentials>& entries,
+                                                  std::string_view registry);
+
 }  // namespace regfs
 
 #endif  // REGFS_READER_IMAGE_CREDENTIALS_H_

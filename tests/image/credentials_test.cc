@@ -237,5 +237,78 @@ TEST(CredsFlagTest, ToStringRedacts) {
   EXPECT_NE(s.find("redacted"), std::string::npos);
 }
 
+TEST(RegistryCredsTest, HostsAsDockerTellsThem) {
+  EXPECT_TRUE(LooksLikeRegistryHost("registry.example.com"));
+  EXPECT_TRUE(LooksLikeRegistryHost("127.0.0.1:5000"));
+  EXPECT_TRUE(LooksLikeRegistryHost("localhost"));
+  EXPECT_TRUE(LooksLikeRegistryHost("myhost:443"));
+  EXPECT_TRUE(LooksLikeRegistryHost("[::1]:5000"));
+  EXPECT_FALSE(LooksLikeRegistryHost("alice"));
+  EXPECT_FALSE(LooksLikeRegistryHost("alice:pw"));  // a port is digits
+  EXPECT_FALSE(LooksLikeRegistryHost("a b.com"));
+  EXPECT_FALSE(LooksLikeRegistryHost(""));
+  EXPECT_FALSE(LooksLikeRegistryHost("host:"));
+}
+
+TEST(RegistryCredsTest, EntriesAreBoundToTheirRegistry) {
+  auto a = ParseRegistryCreds("Reg.Example.com=alice:pw=with=equals", "");
+  ASSERT_OK(a);
+  EXPECT_EQ(a->registry, "reg.example.com");
+  EXPECT_EQ(a->creds.username, "alice");
+  EXPECT_EQ(a->creds.password, "pw=with=equals");
+
+  auto b = ParseRegistryCreds("127.0.0.1:5000=bob:x:y", "");
+  ASSERT_OK(b);
+  EXPECT_EQ(b->registry, "127.0.0.1:5000");
+  EXPECT_EQ(b->creds.username, "bob");
+  EXPECT_EQ(b->creds.password, "x:y");
+
+  // Plain USER:PASSWORD is for the default registry (the mounted image's),
+  // also when the password holds '='.
+  auto c = ParseRegistryCreds("carol:se=cret", "quay.io");
+  ASSERT_OK(c);
+  EXPECT_EQ(c->registry, "quay.io");
+  EXPECT_EQ(c->creds.password, "se=cret");
+  EXPECT_EQ(CredsEntryUserStart("carol:se=cret"), 0u);
+  EXPECT_EQ(CredsEntryUserStart("quay.io=carol:x"), 8u);
+}
+
+TEST(RegistryCredsTest, PlainEntryWithoutRegistryIsRefused) {
+  auto r = ParseRegistryCreds("alice:hunter2-secret", "");
+  EXPECT_EQ(r.status().code(), Code::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("HOST=USER:PASSWORD"), std::string::npos);
+  EXPECT_EQ(r.status().ToString().find("hunter2"), std::string::npos);
+  auto bad = ParseRegistryCreds("quay.io=hunter2-secret", "");
+  EXPECT_EQ(bad.status().code(), Code::kInvalidArgument);
+  EXPECT_EQ(bad.status().ToString().find("hunter2"), std::string::npos);
+}
+
+TEST(RegistryCredsTest, EachRegistryGetsOnlyItsOwn) {
+  std::vector<RegistryCredentials> entries;
+  for (const char* e : {"a.example.com=alice:pa", "b.example.com:5000=bob:pb",
+                        "a.example.com=later:ignored", "docker.io=dan:pd"}) {
+    auto rc = ParseRegistryCreds(e, "");
+    ASSERT_OK(rc);
+    entries.push_back(*rc);
+  }
+  auto a = CredentialsForRegistry(entries, "A.example.com");
+  ASSERT_TRUE(a.has_value());
+  EXPECT_EQ(a->username, "alice");  // the first given wins
+  auto b = CredentialsForRegistry(entries, "b.example.com:5000");
+  ASSERT_TRUE(b.has_value());
+  EXPECT_EQ(b->username, "bob");
+  EXPECT_FALSE(CredentialsForRegistry(entries, "b.example.com").has_value());  // other port
+  EXPECT_FALSE(CredentialsForRegistry(entries, "c.example.com").has_value());
+  auto hub = CredentialsForRegistry(entries, "index.docker.io");
+  ASSERT_TRUE(hub.has_value());
+  EXPECT_EQ(hub->username, "dan");
+}
+
+TEST(RegistryCredsTest, SplitEntries) {
+  EXPECT_EQ(SplitCredsEntries("# comment\n\n  a.io=u:p  \r\nu2:p2\n"),
+            (std::vector<std::string>{"a.io=u:p", "u2:p2"}));
+  EXPECT_TRUE(SplitCredsEntries("").empty());
+}
+
 }  // namespace
 }  // namespace regfs
