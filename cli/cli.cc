@@ -4,6 +4,8 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <iostream>
 
 #include "cache/chunk_cache.h"
@@ -12,8 +14,10 @@
 #include "fs/mount.h"
 #include "fs/options.h"
 #include "fs/store.h"
+#include "reader/base/file_util.h"
 #include "reader/base/log.h"
 #include "reader/http/registry_client.h"
+#include "reader/image/credentials.h"
 #include "reader/image/reference.h"
 
 namespace regfs {
@@ -25,7 +29,13 @@ void AddCommonOptions(CLI::App* cmd, CommonOptions* o) {
                   "verify TLS certificates; false also allows plain http")
       ->default_val(true);
   cmd->add_option("--authfile", o->authfile, "credentials file (containers auth.json format)");
-  cmd->add_option("--creds", o->creds, "USER:PASSWORD for the registry");
+  cmd->add_option("--creds", o->creds,
+                  "USER:PASSWORD for the image's registry, or HOST=USER:PASSWORD for registry "
+                  "HOST only (repeatable; the store takes only HOST=USER:PASSWORD)")
+      ->allow_extra_args(false);
+  cmd->add_option("--creds-file", o->creds_file,
+                  "file of --creds entries, one per line ('#' comments), so that no password "
+                  "is on the command line; $REGFS_CREDS holds entries the same way");
   cmd->add_option("--cert-dir", o->cert_dir,
                   "directory of *.crt CA certificates trusted for the registry, and of a "
                   "client certificate NAME.cert with its key NAME.key (default: "
@@ -172,6 +182,64 @@ int RunCachePrune(const CommonOptions& o, const std::string& max_size) {
   return 0;
 }
 
+// The argument a --creds value sits in ("--creds V" or "--creds=V"): its
+// password bytes, overwritten in place so that /proc/PID/cmdline (readable
+// by every user) does not show them for the daemon's life. CLI11 parses
+// copies (NormalizeArgs), so this runs after those were made.
+void WipeCredsInArgv(int argc, char** argv) {
+  auto wipe = [](char* value) {
+    std::string_view v(value);
+    size_t user = CredsEntryUserStart(v);
+    size_t colon = v.find(':', user);
+    if (colon == std::string_view::npos) return;
+    std::memset(value + colon + 1, 'x', v.size() - colon - 1);
+  };
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--") == 0) break;
+    if (std::strcmp(argv[i], "--creds") == 0 && i + 1 < argc) {
+      wipe(argv[++i]);
+    } else if (std::strncmp(argv[i], "--creds=", 8) == 0) {
+      wipe(argv[i] + 8);
+    }
+  }
+}
+
+// --creds entries, then --creds-file's, then $REGFS_CREDS's (whose value is
+// then wiped in place, so that helpers this process starts do not inherit
+// it); `registry` is the registry plain USER:PASSWORD entries are for (empty
+// for the store). Checks every entry; a usage error is a message on stderr
+// and false.
+bool GatherCreds(CommonOptions* o, const std::string& registry) {
+  if (!o->creds_file.empty()) {
+    Result<std::string> text = ReadFileToString(o->creds_file);
+    if (!text.ok()) {
+      std::fprintf(stderr, "regfs: --creds-file: %s\n", text.status().ToString().c_str());
+      return false;
+    }
+    for (std::string& e : SplitCredsEntries(*text)) o->creds.push_back(std::move(e));
+  }
+  if (char* env = std::getenv("REGFS_CREDS"); env && *env) {
+    for (std::string& e : SplitCredsEntries(env)) o->creds.push_back(std::move(e));
+    std::memset(env, 'x', std::strlen(env));
+  }
+  o->creds_registry = registry;
+  for (const std::string& e : o->creds) {
+    Result<RegistryCredentials> rc = ParseRegistryCreds(e, registry);
+    if (!rc.ok()) {
+      std::fprintf(stderr, "regfs: %s\n", rc.status().message().c_str());
+      return false;
+    }
+  }
+  return true;
+}
+
+// The registry of `ref_text`, or "" when it does not parse (the command then
+// fails on the reference itself).
+std::string RegistryOf(const std::string& ref_text) {
+  Result<Reference> ref = ParseReference(ref_text);
+  return ref.ok() ? ref->registry : "";
+}
+
 // `mount -t fuse.regfs REF DIR -o opts` runs `regfs REF DIR -o opts` through
 // mount.fuse3: no subcommand. Rewrite it as `regfs mount REF DIR -o opts`.
 std::vector<std::string> NormalizeArgs(int argc, char** argv) {
@@ -269,6 +337,7 @@ int RegfsMain(int argc, char** argv) {
   prune->add_option("--max-size", prune_max, "evict down to this size (default: the cap)");
 
   std::vector<std::string> args = NormalizeArgs(argc, argv);
+  WipeCredsInArgv(argc, argv);
   std::reverse(args.begin(), args.end());  // CLI11 takes them reversed
   try {
     app.parse(args);
@@ -277,8 +346,12 @@ int RegfsMain(int argc, char** argv) {
     return rc == 0 ? 0 : 2;
   }
 
-  if (inspect->parsed()) return RunInspect(common, ref_text, as_json);
+  if (inspect->parsed()) {
+    if (!GatherCreds(&common, RegistryOf(ref_text))) return 2;
+    return RunInspect(common, ref_text, as_json);
+  }
   if (mount->parsed()) {
+    if (!GatherCreds(&common, RegistryOf(ref_text))) return 2;
     ApplyVerbosity(common);
     mo.common = common;
     mo.ref = ref_text;
@@ -286,6 +359,8 @@ int RegfsMain(int argc, char** argv) {
     return RunDaemonFor(std::move(mo), ServeMount);
   }
   if (store->parsed()) {
+    // The store resolves images from any registry: only HOST=USER:PASSWORD.
+    if (!GatherCreds(&common, "")) return 2;
     ApplyVerbosity(common);
     so.common = common;
     return RunDaemonFor(std::move(so), ServeStore);

@@ -100,6 +100,16 @@ Result<CertDir> ReadCertDir(const std::string& dir) {
   return out;
 }
 
+Result<std::optional<Credentials>> CredsForRegistry(const CommonOptions& o,
+                                                    const std::string& registry) {
+  std::vector<RegistryCredentials> entries;
+  for (const std::string& e : o.creds) {
+    ASSIGN_OR_RETURN(RegistryCredentials rc, ParseRegistryCreds(e, o.creds_registry));
+    entries.push_back(std::move(rc));
+  }
+  return CredentialsForRegistry(entries, registry);
+}
+
 Result<RegistryClientOptions> MakeClientOptions(const CommonOptions& o,
                                                 const std::string& registry) {
   RegistryClientOptions c;
@@ -116,10 +126,7 @@ Result<RegistryClientOptions> MakeClientOptions(const CommonOptions& o,
     c.client_key_pem = std::move(certs.client_key_pem);
   }
   c.credentials.authfile = o.authfile;
-  if (!o.creds.empty()) {
-    ASSIGN_OR_RETURN(Credentials cr, ParseCredsFlag(o.creds));
-    c.credentials.explicit_creds = cr;
-  }
+  ASSIGN_OR_RETURN(c.credentials.explicit_creds, CredsForRegistry(o, registry));
   if (o.retry_timeout_s > 0) {
     c.retry.total_budget =
         std::chrono::milliseconds(static_cast<int64_t>(o.retry_timeout_s * 1000));

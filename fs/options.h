@@ -18,7 +18,14 @@ struct CommonOptions {
   std::string platform;          // "os/arch[/variant]"; empty = this host
   bool tls_verify = true;        // --tls-verify=false for plain http / self-signed
   std::string authfile;          // --authfile
-  std::string creds;             // --creds user:pass
+  // --creds (repeatable), then the lines of --creds-file, then those of
+  // $REGFS_CREDS: "HOST=USER:PASSWORD" for registry HOST, or "USER:PASSWORD"
+  // for `creds_registry`. Each registry gets only its own (the first given).
+  std::vector<std::string> creds;
+  // The registry a plain "USER:PASSWORD" is for: the image's, for mount and
+  // inspect; empty for the store, which then refuses plain entries.
+  std::string creds_registry;
+  std::string creds_file;  // --creds-file, read into `creds` by the command line
   std::string cert_dir;          // --cert-dir: CAs and client certificate (ReadCertDir)
   std::string cache_dir;         // --cache-dir; empty = DefaultCacheDir()
   std::string cache_max_size;    // --cache-max-size, "10G"
@@ -39,8 +46,15 @@ bool RegistryAllowed(const CommonOptions& o, std::string_view registry_host);
 // "10G", "512M", "4096", "1.5G" -> bytes (powers of 1024).
 Result<uint64_t> ParseSize(const std::string& s);
 
+// The --creds credentials for `registry` ("host[:port]"), or nullopt (then
+// the auth files are asked). InvalidArgument for a malformed entry, or a
+// plain USER:PASSWORD without `creds_registry`.
+Result<std::optional<Credentials>> CredsForRegistry(const CommonOptions& o,
+                                                    const std::string& registry);
+
 // Builds RegistryClientOptions (credentials included) from the flags for
-// `registry` ("host[:port]"). The registry's certificates come from
+// `registry` ("host[:port]"): credentials given for another registry are
+// never among them, so a call per registry host gives each its own. The registry's certificates come from
 // --cert-dir, or else, as podman and skopeo do, from
 // /etc/containers/certs.d/<registry>/ when that exists (see ReadCertDir).
 // An unreadable --cert-dir, or a client certificate without its key, is an
