@@ -69,8 +69,8 @@ struct FuseOptions {
   // create/rmdir notifications. Anyone else gets ENOENT for a miss (not
   // cached, so a trusted caller's lookup of the same name still asks),
   // EACCES for the rest, and the content is not called. Empty: everyone.
-  // Reads are not checked: a container's process faults pages of a layer
-  // file in with its own uid, not overlayfs's mounter's.
+  // Reads are not checked: a container's process may fault pages of a
+  // layer file in with its own uid, not overlayfs's mounter's.
   std::vector<uid_t> trusted_uids;
 };
 

@@ -316,9 +316,10 @@ int ServeStore(MountOptions mo, DaemonReady* ready) {
     // of everything, including what root already resolved), lookups that
     // would resolve or index something are refused to other uids in the
     // daemon too, and the mount is nosuid,nodev, placed after the user's -o
-    // so that they win. allow_other stays: a container's process faults
-    // pages of a layer file in with its own uid, and root needs it to use
-    // a store run by another user.
+    // so that they win. allow_other stays so that root can use a store run
+    // by another user (containers do not need it: overlayfs reaches the
+    // layers with its mounter's credentials, and page faults are not
+    // checked against it).
     store.tree().SetTimesAndOwner(kRootIno, 0, geteuid(), getegid());
     store.tree().Update(kRootIno, [](Node& n) { n.attr.mode = S_IFDIR | 0700; });
     fo.trusted_uids = {0, geteuid()};
