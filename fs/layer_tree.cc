@@ -129,8 +129,9 @@ class Builder {
       return;
     }
     if (e.path.size() >= kPathMax) return Skip(e, "path longer than PATH_MAX (4096 bytes)");
-    if (e.type == EntryType::kSymlink && e.link_target.size() >= kPathMax) {
-      return Skip(e, "symlink target longer than PATH_MAX (4096 bytes)");
+    if ((e.type == EntryType::kSymlink || e.type == EntryType::kHardLink) &&
+        e.link_target.size() >= kPathMax) {
+      return Skip(e, "link target longer than PATH_MAX (4096 bytes)");
     }
     size_t slash = e.path.rfind('/');
     if (slash == 0) return Skip(e, "empty path component");
@@ -140,7 +141,20 @@ class Builder {
         slash == std::string::npos ? std::string_view(e.path) : std::string_view(e.path).substr(slash + 1);
     if (const char* bad = BadName(name)) return Skip(e, bad);
     const char* why = nullptr;
-    uint32_t parent = Resolve(dir_path, /*create=*/true, &why);
+    // Entries of one directory usually come together: the last parent is
+    // reused while no name was removed or replaced since (a deep path is
+    // then not walked again for each of its siblings).
+    uint32_t parent;
+    if (dir_path == last_dir_ && generation_ == last_generation_) {
+      parent = last_parent_;
+    } else {
+      parent = Resolve(dir_path, /*create=*/true, &why);
+      if (parent != kNoEntry) {
+        last_dir_ = dir_path;
+        last_parent_ = parent;
+        last_generation_ = generation_;
+      }
+    }
     if (parent == kNoEntry) return over_limit_ ? CountOverLimit() : Skip(e, why);
     Children& kids = KidsOf(parent);
     if (mode_ == WhiteoutMode::kOverlay && IsWhiteoutName(name)) {
@@ -159,7 +173,11 @@ class Builder {
       w.entry = i;
       uint32_t id = NewNode(w, hidden.size());
       if (id == kNoEntry) return CountOverLimit();
-      KidsOf(parent)[hidden] = id;
+      auto [slot, added] = KidsOf(parent).try_emplace(hidden, id);
+      if (!added) {
+        slot->second = id;
+        ++generation_;
+      }
       ++stats_.whiteouts;
       return;
     }
@@ -179,12 +197,14 @@ class Builder {
     if (it != kids.end()) {
       over_whiteout = nodes_[it->second].kind == SNode::kWhiteout;
       kids.erase(it);
+      ++generation_;
     }
     uint32_t id;
     if (e.type == EntryType::kHardLink) {
       uint32_t target = Resolve(e.link_target, /*create=*/false, &why);
       if (target == kNoEntry || nodes_[target].IsDir()) {
-        return Skip(e, "hard link to '" + e.link_target + "', which is not in this layer (any more)");
+        return Skip(e, "hard link to '" + Shorten(e.link_target) +
+                           "', which is not in this layer (any more)");
       }
       id = target;
       nodes_[id].shared = true;
@@ -273,6 +293,7 @@ class Builder {
       implicit.replaced_whiteout = over_whiteout;
       uint32_t id = NewNode(implicit, name.size());
       if (id == kNoEntry) return kNoEntry;
+      if (over_whiteout) ++generation_;
       KidsOf(cur)[name] = id;
       ++stats_.implicit_dirs;
       cur = id;
@@ -402,11 +423,13 @@ class Builder {
   void Skip(const TarEntry& e, const std::string& why) {
     ++stats_.skipped;
     if (++skip_lines_ <= kMaxSkipLines) {
-      std::string path = e.path.size() > 512 ? e.path.substr(0, 512) + "...(" +
-                                                   std::to_string(e.path.size()) + " bytes)"
-                                             : e.path;
-      LOG_WARN("layer " + std::to_string(layer_) + ": skipping '" + path + "': " + why);
+      LOG_WARN("layer " + std::to_string(layer_) + ": skipping '" + Shorten(e.path) + "': " + why);
     }
+  }
+  // Log lines stay short whatever the tar holds.
+  static std::string Shorten(const std::string& s) {
+    if (s.size() <= 512) return s;
+    return s.substr(0, 512) + "...(" + std::to_string(s.size()) + " bytes)";
   }
   void CountOverLimit() {
     ++stats_.skipped;
@@ -428,6 +451,12 @@ class Builder {
   std::vector<Children> dirs_;
   std::vector<std::vector<uint32_t>> link_headers_;
   std::map<std::pair<uint32_t, std::string_view>, uint32_t> own_whiteouts_;
+  // The last parent resolved, valid while generation_ (bumped whenever a
+  // name is removed or replaced) is unchanged.
+  std::string_view last_dir_;
+  uint32_t last_parent_ = 0;
+  uint64_t generation_ = 0;
+  uint64_t last_generation_ = UINT64_MAX;
   LayerTreeStats stats_;
 };
 
