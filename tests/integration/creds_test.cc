@@ -159,11 +159,15 @@ TEST_F(CredsTest, PasswordLeavesTheCommandLine) {
   for (bool foreground : {true, false}) {
     SCOPED_TRACE(foreground ? "-f" : "daemon");
     DripManifest(a_, ManifestPath());
-    std::vector<std::string> argv = {
-        REGFS_BINARY,      "mount", "--tls-verify=false", "--creds",          "someone:SECRETPASS",
-        "--retry-timeout", "60",    "--cache-dir",        dir_->Sub("cache"), "--log-file",
-        dir_->Sub("log")};
-    if (foreground) argv.push_back("-f");
+    std::vector<std::string> argv = {REGFS_BINARY,       "mount",      "--tls-verify=false",
+                                     "--retry-timeout",  "60",         "--cache-dir",
+                                     dir_->Sub("cache"), "--log-file", dir_->Sub("log")};
+    // Both spellings: "--creds VALUE" and "--creds=VALUE".
+    if (foreground) {
+      argv.insert(argv.end(), {"-f", "--creds", "someone:SECRETPASS"});
+    } else {
+      argv.push_back("--creds=someone:SECRETPASS");
+    }
     argv.push_back(RefOn(a_));
     argv.push_back(mnt_);
     const int before = a_.RequestCount(ManifestPath());
