@@ -3,12 +3,16 @@
 // test: OCI manifest, Docker schema 2, OCI index, Docker manifest list.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <filesystem>
 #include <memory>
+#include <thread>
 
 #include "reader/base/digest.h"
 #include "reader/http/registry_client.h"
 #include "reader/image/reference.h"
+#include "reader/base/file_util.h"
+#include "tests/support/fault_server.h"
 #include "tests/support/fd_count.h"
 #include "tests/support/image_builder.h"
 #include "tests/support/status_matchers.h"
@@ -120,6 +124,47 @@ TEST_F(RealRegistry, ResolvesAllFourManifestFormats) {
   // By digest too.
   ExpectResolves(**client, oci.manifest_descriptor.digest, oci);
   EXPECT_EQ((*client)->BaseUrl(), "http://" + registry_->HostPort());
+}
+
+TEST_F(RealRegistry, RedirectFromHttpsToPlainHttpRefused) {
+  // An https registry whose blobs redirect to plain http (as storage behind
+  // a misconfigured CDN would): the blob would cross in clear, and the
+  // redirect is not followed at all.
+  if (!std::filesystem::exists("/usr/bin/docker-registry")) GTEST_SKIP() << "no docker-registry";
+  FaultServer plain;
+  ASSERT_OK(plain.Start());
+  TestRegistryOptions ro;
+  ro.tls = true;
+  ro.redirect_base_url = plain.url() + "/";
+  registry_ = std::make_unique<TestRegistry>(ro);
+  ASSERT_OK(registry_->Start());
+  ImagePusher pusher(*registry_);
+  BuiltImage img = BuildImage(Spec("amd64", ManifestFormat::kOci, "redirect"));
+  ASSERT_OK(pusher.PushImage("test/img", "v1", img));
+  auto ref = ParseReference(registry_->Ref("test/img", "v1"));
+  ASSERT_OK(ref);
+  RegistryClientOptions o;
+  o.credentials.use_env = false;
+  o.retry.total_budget = std::chrono::milliseconds(10000);
+  Result<std::string> ca = ReadFileToString(registry_->tls_cert_path());
+  ASSERT_OK(ca);
+  o.extra_ca_pem = *ca;
+  auto client = RegistryClient::Create(*ref, o);
+  ASSERT_OK(client);
+  // The manifest is served by the registry itself; the config blob redirects.
+  ASSERT_OK((*client)->GetManifest("v1"));
+  Result<std::string> config = (*client)->GetBlob(img.config_descriptor);
+  EXPECT_EQ(config.status().code(), Code::kProtocol) << config.status().ToString();
+  EXPECT_NE(config.status().message().find("https to plain http"), std::string::npos)
+      << config.status().ToString();
+  EXPECT_EQ(plain.total_requests(), 0u);
+  client->reset();
+  int open = -1;
+  for (int i = 0; i < 200 && (open = plain.open_connections()) != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(open, 0);
+  plain.Stop();
 }
 
 TEST_F(RealRegistry, BasicAuth) {

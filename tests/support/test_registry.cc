@@ -581,7 +581,11 @@ Status TestRegistry::Prepare() {
       "storage:\n  filesystem:\n    rootdirectory: " +
       storage_dir_ +
       "\n  delete:\n    enabled: true\n"
-      "  maintenance:\n    uploadpurging:\n      enabled: false\n"
+      "  maintenance:\n    uploadpurging:\n      enabled: false\n" +
+      (opts_.redirect_base_url.empty()
+           ? std::string()
+           : "middleware:\n  storage:\n    - name: redirect\n      options:\n        baseurl: " +
+                 opts_.redirect_base_url + "\n") +
       "http:\n  addr: 127.0.0.1:" +
       std::to_string(port_) + "\n  secret: regfs-test-secret\n" + tls + auth;
   return WriteFile(config_path_, config);

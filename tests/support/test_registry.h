@@ -55,6 +55,10 @@ struct TestRegistryOptions {
   // With tls: require a client certificate, self-signed, made at the first
   // start (client_cert_path(), client_key_path()).
   bool require_client_cert = false;
+  // When set, the "redirect" storage middleware: a blob GET is answered 307
+  // to this base URL + the blob's storage path (as a registry that serves
+  // blobs from object storage).
+  std::string redirect_base_url;
 };
 
 // A minimal HTTP token endpoint (GET /token?service=..&scope=..) for the
