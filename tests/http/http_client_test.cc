@@ -278,6 +278,43 @@ TEST(ConnectionPoolTest, BorrowWaitsWhenAllAreLentOut) {
   EXPECT_EQ(again->get(), first);
 }
 
+TEST(ConnectionPoolTest, BorrowGivesUpAtItsDeadline) {
+  // Waiting for a connection counts against the request's deadline too.
+  ConnectionPool pool(1);
+  auto a = pool.Borrow();
+  ASSERT_OK(a);
+  auto b = pool.Borrow(std::chrono::steady_clock::now() + std::chrono::milliseconds(50));
+  EXPECT_EQ(b.status().code(), Code::kTransient) << b.status().ToString();
+  EXPECT_EQ(pool.Stats().borrowed, 1);
+  EXPECT_EQ(pool.Stats().waits, 1u);
+}
+
+TEST_F(HttpClientTest, DeadlineEndsADrip) {
+  Fault drip;
+  drip.kind = FaultKind::kDrip;
+  drip.drip_bytes_per_s = 2048;  // 1 MiB: over 8 minutes
+  server_.AddFault("/big", drip);
+  HttpRequest req;
+  req.url = server_.url() + "/big";
+  req.max_body = 2 << 20;
+  req.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(1500);
+  auto start = std::chrono::steady_clock::now();
+  HttpResult r = client().Perform(req);
+  EXPECT_EQ(r.status.code(), Code::kTransient) << r.status.ToString();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(30));
+  EXPECT_GT(r.response.body_bytes, 0u);  // it was making progress
+  EXPECT_EQ(client().PoolStatsFor(req.url).borrowed, 0);
+}
+
+TEST_F(HttpClientTest, PassedDeadlineSendsNothing) {
+  HttpRequest req;
+  req.url = server_.url() + "/small";
+  req.deadline = std::chrono::steady_clock::now() - std::chrono::milliseconds(1);
+  HttpResult r = client().Perform(req);
+  EXPECT_EQ(r.status.code(), Code::kTransient) << r.status.ToString();
+  EXPECT_EQ(server_.total_requests(), 0u);
+}
+
 TEST(ConnectionPoolTest, DiscardedHandleFreesItsSlot) {
   ConnectionPool pool(1);
   {
