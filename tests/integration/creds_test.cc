@@ -28,6 +28,7 @@
 #include "tests/support/fault_server.h"
 #include "tests/support/fd_count.h"
 #include "tests/support/fuse_env.h"
+#include "tests/support/image_builder.h"
 #include "tests/support/run_command.h"
 #include "tests/support/status_matchers.h"
 
@@ -296,6 +297,45 @@ TEST_F(CredsTest, RetryTimeoutBoundsADrippedManifest) {
   EXPECT_NE(r.exit_code, 0) << r.output;
   EXPECT_FALSE(r.timed_out);
   EXPECT_LT(took, std::chrono::seconds(30)) << r.output;
+}
+
+TEST_F(CredsTest, RetryTimeoutBoundsADrippedLayerReadInAMount) {
+  std::string why = FuseUnavailableReason();
+  if (!why.empty()) GTEST_SKIP() << "FUSE unavailable: " << why;
+  // An image whose layer blob drips at 2 KB/s (the manifest and config come
+  // at once): a read of the blob through the mount ends with an error when
+  // --retry-timeout ends, instead of holding the reader for minutes.
+  ImageSpec spec;
+  LayerSpec layer;
+  layer.entries = SampleEntries("drip");
+  layer.entries.push_back(TarEntry::File("big", std::string(512 * 1024, 'x')));
+  layer.compression = Compression::kNone;
+  spec.layers.push_back(layer);
+  BuiltImage img = BuildImage(spec);
+  a_.AddResource(ManifestPath(), img.manifest, img.manifest_descriptor.media_type);
+  a_.AddResource("/v2/team/app/blobs/" + img.config_descriptor.digest, img.config);
+  const std::string layer_path = "/v2/team/app/blobs/" + img.layers[0].descriptor.digest;
+  a_.AddResource(layer_path, img.layers[0].blob);
+  Fault drip;
+  drip.kind = FaultKind::kDrip;
+  drip.drip_bytes_per_s = 2048;
+  a_.AddFault(layer_path, drip, 100000);
+  CommandResult m = RunCommand(
+      {REGFS_BINARY, "mount", "--tls-verify=false", "--retry-timeout", "3", "--cache-dir",
+       dir_->Sub("cache"), "--log-file", dir_->Sub("log"), RefOn(a_), mnt_},
+      60);
+  ASSERT_EQ(m.exit_code, 0) << m.output;
+  auto start = Clock::now();
+  CommandResult r = RunCommand({"dd", "if=" + mnt_ + "/blobs/" + img.layers[0].descriptor.digest,
+                                "of=/dev/null", "bs=256k", "count=1"},
+                               120);
+  auto took = Clock::now() - start;
+  CommandResult u = RunCommand({REGFS_BINARY, "umount", mnt_});
+  EXPECT_EQ(u.exit_code, 0) << u.output;
+  EXPECT_NE(r.exit_code, 0) << r.output;  // EIO, not 256 KiB after two minutes
+  EXPECT_FALSE(r.timed_out);
+  EXPECT_LT(took, std::chrono::seconds(30)) << r.output;
+  if (IsMountPoint(mnt_)) RunCommand({"fusermount3", "-u", "-z", mnt_});
 }
 
 }  // namespace
