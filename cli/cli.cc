@@ -182,10 +182,10 @@ int RunCachePrune(const CommonOptions& o, const std::string& max_size) {
   return 0;
 }
 
-// The argument a --creds value sits in ("--creds V" or "--creds=V"): its
-// password bytes, overwritten in place so that /proc/PID/cmdline (readable
-// by every user) does not show them for the daemon's life. CLI11 parses
-// copies (NormalizeArgs), so this runs after those were made.
+// Overwrites the password of every --creds value in argv ("--creds V" and
+// "--creds=V") in place, so that /proc/PID/cmdline, which every user can
+// read, does not show it for the daemon's life. CLI11 parses copies
+// (NormalizeArgs), so this runs after those were made.
 void WipeCredsInArgv(int argc, char** argv) {
   auto wipe = [](char* value) {
     std::string_view v(value);

@@ -54,11 +54,11 @@ Result<std::optional<Credentials>> CredsForRegistry(const CommonOptions& o,
 
 // Builds RegistryClientOptions (credentials included) from the flags for
 // `registry` ("host[:port]"): credentials given for another registry are
-// never among them, so a call per registry host gives each its own. The registry's certificates come from
-// --cert-dir, or else, as podman and skopeo do, from
-// /etc/containers/certs.d/<registry>/ when that exists (see ReadCertDir).
-// An unreadable --cert-dir, or a client certificate without its key, is an
-// error.
+// never among them, so a call per registry host gives each its own. The
+// registry's certificates come from --cert-dir, or else, as podman and
+// skopeo do, from /etc/containers/certs.d/<registry>/ when that exists (see
+// ReadCertDir). An unreadable --cert-dir, or a client certificate without
+// its key, is an error.
 Result<RegistryClientOptions> MakeClientOptions(const CommonOptions& o,
                                                 const std::string& registry);
 
