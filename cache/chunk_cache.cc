@@ -667,6 +667,9 @@ Status ChunkCache::PutChunks(const BlobDescriptor& blob, uint64_t first_index,
   for (uint64_t i = 0; i < n; ++i) crcs[i] = CrcsOf(chunks[i]);
 
   std::lock_guard<std::mutex> lock(write_mu_);
+  // A fetch that was under way when the blob failed its digest check stores
+  // nothing (MarkBad deletes and marks under write_mu_).
+  if (IsBad(blob.digest)) return Status::Ok();
   std::vector<Victim> victims;
   Status write_error;
   bool committed = false;
@@ -783,27 +786,40 @@ Status ChunkCache::DropBlob(std::string_view digest) {
 }
 
 Status ChunkCache::MarkBad(std::string_view digest, std::string_view actual) {
-  {
+  // The mark becomes visible (to readers, and to PutChunks, which checks it
+  // under write_mu_) once the chunks are gone, so that a reader that sees it
+  // also sees them dropped, and no fetch stores chunks after the drop.
+  auto mark = [&] {
     std::unique_lock<std::shared_mutex> lock(bad_mu_);
     bad_[std::string(digest)] = std::string(actual);
     any_bad_ = true;
+  };
+  if (!writable_) {
+    mark();
+    return Status::Ok();
   }
-  if (!writable_) return Status::Ok();
-  std::lock_guard<std::mutex> lock(write_mu_);
-  sqlite3* db = writer_->db.get();
-  ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db, Transaction::Kind::kImmediate));
-  ASSIGN_OR_RETURN(Stmt del, Stmt::Prepare(db,
-                                           "DELETE FROM chunks WHERE blob_id = "
-                                           "(SELECT id FROM blobs WHERE digest = ?)"));
-  RETURN_IF_ERROR(del.Bind(1, digest).Run());
-  ASSIGN_OR_RETURN(Stmt unverify,
-                   Stmt::Prepare(db, "UPDATE blobs SET chunk_sha256 = NULL WHERE digest = ?"));
-  RETURN_IF_ERROR(unverify.Bind(1, digest).Run());
-  ASSIGN_OR_RETURN(Stmt mark, Stmt::Prepare(db,
-                                            "INSERT OR REPLACE INTO bad_blobs(digest, actual, "
-                                            "marked) VALUES (?, ?, ?)"));
-  RETURN_IF_ERROR(mark.Bind(1, digest).Bind(2, actual).Bind(3, WallMicros()).Run());
-  RETURN_IF_ERROR(txn.Commit());
+  {
+    std::lock_guard<std::mutex> lock(write_mu_);
+    Status st = [&]() -> Status {
+      sqlite3* db = writer_->db.get();
+      ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db, Transaction::Kind::kImmediate));
+      ASSIGN_OR_RETURN(Stmt del, Stmt::Prepare(db,
+                                               "DELETE FROM chunks WHERE blob_id = "
+                                               "(SELECT id FROM blobs WHERE digest = ?)"));
+      RETURN_IF_ERROR(del.Bind(1, digest).Run());
+      ASSIGN_OR_RETURN(Stmt unverify, Stmt::Prepare(db,
+                                                    "UPDATE blobs SET chunk_sha256 = NULL "
+                                                    "WHERE digest = ?"));
+      RETURN_IF_ERROR(unverify.Bind(1, digest).Run());
+      ASSIGN_OR_RETURN(Stmt bad, Stmt::Prepare(db,
+                                               "INSERT OR REPLACE INTO bad_blobs(digest, "
+                                               "actual, marked) VALUES (?, ?, ?)"));
+      RETURN_IF_ERROR(bad.Bind(1, digest).Bind(2, actual).Bind(3, WallMicros()).Run());
+      return txn.Commit();
+    }();
+    mark();  // in memory even if the database could not be written
+    RETURN_IF_ERROR(st);
+  }
   return files_->Clear(digest);
 }
 

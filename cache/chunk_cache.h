@@ -148,7 +148,8 @@ class ChunkCache {
 
   // Stores whole chunks first_index, first_index+1, ... from `data` (each
   // chunk_size bytes except a blob's last). Chunks already present are kept.
-  // Makes room first; chunks that do not fit under the cap are not stored.
+  // Makes room first; chunks that do not fit under the cap are not stored,
+  // nor are chunks of a blob marked bad (MarkBad).
   Status PutChunks(const BlobDescriptor& blob, uint64_t first_index,
                    std::span<const uint8_t> data);
   // The same, with each consecutive chunk in a buffer of its own.

@@ -230,11 +230,12 @@ TEST_F(CachedSourceTest, DigestMismatchIsCorruptAndCachesNothing) {
   // (Another digest: the one above is marked bad, and refused from now on.)
   b = upstream_.AddBlobAs(Sha256Digest("something else again"), data);
   Status last;
-  for (uint64_t off = 0; off < data.size(); off += kTestChunk) {
+  // (Read-ahead may complete the blob in the cache first; then the
+  // background check finds it, and the pass's next read reports it.)
+  for (uint64_t off = 0; off < data.size() && last.ok(); off += kTestChunk) {
     Read(b, off, kTestChunk, &last);
-    if (off + kTestChunk < data.size()) EXPECT_OK(last);
   }
-  EXPECT_EQ(last.code(), Code::kCorrupt);
+  EXPECT_EQ(last.code(), Code::kCorrupt) << last.ToString();
   st = cache_->GetBlobState(b.digest);
   ASSERT_OK(st);
   EXPECT_EQ(st->chunks_present, 0u);
