@@ -243,7 +243,14 @@ TEST_P(LayerTreeModeTest, TwentyThousandComponentPathDoesNotCrash) {
 }
 
 // Issue 15: inserting into a sorted vector made this quadratic (> 120 s).
-TEST_P(LayerTreeModeTest, MillionEntriesInOneDirectoryInReverseOrder) {
+// One form only: the sorting and insertion do not depend on it, and the
+// sanitizer builds run this too.
+class LayerTreeSizeTest : public testing::FdCheckedTest {
+ protected:
+  Tree tree_;
+};
+
+TEST_F(LayerTreeSizeTest, MillionEntriesInOneDirectoryInReverseOrder) {
   constexpr int kN = 1000000;
   std::vector<TarEntry> entries;
   entries.reserve(kN + 1);
@@ -254,7 +261,8 @@ TEST_P(LayerTreeModeTest, MillionEntriesInOneDirectoryInReverseOrder) {
     entries.push_back(TFile(name, 1, static_cast<uint64_t>(i)));
   }
   auto start = std::chrono::steady_clock::now();
-  LayerTreeStats stats = AddLayerEntries(tree_, kRootIno, 0, IndexOf(std::move(entries)), GetParam());
+  LayerTreeStats stats = AddLayerEntries(tree_, kRootIno, 0, IndexOf(std::move(entries)),
+                                         WhiteoutMode::kOverlay);
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::printf("1,000,000 reverse-ordered entries indexed in %.2f s\n", secs);
   EXPECT_EQ(stats.entries, kN + 1u);
