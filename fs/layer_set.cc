@@ -62,6 +62,11 @@ Result<LayerIndex> LoadOrBuildLayerIndex(const IndexStore& store, BlobSource* so
       if (idx.ok() && idx->blob_digest != blob.digest) {
         idx = Status::Corrupt("it indexes " + idx->blob_digest);
       }
+      // An index built without the DiffID check, or for another DiffID, is
+      // not evidence that this layer's tar matches this image's config.
+      if (idx.ok() && !build.expected_diff_id.empty() && idx->diff_id != build.expected_diff_id) {
+        idx = Status::Corrupt("it was not checked against DiffID " + build.expected_diff_id);
+      }
       if (idx.ok()) {
         *from_store = true;
         return idx;
@@ -335,11 +340,11 @@ size_t LayerSet::LiveCount() const {
   return n;
 }
 
-void LayerSet::BuildInBackground(const std::shared_ptr<Layer>& layer) {
+void LayerSet::BuildInBackground(const std::shared_ptr<Layer>& layer, std::function<void()> then) {
   {
     std::lock_guard lock(mu_);
     if (cancelled_) return;
-    queue_.push_back(layer);
+    queue_.push_back({layer, std::move(then)});
     if (threads_.size() < static_cast<size_t>(std::max(1, opts_.threads))) {
       threads_.emplace_back([this] { Worker(); });
     }
@@ -350,15 +355,18 @@ void LayerSet::BuildInBackground(const std::shared_ptr<Layer>& layer) {
 void LayerSet::Worker() {
   for (;;) {
     std::shared_ptr<Layer> layer;
+    std::function<void()> then;
     {
       std::unique_lock lock(mu_);
       cv_.wait(lock, [&] { return cancelled_ || !queue_.empty(); });
       if (cancelled_) return;
-      layer = queue_.front().lock();
+      layer = queue_.front().layer.lock();
+      then = std::move(queue_.front().then);
       queue_.pop_front();
     }
-    if (!layer) continue;
-    if (layer->EnsureReady().ok()) layer->FillRaw();
+    if (!layer || !layer->EnsureReady().ok()) continue;
+    if (then) then();
+    layer->FillRaw();
   }
 }
 

@@ -175,8 +175,9 @@ class LayerSet {
   // outlive the handle; the first caller's source is kept.
   std::shared_ptr<Layer> Get(const BlobDescriptor& blob, const std::string& diff_id,
                              BlobSource* source);
-  // Queues a background build (no-op when ready, building or queued).
-  void BuildInBackground(const std::shared_ptr<Layer>& layer);
+  // Queues a background build; `then` (may be empty) runs on the worker
+  // once the layer is ready (a front end fills its tree there).
+  void BuildInBackground(const std::shared_ptr<Layer>& layer, std::function<void()> then = {});
   // Stops: builds fail at their next read, queued ones are dropped.
   void Cancel();
   bool cancelled() const { return cancelled_.load(); }
@@ -194,7 +195,11 @@ class LayerSet {
   mutable std::mutex mu_;  // guards everything below
   std::condition_variable cv_;
   std::map<std::string, std::weak_ptr<Layer>> layers_;
-  std::deque<std::weak_ptr<Layer>> queue_;
+  struct Job {
+    std::weak_ptr<Layer> layer;
+    std::function<void()> then;
+  };
+  std::deque<Job> queue_;
   std::vector<std::thread> threads_;  // started on first use, up to opts_.threads
 };
 

@@ -104,6 +104,7 @@ std::string LayerStore::StatusJson() const {
                          {"diffID", l.layer->diff_id()},
                          {"state", st.state},
                          {"treeFilled", filled},
+                         {"queued", l.queued},
                          {"uses", l.uses},
                          {"releases", l.releases}};
     if (!st.error.empty()) lj["error"] = st.error;
@@ -128,6 +129,10 @@ Status LayerStore::AddImage(std::string_view name, bool* cache_negative) {
   if (!text) return Status::NotFound("not base64");
   Result<Reference> ref = ParseReference(*text);
   if (!ref.ok()) return Status::NotFound("not a reference");
+  if (!RegistryAllowed(common_, ref->registry)) {
+    LOG_WARN("store: " + *text + ": registry " + ref->registry + " is not allowed (--allow-registry)");
+    return Status::NotFound("registry not allowed");
+  }
   std::string repo_key = ref->registry + "/" + ref->repository;
   Repo& repo = repos_[repo_key];
   if (!repo.client) {
@@ -235,7 +240,15 @@ Result<std::string> LayerStore::Generate(const Node& node) {
   if (!l) return Status::IoError("no such layer");
   // podman reads info when it looks the layer up during `podman pull`; the
   // index is then likely ready by the time `podman run` looks into diff/.
-  if (index_on_pull_) layer_set_->BuildInBackground(l);
+  if (index_on_pull_) {
+    {
+      std::lock_guard lock(mu_);
+      if (layers_[node.content_id].queued) return InfoJson(node.content_id);
+      layers_[node.content_id].queued = true;
+    }
+    uint32_t id = node.content_id + 1;
+    layer_set_->BuildInBackground(l, [this, id] { (void)Populate(id); });
+  }
   return InfoJson(node.content_id);
 }
 

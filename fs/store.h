@@ -81,6 +81,7 @@ class LayerStore : public FsContent {
     std::shared_ptr<Layer> layer;
     Ino dir = 0, diff = 0;
     uint64_t uses = 0, releases = 0;
+    bool queued = false;  // a background build was asked for (index_on_pull)
   };
   // A registry client and its cached view, per registry/repository.
   struct Repo {

@@ -237,5 +237,22 @@ TEST_F(StoreSecurityTest, ContainersKeepSetuidAndDevices) {
   EXPECT_EQ(s["indexedLayers"], 1) << s.dump();
 }
 
+// --allow-registry: a reference to another registry is ENOENT and makes no
+// request; one to a listed registry resolves.
+TEST_F(StoreSecurityTest, AllowRegistryLimitsWhatResolves) {
+  StartStore({"--allow-registry", "127.0.0.1:1"});
+  const int before = registry_->CountRequests();
+  struct stat st;
+  errno = 0;
+  EXPECT_NE(stat(image_dir_.c_str(), &st), 0);
+  EXPECT_EQ(errno, ENOENT);
+  EXPECT_EQ(StoreStatus()["images"], 0) << StoreLog();
+  EXPECT_EQ(registry_->CountRequests(), before);
+  ASSERT_EQ(RunCommand({REGFS_BINARY, "umount", mnt_}).exit_code, 0);
+  StartStore({"--allow-registry", "localhost:1", "--allow-registry", registry_->HostPort()});
+  EXPECT_EQ(stat(image_dir_.c_str(), &st), 0) << StoreLog();
+  EXPECT_EQ(StoreStatus()["images"], 1);
+}
+
 }  // namespace
 }  // namespace regfs

@@ -181,7 +181,11 @@ TEST_F(StoreTest, ServesTheProtocolFiles) {
   EXPECT_NE(lstat((mnt_ + "/" + Base64Encode("127.0.0.1:1/no/such:tag")).c_str(), &st), 0);
   EXPECT_NE(lstat((mnt_ + "/not-base64!").c_str(), &st), 0);
   EXPECT_EQ(errno, ENOENT);
+  // The image's name is a link to the directory of all layers (one tree
+  // per layer, however many images share it); containers/storage follows it.
   ASSERT_EQ(lstat(image_dir.c_str(), &st), 0) << StoreLog();
+  ASSERT_TRUE(S_ISLNK(st.st_mode));
+  ASSERT_EQ(stat(image_dir.c_str(), &st), 0) << StoreLog();
   ASSERT_TRUE(S_ISDIR(st.st_mode));
   for (size_t i = 0; i < image_.layers.size(); ++i) {
     SCOPED_TRACE("layer " + std::to_string(i));
