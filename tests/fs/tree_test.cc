@@ -4,7 +4,9 @@
 #include <sys/sysmacros.h>
 
 #include <algorithm>
+#include <atomic>
 #include <random>
+#include <thread>
 
 #include "tests/support/fd_count.h"
 #include "tests/support/status_matchers.h"
@@ -140,6 +142,32 @@ TEST_F(TreeListingTest, ReadDirCallbackMayUseTheTree) {
   EXPECT_EQ(seen, 600);
   EXPECT_EQ(t.Get(*t.Lookup(d, "f599"))->attr.size, 2u);
   EXPECT_OK(t.Lookup(kRootIno, "added-while-listing"));
+}
+
+// A mount lists directories while layers are still being added (under the
+// same lock): listings of a finished directory stay whole and in order.
+TEST_F(TreeListingTest, ListingWhileAnotherThreadAdds) {
+  Tree t;
+  Ino done = t.AddDir(kRootIno, "done");
+  Ino growing = t.AddDir(kRootIno, "growing");
+  for (int i = 0; i < 1000; ++i) t.AddChild(done, "f" + std::to_string(1000 + i), File(1));
+  std::atomic<bool> stop{false};
+  std::thread writer([&] {
+    for (int i = 0; i < 5000 && !stop.load(); ++i) t.AddChild(growing, "g" + std::to_string(i), File(1));
+  });
+  for (int round = 0; round < 20; ++round) {
+    std::vector<std::string> names;
+    ASSERT_OK(t.ReadDir(done, 2, [&](const DirEntry& e, uint64_t) {
+      names.push_back(e.name);
+      return t.Get(e.ino).ok();
+    }));
+    ASSERT_EQ(names.size(), 1000u);
+    EXPECT_TRUE(std::is_sorted(names.begin(), names.end()));
+    uint64_t n = 0;
+    ASSERT_OK(t.ReadDir(growing, 2, [&](const DirEntry&, uint64_t) { return ++n > 0; }));
+  }
+  stop = true;
+  writer.join();
 }
 
 // Appends in order, inserts out of order, duplicates found either way.
