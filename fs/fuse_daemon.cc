@@ -7,6 +7,9 @@
 
 #include <climits>
 #include <algorithm>
+#include <thread>
+#include <condition_variable>
+#include <chrono>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -36,6 +39,7 @@ struct FuseDaemon::Impl {
   std::unordered_map<uint64_t, std::shared_ptr<const std::string>> handles;
   std::atomic<uint64_t> next_fh{1};
   bool no_opendir = false;  // set once in init, before any other request
+  std::string mount_dev;        // "major:minor" of the mount, set at mount
   std::string read_ahead_path;  // the bdi's read_ahead_kb, set at mount
   std::once_flag read_ahead_once;
 };
@@ -550,7 +554,9 @@ struct ArgvHolder {
 
 // The mount's bdi read_ahead_kb file, or "" (the device number comes from
 // /proc/self/mountinfo: a stat() of the mountpoint would wait for the loop).
-std::string ReadAheadPath(const std::string& mountpoint) {
+// The "major:minor" of the FUSE mount on `mountpoint` (the last, topmost,
+// fuse entry for that path in /proc/self/mountinfo), or "".
+std::string MountDev(const std::string& mountpoint) {
   char real[PATH_MAX];
   if (!realpath(mountpoint.c_str(), real)) return "";
   FILE* f = std::fopen("/proc/self/mountinfo", "re");
@@ -567,6 +573,27 @@ std::string ReadAheadPath(const std::string& mountpoint) {
     }
   }
   std::fclose(f);
+  return dev;
+}
+
+// Whether a mount of device `dev` ("major:minor") is still in this mount
+// namespace's table. After `umount` (plain or lazy) it is not, even while a
+// request in progress keeps the FUSE connection itself alive.
+bool MountDevPresent(const std::string& dev) {
+  FILE* f = std::fopen("/proc/self/mountinfo", "re");
+  if (!f) return true;  // cannot tell: assume mounted
+  char line[4096];
+  bool present = false;
+  while (!present && std::fgets(line, sizeof line, f)) {
+    char devbuf[64];
+    int id, parent;
+    present = std::sscanf(line, "%d %d %63s", &id, &parent, devbuf) == 3 && dev == devbuf;
+  }
+  std::fclose(f);
+  return present;
+}
+
+std::string ReadAheadPath(const std::string& dev) {
   return dev.empty() ? "" : "/sys/class/bdi/" + dev + "/read_ahead_kb";
 }
 
@@ -614,7 +641,8 @@ Status FuseDaemon::Mount() {
   }
   // The kernel sets the read-ahead from the INIT reply, after this; the
   // first request after INIT applies ours (see Guard).
-  if (impl_->opts.read_ahead_kb > 0) impl_->read_ahead_path = ReadAheadPath(impl_->opts.mountpoint);
+  impl_->mount_dev = MountDev(impl_->opts.mountpoint);
+  if (impl_->opts.read_ahead_kb > 0) impl_->read_ahead_path = ReadAheadPath(impl_->mount_dev);
   std::lock_guard lock(impl_->mount_mu);
   impl_->mounted = true;
   return Status::Ok();
@@ -632,7 +660,40 @@ Status FuseDaemon::Loop(bool install_signal_handlers) {
   // again for the next costs more than the request it serves.
   fuse_loop_cfg_set_idle_threads(cfg.get(), static_cast<unsigned>(impl_->opts.max_threads));
   fuse_loop_cfg_set_clone_fd(cfg.get(), 0);
+  // Watches for the end of the session: a worker busy in a long request
+  // (an index build, a download) would otherwise hold up the loop's return
+  // until it finished by itself.
+  std::mutex watch_mu;
+  std::condition_variable watch_cv;
+  bool loop_done = false;
+  std::once_flag ended;
+  auto end_session = [&] {
+    if (impl_->opts.on_session_end) std::call_once(ended, impl_->opts.on_session_end);
+  };
+  // A request in progress (a lookup waiting for an index build) keeps the
+  // kernel's connection alive after `umount`, so the session does not end
+  // by itself: the mount leaving the mount table says it too.
+  std::thread watcher([&] {
+    std::unique_lock lock(watch_mu);
+    for (int tick = 0; !loop_done; ++tick) {
+      bool unmounted = tick % 2 == 1 && !impl_->mount_dev.empty() &&
+                       !MountDevPresent(impl_->mount_dev);
+      if (fuse_session_exited(se) || unmounted) {
+        lock.unlock();
+        end_session();
+        return;
+      }
+      watch_cv.wait_for(lock, std::chrono::milliseconds(100));
+    }
+  });
   int rc = fuse_session_loop_mt(se, cfg.get());
+  {
+    std::lock_guard lock(watch_mu);
+    loop_done = true;
+  }
+  watch_cv.notify_all();
+  watcher.join();
+  end_session();
   if (install_signal_handlers) fuse_remove_signal_handlers(se);
   Unmount();
   if (rc != 0 && rc != SIGTERM && rc != SIGINT && rc != SIGHUP) {

@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -63,6 +64,11 @@ struct FuseOptions {
   // Mount "ro". A layer store mounts rw so that create/rmdir notifications
   // reach CreateErrno/RmdirErrno; nothing is writable either way.
   bool read_only = true;
+  // Called once when the session ends (unmounted, or a signal), while
+  // requests may still be running: the content stops its downloads and
+  // index builds there, so that those requests end and the loop returns
+  // promptly. May be empty.
+  std::function<void()> on_session_end;
   // Callers (the request's uid) who may make the content do work on their
   // behalf: LookupMiss (a layer store resolves a reference, with its
   // credentials, over the network), Populate (indexes a layer) and the

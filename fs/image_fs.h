@@ -75,6 +75,9 @@ class ImageFs : public FsContent {
   // Starts building layer indexes, then rootfs/, in the background. Call
   // once the mount is live (after any fork): it starts threads.
   void StartIndexing();
+  // The mount is going away: index builds stop at their next read, and
+  // waits for layers end at once. Idempotent.
+  void Stop() { layer_set_->Cancel(); }
   std::vector<LayerIndexStatus> LayerStatuses() const;
   // "pending", "building", "ready" or "failed", and the merge's figures.
   std::string RootfsState() const;

@@ -193,8 +193,11 @@ int ServeMount(MountOptions mo, DaemonReady* ready) {
   if (!ref.ok()) return fail(mo.ref, ref.status());
   Result<std::unique_ptr<ChunkCache>> cache = OpenCache(mo.common);
   if (!cache.ok()) return fail("cannot open the cache", cache.status());
+  // Set when the mount goes away: downloads in progress end (the client
+  // and everything reading through it are destroyed after this flag).
+  std::atomic<bool> stopping{false};
   std::unique_ptr<RegistryClient> client;
-  Result<ResolvedImage> img = ResolveFromFlags(mo.common, *ref, &client);
+  Result<ResolvedImage> img = ResolveFromFlags(mo.common, *ref, &client, &stopping);
   if (img.ok()) {
     RememberResolution(cache->get(), *img, mo.common);
   } else if (img.status().code() == Code::kTransient && client) {
@@ -240,6 +243,10 @@ int ServeMount(MountOptions mo, DaemonReady* ready) {
   fo.fsname = "regfs:" + ref->Normalized();
   fo.mount_opts = mo.fuse_opts;
   fo.debug = mo.fuse_debug;
+  fo.on_session_end = [&] {
+    stopping = true;
+    fs.Stop();
+  };
   FuseDaemon daemon(&fs.tree(), &fs, fo);
   if (Status s = daemon.Mount(); !s.ok()) return fail("mount", s);
   LOG_INFO("mounted " + ref->Normalized() + " (" + img->manifest_digest + ") on " +
@@ -256,8 +263,10 @@ int ServeMount(MountOptions mo, DaemonReady* ready) {
 
 
 Result<ResolvedImage> ResolveFromFlags(const CommonOptions& o, const Reference& ref,
-                                       std::unique_ptr<RegistryClient>* client_out) {
+                                       std::unique_ptr<RegistryClient>* client_out,
+                                       const std::atomic<bool>* cancel) {
   ASSIGN_OR_RETURN(RegistryClientOptions co, MakeClientOptions(o, ref.registry));
+  co.cancel = cancel;
   std::optional<Platform> platform;
   if (!o.platform.empty()) {
     ASSIGN_OR_RETURN(platform, ParsePlatform(o.platform));
@@ -310,7 +319,6 @@ Result<std::unique_ptr<ChunkCache>> OpenCache(const CommonOptions& o) {
 
 CachedSourceOptions DaemonCacheOptions() {
   CachedSourceOptions o;
-  o.verify_sequential = false;
   o.verify_complete = true;
   o.small_random_fetches = true;
   // One read-ahead policy: fs/'s (ImageFs::MaybeReadAhead and the index

@@ -33,8 +33,11 @@ struct MountOptions {
 
 // Resolves `ref` with a client built from the flags. `client_out`, if given,
 // receives the client (for the mount's reads).
+// `cancel`, if given, becomes the client's cancel flag (see
+// RegistryClientOptions::cancel).
 Result<ResolvedImage> ResolveFromFlags(const CommonOptions& o, const Reference& ref,
-                                       std::unique_ptr<RegistryClient>* client_out);
+                                       std::unique_ptr<RegistryClient>* client_out,
+                                       const std::atomic<bool>* cancel = nullptr);
 
 // The daemon's half of the readiness report: Send("OK") or an error, once.
 class DaemonReady {

@@ -70,13 +70,18 @@ LayerStore::LayerStore(ChunkCache* cache, CommonOptions common, IndexStore index
 }
 
 LayerStore::~LayerStore() {
-  layer_set_->Cancel();
+  Stop();
   {
     std::lock_guard lock(mu_);
     layers_.clear();
   }
   layer_set_.reset();
   prefetcher_.reset();
+}
+
+void LayerStore::Stop() {
+  stopping_ = true;
+  layer_set_->Cancel();
 }
 
 StoreCounters LayerStore::Counters() const {
@@ -137,6 +142,7 @@ Status LayerStore::AddImage(std::string_view name, bool* cache_negative) {
   Repo& repo = repos_[repo_key];
   if (!repo.client) {
     Result<RegistryClientOptions> co = MakeClientOptions(common_, ref->registry);
+    if (co.ok()) co->cancel = &stopping_;
     Result<std::unique_ptr<RegistryClient>> client =
         co.ok() ? RegistryClient::Create(*ref, *co) : Result<std::unique_ptr<RegistryClient>>(co.status());
     if (!client.ok()) {
@@ -341,6 +347,7 @@ int ServeStore(MountOptions mo, DaemonReady* ready) {
     fo.mount_opts.insert(fo.mount_opts.end(), {"nosuid", "nodev"});
     fo.read_only = false;
     fo.debug = mo.fuse_debug;
+    fo.on_session_end = [&store] { store.Stop(); };
     FuseDaemon daemon(&store.tree(), &store, fo);
     if (Status s = daemon.Mount(); !s.ok()) return fail("mount", s);
     LOG_INFO("layer store mounted on " + mo.mountpoint);

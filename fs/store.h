@@ -66,6 +66,8 @@ class LayerStore : public FsContent {
   ~LayerStore() override;
 
   Tree& tree() { return tree_; }
+  // The mount is going away: downloads and index builds stop. Idempotent.
+  void Stop();
   StoreCounters Counters() const;
   std::string StatusJson() const;
 
@@ -103,6 +105,7 @@ class LayerStore : public FsContent {
   Ino status_file_ = 0;
   Ino layers_dir_ = 0;  // .layers
   const bool index_on_pull_;
+  std::atomic<bool> stopping_{false};  // every registry client's cancel flag
 
   std::mutex resolve_mu_;  // one resolution at a time; guards repos_
   std::map<std::string, Repo> repos_;

@@ -13,6 +13,11 @@
 namespace regfs {
 namespace {
 
+// CURLOPT_XFERINFOFUNCTION: nonzero aborts the transfer (CURLE_ABORTED_BY_CALLBACK).
+int CancelCallback(void* flag, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
+  return static_cast<const std::atomic<bool>*>(flag)->load() ? 1 : 0;
+}
+
 constexpr size_t kMaxErrorBody = 64 * 1024;
 constexpr size_t kMaxHeaderBytes = 256 * 1024;
 
@@ -242,6 +247,7 @@ Status MapCurlCode(CURLcode code, std::string_view what, std::string_view detail
     case CURLE_HTTP2:
     case CURLE_HTTP2_STREAM:
     case CURLE_AGAIN:
+    case CURLE_ABORTED_BY_CALLBACK:  // the client was cancelled (the daemon is stopping)
       return Status::Transient(msg);
     case CURLE_UNSUPPORTED_PROTOCOL:
     case CURLE_URL_MALFORMAT:
@@ -491,6 +497,10 @@ HttpResult HttpClient::Perform(const HttpRequest& req) {
     }
     timeout_ms = static_cast<long>(left.count());
   }
+  if (options_.cancel && options_.cancel->load()) {
+    out.status = Status::Transient(what + ": cancelled");
+    return out;
+  }
   CURL* h = lease->get();
 
   CurlHeaderList headers;
@@ -526,6 +536,12 @@ HttpResult HttpClient::Perform(const HttpRequest& req) {
   set(CURLOPT_CONNECTTIMEOUT_MS, timeout_ms > 0 ? std::min(timeout_ms, options_.connect_timeout_ms)
                                                 : options_.connect_timeout_ms);
   if (timeout_ms > 0) set(CURLOPT_TIMEOUT_MS, timeout_ms);
+  if (options_.cancel) {
+    // curl calls this about once a second, and more often while bytes flow.
+    set(CURLOPT_NOPROGRESS, 0L);
+    set(CURLOPT_XFERINFOFUNCTION, &CancelCallback);
+    set(CURLOPT_XFERINFODATA, const_cast<std::atomic<bool>*>(options_.cancel));
+  }
   set(CURLOPT_LOW_SPEED_LIMIT, options_.low_speed_limit);
   set(CURLOPT_LOW_SPEED_TIME, options_.low_speed_time_s);
   set(CURLOPT_BUFFERSIZE, 128L * 1024);

@@ -181,6 +181,10 @@ struct HttpClientOptions {
   // A client certificate and its private key (PEM), presented to servers
   // that ask for one. Both or neither.
   std::string client_cert_pem, client_key_pem;
+  // When set and true, transfers in progress end (Transient "cancelled")
+  // within about a second and new ones are not started: a daemon whose
+  // mount went away stops its downloads. Must outlive the client.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 struct HttpCounters {

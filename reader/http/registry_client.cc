@@ -117,6 +117,7 @@ static HttpClientOptions HttpOptionsFrom(const RegistryClientOptions& o) {
   h.extra_ca_pem = o.extra_ca_pem;
   h.client_cert_pem = o.client_cert_pem;
   h.client_key_pem = o.client_key_pem;
+  h.cancel = o.cancel;
   return h;
 }
 
@@ -311,6 +312,7 @@ Status RegistryClient::Execute(Call& call) {
       backoff = std::min(backoff * 2, p.max_backoff);
     }
     if (call.retry_after) wait = std::max(wait, *call.retry_after);
+    if (options_.cancel && options_.cancel->load()) return st.Annotate("cancelled");
     if (Clock::now() + wait > deadline) {
       return st.Annotate("retry budget of " + std::to_string(p.total_budget.count()) +
                          " ms exhausted");

@@ -70,6 +70,8 @@ struct RegistryClientOptions {
   std::string extra_ca_pem;  // CAs trusted besides the system's (--cert-dir)
   // A client certificate and its key, PEM (--cert-dir's X.cert and X.key).
   std::string client_cert_pem, client_key_pem;
+  // See HttpClientOptions::cancel; also ends the retry loop.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 struct RegistryCounters {

@@ -338,5 +338,81 @@ TEST_F(CredsTest, RetryTimeoutBoundsADrippedLayerReadInAMount) {
   if (IsMountPoint(mnt_)) RunCommand({"fusermount3", "-u", "-z", mnt_});
 }
 
+// Issue 15: index builds stop when the mount goes away. The layer drips, so
+// its index build (started in the background at mount, and asked for by a
+// lookup on a FUSE thread) is in a transfer that --retry-timeout 60 would
+// let run for a minute; `regfs umount` must end it, and the daemon exit,
+// at once. Before the session-end hook the daemon outlived the umount until
+// the transfer's budget ran out.
+TEST_F(CredsTest, UmountStopsAnIndexBuildInProgress) {
+  std::string why = FuseUnavailableReason();
+  if (!why.empty()) GTEST_SKIP() << "FUSE unavailable: " << why;
+  ImageSpec spec;
+  LayerSpec layer;
+  layer.entries = SampleEntries("drip");
+  // Incompressible, so that the gzip blob takes minutes at 2 KB/s.
+  std::string noise(512 * 1024, '\0');
+  FillDeterministic(7, 0, std::span<uint8_t>(reinterpret_cast<uint8_t*>(noise.data()), noise.size()));
+  layer.entries.push_back(TarEntry::File("big", noise));
+  spec.layers.push_back(layer);
+  BuiltImage img = BuildImage(spec);
+  a_.AddResource(ManifestPath(), img.manifest, img.manifest_descriptor.media_type);
+  a_.AddResource("/v2/team/app/blobs/" + img.config_descriptor.digest, img.config);
+  const std::string layer_path = "/v2/team/app/blobs/" + img.layers[0].descriptor.digest;
+  a_.AddResource(layer_path, img.layers[0].blob);
+  Fault drip;
+  drip.kind = FaultKind::kDrip;
+  drip.drip_bytes_per_s = 2048;
+  a_.AddFault(layer_path, drip, 100000);
+  CommandResult m = RunCommand(
+      {REGFS_BINARY, "mount", "--tls-verify=false", "--retry-timeout", "60", "--cache-dir",
+       dir_->Sub("cache"), "--log-file", dir_->Sub("log"), RefOn(a_), mnt_},
+      60);
+  ASSERT_EQ(m.exit_code, 0) << m.output;
+  std::string status;
+  ASSERT_TRUE(ReadWholeFile(mnt_ + "/.regfs/status.json", &status));
+  size_t at = status.find("\"pid\": ");
+  ASSERT_NE(at, std::string::npos) << status;
+  pid_t pid = std::stoi(status.substr(at + 7));
+  // A lookup inside the layer waits for its index, on a FUSE thread.
+  pid_t looker = fork();
+  ASSERT_GE(looker, 0);
+  if (looker == 0) {
+    struct stat st;
+    _exit(stat((mnt_ + "/layers/0/big").c_str(), &st) == 0 ? 0 : 1);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  auto start = Clock::now();
+  CommandResult u = RunCommand({REGFS_BINARY, "umount", mnt_}, 60);
+  std::printf("umount took %.2f s\n",
+              std::chrono::duration<double>(Clock::now() - start).count());
+  if (u.exit_code != 0) u = RunCommand({"fusermount3", "-u", "-z", mnt_}, 60);
+  EXPECT_EQ(u.exit_code, 0) << u.output;
+  bool gone = false;
+  while (Clock::now() - start < std::chrono::seconds(30)) {
+    // Gone, or exited and waiting to be reaped by whoever inherited it.
+    std::string stat;
+    bool zombie = ReadWholeFile("/proc/" + std::to_string(pid) + "/stat", &stat) &&
+                  stat.find(") Z ") != std::string::npos;
+    if (kill(pid, 0) != 0 || zombie) {
+      gone = true;
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  double secs = std::chrono::duration<double>(Clock::now() - start).count();
+  std::printf("daemon exited %.2f s after umount was called\n", secs);
+  std::string log;
+  ReadWholeFile(dir_->Sub("log"), &log);
+  EXPECT_TRUE(gone) << "the daemon outlived the umount by 30 s; its log:\n" << log;
+  // Well under the transfer's 60 s budget; loose only for a loaded machine.
+  EXPECT_LT(secs, 15.0);
+  int st = 0;
+  waitpid(looker, &st, 0);
+  EXPECT_NE(WEXITSTATUS(st), 0);  // the lookup failed; it did not see the file
+  if (!gone) kill(pid, SIGKILL);
+  if (IsMountPoint(mnt_)) RunCommand({"fusermount3", "-u", "-z", mnt_});
+}
+
 }  // namespace
 }  // namespace regfs::testing
