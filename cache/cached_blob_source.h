@@ -67,10 +67,6 @@ namespace regfs {
 struct CachedSourceOptions {
   uint64_t max_fetch_bytes = 16u << 20;  // cap of one coalesced upstream request
   bool readahead = true;                 // grow the window for sequential readers
-  // Ignored: in-order passes are always hashed (see the header comment); the
-  // pass tracking no longer breaks on interleaved reads, which is why the
-  // mount turned this off. Kept so that existing callers compile.
-  bool verify_sequential = true;
   bool verify_complete = true;           // verify blobs the cache completes, in the background
   // How long a reader waits for someone else's fetch of a chunk (single
   // flight) or verification of a blob before it fails with kTransient; also

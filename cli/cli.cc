@@ -140,6 +140,7 @@ int RunCacheStats(const CommonOptions& o, bool as_json) {
                         {"layerIndexes", st->layer_indexes},
                         {"manifests", st->manifests},
                         {"maxSize", st->max_size},
+                        {"databaseBytes", st->database_bytes},
                         {"chunkSize", st->chunk_size},
                         {"lastRunHits", st->last_run_hits},
                         {"lastRunMisses", st->last_run_misses},
@@ -150,6 +151,8 @@ int RunCacheStats(const CommonOptions& o, bool as_json) {
   std::printf("Cache:            %s\n", (*cache)->path().c_str());
   std::printf("Bytes:            %llu (cap %llu)\n", (unsigned long long)st->bytes,
               (unsigned long long)st->max_size);
+  std::printf("Database:         %llu bytes (cache.db, WAL; counted in the cap)\n",
+              (unsigned long long)st->database_bytes);
   std::printf("Chunks:           %llu of %u bytes\n", (unsigned long long)st->chunks,
               st->chunk_size);
   std::printf("Blobs:            %llu (%llu complete)\n", (unsigned long long)st->blobs,

@@ -324,7 +324,6 @@ TEST_F(CachedSourceTest, ManyThreadsUnderEvictionPressureReadCorrectBytes) {
 // so no in-order pass ever happens. The blob is verified once it is complete.
 TEST_F(CachedSourceTest, OutOfOrderReadsAreVerifiedOnceTheBlobIsComplete) {
   CachedSourceOptions o = NoReadahead();
-  o.verify_sequential = false;
   OpenCache(1ull << 30, o);
   std::string data = RandomBytes(kTestChunk * 9 + 5, 14);
   auto b = upstream_.AddBlob(data);
@@ -358,7 +357,6 @@ TEST_F(CachedSourceTest, OutOfOrderReadsAreVerifiedOnceTheBlobIsComplete) {
 
 TEST_F(CachedSourceTest, LyingUpstreamIsCaughtOnceCompleteAndItsChunksDropped) {
   CachedSourceOptions o = NoReadahead();
-  o.verify_sequential = false;
   OpenCache(1ull << 30, o);
   std::string data = RandomBytes(kTestChunk * 4, 15);
   auto b = upstream_.AddBlobAs(Sha256Digest("not these bytes"), data);

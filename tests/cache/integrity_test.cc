@@ -18,7 +18,6 @@ class IntegrityTest : public CacheTest {};
 // tests' 64 KiB chunks.
 CachedSourceOptions DaemonLike() {
   CachedSourceOptions o;
-  o.verify_sequential = false;
   o.verify_complete = true;
   o.small_random_fetches = true;
   o.small_read_bytes = 8192;
