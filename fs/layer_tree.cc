@@ -52,7 +52,6 @@ struct SNode {
   Kind kind = kImplicitDir;
   bool opaque = false;        // overlay: the directory held `.wh..wh..opq`
   bool shared = false;        // a hard link names it too
-  bool hides_own = false;     // kAsInTar `.wh.x` that came after x
   bool replaced_whiteout = false;  // overlay: a directory made over `.wh.x`
   bool IsDir() const { return kind == kImplicitDir || kind == kDir; }
 };
@@ -144,20 +143,28 @@ class Builder {
     // Entries of one directory usually come together: the last parent is
     // reused while no name was removed or replaced since (a deep path is
     // then not walked again for each of its siblings).
+    const bool overlay_whiteout = mode_ == WhiteoutMode::kOverlay && IsWhiteoutName(name);
     uint32_t parent;
     if (dir_path == last_dir_ && generation_ == last_generation_) {
       parent = last_parent_;
     } else {
-      parent = Resolve(dir_path, /*create=*/true, &why);
+      parent = Resolve(dir_path, overlay_whiteout ? kWhiteoutParent : kCreate, &why);
       if (parent != kNoEntry) {
         last_dir_ = dir_path;
         last_parent_ = parent;
         last_generation_ = generation_;
       }
     }
-    if (parent == kNoEntry) return over_limit_ ? CountOverLimit() : Skip(e, why);
+    if (parent == kNoEntry) {
+      if (over_limit_) return CountOverLimit();
+      // `rm -rf gone` leaves `.wh.gone` and then `gone/.wh.inner` in some
+      // tools' layers: extraction's mknod of the second fails with ENOTDIR,
+      // which containers/storage ignores (the parent is deleted already).
+      if (why == kBelowOwnWhiteout) return;
+      return Skip(e, why);
+    }
     Children& kids = KidsOf(parent);
-    if (mode_ == WhiteoutMode::kOverlay && IsWhiteoutName(name)) {
+    if (overlay_whiteout) {
       if (name == kOpaqueMarker) {
         nodes_[parent].opaque = true;
         ++stats_.whiteouts;
@@ -188,7 +195,6 @@ class Builder {
       nodes_[it->second].kind = SNode::kDir;
       nodes_[it->second].entry = i;
       ++stats_.entries;
-      if (mode_ == WhiteoutMode::kAsInTar) TrackOwnWhiteouts(parent, name, it->second, false);
       return;
     }
     // Anything else over an existing name: extraction removes it (with all
@@ -201,7 +207,7 @@ class Builder {
     }
     uint32_t id;
     if (e.type == EntryType::kHardLink) {
-      uint32_t target = Resolve(e.link_target, /*create=*/false, &why);
+      uint32_t target = Resolve(e.link_target, kLookup, &why);
       if (target == kNoEntry || nodes_[target].IsDir()) {
         return Skip(e, "hard link to '" + Shorten(e.link_target) +
                            "', which is not in this layer (any more)");
@@ -228,39 +234,20 @@ class Builder {
     }
     KidsOf(parent)[name] = id;
     ++stats_.entries;
-    if (mode_ == WhiteoutMode::kAsInTar) {
-      TrackOwnWhiteouts(parent, name, id, e.type == EntryType::kRegular);
-    }
   }
 
-  // As in the tar, `.wh.x` and x are two names; extraction would remove x
-  // when `.wh.x` comes after it, and the merge needs to know that.
-  // Only a regular file of its own (not a hard link, whose inode is shared)
-  // is a whiteout that can be flagged.
-  void TrackOwnWhiteouts(uint32_t parent, std::string_view name, uint32_t id, bool may_flag) {
-    if (!own_whiteouts_.empty()) {
-      // x made again after its whiteout: the whiteout no longer removes it.
-      auto w = own_whiteouts_.find({parent, name});
-      if (w != own_whiteouts_.end()) {
-        nodes_[w->second].hides_own = false;
-        own_whiteouts_.erase(w);
-      }
-    }
-    if (!may_flag || !IsWhiteoutName(name) || name == kOpaqueMarker) return;
-    std::string_view hidden = name.substr(kWhiteoutPrefix.size());
-    if (hidden.empty() || nodes_[id].kind != SNode::kEntry) return;
-    const Children& kids = KidsOf(parent);
-    if (kids.find(hidden) != kids.end()) {
-      nodes_[id].hides_own = true;
-      own_whiteouts_[{parent, hidden}] = id;
-    }
-  }
+  // How Resolve treats missing parents: kLookup finds only; kCreate makes
+  // them (0755, root-owned, as extraction's MkdirAll does), also over a
+  // whiteout device of this layer; kWhiteoutParent makes them too, but
+  // fails with kBelowOwnWhiteout at such a device (overlay form only).
+  enum ResolveMode { kLookup, kCreate, kWhiteoutParent };
+  static constexpr const char* kBelowOwnWhiteout = "below a whiteout of this layer";
 
-  // The node at `path` below the layer root, walking (and with `create`,
-  // making 0755 root-owned parents as extraction's MkdirAll does) one
-  // component at a time. kNoEntry with *why when a component is not a
-  // directory, invalid, missing, or over the limits.
-  uint32_t Resolve(std::string_view path, bool create, const char** why) {
+  // The node at `path` below the layer root, walking one component at a
+  // time. kNoEntry with *why when a component is not a directory, invalid,
+  // missing, or over the limits.
+  uint32_t Resolve(std::string_view path, ResolveMode rmode, const char** why) {
+    const bool create = rmode != kLookup;
     uint32_t cur = 0;
     while (!path.empty()) {
       size_t slash = path.find('/');
@@ -281,6 +268,10 @@ class Builder {
       // `x/y` with no `x/` header) would fail extraction with ENOTDIR; as in
       // the tar form, x becomes a new directory instead.
       bool over_whiteout = create && it != kids.end() && nodes_[it->second].kind == SNode::kWhiteout;
+      if (over_whiteout && rmode == kWhiteoutParent) {
+        *why = kBelowOwnWhiteout;
+        return kNoEntry;
+      }
       if (it != kids.end() && !over_whiteout) {
         cur = it->second;
         continue;
@@ -384,7 +375,6 @@ class Builder {
         } else if (e.type == EntryType::kSymlink) {
           n.link_target = e.link_target;
         }
-        if (s.hides_own) n.flags |= Node::kHidesOwnLayer;
         if (s.link_headers) {
           for (uint32_t h : link_headers_[s.link_headers - 1]) ApplyLinkHeader(n, index_.entries[h]);
         }
@@ -450,7 +440,6 @@ class Builder {
   std::vector<SNode> nodes_;
   std::vector<Children> dirs_;
   std::vector<std::vector<uint32_t>> link_headers_;
-  std::map<std::pair<uint32_t, std::string_view>, uint32_t> own_whiteouts_;
   // The last parent resolved, valid while generation_ (bumped whenever a
   // name is removed or replaced) is unchanged.
   std::string_view last_dir_;

@@ -11,7 +11,10 @@
 // directory with everything below it) before the new entry is made, unless
 // both are directories, which merge (the later entry's attributes win). In
 // overlay form `.wh.x` is a 0:0 device at x that likewise replaces x, and a
-// later x replaces the device. The final state is then added to the Tree in
+// later x replaces the device; a whiteout below such a device (`.wh.gone`,
+// then `gone/.wh.inner`, as `rm -rf gone` leaves it) is dropped, as
+// extraction ignores the ENOTDIR its mknod fails with. As in the tar,
+// whiteouts are names like any other. The final state is then added to the Tree in
 // sorted order (one O(1) append per entry), without recursion.
 //
 // Failure: an entry that cannot be placed is skipped with a log line (the
@@ -66,9 +69,7 @@ struct LayerTreeLimits {
 
 // Adds the entries of `index` under the existing directory `root`. Regular
 // files get ContentKind::kLayerEntry with content_id = `layer` and
-// content_arg = the data's offset in the uncompressed stream. In kAsInTar
-// form a `.wh.x` that comes after x in the same layer gets
-// Node::kHidesOwnLayer, so that the merge removes x too, as extraction does.
+// content_arg = the data's offset in the uncompressed stream.
 LayerTreeStats AddLayerEntries(Tree& tree, Ino root, uint32_t layer, const LayerIndex& index,
                                WhiteoutMode mode,
                                HardLinkMetadata links = HardLinkMetadata::kKeepTarget,

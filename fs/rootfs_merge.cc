@@ -6,7 +6,6 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
-#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -41,12 +40,13 @@ class Merger {
 
   void ApplyLayer(Ino layer_root, uint32_t layer) {
     nodes_[0].src = layer_root;
+    pending_.clear();
     // Depth first with an explicit stack of (layer directory, merged node).
-    std::vector<std::pair<Ino, uint32_t>> stack{{layer_root, 0}};
+    std::vector<Step> stack{{layer_root, 0, kNone}};
     while (!stack.empty()) {
-      auto [dir, merged] = stack.back();
+      Step step = stack.back();
       stack.pop_back();
-      ApplyDir(dir, layer, merged, &stack);
+      ApplyDir(step, layer, &stack);
     }
   }
 
@@ -59,6 +59,25 @@ class Merger {
     Node node;
   };
   using Children = std::map<std::string, uint32_t>;
+  // A layer directory to apply: onto merged node `merged`, or (kNone) onto
+  // the directory pending_[pending] stands for.
+  struct Step {
+    Ino dir;
+    uint32_t merged;
+    uint32_t pending;
+  };
+  // As in the tar: a directory the layer only implied, that the merged view
+  // does not have (as a directory) yet. Extraction (umoci) makes a parent
+  // only for an entry that is not a whiteout, so it is made when the first
+  // such entry below it is (Materialize), and never if it holds only
+  // whiteouts (`.wh.gone`, then `gone/.wh.inner`).
+  struct Pending {
+    uint32_t parent_merged;   // kNone: below parent_pending
+    uint32_t parent_pending;
+    std::string name;
+    Ino src;
+    uint32_t merged = kNone;  // once made
+  };
 
   bool IsOverlayWhiteout(const Node& n) const {
     return mode_ == WhiteoutMode::kOverlay && S_ISCHR(n.attr.mode) && n.attr.rdev == makedev(0, 0);
@@ -97,10 +116,38 @@ class Merger {
     return static_cast<uint32_t>(nodes_.size() - 1);
   }
 
-  void ApplyDir(Ino layer_dir, uint32_t layer, uint32_t merged,
-                std::vector<std::pair<Ino, uint32_t>>* stack) {
+  // The merged node pending_[p] stands for, made (with its pending
+  // parents) if it is not yet; kNone over the limits.
+  uint32_t Materialize(uint32_t p, uint32_t layer) {
+    std::vector<uint32_t> chain;  // p and its unmade pending parents, p first
+    for (uint32_t q = p; q != kNone && pending_[q].merged == kNone;
+         q = pending_[q].parent_pending) {
+      chain.push_back(q);
+    }
+    for (size_t i = chain.size(); i-- > 0;) {
+      Pending& pd = pending_[chain[i]];
+      uint32_t parent =
+          pd.parent_merged != kNone ? pd.parent_merged : pending_[pd.parent_pending].merged;
+      if (parent == kNone) return kNone;
+      // What the name holds in the merged view is not a directory (it would
+      // not be pending otherwise): the new directory replaces it.
+      auto it = KidsOf(parent).find(pd.name);
+      if (it != KidsOf(parent).end()) {
+        ++stats_.replaced;
+        KidsOf(parent).erase(it);
+      }
+      uint32_t id = NewNode(pd.src, layer, /*dir=*/true);  // may grow kids_
+      if (id == kNone) return kNone;
+      KidsOf(parent)[pd.name] = id;
+      pending_[chain[i]].merged = id;  // pd may dangle: NewNode does not grow pending_
+    }
+    return pending_[p].merged;
+  }
+
+  void ApplyDir(Step step, uint32_t layer, std::vector<Step>* stack) {
+    uint32_t merged = step.merged != kNone ? step.merged : pending_[step.pending].merged;
     std::vector<Kid> kids;
-    (void)tree_.ReadDir(layer_dir, 2, [&](const DirEntry& de, uint64_t) {
+    (void)tree_.ReadDir(step.dir, 2, [&](const DirEntry& de, uint64_t) {
       kids.push_back({de.name, de.ino, Node{}});
       return true;
     });
@@ -108,44 +155,66 @@ class Merger {
       Result<Node> n = tree_.Get(k.ino);
       if (n.ok()) k.node = std::move(*n);
     }
-    Result<Node> self = tree_.Get(layer_dir);
-    // Whiteouts first: they hide lower layers only, never this layer's names
-    // (except a `.wh.x` that came after x in the tar: extraction removed x).
-    bool opaque = self.ok() && HasOpaqueXattr(*self);
-    for (const Kid& k : kids) {
-      if (mode_ == WhiteoutMode::kAsInTar && k.name == kOpaqueMarker) opaque = true;
-    }
-    Children& mk = KidsOf(merged);
-    if (opaque) {
-      ++stats_.opaque;
-      for (auto it = mk.begin(); it != mk.end();) {
-        it = nodes_[it->second].layer < layer ? mk.erase(it) : std::next(it);
+    // Whiteouts first: they hide lower layers only, never this layer's
+    // names, wherever they come in the tar (OCI image-spec; umoci). In a
+    // directory not made yet there is nothing below to hide.
+    if (merged != kNone) {
+      Result<Node> self = tree_.Get(step.dir);
+      bool opaque = self.ok() && HasOpaqueXattr(*self);
+      for (const Kid& k : kids) {
+        if (mode_ == WhiteoutMode::kAsInTar && k.name == kOpaqueMarker) opaque = true;
+      }
+      Children& mk = KidsOf(merged);
+      if (opaque) {
+        ++stats_.opaque;
+        for (auto it = mk.begin(); it != mk.end();) {
+          it = nodes_[it->second].layer < layer ? mk.erase(it) : std::next(it);
+        }
+      }
+      for (const Kid& k : kids) {
+        std::string_view hidden;
+        if (IsWhiteoutName(k.name)) {
+          if (k.name == kOpaqueMarker) continue;
+          hidden = std::string_view(k.name).substr(kWhiteoutPrefix.size());
+        } else if (IsOverlayWhiteout(k.node) ||
+                   (mode_ == WhiteoutMode::kOverlay && (k.node.flags & Node::kReplacedWhiteout))) {
+          hidden = k.name;
+        } else {
+          continue;
+        }
+        auto it = mk.find(std::string(hidden));
+        if (it != mk.end() && nodes_[it->second].layer < layer) {
+          mk.erase(it);
+          ++stats_.whiteouts;
+        }
       }
     }
-    std::unordered_set<std::string_view> hidden_here;  // this layer's own names removed
     for (const Kid& k : kids) {
-      std::string_view hidden;
-      if (IsWhiteoutName(k.name)) {
-        if (k.name == kOpaqueMarker) continue;
-        hidden = std::string_view(k.name).substr(kWhiteoutPrefix.size());
-        if (k.node.flags & Node::kHidesOwnLayer) hidden_here.insert(hidden);
-      } else if (IsOverlayWhiteout(k.node) ||
-                 (mode_ == WhiteoutMode::kOverlay && (k.node.flags & Node::kReplacedWhiteout))) {
-        hidden = k.name;
-      } else {
+      if (IsWhiteoutName(k.name) || IsOverlayWhiteout(k.node)) continue;
+      bool is_dir = S_ISDIR(k.node.attr.mode);
+      uint32_t slot = kNone;
+      if (merged != kNone) {
+        auto it = KidsOf(merged).find(k.name);
+        if (it != KidsOf(merged).end()) slot = it->second;
+      }
+      // As in the tar, a directory the layer only implied waits until
+      // something that is not a whiteout needs it.
+      if (mode_ == WhiteoutMode::kAsInTar && is_dir && (k.node.flags & Node::kImplicitDir) &&
+          !(slot != kNone && nodes_[slot].kids)) {
+        Pending pd;
+        pd.parent_merged = merged;
+        pd.parent_pending = merged == kNone ? step.pending : kNone;
+        pd.name = k.name;
+        pd.src = k.ino;
+        pending_.push_back(std::move(pd));
+        stack->push_back({k.ino, kNone, static_cast<uint32_t>(pending_.size() - 1)});
         continue;
       }
-      auto it = mk.find(std::string(hidden));
-      if (it != mk.end() && nodes_[it->second].layer < layer) {
-        mk.erase(it);
-        ++stats_.whiteouts;
+      if (merged == kNone) {
+        merged = Materialize(step.pending, layer);
+        if (merged == kNone) return;  // over the limits
       }
-    }
-    for (const Kid& k : kids) {
-      if (IsWhiteoutName(k.name) || IsOverlayWhiteout(k.node) || hidden_here.count(k.name)) continue;
-      bool is_dir = S_ISDIR(k.node.attr.mode);
       auto it = KidsOf(merged).find(k.name);
-      uint32_t slot = it == KidsOf(merged).end() ? kNone : it->second;
       if (slot != kNone && !(is_dir && nodes_[slot].kids)) {
         ++stats_.replaced;
         KidsOf(merged).erase(it);
@@ -159,7 +228,7 @@ class Merger {
         nodes_[slot].src = k.ino;  // an upper layer's own entry: its attributes win
       }
       nodes_[slot].layer = layer;
-      if (is_dir) stack->emplace_back(k.ino, slot);
+      if (is_dir) stack->push_back({k.ino, slot, kNone});
     }
   }
 
@@ -189,6 +258,7 @@ class Merger {
   bool over_limit_ = false;
   std::vector<MNode> nodes_;  // [0] is rootfs/ itself
   std::vector<Children> kids_;
+  std::vector<Pending> pending_;  // this layer's
   MergeStats stats_;
 };
 

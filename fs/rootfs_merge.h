@@ -4,15 +4,19 @@
 //  - `.wh.NAME` hides NAME of lower layers; `.wh..wh..opq` hides everything
 //    lower layers had in that directory (in overlay whiteout mode: a 0:0
 //    character device, and the trusted.overlay.opaque xattr, mean the same);
-//    a whiteout never hides what its own layer adds;
+//    a whiteout never hides what its own layer adds, wherever it comes in
+//    the tar (umoci keeps x when `.wh.x` follows it in the same layer);
 //  - a later entry replaces an earlier one of any type; directories merge,
 //    taking the upper layer's attributes (unless the upper layer only
 //    implied the directory as a parent);
 //  - whiteouts themselves never appear; hard links stay within their layer;
-//  - within a layer, extraction order counts where the layer tree records
-//    it: a `.wh.x` after x (Node::kHidesOwnLayer) removes that layer's x
-//    too, and a directory made over `.wh.x` (Node::kReplacedWhiteout) hides
-//    lower layers' x as the whiteout would have.
+//  - whiteouts as in the tar: a directory the layer only implied as a
+//    parent is made only for an entry that is not a whiteout (as umoci's
+//    extraction does), so `.wh.gone` with `gone/.wh.inner` leaves no gone;
+//  - overlay form: a directory made over `.wh.x` in its layer
+//    (Node::kReplacedWhiteout) hides lower layers' x as the whiteout would
+//    have. (`.wh.x` after x in one layer leaves only the device there, so
+//    x is hidden in this form: podman refuses such layers anyway.)
 // The merged view is built flat (indexes, explicit stacks), so nothing
 // recurses in proportion to path depth, and emitted in sorted order.
 // Non-directories are shared with their layer's inode (same bytes, no copy);

@@ -166,6 +166,24 @@ TEST_P(LayerTreeModeTest, WhiteoutAfterThePathInTheSameLayer) {
   }
 }
 
+// `rm -rf gone` in some tools: `.wh.gone`, then `gone/.wh.inner`. Overlay
+// extraction's mknod of the second fails with ENOTDIR, which
+// containers/storage ignores: gone stays a whiteout, not a new directory
+// (that would hide nothing of the lower gone through overlayfs).
+TEST_P(LayerTreeModeTest, WhiteoutBelowAWhiteoutOfTheSameLayer) {
+  LayerTreeStats stats;
+  Lines got = Build(
+      {TFile(".wh.gone", 0), TFile("gone/.wh.inner", 0), TFile("gone/sub/.wh.x", 0)}, &stats);
+  if (overlay()) {
+    EXPECT_EQ(got, (Lines{"gone w"}));
+    EXPECT_EQ(stats.whiteouts, 1u);
+  } else {
+    EXPECT_EQ(got, (Lines{".wh.gone f", "gone d", "gone/.wh.inner f", "gone/sub d",
+                          "gone/sub/.wh.x f"}));
+  }
+  EXPECT_EQ(stats.skipped, 0u);
+}
+
 TEST_P(LayerTreeModeTest, HardLinkAndSymlinkOverAFile) {
   Lines got = Build({TFile("a", 1), TFile("b", 2), TLink("b", "a"), TFile("s", 3), TSym("s", "a")});
   EXPECT_EQ(got, (Lines{"a f", "b f", "s l"}));
