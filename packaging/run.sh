@@ -13,7 +13,7 @@ ROOT=$PWD
 bash packaging/install-deps.sh >&2
 cmake -S "$ROOT" -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DREGFS_WERROR=ON >/dev/null
 ninja -C build regfs >&2
-REGFS=$ROOT/build/fs/regfs
+REGFS=$ROOT/build/cli/regfs
 
 if [[ $# -gt 0 ]]; then exec "$REGFS" "$@"; fi
 

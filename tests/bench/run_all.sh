@@ -46,7 +46,7 @@ OUT=${OUT:-$BUILD_DIR/bench-results/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 export REGFS_BENCH_JSON=$OUT/results.jsonl
-export REGFS_BINARY=$BUILD_DIR/fs/regfs
+export REGFS_BINARY=$BUILD_DIR/cli/regfs
 : >"$REGFS_BENCH_JSON"
 MACHINE="$(nproc) CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(uname -r)"
 echo "run_all: results in $OUT; $(date -u '+%Y-%m-%d %H:%M UTC'); $MACHINE"
@@ -74,7 +74,7 @@ if ((WAN)); then
   for prof in "wan-20ms-200mbit 20 200" "wan-80ms-50mbit 80 50"; do
     read -r name rtt rate <<<"$prof"
     echo "== $name"
-    REGFS=$BUILD_DIR/fs/regfs timeout --kill-after=30 1200 \
+    REGFS=$BUILD_DIR/cli/regfs timeout --kill-after=30 1200 \
       bash tests/bench/wan/wan_bench.sh "$name" "$rtt" "$rate" "$OUT" 2>&1 |
       tee "$OUT/$name.txt"
     rc=${PIPESTATUS[0]}

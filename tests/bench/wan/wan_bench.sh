@@ -33,7 +33,7 @@ RATE_MBIT=${3:?rate in Mbit/s}
 OUT=${4:?output dir}
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../../.." && pwd)
-REGFS=${REGFS:-$ROOT/build/fs/regfs}
+REGFS=${REGFS:-$ROOT/build/cli/regfs}
 BLOB_MIB=${WAN_BLOB_MIB:-100}
 # Few enough that most land in distinct 1 MiB chunks of the 100 MiB blob
 # (regfs fetches a whole chunk per miss; later reads in it are local).
