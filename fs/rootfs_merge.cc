@@ -70,7 +70,8 @@ class Merger {
   // does not have (as a directory) yet. Extraction (umoci) makes a parent
   // only for an entry that is not a whiteout, so it is made when the first
   // such entry below it is (Materialize), and never if it holds only
-  // whiteouts (`.wh.gone`, then `gone/.wh.inner`).
+  // whiteouts (`.wh.gone`, then `gone/.wh.inner`). One left empty (the
+  // entry that implied it was skipped) is made too.
   struct Pending {
     uint32_t parent_merged;   // kNone: below parent_pending
     uint32_t parent_pending;
@@ -154,6 +155,12 @@ class Merger {
     for (Kid& k : kids) {
       Result<Node> n = tree_.Get(k.ino);
       if (n.ok()) k.node = std::move(*n);
+    }
+    // An implied directory left empty (its entry was skipped) was implied by
+    // something that is not a whiteout: it stays, as in overlay form.
+    if (merged == kNone && kids.empty()) {
+      Materialize(step.pending, layer);
+      return;
     }
     // Whiteouts first: they hide lower layers only, never this layer's
     // names, wherever they come in the tar (OCI image-spec; umoci). In a

@@ -123,6 +123,12 @@ TEST_P(RootfsMergeTest, WhiteoutsInImpliedDirectoriesHideLowerEntries) {
   EXPECT_EQ(got, (Lines{"n d", "n/m d", "n/m/k d", "n/m/k/f f", "p d", "p/b f", "p/q d"}));
 }
 
+// A parent made for an entry that is then skipped (here: "." further down
+// its path) is no whiteout's: it stays, an empty directory, in both forms.
+TEST_P(RootfsMergeTest, ImpliedDirectoryOfASkippedEntryStays) {
+  EXPECT_EQ(Merge({{TFile("d/./f")}}), (Lines{"d d"}));
+}
+
 // Where the forms part: a whiteout in a directory the layer only implies,
 // with nothing below it in the merged view but a file or nothing. umoci
 // makes no parent for a whiteout (and fails on a whiteout below a file);

@@ -34,11 +34,30 @@ bool Below(std::string_view path, std::string_view top) {
                          path[top.size()] == '/');
 }
 
+// Whether every component of `path` is a name an entry can have (and the
+// path is short enough), so that an entry at `path` is not skipped for it.
+bool ValidPath(std::string_view path) {
+  if (path.empty() || path.size() >= 4096) return false;
+  for (size_t start = 0;;) {
+    size_t slash = path.find('/', start);
+    std::string_view c = path.substr(start, slash == std::string_view::npos ? slash : slash - start);
+    if (c.empty() || c == "." || c == ".." || c.size() > 255 ||
+        c.find('\0') != std::string_view::npos) {
+      return false;
+    }
+    if (slash == std::string_view::npos) return true;
+    start = slash + 1;
+  }
+}
+
 // The two forms see different things in: 0:0 devices (whiteouts only in
 // overlay form), whiteout names that are not regular files or are parents,
-// hard links to whiteout names, and a whiteout after x in its own layer
-// followed by x again (as in the tar, the merge cannot tell which of x's
-// entries came before the whiteout).
+// hard links to whiteout names; a whiteout after x (or a path below x) in
+// its own layer (as in the tar it hides only lower layers, as umoci does;
+// in overlay form the device replaced x); and a whiteout in a directory the
+// layer only implies, unless an entry that is not a whiteout needs that
+// directory too (as in the tar, whiteouts make no parents, as in umoci; in
+// overlay form extraction's MkdirAll makes them).
 bool SameInBothForms(const std::vector<std::vector<TarEntry>>& layers) {
   for (const auto& entries : layers) {
     for (size_t i = 0; i < entries.size(); ++i) {
@@ -52,16 +71,25 @@ bool SameInBothForms(const std::vector<std::vector<TarEntry>>& layers) {
       if (path.substr(0, path.size() - base.size()).find(".wh.") != std::string_view::npos) return false;
       if (!IsWhiteout(base)) continue;
       if (e.type != EntryType::kRegular) return false;
-      std::string hidden = std::string(path.substr(0, path.size() - base.size())) +
-                           std::string(base.substr(4));
-      bool before = false, after = false;
-      for (size_t j = 0; j < entries.size(); ++j) {
-        if (j == i) continue;
-        bool hit = Below(entries[j].path, hidden) ||
-                   (entries[j].type == EntryType::kHardLink && Below(entries[j].link_target, hidden));
-        (j < i ? before : after) |= hit;
+      std::string_view parent = path.substr(0, path.size() - base.size());
+      std::string hidden = std::string(parent) + std::string(base.substr(4));
+      for (size_t j = 0; j < i; ++j) {
+        if (Below(entries[j].path, hidden) ||
+            (entries[j].type == EntryType::kHardLink && Below(entries[j].link_target, hidden))) {
+          return false;
+        }
       }
-      if (before && after) return false;
+      if (parent.empty()) continue;
+      parent.remove_suffix(1);  // the slash
+      bool needed = false;
+      for (const TarEntry& o : entries) {
+        if (o.type != EntryType::kHardLink && !IsWhiteout(Base(o.path)) && ValidPath(o.path) &&
+            o.link_target.size() < 4096 && Below(o.path, parent)) {
+          needed = true;
+          break;
+        }
+      }
+      if (!needed) return false;
     }
   }
   return true;
