@@ -1,5 +1,7 @@
 #include "cache/cached_blob_source.h"
 
+#include <thread>
+
 #include <algorithm>
 #include <condition_variable>
 #include <cstdint>
@@ -122,6 +124,9 @@ struct CachedBlobSource::SeqHash {
   // seq_tick_ when last advanced; the oldest pass goes first. Atomic: read
   // under seq_mu_ alone.
   std::atomic<uint64_t> last_use{0};
+  // steady_clock nanoseconds of the last advance (the background verifier
+  // waits for a pass that is still moving).
+  std::atomic<int64_t> last_advance_ns{std::chrono::steady_clock::now().time_since_epoch().count()};
   Sha256 whole;
   Sha256 chunk;
   std::string chunk_hashes;
@@ -184,6 +189,28 @@ bool CachedBlobSource::WaitForVerifications() {
 
 void CachedBlobSource::VerifyFromCache(const BlobDescriptor& blob) {
   auto state = cache_->GetBlobState(blob.digest);
+  if (!state.ok() || state->verified) return;
+  // An in-order pass under way hashes the blob itself: hashing it here too
+  // would double the CPU a cold read costs. Wait while it advances; take
+  // over once it has stalled for a second (its reader went elsewhere).
+  for (;;) {
+    std::shared_ptr<SeqHash> h;
+    {
+      std::lock_guard<std::mutex> lock(seq_mu_);
+      auto it = seq_.find(blob.digest);
+      if (it != seq_.end()) h = it->second;
+    }
+    if (!h) break;
+    const int64_t idle_ns = std::chrono::steady_clock::now().time_since_epoch().count() -
+                            h->last_advance_ns.load();
+    if (idle_ns > int64_t{1'000'000'000}) break;
+    {
+      std::lock_guard<std::mutex> lock(verify_mu_);
+      if (verify_stop_) return;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  state = cache_->GetBlobState(blob.digest);
   if (!state.ok() || state->verified) return;
   const uint64_t cs = cache_->chunk_size();
   std::vector<uint8_t> buf(cs);
@@ -699,6 +726,28 @@ Status CachedBlobSource::CheckChunkHash(const BlobDescriptor& blob, const std::s
   return Status::Ok();
 }
 
+bool CachedBlobSource::CatchUpFromCache(const BlobDescriptor& blob, SeqHash* h, uint64_t to) {
+  const uint64_t cs = cache_->chunk_size();
+  std::vector<uint8_t> buf;
+  while (h->next < to) {
+    const uint64_t c = h->next / cs;
+    const uint64_t chunk_end = std::min((c + 1) * cs, blob.size);
+    const uint64_t n = std::min(chunk_end, to) - h->next;
+    buf.resize(n);
+    auto hit = cache_->ReadChunk(blob.digest, c, static_cast<uint32_t>(h->next - c * cs), buf,
+                                 /*count_access=*/false);
+    if (!hit.ok() || !*hit) return false;
+    h->whole.Update(buf.data(), n);
+    h->chunk.Update(buf.data(), n);
+    h->next += n;
+    if (h->next == chunk_end) {
+      h->chunk_hashes += h->chunk.FinishRaw();
+      h->chunk = Sha256();
+    }
+  }
+  return true;
+}
+
 Status CachedBlobSource::TrackSequential(const BlobDescriptor& blob, uint64_t offset,
                                          std::span<const uint8_t> bytes, bool* verified) {
   std::shared_ptr<SeqHash> h;
@@ -723,13 +772,18 @@ Status CachedBlobSource::TrackSequential(const BlobDescriptor& blob, uint64_t of
     h = it->second;
   }
   std::unique_lock<std::mutex> lock(h->mu);
-  // A read that does not continue the pass (another reader's, elsewhere in
-  // the blob) is not part of it; the pass goes on with the reads that do.
-  if (h->done || offset > h->next) return Status::Ok();
+  if (h->done) return Status::Ok();
+  const uint64_t cs = cache_->chunk_size();
+  // A read ahead of the pass: FUSE hands a sequential reader's requests to
+  // several threads, so the one at the pass's position may come second. The
+  // pass catches up from the cache when the bytes in between are there;
+  // otherwise the read (another reader's, elsewhere in the blob) is not
+  // part of it, and the pass goes on with the reads that continue it.
+  if (offset > h->next && !CatchUpFromCache(blob, h.get(), offset)) return Status::Ok();
   const uint64_t end = offset + bytes.size();
   if (end <= h->next) return Status::Ok();
   h->last_use.store(seq_tick_.fetch_add(1, std::memory_order_relaxed));
-  const uint64_t cs = cache_->chunk_size();
+  h->last_advance_ns.store(std::chrono::steady_clock::now().time_since_epoch().count());
   while (h->next < end) {
     const uint64_t chunk_end = std::min((h->next / cs + 1) * cs, blob.size);
     const uint64_t n = std::min(chunk_end, end) - h->next;

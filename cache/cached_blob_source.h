@@ -163,6 +163,9 @@ class CachedBlobSource : public BlobSource {
   // Feeds a read to the blob's in-order pass if it continues it; sets
   // *verified (if given) when this read completed the pass and the digest
   // matched. kCorrupt if it completed the pass and the digest did not match.
+  // Hashes [h->next, to) of `blob` from the cache into the pass (h->mu
+  // held); false, with the pass where it was, when a byte there is not cached.
+  bool CatchUpFromCache(const BlobDescriptor& blob, SeqHash* h, uint64_t to);
   Status TrackSequential(const BlobDescriptor& blob, uint64_t offset,
                          std::span<const uint8_t> bytes, bool* verified);
   // True if the blob's in-order pass has hashed [0, offset) at least, so

@@ -1071,7 +1071,7 @@ Result<CacheStats> ChunkCache::Stats() {
   return s;
 }
 
-Status ChunkCache::Prune(uint64_t max_size) {
+Status ChunkCache::Prune(uint64_t max_size, bool keep_indexes) {
   if (!writable_) return Status::IoError("chunk cache is not writable");
   std::lock_guard<std::mutex> lock(write_mu_);
   sqlite3* db = writer_->db.get();
@@ -1090,7 +1090,7 @@ Status ChunkCache::Prune(uint64_t max_size) {
       ASSIGN_OR_RETURN(Stmt q, Stmt::Prepare(db, sql));
       RETURN_IF_ERROR(q.Bind(1, cutoff).Run());
     }
-    if (options_.cap_counts_database) {
+    if (options_.cap_counts_database && !keep_indexes) {
       RETURN_IF_ERROR(EvictKeyedRowsLocked(max_size / kKeyedShareDivisor, &evicted));
     }
     RETURN_IF_ERROR(txn.Commit());

@@ -207,7 +207,11 @@ class ChunkCache {
   // A process that remembers the id of a blob row deleted here misses on
   // that blob until it restarts (never serves wrong bytes: a missing row is
   // a miss).
-  Status Prune(uint64_t max_size);
+  // With keep_indexes, index and manifest rows are not evicted for space
+  // (step two): only chunks go, so the next mount of a pruned image lists
+  // at once and fetches its bytes again (what a benchmark of "index present,
+  // chunks gone" wants).
+  Status Prune(uint64_t max_size, bool keep_indexes = false);
   // Writes pending access times now.
   Status FlushTouches();
   // PRAGMA integrity_check: "ok" or the problems found.

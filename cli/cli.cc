@@ -166,7 +166,7 @@ int RunCacheStats(const CommonOptions& o, bool as_json) {
   return 0;
 }
 
-int RunCachePrune(const CommonOptions& o, const std::string& max_size) {
+int RunCachePrune(const CommonOptions& o, const std::string& max_size, bool chunks_only) {
   Result<std::unique_ptr<ChunkCache>> cache = OpenCacheFromFlags(o);
   if (!cache.ok()) return Fail("cannot open the cache", cache.status());
   uint64_t target = (*cache)->max_size();
@@ -175,7 +175,7 @@ int RunCachePrune(const CommonOptions& o, const std::string& max_size) {
     if (!n.ok()) return Fail("--max-size", n.status());
     target = *n;
   }
-  Status s = (*cache)->Prune(target);
+  Status s = (*cache)->Prune(target, chunks_only);
   if (!s.ok()) return Fail("prune failed", s);
   Result<CacheStats> st = (*cache)->Stats();
   if (st.ok()) {
@@ -338,6 +338,10 @@ int RegfsMain(int argc, char** argv) {
   CLI::App* prune = cache->add_subcommand("prune", "evict least recently used chunks");
   prune->add_option("--cache-dir", common.cache_dir, "chunk cache directory");
   prune->add_option("--max-size", prune_max, "evict down to this size (default: the cap)");
+  bool prune_chunks_only = false;
+  prune->add_flag("--chunks-only", prune_chunks_only,
+                  "evict chunks only; layer indexes and manifests stay (a later mount lists "
+                  "at once)");
 
   std::vector<std::string> args = NormalizeArgs(argc, argv);
   WipeCredsInArgv(argc, argv);
@@ -373,7 +377,7 @@ int RegfsMain(int argc, char** argv) {
     return s.ok() ? 0 : Fail("umount", s);
   }
   if (stats->parsed()) return RunCacheStats(common, as_json);
-  if (prune->parsed()) return RunCachePrune(common, prune_max);
+  if (prune->parsed()) return RunCachePrune(common, prune_max, prune_chunks_only);
   return 2;
 }
 

@@ -154,7 +154,7 @@ int main(int argc, char** argv) {
   RunCommand({regfs, "umount", mnt});
 
   // Index present, chunk cache empty.
-  CommandResult pr = RunCommand({regfs, "cache", "prune", "--max-size", "0", "--cache-dir", cache});
+  CommandResult pr = RunCommand({regfs, "cache", "prune", "--chunks-only", "--max-size", "0", "--cache-dir", cache});
   if (pr.exit_code != 0) std::fprintf(stderr, "prune: %s\n", pr.output.c_str());
   double warm_index = TimeIt([&] {
     ok = mount();

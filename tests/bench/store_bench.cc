@@ -250,7 +250,7 @@ int main(int argc, char** argv) {
       if (!measure(PodmanEnv(tmp.Sub("c" + n), store.mnt), cold, cold_link)) return 1;
     }
     // The indexes stay in the cache; the chunks go.
-    RunCommand({RegfsBinary(), "cache", "prune", "--cache-dir", cache, "--max-size", "0"});
+    RunCommand({RegfsBinary(), "cache", "prune", "--chunks-only", "--cache-dir", cache, "--max-size", "0"});
     {
       Store store(tmp.Sub("store-idx" + n), cache);
       if (!store.ok) return 1;

@@ -335,6 +335,14 @@ TEST_F(MountTest, CacheStatsAndPrune) {
   EXPECT_EQ(before.value("completeBlobs", 0), 4) << before.dump();
   EXPECT_EQ(before.value("layerIndexes", 0), 3) << before.dump();
   EXPECT_GT(before.value("lastRunHits", 0), 0) << before.dump();
+  // --chunks-only: the bytes go, the layer indexes stay (a later mount lists
+  // at once).
+  CommandResult pc = RunCommand({REGFS_BINARY, "cache", "prune", "--chunks-only", "--max-size", "0",
+                                 "--cache-dir", cache_});
+  EXPECT_EQ(pc.exit_code, 0) << pc.output;
+  nlohmann::json chunks_gone = stats();
+  EXPECT_EQ(chunks_gone.value("bytes", 1ull), 0u) << chunks_gone.dump();
+  EXPECT_EQ(chunks_gone.value("layerIndexes", 0), 3) << "indexes are kept: " << chunks_gone.dump();
   CommandResult p = RunCommand({REGFS_BINARY, "cache", "prune", "--max-size", "0", "--cache-dir",
                                 cache_});
   EXPECT_EQ(p.exit_code, 0) << p.output;

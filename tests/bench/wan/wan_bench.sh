@@ -328,7 +328,7 @@ ttfr "regfs cold" sh "$(calc "$t2 - $t0")"
 
 # regfs with the layer indexes present, chunk cache emptied: cat, then (after
 # another prune and a fresh mount) the shell command on its own.
-"$REGFS" cache prune --max-size 0 --cache-dir "$WORK/cache-rootfs" >/dev/null
+"$REGFS" cache prune --chunks-only --max-size 0 --cache-dir "$WORK/cache-rootfs" >/dev/null
 b0=$(down_bytes)
 t0=$(now)
 mount_regfs "$WORK/cache-rootfs" "$RREF" "$WORK/m-root"
@@ -338,7 +338,7 @@ umount_regfs "$WORK/m-root"
 settle
 b1=$(down_bytes)
 IDX_CAT=$(calc "$t1 - $t0")
-"$REGFS" cache prune --max-size 0 --cache-dir "$WORK/cache-rootfs" >/dev/null
+"$REGFS" cache prune --chunks-only --max-size 0 --cache-dir "$WORK/cache-rootfs" >/dev/null
 t0=$(now)
 mount_regfs "$WORK/cache-rootfs" "$RREF" "$WORK/m-root"
 IN chroot "$WORK/m-root/rootfs" /bin/sh -c true
