@@ -65,9 +65,8 @@ struct Node {
   // kImplicitDir: a parent directory its layer did not list (attributes
   // are defaults, so a merge keeps those of a lower layer's real entry).
   static constexpr uint8_t kImplicitDir = 1;
-  // A `.wh.x` (whiteouts as in the tar) that came after x in its own layer:
-  // extraction removes x of that layer too, so the merge must.
-  static constexpr uint8_t kHidesOwnLayer = 2;
+  // (2 is free: a whiteout never hides its own layer's entries, so no flag
+  // says that it came after them.)
   // Overlay form: a directory that replaced a whiteout of its own name in
   // its layer (`.wh.x` then `x/`). The changeset rules hide lower layers'
   // x, which overlayfs would merge into it: the merge does hide them.
