@@ -133,6 +133,26 @@ class CredsTest : public FdCheckedTest {
     FdCheckedTest::TearDown();
   }
   std::string ManifestPath() const { return "/v2/team/app/manifests/1.0"; }
+  // Serves an image on a_ whose one layer (sample entries and a file "big")
+  // drips at 2 KB/s; the manifest and config come at once.
+  BuiltImage ServeDrippingImage(const std::string& big, Compression compression) {
+    ImageSpec spec;
+    LayerSpec layer;
+    layer.entries = SampleEntries("drip");
+    layer.entries.push_back(TarEntry::File("big", big));
+    layer.compression = compression;
+    spec.layers.push_back(layer);
+    BuiltImage img = BuildImage(spec);
+    a_.AddResource(ManifestPath(), img.manifest, img.manifest_descriptor.media_type);
+    a_.AddResource("/v2/team/app/blobs/" + img.config_descriptor.digest, img.config);
+    const std::string layer_path = "/v2/team/app/blobs/" + img.layers[0].descriptor.digest;
+    a_.AddResource(layer_path, img.layers[0].blob);
+    Fault drip;
+    drip.kind = FaultKind::kDrip;
+    drip.drip_bytes_per_s = 2048;
+    a_.AddFault(layer_path, drip, 100000);
+    return img;
+  }
   std::string RefOn(const FaultServer& s) const { return s.host_port() + "/team/app:1.0"; }
   // Every Authorization header `s` received.
   static std::vector<std::string> AuthSeen(const FaultServer& s) {
@@ -305,21 +325,7 @@ TEST_F(CredsTest, RetryTimeoutBoundsADrippedLayerReadInAMount) {
   // An image whose layer blob drips at 2 KB/s (the manifest and config come
   // at once): a read of the blob through the mount ends with an error when
   // --retry-timeout ends, instead of holding the reader for minutes.
-  ImageSpec spec;
-  LayerSpec layer;
-  layer.entries = SampleEntries("drip");
-  layer.entries.push_back(TarEntry::File("big", std::string(512 * 1024, 'x')));
-  layer.compression = Compression::kNone;
-  spec.layers.push_back(layer);
-  BuiltImage img = BuildImage(spec);
-  a_.AddResource(ManifestPath(), img.manifest, img.manifest_descriptor.media_type);
-  a_.AddResource("/v2/team/app/blobs/" + img.config_descriptor.digest, img.config);
-  const std::string layer_path = "/v2/team/app/blobs/" + img.layers[0].descriptor.digest;
-  a_.AddResource(layer_path, img.layers[0].blob);
-  Fault drip;
-  drip.kind = FaultKind::kDrip;
-  drip.drip_bytes_per_s = 2048;
-  a_.AddFault(layer_path, drip, 100000);
+  BuiltImage img = ServeDrippingImage(std::string(512 * 1024, 'x'), Compression::kNone);
   CommandResult m = RunCommand(
       {REGFS_BINARY, "mount", "--tls-verify=false", "--retry-timeout", "3", "--cache-dir",
        dir_->Sub("cache"), "--log-file", dir_->Sub("log"), RefOn(a_), mnt_},
@@ -347,23 +353,10 @@ TEST_F(CredsTest, RetryTimeoutBoundsADrippedLayerReadInAMount) {
 TEST_F(CredsTest, UmountStopsAnIndexBuildInProgress) {
   std::string why = FuseUnavailableReason();
   if (!why.empty()) GTEST_SKIP() << "FUSE unavailable: " << why;
-  ImageSpec spec;
-  LayerSpec layer;
-  layer.entries = SampleEntries("drip");
   // Incompressible, so that the gzip blob takes minutes at 2 KB/s.
   std::string noise(512 * 1024, '\0');
   FillDeterministic(7, 0, std::span<uint8_t>(reinterpret_cast<uint8_t*>(noise.data()), noise.size()));
-  layer.entries.push_back(TarEntry::File("big", noise));
-  spec.layers.push_back(layer);
-  BuiltImage img = BuildImage(spec);
-  a_.AddResource(ManifestPath(), img.manifest, img.manifest_descriptor.media_type);
-  a_.AddResource("/v2/team/app/blobs/" + img.config_descriptor.digest, img.config);
-  const std::string layer_path = "/v2/team/app/blobs/" + img.layers[0].descriptor.digest;
-  a_.AddResource(layer_path, img.layers[0].blob);
-  Fault drip;
-  drip.kind = FaultKind::kDrip;
-  drip.drip_bytes_per_s = 2048;
-  a_.AddFault(layer_path, drip, 100000);
+  BuiltImage img = ServeDrippingImage(noise, Compression::kGzip);
   CommandResult m = RunCommand(
       {REGFS_BINARY, "mount", "--tls-verify=false", "--retry-timeout", "60", "--cache-dir",
        dir_->Sub("cache"), "--log-file", dir_->Sub("log"), RefOn(a_), mnt_},
