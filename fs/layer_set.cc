@@ -227,10 +227,24 @@ Status Layer::FillTree(Tree& tree, Ino dir, uint32_t content_id, WhiteoutMode mo
                        HardLinkMetadata links, LayerTreeStats* stats) {
   if (tree.PendingId(dir) == 0) return Status::Ok();
   RETURN_IF_ERROR(EnsureReady());
-  std::unique_lock fill(fill_mu_, std::defer_lock);
-  if (!fill.try_lock_for(set_->opts_.wait_timeout)) {
-    return Status::Transient("timed out waiting for layer " + blob_.digest + "'s tree");
+  // One tree fill at a time per layer (a flag, not a timed mutex: the wait
+  // is bounded, and ThreadSanitizer does not follow timed_mutex here).
+  {
+    std::unique_lock lock(mu_);
+    auto deadline = std::chrono::steady_clock::now() + set_->opts_.wait_timeout;
+    if (!cv_.wait_until(lock, deadline, [&] { return !filling_; })) {
+      return Status::Transient("timed out waiting for layer " + blob_.digest + "'s tree");
+    }
+    filling_ = true;
   }
+  struct Done {
+    Layer* l;
+    ~Done() {
+      std::lock_guard lock(l->mu_);
+      l->filling_ = false;
+      l->cv_.notify_all();
+    }
+  } done{this};
   if (tree.PendingId(dir) == 0) return Status::Ok();  // filled while we waited
   ASSIGN_OR_RETURN(std::shared_ptr<const LayerIndex> idx, Entries());
   LayerTreeStats ts = AddLayerEntries(tree, dir, content_id, *idx, mode, links);

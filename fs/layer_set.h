@@ -160,7 +160,7 @@ class Layer : public std::enable_shared_from_this<Layer> {
   BlobDescriptor raw_desc_;
   bool raw_claimed_ = false;
 
-  std::timed_mutex fill_mu_;  // one tree fill at a time per layer
+  bool filling_ = false;  // a FillTree is running (one at a time per layer)
 };
 
 class LayerSet {
