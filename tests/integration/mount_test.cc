@@ -319,7 +319,17 @@ TEST_F(MountTest, CacheStatsAndPrune) {
   CommandResult sums = RunShell("cat '" + mnt_ + "'/blobs/* > /dev/null && ls '" + mnt_ +
                                 "/rootfs' > /dev/null");
   ASSERT_EQ(sums.exit_code, 0) << sums.output;
+  pid_t pid = DaemonPid();
   Umount();
+  // The daemon records its run's hits when it closes the cache, after the
+  // umount returned: wait (bounded) until it has exited.
+  for (int i = 0; i < 500 && pid > 0; ++i) {
+    std::string stat;
+    bool zombie = ReadWholeFile("/proc/" + std::to_string(pid) + "/stat", &stat) &&
+                  stat.find(") Z ") != std::string::npos;
+    if (kill(pid, 0) != 0 || zombie) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
   auto stats = [&] {
     CommandResult r = RunCommand({REGFS_BINARY, "cache", "stats", "--json", "--cache-dir", cache_});
     EXPECT_EQ(r.exit_code, 0) << r.output;
