@@ -13,13 +13,11 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <atomic>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
 #include <optional>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include "fs/fuse_daemon.h"
@@ -29,8 +27,6 @@
 #include "fs/prefetcher.h"
 #include "fs/tree.h"
 #include "reader/base/blob_source.h"
-#include "reader/layer/index_builder.h"
-#include "reader/layer/layer_reader.h"
 
 namespace regfs {
 

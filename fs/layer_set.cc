@@ -82,7 +82,11 @@ Result<LayerIndex> LoadOrBuildLayerIndex(const IndexStore& store, BlobSource* so
 }
 
 Layer::Layer(LayerSet* set, BlobDescriptor blob, std::string diff_id, BlobSource* source)
-    : set_(set), blob_(std::move(blob)), diff_id_(std::move(diff_id)), source_(source) {}
+    : set_(set),
+      blob_(std::move(blob)),
+      diff_id_(std::move(diff_id)),
+      has_diff_id_(ValidateDigest(diff_id_).ok()),
+      source_(source) {}
 
 Layer::~Layer() = default;
 
@@ -151,13 +155,21 @@ void Layer::Build() {
   cv_.notify_all();
 }
 
-Status Layer::BuildOrThrow() {
-  const LayerSetOptions& opts = set_->opts_;
+Result<LayerIndex> Layer::LoadIndex(
+    bool* from_store, std::function<void(uint64_t done, uint64_t total)> progress) {
   IndexPassSource pass(source_, set_);
   IndexBuildOptions bo;
-  if (ValidateDigest(diff_id_).ok()) bo.expected_diff_id = diff_id_;
+  if (has_diff_id_) bo.expected_diff_id = diff_id_;
   bo.cancelled = [set = set_] { return set->cancelled(); };
-  bo.progress = [this, &opts](uint64_t done, uint64_t total) {
+  bo.progress = std::move(progress);
+  return LoadOrBuildLayerIndex(set_->opts_.index_store, &pass, blob_, bo, from_store);
+}
+
+Status Layer::BuildOrThrow() {
+  const LayerSetOptions& opts = set_->opts_;
+  bool from_store = false;
+  ASSIGN_OR_RETURN(LayerIndex idx, LoadIndex(&from_store, [this, &opts](uint64_t done,
+                                                                         uint64_t total) {
     {
       std::lock_guard lock(mu_);
       done_ = done;
@@ -166,20 +178,18 @@ Status Layer::BuildOrThrow() {
       opts.progress("indexing " + blob_.digest.substr(0, 19) + ": " +
                     std::to_string(total ? done * 100 / total : 100) + "%");
     }
-  };
-  bool from_store = false;
-  ASSIGN_OR_RETURN(LayerIndex idx,
-                   LoadOrBuildLayerIndex(opts.index_store, &pass, blob_, bo, &from_store));
+  }));
+  // The reader needs everything but the entries: copy the index without
+  // them (a layer may have millions), then put them back for the trees.
+  std::vector<TarEntry> entries = std::move(idx.entries);
+  idx.entries = {};
+  auto trimmed = std::make_shared<const LayerIndex>(idx);
+  idx.entries = std::move(entries);
   auto full = std::make_shared<const LayerIndex>(std::move(idx));
-  LayerIndex restart_points = *full;
-  restart_points.entries.clear();
-  restart_points.entries.shrink_to_fit();
-  auto trimmed = std::make_shared<const LayerIndex>(std::move(restart_points));
   auto reader = std::make_shared<LayerReader>(source_, blob_, trimmed);
   std::shared_ptr<BlobSource> raw_upstream, raw;
   BlobDescriptor raw_desc;
-  if (trimmed->NeedsSequentialDecompression() && opts.make_cached &&
-      ValidateDigest(diff_id_).ok()) {
+  if (trimmed->NeedsSequentialDecompression() && opts.make_cached && has_diff_id_) {
     uint64_t cap = blob_.size * opts.raw_max_ratio + opts.raw_slack;
     if (trimmed->uncompressed_size <= cap) {
       raw_desc = {"application/vnd.oci.image.layer.v1.tar", diff_id_, trimmed->uncompressed_size};
@@ -213,13 +223,8 @@ Result<std::shared_ptr<const LayerIndex>> Layer::Entries() {
     if (full_) return full_;
   }
   // A tree took them before: the cache has them (or a pass rebuilds them).
-  IndexPassSource pass(source_, set_);
-  IndexBuildOptions bo;
-  if (ValidateDigest(diff_id_).ok()) bo.expected_diff_id = diff_id_;
-  bo.cancelled = [set = set_] { return set->cancelled(); };
   bool from_store = false;
-  ASSIGN_OR_RETURN(LayerIndex idx, LoadOrBuildLayerIndex(set_->opts_.index_store, &pass, blob_,
-                                                         bo, &from_store));
+  ASSIGN_OR_RETURN(LayerIndex idx, LoadIndex(&from_store, {}));
   return std::make_shared<const LayerIndex>(std::move(idx));
 }
 

@@ -129,6 +129,10 @@ class Layer : public std::enable_shared_from_this<Layer> {
   // One build attempt: index, reader, raw copy. Never throws.
   void Build();
   Status BuildOrThrow();
+  // The index from the cache, or one pass over the blob (digest and DiffID
+  // checked; stops when the set is cancelled).
+  Result<LayerIndex> LoadIndex(bool* from_store,
+                               std::function<void(uint64_t done, uint64_t total)> progress);
   // The full index (entries included): kept from the build until a tree is
   // filled, then loaded from the index store again when another tree needs it.
   Result<std::shared_ptr<const LayerIndex>> Entries();
@@ -139,6 +143,7 @@ class Layer : public std::enable_shared_from_this<Layer> {
   LayerSet* const set_;
   const BlobDescriptor blob_;
   const std::string diff_id_;
+  const bool has_diff_id_;  // diff_id_ is a digest the index pass can check
   BlobSource* const source_;
 
   mutable std::mutex mu_;  // guards everything below; never held across I/O
