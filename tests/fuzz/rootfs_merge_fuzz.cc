@@ -82,12 +82,22 @@ bool SameInBothForms(const std::vector<std::vector<TarEntry>>& layers) {
       if (parent.empty()) continue;
       parent.remove_suffix(1);  // the slash
       bool needed = false;
-      for (const TarEntry& o : entries) {
-        if (o.type != EntryType::kHardLink && !IsWhiteout(Base(o.path)) && ValidPath(o.path) &&
-            o.link_target.size() < 4096 && Below(o.path, parent)) {
-          needed = true;
-          break;
+      for (size_t k = 0; k < entries.size() && !needed; ++k) {
+        const TarEntry& o = entries[k];
+        if (o.type == EntryType::kHardLink || IsWhiteout(Base(o.path)) || !ValidPath(o.path) ||
+            o.link_target.size() >= 4096 || !Below(o.path, parent)) {
+          continue;
         }
+        // A later entry at o's path (or above it) removes o first; when that
+        // entry is then skipped (a hard link to a missing name) nothing
+        // replaces o, and whether the directory o implied stays is where the
+        // forms part: extraction made it; the tar form makes it only for
+        // what is left in it.
+        bool removed_later = false;
+        for (size_t j = k + 1; j < entries.size() && !removed_later; ++j) {
+          removed_later = Below(o.path, entries[j].path);
+        }
+        needed = !removed_later;
       }
       if (!needed) return false;
     }
