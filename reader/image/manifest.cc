@@ -105,6 +105,27 @@ Result<BlobDescriptor> ParseDescriptor(const json& j, std::string_view what) {
   return d;
 }
 
+// String annotations of a descriptor, capped (see manifest.h). Malformed
+// annotations are not an error: OCI makes them optional and we only look
+// for a few known keys.
+Annotations ParseAnnotations(const json& j) {
+  Annotations out;
+  auto it = j.find("annotations");
+  if (it == j.end() || !it->is_object()) return out;
+  size_t bytes = 0;
+  for (auto a = it->begin(); a != it->end(); ++a) {
+    if (out.size() >= kMaxAnnotationsPerLayer) break;
+    if (!a.value().is_string()) continue;
+    const std::string& key = a.key();
+    const std::string& value = a.value().get_ref<const std::string&>();
+    if (key.size() > kMaxAnnotationValue || value.size() > kMaxAnnotationValue) continue;
+    if (bytes + key.size() + value.size() > kMaxAnnotationBytes) break;
+    bytes += key.size() + value.size();
+    out.emplace(key, value);
+  }
+  return out;
+}
+
 Result<std::optional<Platform>> ParsePlatformObject(const json& j) {
   auto it = j.find("platform");
   if (it == j.end() || it->is_null()) return std::optional<Platform>();
@@ -200,6 +221,7 @@ Result<ImageManifest> ParseManifestImpl(std::string_view body, std::string_view 
     ASSIGN_OR_RETURN(BlobDescriptor d,
                      ParseDescriptor((*layers)[i], "manifest layer " + std::to_string(i)));
     m.layers.push_back(std::move(d));
+    m.layer_annotations.push_back(ParseAnnotations((*layers)[i]));
   }
   return m;
 }
@@ -356,6 +378,11 @@ Result<ImageConfig> ParseConfig(std::string_view body) {
   } catch (const std::exception& e) {
     return Status::Corrupt(std::string("config: ") + e.what());
   }
+}
+
+const Annotations& ImageManifest::LayerAnnotations(size_t i) const {
+  static const Annotations kEmpty;
+  return i < layer_annotations.size() ? layer_annotations[i] : kEmpty;
 }
 
 Result<BlobDescriptor> SelectPlatform(const ImageIndex& index, const Platform& want) {

@@ -4,6 +4,7 @@
 #define REGFS_READER_IMAGE_MANIFEST_H_
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -59,10 +60,29 @@ struct ImageIndex {
   std::vector<IndexEntry> manifests;
 };
 
+// Caps on the layer annotations kept from a manifest: a key or value over
+// kMaxAnnotationValue is dropped, and so is every annotation past
+// kMaxAnnotationsPerLayer or past kMaxAnnotationBytes (keys + values) per
+// layer. The annotations that matter (TOC digests and positions) are short.
+inline constexpr size_t kMaxAnnotationValue = 4096;
+inline constexpr size_t kMaxAnnotationsPerLayer = 64;
+inline constexpr size_t kMaxAnnotationBytes = 64 << 10;
+
+using Annotations = std::map<std::string, std::string>;
+
 struct ImageManifest {
   std::string media_type;
   BlobDescriptor config;
   std::vector<BlobDescriptor> layers;  // bottom first
+  // layer_annotations[i]: the string annotations of layers[i] (capped, see
+  // above; non-string values ignored). layers.size() long in a parsed
+  // manifest (a hand-built one may leave it short: use LayerAnnotations).
+  // Kept apart from BlobDescriptor, which is the cache key type copied
+  // everywhere.
+  std::vector<Annotations> layer_annotations;
+
+  // layer_annotations[i], or an empty map.
+  const Annotations& LayerAnnotations(size_t i) const;
 };
 
 struct ImageConfig {

@@ -108,7 +108,63 @@ uint32_t Crc(std::string_view s) {
 
 Status Bad(const char* what) { return Status::Corrupt(std::string("layer index: ") + what); }
 
+// The version 3 fields. Chunks must tile the content stream [0,
+// uncompressed_size) in order, each compressed range inside the blob, and
+// the TOC fields must be all absent or all consistent.
+Status DeserializeToc(Reader& r, LayerIndex* x) {
+  uint8_t fmt;
+  uint64_t n;
+  if (!r.U8(&fmt) || !r.Str(&x->toc_digest) || !r.Var(&x->prefetch_size) || !r.Count(&n)) {
+    return Bad("truncated TOC fields");
+  }
+  if (fmt > static_cast<uint8_t>(TocFormat::kZstdChunked)) return Bad("unknown TOC format");
+  x->toc_format = static_cast<TocFormat>(fmt);
+  if (x->toc_format == TocFormat::kNone) {
+    if (!x->toc_digest.empty() || x->prefetch_size != 0 || n != 0) {
+      return Bad("TOC fields in a non-TOC index");
+    }
+    return Status::Ok();
+  }
+  if (!ValidateDigest(x->toc_digest).ok()) return Bad("malformed TOC digest");
+  if (x->prefetch_size > x->uncompressed_size) return Bad("prefetch size beyond the layer");
+  const LayerCompression want = x->toc_format == TocFormat::kEstargz ? LayerCompression::kGzip
+                                                                     : LayerCompression::kZstd;
+  if (x->compression != want) return Bad("TOC format and compression disagree");
+  x->toc_chunks.resize(n);
+  uint64_t out = 0, prev_in = 0;
+  for (TocChunk& c : x->toc_chunks) {
+    int64_t din;
+    if (!r.Var(&c.size) || !r.ZigZag(&din) || !r.Var(&c.in_size) || !r.Var(&c.inner_offset) ||
+        !r.Str(&c.digest)) {
+      return Bad("truncated TOC chunk");
+    }
+    c.out_offset = out;
+    c.in_offset = prev_in + static_cast<uint64_t>(din);
+    prev_in = c.in_offset;
+    if (c.size == 0 || c.size > x->uncompressed_size - out || c.in_size == 0 ||
+        c.in_offset > x->blob_size || c.in_size > x->blob_size - c.in_offset ||
+        (!c.digest.empty() && !ValidateDigest(c.digest).ok())) {
+      return Bad("inconsistent TOC chunk");
+    }
+    out += c.size;
+  }
+  if (out != x->uncompressed_size) return Bad("TOC chunks do not cover the content stream");
+  return Status::Ok();
+}
+
 }  // namespace
+
+const char* TocFormatName(TocFormat format) {
+  switch (format) {
+    case TocFormat::kNone:
+      return "none";
+    case TocFormat::kEstargz:
+      return "estargz";
+    case TocFormat::kZstdChunked:
+      return "zstd:chunked";
+  }
+  return "?";
+}
 
 std::string LayerIndex::Serialize() const {
   Writer b;
@@ -185,6 +241,23 @@ std::string LayerIndex::Serialize() const {
     }
   }
 
+  // Version 3: the TOC fields, after everything version 2 had.
+  b.U8(static_cast<uint8_t>(toc_format));
+  b.Str(toc_digest);
+  b.Var(prefetch_size);
+  b.Var(toc_chunks.size());
+  uint64_t prev_chunk_in = 0;
+  for (const TocChunk& c : toc_chunks) {
+    // out_offset is implied (chunks are contiguous); in_offset delta-coded
+    // against the previous chunk's (equal for chunks sharing a member).
+    b.Var(c.size);
+    b.ZigZag(static_cast<int64_t>(c.in_offset - prev_chunk_in));
+    prev_chunk_in = c.in_offset;
+    b.Var(c.in_size);
+    b.Var(c.inner_offset);
+    b.Str(c.digest);
+  }
+
   Writer out;
   out.str().append(kMagic, sizeof(kMagic));
   out.Fixed(kFormatVersion, 4);
@@ -199,7 +272,8 @@ Result<LayerIndex> LayerIndex::Deserialize(std::string_view bytes) {
     return Bad("bad magic or too short");
   }
   const uint32_t version = static_cast<uint32_t>(LoadLE(bytes.data() + 8, 4));
-  if (version != kFormatVersion) {
+  // Version 2 differs only by lacking the TOC fields at the end.
+  if (version != kFormatVersion && version != 2) {
     return Status::Corrupt("layer index: format version " + std::to_string(version) +
                            " (this build reads " + std::to_string(kFormatVersion) + ")");
   }
@@ -325,6 +399,10 @@ Result<LayerIndex> LayerIndex::Deserialize(std::string_view bytes) {
     for (auto& [k, v] : e.xattrs) {
       if (!r.Str(&k) || !r.Str(&v)) return Bad("truncated xattr");
     }
+  }
+  if (version >= 3) {
+    Status st = DeserializeToc(r, &x);
+    if (!st.ok()) return st;
   }
   if (!r.AtEnd()) return Bad("trailing bytes");
   return x;

@@ -42,11 +42,32 @@ struct ZstdFrame {
   bool operator==(const ZstdFrame&) const = default;
 };
 
+// Layers built for lazy pulling carry a table of contents (TOC) that says
+// where each file's bytes are (see reader/layer/toc.h).
+enum class TocFormat : uint8_t { kNone = 0, kEstargz = 1, kZstdChunked = 2 };
+const char* TocFormatName(TocFormat format);
+
+// One piece of a TOC layer's content stream and where its compressed bytes
+// are. The chunk's bytes are: fetch blob [in_offset, in_offset + in_size),
+// decompress it (one gzip member / zstd frame, or several when a writer
+// packed small files together), skip inner_offset bytes, take size bytes.
+struct TocChunk {
+  uint64_t out_offset = 0;    // offset in the content stream
+  uint64_t size = 0;          // uncompressed bytes of the chunk
+  uint64_t in_offset = 0;     // compressed range to fetch
+  uint64_t in_size = 0;
+  uint64_t inner_offset = 0;  // decompressed bytes to skip first (eStargz innerOffset)
+  std::string digest;         // "sha256:<hex>" of the chunk's size bytes; "" = none given
+  bool operator==(const TocChunk&) const = default;
+};
+
 struct LayerIndex {
   // 2: diff_id; header-only entry types carry no data, global PAX records
   // change no entry, names beyond Linux's limits skipped (indexes of version
   // 1 may describe hostile layers differently: they are rebuilt).
-  static constexpr uint32_t kFormatVersion = 2;
+  // 3: TOC fields (toc_format, toc_digest, toc_chunks, prefetch_size). A
+  // version 2 index still loads (as a non-TOC index).
+  static constexpr uint32_t kFormatVersion = 3;
 
   std::string blob_digest;  // "sha256:..." the blob this describes (verified)
   uint64_t blob_size = 0;
@@ -73,6 +94,19 @@ struct LayerIndex {
   // caller that needs a DiffID checked and loads a stored index with another
   // (or no) diff_id must rebuild it with expected_diff_id set.
   std::string diff_id;
+
+  // TOC layers (eStargz, zstd:chunked) only. Their index was built from the
+  // TOC, not from a pass over the blob: entries' data_offset / size and
+  // uncompressed_size then refer to the *content stream*, the concatenation
+  // of all regular files' contents in TOC order (no tar headers, no
+  // padding), and toc_chunks say where each piece of it is compressed.
+  TocFormat toc_format = TocFormat::kNone;
+  std::string toc_digest;  // "sha256:..." of the TOC, as the annotation names it
+  // Sorted by out_offset, contiguous from 0 to uncompressed_size, no gaps.
+  std::vector<TocChunk> toc_chunks;
+  // Bytes of the content stream before the prefetch landmark (files the
+  // image's builder marked to fetch first); 0 = none.
+  uint64_t prefetch_size = 0;
 
   // True when the stream has no restart point after its start (single-frame
   // zstd): a read at offset X decompresses from 0 to X, so the caller should
