@@ -337,15 +337,6 @@ Result<LayerIndex> LayerIndex::Deserialize(std::string_view bytes) {
     prev_out = f.out_offset;
     prev_in = f.in_offset;
   }
-  if (x.compression == LayerCompression::kGzip &&
-      (x.checkpoints.empty() || x.checkpoints[0].out_offset != 0)) {
-    return Bad("gzip index without a first checkpoint");
-  }
-  if (x.compression == LayerCompression::kZstd &&
-      (x.zstd_frames.empty() || x.zstd_frames[0].out_offset != 0 ||
-       x.zstd_frames[0].in_offset != 0)) {
-    return Bad("zstd index without a first frame");
-  }
 
   if (!r.Count(&n)) return Bad("bad entry count");
   x.entries.resize(n);
@@ -405,6 +396,18 @@ Result<LayerIndex> LayerIndex::Deserialize(std::string_view bytes) {
     if (!st.ok()) return st;
   }
   if (!r.AtEnd()) return Bad("trailing bytes");
+  // A TOC index reads through its chunks, not from restart points.
+  if (x.toc_format == TocFormat::kNone) {
+    if (x.compression == LayerCompression::kGzip &&
+        (x.checkpoints.empty() || x.checkpoints[0].out_offset != 0)) {
+      return Bad("gzip index without a first checkpoint");
+    }
+    if (x.compression == LayerCompression::kZstd &&
+        (x.zstd_frames.empty() || x.zstd_frames[0].out_offset != 0 ||
+         x.zstd_frames[0].in_offset != 0)) {
+      return Bad("zstd index without a first frame");
+    }
+  }
   return x;
 }
 
