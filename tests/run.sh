@@ -51,7 +51,7 @@ fi
 if [[ "${REGFS_SKIP_FUZZ:-0}" != 1 ]] && command -v clang++-14 >/dev/null; then
   CC=clang-14 CXX=clang++-14 cmake -S "$ROOT" -B build-fuzz -G Ninja -DREGFS_BUILD_FUZZ=ON \
     -DREGFS_BUILD_TESTS=OFF -DREGFS_BUILD_BENCH=OFF -DREGFS_WERROR=ON >/dev/null
-  FUZZ_TARGETS=(tar_header_fuzz index_builder_fuzz layer_tree_fuzz rootfs_merge_fuzz)
+  FUZZ_TARGETS=(tar_header_fuzz index_builder_fuzz layer_tree_fuzz rootfs_merge_fuzz toc_fuzz)
   ninja -C build-fuzz -j "$JOBS" "${FUZZ_TARGETS[@]}"
   for f in "${FUZZ_TARGETS[@]}"; do
     echo "== fuzz smoke: $f"

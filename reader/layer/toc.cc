@@ -71,6 +71,18 @@ bool ParsePosition(std::string_view s, size_t n, uint64_t* out) {
   return true;
 }
 
+// The compression a layer media type names. Like CompressionOfMediaType
+// (reader/image), which regfs_layer does not link: OCI "+gzip" / "+zstd"
+// and Docker's "...diff.tar.gzip"; kUnknown for anything else.
+LayerCompression TocCompressionOf(std::string_view mt) {
+  auto ends = [&](std::string_view suffix) {
+    return mt.size() >= suffix.size() && mt.substr(mt.size() - suffix.size()) == suffix;
+  };
+  if (ends("+gzip") || ends(".gzip")) return LayerCompression::kGzip;
+  if (ends("+zstd")) return LayerCompression::kZstd;
+  return LayerCompression::kUnknown;
+}
+
 const std::string* Find(const std::map<std::string, std::string>& m, std::string_view key) {
   auto it = m.find(std::string(key));
   return it == m.end() ? nullptr : &it->second;
@@ -476,6 +488,9 @@ class TocParser {
     }
     if (out.type == EntryType::kRegular) {
       in_file_ = true;
+      // A hidden or skipped file's data is left out of the content stream:
+      // nothing reads it (and a landmark need not carry a digest).
+      file_hidden_ = hidden || !keep;
       file_size_ = size;
       file_digest_ = digest;
       file_pieces_.clear();
@@ -587,7 +602,7 @@ class TocParser {
     in_file_ = false;
     const size_t i = file_index_;
     const uint64_t start = content_size_;
-    if (file_size_ > 0) {
+    if (file_size_ > 0 && !file_hidden_) {
       if (file_pieces_.empty()) return FailAt(i, "regular file with data but no offset");
       if (file_size_ > limits_.max_content_bytes - content_size_) {
         return Fail("content over " + std::to_string(limits_.max_content_bytes) + " bytes");
@@ -710,6 +725,7 @@ class TocParser {
   std::unordered_map<uint64_t, std::string> unames_, gnames_;
   // The regular file being collected (its "chunk" entries follow it).
   bool in_file_ = false;
+  bool file_hidden_ = false;
   uint64_t file_size_ = 0;
   std::string file_digest_;
   std::vector<Piece> file_pieces_;
@@ -733,7 +749,7 @@ Status ReadRange(BlobSource& src, const BlobDescriptor& blob, uint64_t offset, u
 
 std::optional<TocLocation> DetectToc(const std::map<std::string, std::string>& annotations,
                                      const BlobDescriptor& blob) {
-  const LayerCompression c = CompressionOfMediaType(blob.media_type);
+  const LayerCompression c = TocCompressionOf(blob.media_type);
   auto valid_digest = [&](const std::string* d, std::string_view key) {
     if (d == nullptr) return false;
     if (!ValidateDigest(*d).ok()) {
@@ -1070,7 +1086,7 @@ Status TocReader::Prefetch(uint64_t offset, uint64_t len) {
     return Status::InvalidArgument("TOC reader: the index is not a TOC index of " + blob_.digest);
   }
   if (offset >= x.uncompressed_size || len == 0) return Status::Ok();
-  const uint64_t end = std::min(x.uncompressed_size, offset + std::min(len, x.uncompressed_size));
+  const uint64_t end = offset + std::min(len, x.uncompressed_size - offset);
   auto it = std::upper_bound(x.toc_chunks.begin(), x.toc_chunks.end(), offset,
                              [](uint64_t o, const TocChunk& c) { return o < c.out_offset; });
   size_t i = static_cast<size_t>(it - x.toc_chunks.begin()) - 1;
