@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <thread>
 
@@ -18,13 +19,18 @@
 #include "reader/layer/toc.h"
 #include "tests/support/fake_blob_source.h"
 #include "tests/support/fd_count.h"
+#include "tests/support/fuse_env.h"
+#include "tests/support/image_builder.h"
+#include "tests/support/run_command.h"
 #include "tests/support/status_matchers.h"
 #include "tests/support/toc_builder.h"
 
 namespace regfs {
 namespace {
 
+using testing::CommandResult;
 using testing::FakeBlobSource;
+using testing::RunCommand;
 using testing::TarEntry;
 using testing::TocBlob;
 using testing::TocBuildOptions;
@@ -82,6 +88,64 @@ std::vector<TarEntry> RichEntries(bool with_nsec) {
   return v;
 }
 
+// The TOC index's entries equal the full pass's, but for data offsets
+// (they refer to the content stream) and what the TOC cannot carry: sub-
+// second mtimes in eStargz (estargz.go formatModtime rounds to the second),
+// owner names in containers/storage's TOC (its tar-split has them; regfs
+// does not read it).
+void ExpectSameEntries(const LayerIndex& idx, const LayerIndex& tar, bool estargz_time) {
+  ASSERT_EQ(idx.entries.size(), tar.entries.size());
+  for (size_t i = 0; i < tar.entries.size(); ++i) {
+    const ::regfs::TarEntry& want = tar.entries[i];
+    const ::regfs::TarEntry& got = idx.entries[i];
+    SCOPED_TRACE(want.path);
+    EXPECT_EQ(got.path, want.path);
+    EXPECT_EQ(got.type, want.type);
+    EXPECT_EQ(got.mode, want.mode);
+    EXPECT_EQ(got.uid, want.uid);
+    EXPECT_EQ(got.gid, want.gid);
+    EXPECT_EQ(got.uname, estargz_time ? want.uname : "");
+    EXPECT_EQ(got.gname, estargz_time ? want.gname : "");
+    EXPECT_EQ(got.mtime_sec, want.mtime_sec);
+    EXPECT_EQ(got.mtime_nsec, estargz_time ? 0u : want.mtime_nsec);
+    EXPECT_EQ(got.size, want.size);
+    EXPECT_EQ(got.link_target, want.link_target);
+    EXPECT_EQ(got.dev_major, want.dev_major);
+    EXPECT_EQ(got.dev_minor, want.dev_minor);
+    auto sorted = [](auto x) {
+      std::sort(x.begin(), x.end());
+      return x;
+    };
+    EXPECT_EQ(sorted(got.xattrs), sorted(want.xattrs));
+  }
+}
+
+// Every file read through the TOC equals its bytes in the tar, whole and
+// from the middle across chunk boundaries.
+void ExpectSameContents(TocReader& reader, const LayerIndex& tar, const std::string& tar_bytes) {
+  const LayerIndex& idx = reader.index();
+  ASSERT_EQ(idx.entries.size(), tar.entries.size());
+  for (size_t i = 0; i < tar.entries.size(); ++i) {
+    const ::regfs::TarEntry& e = idx.entries[i];
+    if (e.type != EntryType::kRegular && e.type != EntryType::kHardLink) continue;
+    SCOPED_TRACE(e.path);
+    std::string want = tar_bytes.substr(tar.entries[i].data_offset, tar.entries[i].size);
+    std::string got(e.size + 10, '\0');
+    Result<size_t> n = reader.Read(e, 0, std::span<uint8_t>(reinterpret_cast<uint8_t*>(got.data()),
+                                                            got.size()));
+    ASSERT_OK(n);
+    got.resize(*n);
+    EXPECT_EQ(got, want);
+    if (e.size > 3500) {
+      std::string mid(1000, '\0');
+      Result<size_t> m = reader.Read(e, 2500, std::span<uint8_t>(
+                                                  reinterpret_cast<uint8_t*>(mid.data()), 1000));
+      ASSERT_OK(m);
+      EXPECT_EQ(mid, want.substr(2500, 1000));
+    }
+  }
+}
+
 class TocTest : public testing::FdCheckedTest {
  protected:
   struct Built {
@@ -132,33 +196,7 @@ TEST_P(TocRoundTrip, EntriesAndContentMatchTheTar) {
   Result<LayerIndex> idx = BuildIndexFromToc(src_, b.desc, loc);
   ASSERT_OK(idx);
   const LayerIndex tar = TarIndex(b.toc.tar);
-  ASSERT_EQ(idx->entries.size(), tar.entries.size());
-  for (size_t i = 0; i < tar.entries.size(); ++i) {
-    const ::regfs::TarEntry& want = tar.entries[i];
-    const ::regfs::TarEntry& got = idx->entries[i];
-    SCOPED_TRACE(want.path);
-    EXPECT_EQ(got.path, want.path);
-    EXPECT_EQ(got.type, want.type);
-    EXPECT_EQ(got.mode, want.mode);
-    EXPECT_EQ(got.uid, want.uid);
-    EXPECT_EQ(got.gid, want.gid);
-    // containers/storage's TOC has no owner names (its tar-split does; we
-    // do not read it).
-    EXPECT_EQ(got.uname, estargz_time ? want.uname : "");
-    EXPECT_EQ(got.gname, estargz_time ? want.gname : "");
-    EXPECT_EQ(got.mtime_sec, want.mtime_sec);
-    // estargz.go formatModtime rounds to the second.
-    EXPECT_EQ(got.mtime_nsec, estargz_time ? 0u : want.mtime_nsec);
-    EXPECT_EQ(got.size, want.size);
-    EXPECT_EQ(got.link_target, want.link_target);
-    EXPECT_EQ(got.dev_major, want.dev_major);
-    EXPECT_EQ(got.dev_minor, want.dev_minor);
-    auto sorted = [](auto x) {
-      std::sort(x.begin(), x.end());
-      return x;
-    };
-    EXPECT_EQ(sorted(got.xattrs), sorted(want.xattrs));
-  }
+  ExpectSameEntries(*idx, tar, estargz_time);
   EXPECT_EQ(idx->toc_format,
             style == TocStyle::kEstargz || style == TocStyle::kLegacyStargz ? TocFormat::kEstargz
                                                                            : TocFormat::kZstdChunked);
@@ -169,26 +207,7 @@ TEST_P(TocRoundTrip, EntriesAndContentMatchTheTar) {
 
   auto shared = std::make_shared<const LayerIndex>(std::move(idx).value());
   TocReader reader(&src_, b.desc, shared);
-  for (size_t i = 0; i < tar.entries.size(); ++i) {
-    const ::regfs::TarEntry& e = shared->entries[i];
-    if (e.type != EntryType::kRegular && e.type != EntryType::kHardLink) continue;
-    SCOPED_TRACE(e.path);
-    std::string want = b.toc.tar.substr(tar.entries[i].data_offset, tar.entries[i].size);
-    std::string got(e.size + 10, '\0');
-    Result<size_t> n = reader.Read(e, 0, std::span<uint8_t>(reinterpret_cast<uint8_t*>(got.data()),
-                                                            got.size()));
-    ASSERT_OK(n);
-    got.resize(*n);
-    EXPECT_EQ(got, want);
-    // A read across a chunk boundary, from the middle.
-    if (e.size > 3500) {
-      std::string mid(1000, '\0');
-      Result<size_t> m = reader.Read(e, 2500, std::span<uint8_t>(
-                                                  reinterpret_cast<uint8_t*>(mid.data()), 1000));
-      ASSERT_OK(m);
-      EXPECT_EQ(mid, want.substr(2500, 1000));
-    }
-  }
+  ExpectSameContents(reader, tar, b.toc.tar);
   // The serialized index comes back equal.
   Result<LayerIndex> back = LayerIndex::Deserialize(shared->Serialize());
   ASSERT_OK(back);
@@ -604,6 +623,91 @@ TEST_F(TocTest, ReaderCachesChunksAndIsThreadSafe) {
                 .status()
                 .code(),
             Code::kInvalidArgument);
+}
+
+
+// A real writer: Debian 12's skopeo (containers/image 5.23, containers/
+// storage 1.43) converts a gzip layer of ours to zstd:chunked generation 1
+// (oci: to oci:, no registry). Its TOC must list the same tree and every
+// file must read back the tar's bytes (rolling-checksum chunks and "zeros"
+// chunks included).
+TEST_F(TocTest, SkopeoZstdChunkedMatchesTheTar) {
+  if (RunCommand({"skopeo", "--version"}).exit_code != 0) {
+    GTEST_SKIP() << "skopeo is not installed (packaging/install-deps.sh installs it)";
+  }
+  std::vector<TarEntry> entries = RichEntries(false);
+  entries.push_back(TarEntry::File("big", testing::RandomBytes(400000, 11)));
+  std::string holes = std::string(100000, '\0') + "middle" + std::string(50000, '\0') + "end";
+  entries.push_back(TarEntry::File("holes", holes));
+  const std::string tar = testing::BuildTar(entries);
+  const std::string gz = testing::GzipCompress(tar);
+
+  testing::TempDir dir("regfs-toc");
+  const std::string src = dir.Sub("src"), dst = dir.Sub("dst");
+  ASSERT_EQ(RunCommand({"mkdir", "-p", src + "/blobs/sha256"}).exit_code, 0);
+  auto put = [&](const std::string& bytes) {
+    const std::string d = Sha256Digest(bytes);
+    std::ofstream(src + "/blobs/sha256/" + d.substr(7), std::ios::binary) << bytes;
+    return d;
+  };
+  const std::string config =
+      json{{"architecture", "amd64"},
+           {"os", "linux"},
+           {"rootfs", {{"type", "layers"}, {"diff_ids", {Sha256Digest(tar)}}}}}
+          .dump();
+  const std::string manifest =
+      json{{"schemaVersion", 2},
+           {"mediaType", std::string(kMediaTypeOciManifest)},
+           {"config", {{"mediaType", std::string(kMediaTypeOciConfig)},
+                       {"digest", put(config)},
+                       {"size", config.size()}}},
+           {"layers", {{{"mediaType", std::string(kMediaTypeOciLayerGzip)},
+                        {"digest", put(gz)},
+                        {"size", gz.size()}}}}}
+          .dump();
+  const std::string md = put(manifest);
+  std::ofstream(src + "/index.json")
+      << json{{"schemaVersion", 2},
+              {"manifests", {{{"mediaType", std::string(kMediaTypeOciManifest)},
+                              {"digest", md},
+                              {"size", manifest.size()},
+                              {"annotations", {{"org.opencontainers.image.ref.name", "t"}}}}}}}
+             .dump();
+  std::ofstream(src + "/oci-layout") << R"({"imageLayoutVersion":"1.0.0"})";
+  testing::CommandResult r = RunCommand({"skopeo", "copy", "--dest-compress-format",
+                                         "zstd:chunked", "oci:" + src + ":t", "oci:" + dst + ":t"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+
+  std::string index_json, out_manifest, blob;
+  ASSERT_TRUE(testing::ReadWholeFile(dst + "/index.json", &index_json));
+  const std::string out_md = json::parse(index_json)["manifests"][0]["digest"];
+  ASSERT_TRUE(testing::ReadWholeFile(dst + "/blobs/sha256/" + out_md.substr(7), &out_manifest));
+  Result<ImageManifest> m = ParseManifest(out_manifest, "");
+  ASSERT_OK(m);
+  ASSERT_EQ(m->layers.size(), 1u);
+  ASSERT_TRUE(testing::ReadWholeFile(dst + "/blobs/sha256/" + m->layers[0].digest.substr(7), &blob));
+  BlobDescriptor desc = src_.AddBlob(blob, m->layers[0].media_type);
+  ASSERT_EQ(desc.digest, m->layers[0].digest);
+  std::optional<TocLocation> loc = DetectToc(m->LayerAnnotations(0), desc);
+  ASSERT_TRUE(loc) << json(m->LayerAnnotations(0)).dump();
+  EXPECT_EQ(loc->format, TocFormat::kZstdChunked);
+  EXPECT_EQ(loc->generation, 1);
+  EXPECT_TRUE(loc->position_known);
+
+  // Once from the annotation's position, once from the 40-byte footer.
+  for (bool from_footer : {false, true}) {
+    SCOPED_TRACE(from_footer ? "footer" : "annotation");
+    TocLocation l = *loc;
+    if (from_footer) l.position_known = false;
+    Result<LayerIndex> idx = BuildIndexFromToc(src_, desc, l);
+    ASSERT_OK(idx);
+    const LayerIndex tar_index = TarIndex(tar);
+    ExpectSameEntries(*idx, tar_index, /*estargz_time=*/false);
+    auto shared = std::make_shared<const LayerIndex>(std::move(idx).value());
+    EXPECT_GT(shared->toc_chunks.size(), shared->entries.size() / 2);
+    TocReader reader(&src_, desc, shared);
+    ExpectSameContents(reader, tar_index, tar);
+  }
 }
 
 // ---- LayerIndex version 3 fields
