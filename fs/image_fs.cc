@@ -74,7 +74,10 @@ void ImageFs::Build() {
     tree_.SetTimesAndOwner(layers, input_.mtime_sec, opts_.uid, opts_.gid);
     for (size_t i = 0; i < input_.layers.size(); ++i) {
       std::string diff_id = i < input_.diff_ids.size() ? input_.diff_ids[i] : "";
-      layers_.push_back(layer_set_->Get(input_.layers[i], diff_id, blobs_));
+      static const Annotations kNone;
+      const Annotations& notes =
+          i < input_.layer_annotations.size() ? input_.layer_annotations[i] : kNone;
+      layers_.push_back(layer_set_->Get(input_.layers[i], diff_id, blobs_, notes));
       Ino dir = tree_.AddDir(layers, std::to_string(i), 0755);
       tree_.SetTimesAndOwner(dir, input_.mtime_sec, opts_.uid, opts_.gid);
       tree_.SetPending(dir, static_cast<uint32_t>(i + 1));

@@ -36,6 +36,8 @@ struct ImageFsInput {
   std::optional<std::string> index_bytes;  // when the reference went through an index
   std::vector<BlobDescriptor> layers;      // bottom first
   std::vector<std::string> diff_ids;       // config rootfs.diff_ids, bottom first
+  // The manifest's annotations of each layer (a TOC's digest and place).
+  std::vector<Annotations> layer_annotations;
   int64_t mtime_sec = 0;                   // for the top-level files (image creation time)
 };
 

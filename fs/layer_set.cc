@@ -81,12 +81,14 @@ Result<LayerIndex> LoadOrBuildLayerIndex(const IndexStore& store, BlobSource* so
   return idx;
 }
 
-Layer::Layer(LayerSet* set, BlobDescriptor blob, std::string diff_id, BlobSource* source)
+Layer::Layer(LayerSet* set, BlobDescriptor blob, std::string diff_id, BlobSource* source,
+             std::optional<TocLocation> toc)
     : set_(set),
       blob_(std::move(blob)),
       diff_id_(std::move(diff_id)),
       has_diff_id_(ValidateDigest(diff_id_).ok()),
-      source_(source) {}
+      source_(source),
+      toc_(std::move(toc)) {}
 
 Layer::~Layer() = default;
 
@@ -97,8 +99,40 @@ Layer::State Layer::state() const {
 
 std::optional<uint64_t> Layer::UncompressedSize() const {
   std::lock_guard lock(mu_);
-  if (trimmed_) return trimmed_->uncompressed_size;
+  // A TOC index's size is its content stream's, not the tar's.
+  if (trimmed_ && trimmed_->toc_format == TocFormat::kNone) return trimmed_->uncompressed_size;
   return std::nullopt;
+}
+
+bool Layer::FromToc() const {
+  std::lock_guard lock(mu_);
+  return toc_reader_ != nullptr;
+}
+
+Status Layer::EnsureReadyFromToc() {
+  if (!toc_) return Status::NotFound("layer " + blob_.digest + " has no TOC");
+  {
+    std::lock_guard lock(mu_);
+    if (state_ == State::kReady) {
+      return toc_reader_ ? Status::Ok()
+                         : Status::NotFound("layer " + blob_.digest +
+                                            " was indexed without its TOC: " + toc_error_);
+    }
+  }
+  // Fetch and check the TOC here (small reads; the index is stored), so
+  // that the build below finds it and never falls back to a full pass on
+  // this thread.
+  bool from_store = false;
+  Result<LayerIndex> idx = LoadTocIndex(&from_store);
+  if (!idx.ok()) {
+    std::lock_guard lock(mu_);
+    toc_error_ = idx.status().ToString();
+    return idx.status();
+  }
+  RETURN_IF_ERROR(EnsureReady());
+  std::lock_guard lock(mu_);
+  if (!toc_reader_) return Status::NotFound("layer " + blob_.digest + " was indexed without its TOC");
+  return Status::Ok();
 }
 
 Status Layer::EnsureReady() {
@@ -162,7 +196,37 @@ Result<LayerIndex> Layer::LoadIndex(
   if (has_diff_id_) bo.expected_diff_id = diff_id_;
   bo.cancelled = [set = set_] { return set->cancelled(); };
   bo.progress = std::move(progress);
+  if (toc_) {
+    Result<LayerIndex> idx = LoadTocIndex(from_store);
+    if (idx.ok()) return idx;
+    LOG_WARN("layer " + blob_.digest + ": not using its " + TocFormatName(toc_->format) +
+             " TOC (" + idx.status().ToString() + "); indexing it by a pass over the blob");
+    std::lock_guard lock(mu_);
+    toc_error_ = idx.status().ToString();
+  }
   return LoadOrBuildLayerIndex(set_->opts_.index_store, &pass, blob_, bo, from_store);
+}
+
+Result<LayerIndex> Layer::LoadTocIndex(bool* from_store) {
+  *from_store = false;
+  const IndexStore& store = set_->opts_.index_store;
+  if (store.get) {
+    if (std::optional<std::string> bytes = store.get(blob_.digest)) {
+      Result<LayerIndex> idx = LayerIndex::Deserialize(*bytes);
+      // Only an index built from this same TOC: a full pass's index of this
+      // blob is as good to read by, but it is not the TOC's (callers ask
+      // for the TOC's), and LoadOrBuildLayerIndex finds it anyway.
+      if (idx.ok() && idx->blob_digest == blob_.digest && idx->toc_format == toc_->format &&
+          idx->toc_digest == toc_->toc_digest) {
+        *from_store = true;
+        return idx;
+      }
+    }
+  }
+  if (set_->cancelled()) return Status::Transient("unmounting");
+  ASSIGN_OR_RETURN(LayerIndex idx, BuildIndexFromToc(*source_, blob_, *toc_, set_->opts_.toc_limits));
+  if (store.put) store.put(blob_.digest, idx.Serialize());
+  return idx;
 }
 
 Status Layer::BuildOrThrow() {
@@ -186,10 +250,16 @@ Status Layer::BuildOrThrow() {
   auto trimmed = std::make_shared<const LayerIndex>(idx);
   idx.entries = std::move(entries);
   auto full = std::make_shared<const LayerIndex>(std::move(idx));
-  auto reader = std::make_shared<LayerReader>(source_, blob_, trimmed);
+  std::shared_ptr<LayerReader> reader;
+  std::shared_ptr<TocReader> toc_reader;
+  if (trimmed->toc_format != TocFormat::kNone) {
+    toc_reader = std::make_shared<TocReader>(source_, blob_, trimmed, opts.toc_reader);
+  } else {
+    reader = std::make_shared<LayerReader>(source_, blob_, trimmed);
+  }
   std::shared_ptr<BlobSource> raw_upstream, raw;
   BlobDescriptor raw_desc;
-  if (trimmed->NeedsSequentialDecompression() && opts.make_cached && has_diff_id_) {
+  if (reader && trimmed->NeedsSequentialDecompression() && opts.make_cached && has_diff_id_) {
     uint64_t cap = blob_.size * opts.raw_max_ratio + opts.raw_slack;
     if (trimmed->uncompressed_size <= cap) {
       raw_desc = {"application/vnd.oci.image.layer.v1.tar", diff_id_, trimmed->uncompressed_size};
@@ -211,6 +281,7 @@ Status Layer::BuildOrThrow() {
   full_ = std::move(full);
   trimmed_ = std::move(trimmed);
   reader_ = std::move(reader);
+  toc_reader_ = std::move(toc_reader);
   raw_upstream_ = std::move(raw_upstream);
   raw_ = std::move(raw);
   raw_desc_ = raw_desc;
@@ -262,14 +333,17 @@ Status Layer::FillTree(Tree& tree, Ino dir, uint32_t content_id, WhiteoutMode mo
 
 Result<size_t> Layer::ReadUncompressed(uint64_t offset, std::span<uint8_t> out) {
   std::shared_ptr<LayerReader> reader;
+  std::shared_ptr<TocReader> toc_reader;
   std::shared_ptr<BlobSource> raw;
   BlobDescriptor raw_desc;
   {
     std::lock_guard lock(mu_);
     reader = reader_;
+    toc_reader = toc_reader_;
     raw = raw_;
     raw_desc = raw_desc_;
   }
+  if (toc_reader) return toc_reader->ReadAt(offset, out);
   if (!reader) return Status::Transient("layer " + blob_.digest + " is not indexed");
   uint64_t size = reader->index().uncompressed_size;
   if (offset >= size) return size_t{0};
@@ -281,6 +355,27 @@ Result<size_t> Layer::ReadUncompressed(uint64_t offset, std::span<uint8_t> out) 
   ASSIGN_OR_RETURN(size_t got, reader->ReadAt(offset, out.first(n)));
   if (got != n) return Status::Corrupt("layer stream ends early");
   return n;
+}
+
+void Layer::Warm() {
+  FillRaw();
+  PrefetchLandmark();
+}
+
+void Layer::PrefetchLandmark() {
+  std::shared_ptr<TocReader> reader;
+  {
+    std::lock_guard lock(mu_);
+    if (!toc_reader_ || landmark_claimed_ || trimmed_->prefetch_size == 0) return;
+    landmark_claimed_ = true;
+    reader = toc_reader_;
+  }
+  if (set_->cancelled()) return;
+  Status s = reader->Prefetch(0, reader->index().prefetch_size);
+  if (!s.ok()) {
+    LOG_WARN("layer " + blob_.digest + ": prefetching its landmarked files failed: " +
+             s.ToString() + " (they are fetched when read)");
+  }
 }
 
 void Layer::FillRaw() {
@@ -317,6 +412,8 @@ LayerIndexStatus Layer::Snapshot() const {
   st.skipped = skipped_;
   st.sequential_only = trimmed_ && trimmed_->NeedsSequentialDecompression() && !raw_;
   st.raw_cached = raw_ != nullptr;
+  if (toc_reader_) st.toc = TocFormatName(trimmed_->toc_format);
+  st.toc_error = toc_error_;
   if (trimmed_) st.uncompressed_size = trimmed_->uncompressed_size;
   if (!error_.ok()) st.error = error_.ToString();
   return st;
@@ -339,11 +436,11 @@ void LayerSet::Cancel() {
 }
 
 std::shared_ptr<Layer> LayerSet::Get(const BlobDescriptor& blob, const std::string& diff_id,
-                                     BlobSource* source) {
+                                     BlobSource* source, const Annotations& annotations) {
   std::lock_guard lock(mu_);
   std::weak_ptr<Layer>& slot = layers_[blob.digest];
   if (std::shared_ptr<Layer> l = slot.lock()) return l;
-  auto l = std::make_shared<Layer>(this, blob, diff_id, source);
+  auto l = std::make_shared<Layer>(this, blob, diff_id, source, DetectToc(annotations, blob));
   slot = l;
   // Forget handles nobody holds any more, so the map does not grow forever.
   for (auto it = layers_.begin(); it != layers_.end();) {
@@ -385,7 +482,7 @@ void LayerSet::Worker() {
     }
     if (!layer || !layer->EnsureReady().ok()) continue;
     if (then) then();
-    layer->FillRaw();
+    layer->Warm();
   }
 }
 

@@ -33,9 +33,11 @@
 #include "fs/layer_tree.h"
 #include "fs/tree.h"
 #include "reader/base/blob_source.h"
+#include "reader/image/manifest.h"
 #include "reader/layer/index_builder.h"
 #include "reader/layer/layer_index.h"
 #include "reader/layer/layer_reader.h"
+#include "reader/layer/toc.h"
 
 namespace regfs {
 
@@ -63,6 +65,8 @@ struct LayerIndexStatus {
   uint64_t skipped = 0;      // entries refused by policy
   bool sequential_only = false;  // single-frame zstd: reads decompress from the start
   bool raw_cached = false;       // single-frame zstd kept decompressed in the cache
+  std::string toc;               // "estargz"/"zstd:chunked" when the index came from a TOC
+  std::string toc_error;         // why the layer's TOC was not used (then: a full pass)
   std::optional<uint64_t> uncompressed_size;
   std::string error;
 };
@@ -91,6 +95,10 @@ struct LayerSetOptions {
       read_ahead;
   // Called as index builds progress (the -f progress line); may be empty.
   std::function<void(const std::string&)> progress;
+  // TOC layers (eStargz, zstd:chunked): bounds on the TOC and its chunks,
+  // and the decoded chunks each layer keeps.
+  TocLimits toc_limits;
+  TocReaderOptions toc_reader;
 };
 
 class LayerSet;
@@ -102,11 +110,23 @@ class Layer : public std::enable_shared_from_this<Layer> {
   const BlobDescriptor& blob() const { return blob_; }
   const std::string& diff_id() const { return diff_id_; }
   BlobSource* source() const { return source_; }
+  // The TOC the layer's annotations name (eStargz, zstd:chunked), if any.
+  const std::optional<TocLocation>& toc() const { return toc_; }
 
   // Blocks until the layer is ready (building it on this thread when nobody
   // is), has failed, or the wait timeout passed. A failed layer whose backoff
   // is over is built again.
+  //
+  // A layer with a TOC gets its index from the TOC (two small reads, the
+  // TOC's digest checked against the annotation); when the TOC is missing,
+  // corrupt or does not match, from a full pass like any other layer (the
+  // TOC's failure is kept: Snapshot().toc_error).
   Status EnsureReady();
+  // For a layer with a TOC: the layer is ready with its index from that TOC
+  // (fetching and checking only the TOC, never a full pass). Not OK when the
+  // layer has no TOC, its TOC fails, or the layer was indexed by a full pass
+  // instead. The store answers lookups by TOC digest only for such layers.
+  Status EnsureReadyFromToc();
   // Fills the pending directory `dir` of `tree` with the layer's entries and
   // clears its pending mark, once: concurrent callers for the same directory
   // wait (bounded), a directory already filled is left alone.
@@ -114,14 +134,19 @@ class Layer : public std::enable_shared_from_this<Layer> {
                   HardLinkMetadata links, LayerTreeStats* stats = nullptr);
   // Bytes [offset, offset + out.size()) of the uncompressed tar, clamped to
   // it. NotReady (Transient) before the layer is ready.
+  // For a layer indexed from its TOC, offsets are in the content stream
+  // (LayerIndex), which is what the index's entries' data_offset name.
   Result<size_t> ReadUncompressed(uint64_t offset, std::span<uint8_t> out);
+  // True when the index came from the layer's TOC (content-stream offsets).
+  bool FromToc() const;
 
   State state() const;
   LayerIndexStatus Snapshot() const;
   std::optional<uint64_t> UncompressedSize() const;
 
   // Internal: made by LayerSet.
-  Layer(LayerSet* set, BlobDescriptor blob, std::string diff_id, BlobSource* source);
+  Layer(LayerSet* set, BlobDescriptor blob, std::string diff_id, BlobSource* source,
+        std::optional<TocLocation> toc);
   ~Layer();
 
  private:
@@ -129,22 +154,30 @@ class Layer : public std::enable_shared_from_this<Layer> {
   // One build attempt: index, reader, raw copy. Never throws.
   void Build();
   Status BuildOrThrow();
-  // The index from the cache, or one pass over the blob (digest and DiffID
-  // checked; stops when the set is cancelled).
+  // The index from the cache, or from the TOC, or one pass over the blob
+  // (digest and DiffID checked; stops when the set is cancelled).
   Result<LayerIndex> LoadIndex(bool* from_store,
                                std::function<void(uint64_t done, uint64_t total)> progress);
+  // The stored index, or the one the TOC gives (then stored). Not OK when
+  // the TOC is unusable; never a pass over the blob.
+  Result<LayerIndex> LoadTocIndex(bool* from_store);
   // The full index (entries included): kept from the build until a tree is
   // filled, then loaded from the index store again when another tree needs it.
   Result<std::shared_ptr<const LayerIndex>> Entries();
-  // Reads the decompressed tar of a single-frame zstd layer through the
-  // cache once (background), so that later reads hit.
+  // Background work once the layer is ready: reads the decompressed tar of
+  // a single-frame zstd layer through the cache once, so that later reads
+  // hit; fetches a TOC layer's landmarked prefix (the files its builder
+  // marked to come first).
+  void Warm();
   void FillRaw();
+  void PrefetchLandmark();
 
   LayerSet* const set_;
   const BlobDescriptor blob_;
   const std::string diff_id_;
   const bool has_diff_id_;  // diff_id_ is a digest the index pass can check
   BlobSource* const source_;
+  const std::optional<TocLocation> toc_;
 
   mutable std::mutex mu_;  // guards everything below; never held across I/O
   std::condition_variable cv_;  // state changed
@@ -164,6 +197,10 @@ class Layer : public std::enable_shared_from_this<Layer> {
   std::shared_ptr<BlobSource> raw_;
   BlobDescriptor raw_desc_;
   bool raw_claimed_ = false;
+  // Index from the TOC: its reader (content stream by chunk).
+  std::shared_ptr<TocReader> toc_reader_;
+  std::string toc_error_;  // why the TOC was not used
+  bool landmark_claimed_ = false;
 
   bool filling_ = false;  // a FillTree is running (one at a time per layer)
 };
@@ -177,9 +214,10 @@ class LayerSet {
 
   // The layer of this digest: the same handle for every caller while anyone
   // holds it. `source` (the blob's repository, through the cache) must
-  // outlive the handle; the first caller's source is kept.
+  // outlive the handle; the first caller's source is kept. `annotations`
+  // (the manifest's, for this layer) say whether it has a TOC.
   std::shared_ptr<Layer> Get(const BlobDescriptor& blob, const std::string& diff_id,
-                             BlobSource* source);
+                             BlobSource* source, const Annotations& annotations = {});
   // Queues a background build; `then` (may be empty) runs on the worker
   // once the layer is ready (a front end fills its tree there).
   void BuildInBackground(const std::shared_ptr<Layer>& layer, std::function<void()> then = {});

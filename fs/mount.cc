@@ -67,6 +67,8 @@ std::string StatusJson(const ResolvedImage& img, CachedBlobSource* cached,
         ij["note"] = "single-frame zstd: the decompressed tar is kept in the cache (by diff_id)";
       }
       if (!idx[i].error.empty()) ij["error"] = idx[i].error;
+      if (!idx[i].toc.empty()) ij["toc"] = idx[i].toc;
+      if (!idx[i].toc_error.empty()) ij["tocError"] = idx[i].toc_error;
       lj["index"] = ij;
     }
     j["layers"].push_back(lj);
@@ -218,6 +220,7 @@ int ServeMount(MountOptions mo, DaemonReady* ready) {
   in.index_bytes = img->index_bytes;
   in.layers = img->manifest.layers;
   in.diff_ids = img->config.diff_ids;
+  in.layer_annotations = img->manifest.layer_annotations;
   in.mtime_sec = ParseCreated(img->config_bytes);
   ImageFsOptions fso;
   fso.whiteouts = mo.overlay_whiteouts ? WhiteoutMode::kOverlay : WhiteoutMode::kAsInTar;

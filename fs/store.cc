@@ -123,8 +123,45 @@ std::string LayerStore::StatusJson() const {
 }
 
 Status LayerStore::LookupMiss(Ino parent, std::string_view name, bool* cache_negative) {
+  if (parent == layers_dir_) {
+    // A TOC whose check failed may pass later (a registry blip): no
+    // negative entry.
+    *cache_negative = false;
+    return LookupToc(name);
+  }
   if (parent != kRootIno) return Status::NotFound("no such entry");
   return AddImage(name, cache_negative);
+}
+
+Status LayerStore::LookupToc(std::string_view name) {
+  std::shared_ptr<Layer> layer;
+  {
+    std::lock_guard lock(mu_);
+    for (const StoreLayer& l : layers_) {
+      if (l.layer->toc() && l.layer->toc()->toc_digest == name) {
+        layer = l.layer;
+        break;
+      }
+    }
+  }
+  if (!layer) return Status::NotFound("no layer has this TOC");
+  // Only a layer served from this TOC answers to it: when the TOC is
+  // missing, corrupt or does not match, the lookup fails and podman pulls
+  // the layer itself.
+  if (Status s = layer->EnsureReadyFromToc(); !s.ok()) {
+    LOG_WARN("store: layer " + layer->blob().digest + ": not offering it by TOC digest " +
+             std::string(name) + ": " + s.ToString());
+    return Status::NotFound("TOC not usable");
+  }
+  Node link;
+  link.attr.mode = S_IFLNK | 0777;
+  link.link_target = layer->blob().digest;
+  link.attr.size = link.link_target.size();
+  std::lock_guard resolve_lock(resolve_mu_);
+  if (!tree_.Lookup(layers_dir_, name).ok()) {
+    tree_.AddChild(layers_dir_, std::string(name), std::move(link));
+  }
+  return Status::Ok();
 }
 
 Status LayerStore::AddImage(std::string_view name, bool* cache_negative) {
@@ -174,7 +211,8 @@ Status LayerStore::AddImage(std::string_view name, bool* cache_negative) {
     return Status::NotFound("diff_ids do not match the layers");
   }
   for (size_t i = 0; i < blobs.size(); ++i) {
-    AddLayer(blobs[i], img->config.diff_ids[i], repo.cached.get());
+    AddLayer(blobs[i], img->config.diff_ids[i], repo.cached.get(),
+             img->manifest.LayerAnnotations(i));
   }
   // Every image's directory is the one of all layers: a layer shared by
   // many images is one directory, one tree and one reader.
@@ -191,14 +229,14 @@ Status LayerStore::AddImage(std::string_view name, bool* cache_negative) {
 }
 
 void LayerStore::AddLayer(const BlobDescriptor& blob, const std::string& diff_id,
-                          BlobSource* source) {
+                          BlobSource* source, const Annotations& annotations) {
   size_t id;
   {
     std::lock_guard lock(mu_);
     if (by_digest_.count(blob.digest)) return;
     id = layers_.size();
     StoreLayer& l = layers_.emplace_back();
-    l.layer = layer_set_->Get(blob, diff_id, source);
+    l.layer = layer_set_->Get(blob, diff_id, source, annotations);
     by_digest_[blob.digest] = id;
     ++counters_.layers;
   }
@@ -227,7 +265,10 @@ std::string LayerStore::InfoJson(size_t i) {
     // Known once the layer was indexed, by this store or another mount.
     if (std::optional<std::string> bytes = index_store_.get(l->blob().digest)) {
       Result<LayerIndex> idx = LayerIndex::Deserialize(*bytes);
-      if (idx.ok() && idx->blob_digest == l->blob().digest) size = idx->uncompressed_size;
+      // (A TOC index's size is its content stream's, not the tar's.)
+      if (idx.ok() && idx->blob_digest == l->blob().digest && idx->toc_format == TocFormat::kNone) {
+        size = idx->uncompressed_size;
+      }
     }
   }
   nlohmann::json j = {
@@ -235,6 +276,14 @@ std::string LayerStore::InfoJson(size_t i) {
       {"compressed-size", l->blob().size},
       {"diff-digest", l->diff_id()},
       {"compression", static_cast<int>(CompressionOfMediaType(l->blob().media_type))}};
+  if (l->toc()) {
+    // containers/image (5.31+) looks a TOC layer up by its TOC digest and
+    // refuses the layer unless info names that digest; it keeps the
+    // config's DiffID to check against later (push, save).
+    j["toc-digest"] = l->toc()->toc_digest;
+    if (!size) j["diff-size"] = -1;  // unknown without a pass over the blob
+    if (!l->diff_id().empty()) j["flags"] = {{"expected-layer-diffid", l->diff_id()}};
+  }
   if (size) j["diff-size"] = *size;
   return j.dump();
 }

@@ -93,7 +93,12 @@ class LayerStore : public FsContent {
 
   Status AddImage(std::string_view name, bool* cache_negative);
   // The layer's directory under .layers, made on first sight of the digest.
-  void AddLayer(const BlobDescriptor& blob, const std::string& diff_id, BlobSource* source);
+  void AddLayer(const BlobDescriptor& blob, const std::string& diff_id, BlobSource* source,
+                const Annotations& annotations);
+  // A lookup of .layers/<TOC digest> (containers/storage 1.54+ asks by TOC
+  // digest): the layer whose TOC that is, once the TOC is fetched and
+  // checked, appears there as a link to its directory.
+  Status LookupToc(std::string_view name);
   std::string InfoJson(size_t i);
   // A copy of layer i's handle; nullptr for an unknown id.
   std::shared_ptr<Layer> LayerAt(size_t i) const;
