@@ -25,6 +25,23 @@
 // that stream by chunk, verifying each chunk's SHA-256 before handing out
 // any of its bytes.
 //
+// What the TOC gives and what it does not (checked against Debian 12's
+// skopeo zstd:chunked and ctr-remote's eStargz / zstd:chunked output: the
+// same entries as a full pass over the blob, minus the TOC entry and the
+// landmark, and the same bytes):
+//  - eStargz mtimes are whole seconds (estargz.go formatModtime rounds);
+//  - containers/storage's TOC has no owner names (uname/gname stay empty;
+//    its tar-split has them and is not read);
+//  - zstd:chunked "zeros" chunks (runs of zeros) are compressed in the blob
+//    like any other chunk: they are fetched and verified like data;
+//  - a chunk without a digest (chunkDigest, or the file's digest for a file
+//    in one chunk) makes the TOC unusable (Corrupt): it could not be
+//    verified;
+//  - entries a tar extraction would refuse ('..', over Linux's name limits,
+//    uid/gid over 32 bits, unknown types, hard links to nothing before
+//    them) are skipped and counted in skipped_entries, as TarReader does;
+//    their data, and the landmark's, is left out of the content stream.
+//
 // Failure: nothing from the blob is trusted. A TOC whose digest differs from
 // the annotation, malformed JSON, fields out of range, inconsistent chunks,
 // or anything over TocLimits -> Corrupt (the caller falls back to a full
@@ -103,10 +120,11 @@ std::optional<TocLocation> DetectToc(const std::map<std::string, std::string>& a
                                      const BlobDescriptor& blob);
 
 struct TocLimits {
-  // containers/storage refuses a TOC over 50 MiB (compressed); so do we.
-  uint64_t max_toc_compressed = 50 << 20;
-  // The JSON held in memory while parsing.
-  uint64_t max_toc_json = 256 << 20;
+  // containers/storage (pkg/chunked/compression_linux.go maxTocSize)
+  // refuses a TOC over 150 MiB, compressed or not; so do we. The JSON is
+  // held in memory (and parsed into a DOM) while the index is built.
+  uint64_t max_toc_compressed = 150 << 20;
+  uint64_t max_toc_json = 150 << 20;
   // Entries listed in the TOC (chunk records included).
   uint64_t max_entries = 4'000'000;
   // Chunks must be at most this big uncompressed (a chunk is decoded whole

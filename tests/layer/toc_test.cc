@@ -289,6 +289,50 @@ TEST_F(TocTest, LandmarksAreHiddenAndSetThePrefetchSize) {
   }
 }
 
+// Paths that appear twice and hard links whose target is replaced resolve
+// as the full pass over the tar resolves them (index_builder.cc).
+TEST_F(TocTest, DuplicatesAndHardLinksAsTheFullPass) {
+  std::vector<TarEntry> entries = {
+      TarEntry::File("a", "first a"),        TarEntry::Hardlink("b", "a"),
+      TarEntry::Hardlink("c", "b"),          TarEntry::File("a", "second a, longer"),
+      TarEntry::File("d", "d"),              TarEntry::File("d", "d again"),
+      TarEntry::Hardlink("e", "a"),
+  };
+  for (TocStyle style : {TocStyle::kEstargz, TocStyle::kZstdChunkedV2}) {
+    SCOPED_TRACE(StyleName(style));
+    TocBuildOptions o;
+    o.style = style;
+    Built b = Add(entries, o);
+    Result<LayerIndex> idx = BuildIndexFromToc(src_, b.desc, Detect(b));
+    ASSERT_OK(idx);
+    const LayerIndex tar = TarIndex(b.toc.tar);
+    ExpectSameEntries(*idx, tar, IsEstargzTime(style));
+    auto shared = std::make_shared<const LayerIndex>(std::move(idx).value());
+    TocReader reader(&src_, b.desc, shared);
+    ExpectSameContents(reader, tar, b.toc.tar);
+  }
+}
+
+// A landmark carries no digest in some writers' TOCs: it is never read, so
+// that does not make the TOC unusable.
+TEST_F(TocTest, LandmarkWithoutDigestIsFine) {
+  TocBuildOptions o;
+  o.landmark_before = 1;
+  o.mutate_toc = [](json& toc) {
+    for (json& e : toc["entries"]) {
+      if (e["name"] == ".prefetch.landmark") {
+        e.erase("digest");
+        e.erase("chunkDigest");
+      }
+    }
+  };
+  Built b = Add({TarEntry::File("a", "12345"), TarEntry::File("b", "678")}, o);
+  Result<LayerIndex> idx = BuildIndexFromToc(src_, b.desc, Detect(b));
+  ASSERT_OK(idx);
+  EXPECT_EQ(idx->prefetch_size, 5u);
+  EXPECT_EQ(idx->uncompressed_size, 8u);
+}
+
 TEST_F(TocTest, PrefetchFetchesTheChunksOfTheRange) {
   TocBuildOptions o;
   o.chunk_size = 1000;
