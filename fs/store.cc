@@ -135,11 +135,14 @@ Status LayerStore::LookupMiss(Ino parent, std::string_view name, bool* cache_neg
 
 Status LayerStore::LookupToc(std::string_view name) {
   std::shared_ptr<Layer> layer;
+  size_t id = 0;
   {
     std::lock_guard lock(mu_);
-    for (const StoreLayer& l : layers_) {
-      if (l.layer->toc() && l.layer->toc()->toc_digest == name) {
-        layer = l.layer;
+    for (size_t i = 0; i < layers_.size(); ++i) {
+      const std::shared_ptr<Layer>& l = layers_[i].layer;
+      if (l->toc() && l->toc()->toc_digest == name) {
+        layer = l;
+        id = i;
         break;
       }
     }
@@ -153,14 +156,21 @@ Status LayerStore::LookupToc(std::string_view name) {
              std::string(name) + ": " + s.ToString());
     return Status::NotFound("TOC not usable");
   }
-  Node link;
-  link.attr.mode = S_IFLNK | 0777;
-  link.link_target = layer->blob().digest;
-  link.attr.size = link.link_target.size();
+  // A directory of its own (containers/storage creates `use` in it and
+  // rmdirs it, which a symlink would answer ENOTDIR to), whose entries lead
+  // to the layer's one directory: one tree, one reader.
   std::lock_guard resolve_lock(resolve_mu_);
-  if (!tree_.Lookup(layers_dir_, name).ok()) {
-    tree_.AddChild(layers_dir_, std::string(name), std::move(link));
+  if (tree_.Lookup(layers_dir_, name).ok()) return Status::Ok();
+  Ino dir = tree_.AddChild(layers_dir_, std::string(name), DirNode());
+  for (const char* f : {"diff", "info", "blob"}) {
+    Node link;
+    link.attr.mode = S_IFLNK | 0777;
+    link.link_target = "../" + layer->blob().digest + "/" + f;
+    link.attr.size = link.link_target.size();
+    tree_.AddChild(dir, f, std::move(link));
   }
+  std::lock_guard lock(mu_);
+  layer_dirs_[dir] = id;
   return Status::Ok();
 }
 

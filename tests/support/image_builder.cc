@@ -171,7 +171,7 @@ std::string GunzipForTest(std::string_view data) {
   zs.avail_in = static_cast<uInt>(data.size());
   char buf[65536];
   int rc = Z_OK;
-  while (rc != Z_STREAM_END) {
+  for (;;) {
     zs.next_out = reinterpret_cast<Bytef*>(buf);
     zs.avail_out = sizeof buf;
     rc = inflate(&zs, Z_NO_FLUSH);
@@ -180,6 +180,15 @@ std::string GunzipForTest(std::string_view data) {
       break;
     }
     out.append(buf, sizeof buf - zs.avail_out);
+    if (rc == Z_STREAM_END) {
+      // Concatenated members (eStargz has one per chunk) decompress to
+      // one stream, as `gzip -d` reads them.
+      if (zs.avail_in == 0) break;
+      if (inflateReset(&zs) != Z_OK) {
+        out.clear();
+        break;
+      }
+    }
   }
   inflateEnd(&zs);
   return out;
