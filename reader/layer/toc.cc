@@ -904,19 +904,19 @@ Result<LayerIndex> BuildIndexFromToc(BlobSource& src, const BlobDescriptor& blob
   TocLocation loc = loc_in;
   const std::string what = "layer " + blob.digest + ": " + TocFormatName(loc.format) + " TOC";
   if (loc.format == TocFormat::kNone) return Status::InvalidArgument(what + ": no TOC format");
+  std::string tail;  // the blob's last bytes, when read for the footer
   if (!loc.position_known) {
     // eStargz: 51 bytes also hold a legacy 47-byte footer at their end.
     const uint64_t n = loc.format == TocFormat::kEstargz
                            ? kEstargzFooterSize
                            : (loc.generation == 2 ? kZstdChunkedV2FooterSize : kZstdChunkedV1FooterSize);
-    const uint64_t take = std::min<uint64_t>(n, blob.size);
-    if (take < (loc.format == TocFormat::kEstargz ? kLegacyStargzFooterSize : n)) {
+    if (blob.size < (loc.format == TocFormat::kEstargz ? kLegacyStargzFooterSize : n)) {
       return Status::Corrupt(what + ": blob of " + std::to_string(blob.size) +
                              " bytes is too small for a footer");
     }
-    std::string footer;
-    RETURN_IF_ERROR(ReadRange(src, blob, blob.size - take, take, &footer));
-    Status st = ParseTocFooter(footer, blob.size, &loc);
+    const uint64_t take = std::min<uint64_t>(std::max<uint64_t>(n, limits.tail_read), blob.size);
+    RETURN_IF_ERROR(ReadRange(src, blob, blob.size - take, take, &tail));
+    Status st = ParseTocFooter(tail, blob.size, &loc);
     if (!st.ok()) return st.Annotate(what);
   }
   if (loc.toc_size > limits.max_toc_compressed) {
@@ -928,7 +928,17 @@ Result<LayerIndex> BuildIndexFromToc(BlobSource& src, const BlobDescriptor& blob
     return Status::Corrupt(what + ": range outside the blob");
   }
   std::string compressed;
-  RETURN_IF_ERROR(ReadRange(src, blob, loc.toc_offset, loc.toc_size, &compressed));
+  const uint64_t tail_start = blob.size - tail.size();
+  const uint64_t toc_end = loc.toc_offset + loc.toc_size;
+  if (!tail.empty() && loc.toc_offset >= tail_start) {
+    compressed = tail.substr(loc.toc_offset - tail_start, loc.toc_size);
+  } else if (!tail.empty() && toc_end > tail_start) {
+    // The tail holds the TOC's end: fetch only its head.
+    RETURN_IF_ERROR(ReadRange(src, blob, loc.toc_offset, tail_start - loc.toc_offset, &compressed));
+    compressed.append(tail, 0, toc_end - tail_start);
+  } else {
+    RETURN_IF_ERROR(ReadRange(src, blob, loc.toc_offset, loc.toc_size, &compressed));
+  }
 
   std::string text;
   if (loc.format == TocFormat::kEstargz) {

@@ -134,10 +134,16 @@ struct TocLimits {
   uint64_t max_chunk_compressed = 80 << 20;
   // The content stream (sum of regular files' sizes).
   uint64_t max_content_bytes = uint64_t{1} << 40;
+  // When the TOC's position is not known (eStargz; zstd:chunked without the
+  // position annotation) this many bytes are read from the blob's end with
+  // the footer (as estargz.go Open does): a TOC inside them costs no second
+  // request (one round trip less per layer on a slow link). 0: the footer only.
+  uint64_t tail_read = 64 << 10;
 };
 
-// Reads the footer (when the position is not known) and the TOC of `blob`
-// through `src` in small Range reads, verifies the TOC against
+// Reads the footer (when the position is not known; with the blob's last
+// limits.tail_read bytes) and the TOC of `blob` through `src` in one or two
+// Range reads, verifies the TOC against
 // loc.toc_digest, parses it and returns the layer's index: entries (paths
 // cleaned as tar entries are, the TOC entry and landmark files left out,
 // hard links carrying their target's data), toc_chunks covering the content

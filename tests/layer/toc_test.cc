@@ -232,12 +232,54 @@ TEST_F(TocTest, IndexFetchesOnlyFooterAndToc) {
       Built b = Add(RichEntries(false), o);
       TocLocation loc = Detect(b);
       EXPECT_EQ(loc.position_known, style != TocStyle::kEstargz && !omit);
-      src_.ResetCounters();
-      ASSERT_OK(BuildIndexFromToc(src_, b.desc, loc));
-      const auto log = src_.request_log();
-      EXPECT_EQ(log.size(), loc.position_known ? 1u : 2u);
-      for (const auto& r : log) EXPECT_GE(r.offset + 64, b.toc.toc_offset) << r.offset;
+      // The default tail read holds this small TOC: one request. Without
+      // it: the footer, then the TOC.
+      for (uint64_t tail : {uint64_t{64} << 10, uint64_t{0}}) {
+        TocLimits limits;
+        limits.tail_read = tail;
+        src_.ResetCounters();
+        ASSERT_OK(BuildIndexFromToc(src_, b.desc, loc, limits));
+        const auto log = src_.request_log();
+        EXPECT_EQ(log.size(), loc.position_known || tail > 0 ? 1u : 2u) << tail;
+        if (!loc.position_known && tail > 0) {
+          ASSERT_EQ(log.size(), 1u);
+          EXPECT_EQ(log[0].offset + log[0].length, b.desc.size);
+        } else {
+          // Footer and TOC only: nothing before the TOC.
+          for (const auto& r : log) EXPECT_GE(r.offset + 64, b.toc.toc_offset) << r.offset;
+        }
+      }
     }
+  }
+}
+
+// A TOC longer than the tail read: the second request fetches only the
+// part the tail did not hold.
+TEST_F(TocTest, TocLongerThanTheTailIsCompletedNotRefetched) {
+  std::vector<TarEntry> entries;
+  for (int i = 0; i < 300; ++i) {
+    entries.push_back(TarEntry::File("dir/file-with-a-longish-name-" + std::to_string(i),
+                                     testing::RandomBytes(50, i)));
+  }
+  for (TocStyle style : {TocStyle::kEstargz, TocStyle::kZstdChunkedV2}) {
+    SCOPED_TRACE(StyleName(style));
+    TocBuildOptions o;
+    o.style = style;
+    o.omit_position_annotation = true;
+    Built b = Add(entries, o);
+    const uint64_t toc_bytes = b.desc.size - b.toc.toc_offset;
+    TocLimits limits;
+    limits.tail_read = 4096;
+    ASSERT_GT(toc_bytes, limits.tail_read);
+    src_.ResetCounters();
+    Result<LayerIndex> idx = BuildIndexFromToc(src_, b.desc, Detect(b), limits);
+    ASSERT_OK(idx);
+    EXPECT_EQ(idx->entries.size(), entries.size());
+    const auto log = src_.request_log();
+    ASSERT_EQ(log.size(), 2u);
+    EXPECT_EQ(log[0].offset, b.desc.size - 4096);
+    EXPECT_EQ(log[1].offset, b.toc.toc_offset);
+    EXPECT_EQ(log[1].offset + log[1].length, log[0].offset);
   }
 }
 
