@@ -6,8 +6,8 @@
 namespace regfs {
 
 Tree::Tree() {
-  nodes_.resize(2);
-  Packed& root = nodes_[kRootIno];
+  segs_.push_back(std::make_unique<std::deque<Packed>>(2));
+  Packed& root = At(kRootIno);
   root.parent = kRootIno;
   root.mode = S_IFDIR | 0555;
   root.nlink = 2;
@@ -15,13 +15,25 @@ Tree::Tree() {
   root.dir = 1;
 }
 
+bool Tree::Valid(Ino ino) const {
+  uint64_t seg = ino >> kSegmentShift;
+  uint64_t idx = ino & kIndexMask;
+  return ino != 0 && seg < segs_.size() && segs_[seg] && idx < segs_[seg]->size() &&
+         (seg != 0 || idx != 0);
+}
+
+uint32_t Tree::ChildSegment(Ino parent) const {
+  auto it = child_seg_.find(parent);
+  return it != child_seg_.end() ? it->second : static_cast<uint32_t>(parent >> kSegmentShift);
+}
+
 std::vector<Tree::Child>* Tree::Kids(Ino ino) {
-  Packed& p = nodes_[ino];
+  Packed& p = At(ino);
   return p.dir ? &dirs_[p.dir - 1] : nullptr;
 }
 
 const std::vector<Tree::Child>* Tree::Kids(Ino ino) const {
-  const Packed& p = nodes_[ino];
+  const Packed& p = At(ino);
   return p.dir ? &dirs_[p.dir - 1] : nullptr;
 }
 
@@ -107,7 +119,7 @@ std::pair<size_t, bool> Tree::FindForInsert(const std::vector<Child>& kids,
 }
 
 Ino Tree::AddChildLocked(Ino parent, std::string_view name, const Node& node, bool* existed) {
-  if (parent == 0 || parent >= nodes_.size()) {
+  if (!Valid(parent)) {
     if (existed) *existed = true;  // no such directory: nothing can be added
     return 0;
   }
@@ -125,15 +137,24 @@ Ino Tree::AddChildLocked(Ino parent, std::string_view name, const Node& node, bo
     if (existed) *existed = true;  // refused like a name that is taken
     return 0;
   }
+  uint32_t seg = ChildSegment(parent);
+  if (seg >= segs_.size()) segs_.resize(seg + 1);
+  if (!segs_[seg]) segs_[seg] = std::make_unique<std::deque<Packed>>();
+  std::deque<Packed>& nodes = *segs_[seg];
+  if (nodes.size() > kIndexMask) {
+    if (existed) *existed = true;  // the segment is full: refused like a taken name
+    return 0;
+  }
   if (existed) *existed = false;
-  Ino ino = nodes_.size();
-  nodes_.emplace_back();
-  Store(&nodes_.back(), node);
-  nodes_.back().parent = parent;
+  Ino ino = (static_cast<Ino>(seg) << kSegmentShift) | nodes.size();
+  nodes.emplace_back();
+  Store(&nodes.back(), node);
+  nodes.back().parent = parent;
+  ++count_;
   // Store() may have grown dirs_: take the parent's list again.
   kids = Kids(parent);
   kids->insert(kids->begin() + static_cast<ptrdiff_t>(pos), MakeChild(name, ino));
-  if (S_ISDIR(node.attr.mode)) nodes_[parent].nlink++;
+  if (S_ISDIR(node.attr.mode)) At(parent).nlink++;
   return ino;
 }
 
@@ -151,46 +172,50 @@ Ino Tree::AddDir(Ino parent, std::string name, uint32_t perm) {
 
 bool Tree::Link(Ino parent, std::string name, Ino target, bool count_link) {
   std::unique_lock lock(mu_);
-  if (target == 0 || target >= nodes_.size() || S_ISDIR(nodes_[target].mode)) return false;
-  if (parent == 0 || parent >= nodes_.size()) return false;
+  if (!Valid(target) || S_ISDIR(At(target).mode)) return false;
+  if (!Valid(parent)) return false;
   std::vector<Child>* kids = Kids(parent);
   if (!kids) return false;
   auto [pos, found] = FindForInsert(*kids, name);
   if (found || !NameFits(name)) return false;
   kids->insert(kids->begin() + static_cast<ptrdiff_t>(pos), MakeChild(name, target));
-  if (count_link) nodes_[target].nlink++;
+  if (count_link) At(target).nlink++;
   return true;
 }
 
 void Tree::Update(Ino ino, const std::function<void(Node&)>& fn) {
   std::unique_lock lock(mu_);
-  if (ino == 0 || ino >= nodes_.size()) return;
-  Node n = Unpack(nodes_[ino]);
+  if (!Valid(ino)) return;
+  Node n = Unpack(At(ino));
   fn(n);
-  Store(&nodes_[ino], n);
+  Store(&At(ino), n);
 }
 
 void Tree::SetPending(Ino dir, uint32_t id) {
   std::unique_lock lock(mu_);
-  nodes_[dir].pending_id = id;
+  if (!Valid(dir)) return;
+  At(dir).pending_id = id;
+  // Its entries get inode numbers of their own segment, whenever they come.
+  child_seg_[dir] = id;
 }
 
 void Tree::ClearPending(Ino dir) {
   std::unique_lock lock(mu_);
-  nodes_[dir].pending_id = 0;
+  if (Valid(dir)) At(dir).pending_id = 0;
 }
 
 void Tree::SetTimesAndOwner(Ino ino, int64_t mtime_sec, uint32_t uid, uint32_t gid) {
   std::unique_lock lock(mu_);
-  if (ino == 0 || ino >= nodes_.size()) return;
-  nodes_[ino].mtime_sec = mtime_sec;
-  nodes_[ino].uid = uid;
-  nodes_[ino].gid = gid;
+  if (!Valid(ino)) return;
+  Packed& p = At(ino);
+  p.mtime_sec = mtime_sec;
+  p.uid = uid;
+  p.gid = gid;
 }
 
 Result<Ino> Tree::LookupLocked(Ino parent, std::string_view name) const {
-  if (parent == 0 || parent >= nodes_.size()) return Status::NotFound("no such inode");
-  const Packed& p = nodes_[parent];
+  if (!Valid(parent)) return Status::NotFound("no such inode");
+  const Packed& p = At(parent);
   const std::vector<Child>* kids = Kids(parent);
   if (!kids) return Status::InvalidArgument("not a directory");
   if (name == ".") return parent;
@@ -207,13 +232,13 @@ Result<Ino> Tree::Lookup(Ino parent, std::string_view name) const {
 
 Result<Node> Tree::Get(Ino ino) const {
   std::shared_lock lock(mu_);
-  if (ino == 0 || ino >= nodes_.size()) return Status::NotFound("no such inode");
-  return Unpack(nodes_[ino]);
+  if (!Valid(ino)) return Status::NotFound("no such inode");
+  return Unpack(At(ino));
 }
 
 uint32_t Tree::PendingId(Ino ino) const {
   std::shared_lock lock(mu_);
-  return ino < nodes_.size() ? nodes_[ino].pending_id : 0;
+  return Valid(ino) ? At(ino).pending_id : 0;
 }
 
 Status Tree::ReadDir(Ino dir, uint64_t offset,
@@ -226,9 +251,9 @@ Status Tree::ReadDir(Ino dir, uint64_t offset,
   Ino parent;
   {
     std::shared_lock lock(mu_);
-    if (dir == 0 || dir >= nodes_.size()) return Status::NotFound("no such inode");
+    if (!Valid(dir)) return Status::NotFound("no such inode");
     if (!Kids(dir)) return Status::InvalidArgument("not a directory");
-    parent = nodes_[dir].parent;
+    parent = At(dir).parent;
   }
   if (offset == 0 && !fn({".", dir, S_IFDIR}, 1)) return Status::Ok();
   if (offset <= 1 && !fn({"..", parent, S_IFDIR}, 2)) return Status::Ok();
@@ -241,7 +266,7 @@ Status Tree::ReadDir(Ino dir, uint64_t offset,
       const std::vector<Child>* kids = Kids(dir);
       for (uint64_t i = k; i < kids->size() && batch.size() < kBatch; ++i) {
         const Child& c = (*kids)[i];
-        batch.push_back({std::string(NameOf(c)), c.ino, nodes_[c.ino].mode});
+        batch.push_back({std::string(NameOf(c)), c.ino, At(c.ino).mode});
       }
     }
     if (batch.empty()) return Status::Ok();
@@ -254,7 +279,7 @@ Status Tree::ReadDir(Ino dir, uint64_t offset,
 
 uint64_t Tree::MemoryBytes() const {
   std::shared_lock lock(mu_);
-  uint64_t b = nodes_.size() * sizeof(Packed) + names_.capacity() +
+  uint64_t b = (count_ + 1) * sizeof(Packed) + names_.capacity() +
                dirs_.capacity() * sizeof(std::vector<Child>) +
                links_.capacity() * sizeof(std::string) +
                xattrs_.capacity() * sizeof(std::shared_ptr<const Xattrs>);
@@ -265,7 +290,7 @@ uint64_t Tree::MemoryBytes() const {
 
 size_t Tree::Count() const {
   std::shared_lock lock(mu_);
-  return nodes_.size() - 1;
+  return count_;
 }
 
 }  // namespace regfs

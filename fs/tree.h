@@ -1,7 +1,12 @@
 // The inode table of a mount: every path regfs shows, with its metadata and
-// where its bytes come from. Inode numbers are indexes into one table, so
-// they are stable for the life of the mount and lookups are O(log n) in the
-// directory. Storage is packed (an image can have millions of entries):
+// where its bytes come from. Inode numbers are indexes into tables, so they
+// are stable for the life of the mount and lookups are O(log n) in the
+// directory. They are also the same in a daemon that takes over the mount
+// after a restart (the kernel keeps the old numbers): what is added below a
+// pending directory (SetPending(dir, id)) is numbered in a segment of its
+// own, id << 32 | n, so the order in which layers are filled (background
+// builds racing lookups) does not change anyone's number, only each layer's
+// own, deterministic, order does. Storage is packed (an image can have millions of entries):
 // Node is the API's view; inside, a node is ~80 bytes, a directory entry 16
 // bytes plus its name in one arena, and the rare parts (symlink targets,
 // xattrs, children lists) live in side tables. Subtrees may be added after the mount is live (a layer's tree
@@ -22,6 +27,7 @@
 #include <shared_mutex>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -100,7 +106,8 @@ class Tree {
   bool Link(Ino parent, std::string name, Ino target, bool count_link = true);
   // Edits a node in place (not its children), under the write lock.
   void Update(Ino ino, const std::function<void(Node&)>& fn);
-  // Marks `dir` as filled later, by populate(id).
+  // Marks `dir` as filled later, by populate(id). Entries added below it
+  // are numbered in segment `id` (ids of one tree must differ).
   void SetPending(Ino dir, uint32_t id);
   void ClearPending(Ino dir);
   // Replaces a node's attributes, keeping its type bits and link count.
@@ -126,6 +133,8 @@ class Tree {
     uint32_t name_len;
     Ino ino;
   };
+  static constexpr int kSegmentShift = 32;
+  static constexpr uint64_t kIndexMask = (uint64_t{1} << kSegmentShift) - 1;
   struct Packed {
     Ino parent = 0;
     uint64_t size = 0;
@@ -142,6 +151,11 @@ class Tree {
     uint8_t flags = 0;
   };
 
+  bool Valid(Ino ino) const;
+  Packed& At(Ino ino) { return (*segs_[ino >> kSegmentShift])[ino & kIndexMask]; }
+  const Packed& At(Ino ino) const { return (*segs_[ino >> kSegmentShift])[ino & kIndexMask]; }
+  // The segment a new entry of `parent` is numbered in.
+  uint32_t ChildSegment(Ino parent) const;
   Ino AddChildLocked(Ino parent, std::string_view name, const Node& node, bool* existed);
   Result<Ino> LookupLocked(Ino parent, std::string_view name) const;
   std::string_view NameOf(const Child& c) const {
@@ -164,7 +178,11 @@ class Tree {
   Node Unpack(const Packed& p) const;
 
   mutable std::shared_mutex mu_;  // guards everything below
-  std::deque<Packed> nodes_;      // index = inode number; [0] unused; never moves
+  // Segment s holds inodes s << 32 | index; a deque never moves its nodes.
+  // Segment 0's [0] is unused (inode 0 is no inode).
+  std::vector<std::unique_ptr<std::deque<Packed>>> segs_;
+  std::unordered_map<Ino, uint32_t> child_seg_;  // SetPending's dirs: their segment
+  size_t count_ = 1;                             // nodes, the root included
   std::string names_;             // every directory entry's name, appended
   std::vector<std::vector<Child>> dirs_;
   std::vector<std::string> links_;

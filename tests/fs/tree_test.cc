@@ -215,4 +215,45 @@ TEST_F(TreeListingTest, ReadDirResumesAcrossBatches) {
 }
 
 }  // namespace
+// A daemon that takes over a mount after a restart must answer the kernel's
+// old inode numbers: what is added below a pending directory (a layer's
+// tree) gets the same numbers whichever layer is filled first.
+TEST(TreeTest, InodeNumbersDoNotDependOnTheOrderPendingDirsAreFilled) {
+  auto build = [](bool first_a_then_b, std::vector<Ino>* out) {
+    Tree t;
+    Ino a = t.AddDir(kRootIno, "a", 0755);
+    Ino b = t.AddDir(kRootIno, "b", 0755);
+    t.SetPending(a, 1);
+    t.SetPending(b, 2);
+    auto fill = [&t](Ino dir, int n) {
+      Ino sub = t.AddDir(dir, "sub", 0755);
+      for (int i = 0; i < n; ++i) t.AddChild(sub, "f" + std::to_string(i), File(1));
+      t.ClearPending(dir);
+    };
+    if (first_a_then_b) {
+      fill(a, 3);
+      fill(b, 5);
+    } else {
+      fill(b, 5);
+      fill(a, 3);
+    }
+    Ino late = t.AddChild(kRootIno, "late", File(1));
+    out->clear();
+    for (Ino dir : {a, b}) {
+      Ino sub = *t.Lookup(dir, "sub");
+      out->push_back(sub);
+      for (int i = 0; i < 3; ++i) out->push_back(*t.Lookup(sub, "f" + std::to_string(i)));
+      Result<Node> n = t.Get(out->back());
+      ASSERT_TRUE(n.ok());
+      EXPECT_EQ(n->parent, sub);
+    }
+    out->push_back(late);
+    EXPECT_EQ(t.Count(), 3u + 2 * 1 + 3 + 5 + 1);
+  };
+  std::vector<Ino> ab, ba;
+  build(true, &ab);
+  build(false, &ba);
+  EXPECT_EQ(ab, ba);
+}
+
 }  // namespace regfs
