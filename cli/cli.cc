@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <iostream>
 
 #include "cache/chunk_cache.h"
@@ -258,12 +259,17 @@ std::vector<std::string> NormalizeArgs(int argc, char** argv) {
 
 // `regfs mount` / `regfs store`: regfs's own keys out of -o, then serve as
 // a daemon (or in the foreground with -f).
-int RunDaemonFor(MountOptions mo, int (*serve)(MountOptions, DaemonReady*)) {
+// `hold`: under a holder that survives the daemon (fs/session_holder.h).
+int RunDaemonFor(MountOptions mo, int (*serve)(MountOptions, DaemonReady*), bool hold = false) {
   TakeOwnOptions(&mo);
+  // A successor daemon starts in the holder's cwd, "/".
+  std::error_code ec;
+  std::filesystem::path abs = std::filesystem::absolute(mo.mountpoint, ec);
+  if (!ec) mo.mountpoint = abs.lexically_normal().string();
   std::string log_file = mo.log_file;
   bool foreground = mo.foreground;
-  return RunDaemon(log_file, foreground,
-                   [&](DaemonReady* ready) { return serve(std::move(mo), ready); });
+  return RunDaemon(
+      log_file, foreground, [&](DaemonReady* ready) { return serve(mo, ready); }, hold);
 }
 
 }  // namespace
@@ -363,7 +369,7 @@ int RegfsMain(int argc, char** argv) {
     mo.common = common;
     mo.ref = ref_text;
     mo.overlay_whiteouts = whiteouts == "overlay";
-    return RunDaemonFor(std::move(mo), ServeMount);
+    return RunDaemonFor(std::move(mo), ServeMount, /*hold=*/true);
   }
   if (store->parsed()) {
     // The store resolves images from any registry: only HOST=USER:PASSWORD.

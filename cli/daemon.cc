@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "fs/session_holder.h"
 #include "reader/base/log.h"
 #include "reader/base/unique_fd.h"
 
@@ -41,10 +42,18 @@ class ReadyPipe : public DaemonReady {
   UniqueFd fd_;
 };
 
+// A successor's readiness: nobody waits for it; an error goes to the log.
+class LogReady : public DaemonReady {
+ public:
+  void Send(const std::string& msg) override {
+    if (msg != "OK") LOG_ERROR("successor daemon: " + msg);
+  }
+};
+
 }  // namespace
 
 int RunDaemon(const std::string& log_file, bool foreground,
-              const std::function<int(DaemonReady*)>& serve) {
+              const std::function<int(DaemonReady*)>& serve, bool hold) {
   if (!log_file.empty()) {
     std::FILE* f = std::fopen(log_file.c_str(), "ae");
     if (!f) {
@@ -71,8 +80,25 @@ int RunDaemon(const std::string& log_file, bool foreground,
   if (pid == 0) {
     rd.Reset();
     setsid();
-    ReadyPipe ready(fds[1]);
-    _exit(serve(&ready));
+    if (!hold) {
+      ReadyPipe ready(fds[1]);
+      _exit(serve(&ready));
+    }
+    HolderOptions ho;
+    ho.after_first_fork = [&] {
+      close(fds[1]);  // the parent's read ends when the first daemon reports
+      DetachFromTerminal();
+    };
+    _exit(RunHeld(
+        [&](bool first) {
+          if (first) {
+            ReadyPipe ready(fds[1]);
+            return serve(&ready);
+          }
+          LogReady ready;
+          return serve(&ready);
+        },
+        ho));
   }
   close(fds[1]);
   std::string msg;

@@ -1,7 +1,11 @@
 #include "fs/fuse_daemon.h"
 
 #include <fuse_lowlevel.h>
+#include <linux/fuse.h>
+#include <poll.h>
+#include <sys/mount.h>
 #include <sys/statvfs.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -37,11 +41,22 @@ struct FuseDaemon::Impl {
 
   std::mutex handles_mu;  // guards handles
   std::unordered_map<uint64_t, std::shared_ptr<const std::string>> handles;
-  std::atomic<uint64_t> next_fh{1};
+  // Handles of dynamic files start at pid << 32: a successor daemon (another
+  // pid) never hands out a number the kernel still holds from its
+  // predecessor, whose handles it regenerates on first use.
+  std::atomic<uint64_t> next_fh{(static_cast<uint64_t>(getpid()) << 32) | 1};
   bool no_opendir = false;  // set once in init, before any other request
   std::string mount_dev;        // "major:minor" of the mount, set at mount
   std::string read_ahead_path;  // the bdi's read_ahead_kb, set at mount
   std::once_flag read_ahead_once;
+
+  // Restarts. The first daemon reads the kernel's INIT through IoRead and
+  // keeps its bytes for a holder; a successor replays them to libfuse with
+  // the reply dropped (the kernel did INIT once, with the first daemon).
+  bool took_over = false;  // this session was taken over: no fuse_session_mount
+  std::atomic<bool> init_seen{false};
+  std::string init_bytes;       // written before init_seen, read after it
+  bool replaying_init = false;  // set only before the loop starts
 };
 
 namespace {
@@ -106,18 +121,68 @@ bool Trusted(const Impl* self, fuse_req_t req) {
          std::find(trusted.begin(), trusted.end(), fuse_req_ctx(req)->uid) != trusted.end();
 }
 
+// An inode the tree does not hold yet: a successor daemon (after a restart)
+// is asked about inodes its predecessor handed out, in layers it has not
+// filled yet. The inode's segment says which (Tree::SetPending); filling it
+// numbers its entries as before. Anyone may cause this: the caller holds
+// the inode already (an open file, a cwd), trusted or not.
+void EnsureKnown(Impl* self, Ino ino) {
+  uint32_t seg = Tree::SegmentOf(ino);
+  if (seg == 0 || self->tree->Contains(ino)) return;
+  Status s = self->content->Populate(seg);
+  if (!s.ok()) LOG_WARN("inode " + std::to_string(ino) + " of a predecessor: " + s.ToString());
+}
+
+Result<Node> GetNode(Impl* self, Ino ino) {
+  EnsureKnown(self, ino);
+  return self->tree->Get(ino);
+}
+
 // A pending directory (a layer not yet indexed) is filled before anyone
 // looks into it; filling it fetches the layer, so only a trusted caller may
 // start that.
 Status EnsurePopulated(Impl* self, fuse_req_t req, Ino dir) {
+  EnsureKnown(self, dir);
   uint32_t id = self->tree->PendingId(dir);
   if (id == 0) return Status::Ok();
   if (!Trusted(self, req)) return Status::Unauthorized("caller may not populate");
   return self->content->Populate(id);
 }
 
+// The session's I/O: plain read/writev, but the first daemon keeps a copy
+// of the INIT request, and a successor's replayed INIT is not answered.
+ssize_t IoRead(int fd, void* buf, size_t len, void* userdata) {
+  auto* self = static_cast<Impl*>(userdata);
+  ssize_t n = read(fd, buf, len);
+  if (n >= static_cast<ssize_t>(sizeof(fuse_in_header)) &&
+      !self->init_seen.load(std::memory_order_acquire)) {
+    fuse_in_header h;
+    std::memcpy(&h, buf, sizeof h);
+    if (h.opcode == FUSE_INIT) {
+      self->init_bytes.assign(static_cast<const char*>(buf), static_cast<size_t>(n));
+      self->init_seen.store(true, std::memory_order_release);
+    }
+  }
+  return n;
+}
+
+ssize_t IoWritev(int fd, iovec* iov, int count, void* userdata) {
+  auto* self = static_cast<Impl*>(userdata);
+  if (self->replaying_init) {
+    ssize_t total = 0;
+    for (int i = 0; i < count; ++i) total += static_cast<ssize_t>(iov[i].iov_len);
+    return total;
+  }
+  return writev(fd, iov, count);
+}
+
+const fuse_custom_io kIo = {IoWritev, IoRead, nullptr, nullptr};
+
 void OpInit(void* userdata, fuse_conn_info* conn) {
   auto* self = static_cast<Impl*>(userdata);
+  if (!self->took_over && self->opts.on_init && self->init_seen.load(std::memory_order_acquire)) {
+    self->opts.on_init(fuse_session_fd(self->se.get()), self->init_bytes);
+  }
   if (conn->capable & FUSE_CAP_CACHE_SYMLINKS) conn->want |= FUSE_CAP_CACHE_SYMLINKS;
   if (conn->capable & FUSE_CAP_SPLICE_WRITE) conn->want |= FUSE_CAP_SPLICE_WRITE;
   if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
@@ -179,7 +244,7 @@ void OpLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
       }
       return;
     }
-    Result<Node> node = self->tree->Get(*ino);
+    Result<Node> node = GetNode(self, *ino);
     if (!node.ok()) {
       ReplyStatus(req, node.status(), "F05 lookup get");
       return;
@@ -204,7 +269,7 @@ void OpForgetMulti(fuse_req_t req, size_t, fuse_forget_data*) { fuse_reply_none(
 void OpGetattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
   Guard(req, "getattr", [&] {
     Impl* self = Self(req);
-    Result<Node> node = self->tree->Get(ino);
+    Result<Node> node = GetNode(self, ino);
     if (!node.ok()) {
       ReplyStatus(req, node.status(), "F06 getattr");
       return;
@@ -219,7 +284,7 @@ void OpGetattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
 
 void OpReadlink(fuse_req_t req, fuse_ino_t ino) {
   Guard(req, "readlink", [&] {
-    Result<Node> node = Self(req)->tree->Get(ino);
+    Result<Node> node = GetNode(Self(req), ino);
     if (!node.ok()) {
       ReplyStatus(req, node.status(), "F07 readlink");
       return;
@@ -243,7 +308,7 @@ void OpOpendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
       ReplyStatus(req, s, "F08 opendir populate");
       return;
     }
-    Result<Node> node = self->tree->Get(ino);
+    Result<Node> node = GetNode(self, ino);
     if (!node.ok()) {
       ReplyStatus(req, node.status(), "F09 opendir");
       return;
@@ -323,7 +388,7 @@ void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
       fuse_reply_err(req, EROFS);
       return;
     }
-    Result<Node> node = self->tree->Get(ino);
+    Result<Node> node = GetNode(self, ino);
     if (!node.ok()) {
       ReplyStatus(req, node.status(), "F12 open");
       return;
@@ -368,15 +433,29 @@ void OpRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_in
         if (it != self->handles.end()) snap = it->second;
       }
       if (!snap) {
-        fuse_reply_err(req, EBADF);
-        return;
+        // A handle of a dead predecessor (fs/session_holder.h): the file is
+        // generated again, once, for this handle.
+        Result<Node> node = GetNode(self, ino);
+        if (!node.ok() || node->kind != ContentKind::kDynamic) {
+          fuse_reply_err(req, EBADF);
+          return;
+        }
+        Result<std::string> bytes = self->content->Generate(*node);
+        if (!bytes.ok()) {
+          ReplyStatus(req, bytes.status(), "F19 read generate");
+          return;
+        }
+        std::lock_guard lock(self->handles_mu);
+        auto [it, added] = self->handles.emplace(
+            fi->fh, std::make_shared<const std::string>(std::move(*bytes)));
+        snap = it->second;
       }
       size_t start = std::min<size_t>(static_cast<size_t>(off), snap->size());
       size_t n = std::min(size, snap->size() - start);
       fuse_reply_buf(req, snap->data() + start, n);
       return;
     }
-    Result<Node> node = self->tree->Get(ino);
+    Result<Node> node = GetNode(self, ino);
     if (!node.ok()) {
       ReplyStatus(req, node.status(), "F14 read");
       return;
@@ -426,7 +505,7 @@ bool XattrShown(const Node& node, std::string_view name, uid_t caller) {
 
 void OpGetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
   Guard(req, "getxattr", [&] {
-    Result<Node> node = Self(req)->tree->Get(ino);
+    Result<Node> node = GetNode(Self(req), ino);
     if (!node.ok()) {
       ReplyStatus(req, node.status(), "F16 getxattr");
       return;
@@ -451,7 +530,7 @@ void OpGetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
 
 void OpListxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
   Guard(req, "listxattr", [&] {
-    Result<Node> node = Self(req)->tree->Get(ino);
+    Result<Node> node = GetNode(Self(req), ino);
     if (!node.ok()) {
       ReplyStatus(req, node.status(), "F17 listxattr");
       return;
@@ -634,10 +713,20 @@ Status FuseDaemon::Mount() {
   fuse_opt_free_args(&args);
   if (!se) return Status::InvalidArgument("cannot create FUSE session (bad -o option?)");
   impl_->se.reset(se);
-  if (fuse_session_mount(se, impl_->opts.mountpoint.c_str()) != 0) {
-    impl_->se.reset();
-    return Status::IoError("cannot mount on " + impl_->opts.mountpoint +
-                           " (is /dev/fuse present and the directory empty?)");
+  if (impl_->opts.takeover_fd >= 0) {
+    RETURN_IF_ERROR(TakeOver());
+  } else {
+    if (fuse_session_mount(se, impl_->opts.mountpoint.c_str()) != 0) {
+      impl_->se.reset();
+      return Status::IoError("cannot mount on " + impl_->opts.mountpoint +
+                             " (is /dev/fuse present and the directory empty?)");
+    }
+    // Our own I/O on the same fd: it keeps the INIT request for a holder.
+    if (int rc = fuse_session_custom_io(se, &kIo, fuse_session_fd(se)); rc != 0) {
+      fuse_session_unmount(se);
+      impl_->se.reset();
+      return Status::IoError(std::string("fuse_session_custom_io: ") + std::strerror(-rc));
+    }
   }
   // The kernel sets the read-ahead from the INIT reply, after this; the
   // first request after INIT applies ours (see Guard).
@@ -645,6 +734,56 @@ Status FuseDaemon::Mount() {
   if (impl_->opts.read_ahead_kb > 0) impl_->read_ahead_path = ReadAheadPath(impl_->mount_dev);
   std::lock_guard lock(impl_->mount_mu);
   impl_->mounted = true;
+  return Status::Ok();
+}
+
+// A successor takes the session over: no mount, no INIT from the kernel.
+// libfuse 3.14 has no call to start a session that is already initialized,
+// and answers every request before INIT with EIO; replaying the kernel's
+// INIT request (kept by the holder) sets libfuse's connection state (the
+// protocol version, the capabilities, the buffer size) exactly as the first
+// daemon had it, and OpInit sets ours. The reply goes nowhere (IoWritev).
+Status FuseDaemon::TakeOver() {
+  Impl& d = *impl_;
+  fuse_session* se = d.se.get();
+  int fd = d.opts.takeover_fd;
+  d.opts.takeover_fd = -1;
+  if (int rc = fuse_session_custom_io(se, &kIo, fd); rc != 0) {
+    close(fd);
+    d.se.reset();
+    return Status::IoError(std::string("fuse_session_custom_io: ") + std::strerror(-rc));
+  }
+  // From here the session owns fd (fuse_session_destroy closes it).
+  const std::string& init = d.opts.takeover_init;
+  fuse_in_header h;
+  if (init.size() < sizeof h + sizeof(fuse_init_in) ||
+      (std::memcpy(&h, init.data(), sizeof h), h.opcode != FUSE_INIT)) {
+    d.se.reset();
+    return Status::InvalidArgument("takeover: not an INIT request");
+  }
+  d.took_over = true;
+  std::vector<char> copy(init.begin(), init.end());
+  fuse_buf buf;
+  std::memset(&buf, 0, sizeof buf);
+  buf.mem = copy.data();
+  buf.size = copy.size();
+  d.replaying_init = true;
+  fuse_session_process_buf(se, &buf);
+  d.replaying_init = false;
+  if (fuse_session_exited(se)) {
+    d.se.reset();
+    return Status::IoError("takeover: libfuse refused the replayed INIT");
+  }
+  if (d.opts.resend_in_flight) {
+    // FUSE_NOTIFY_RESEND (linux/fuse.h 7.40; Debian 12's headers predate it).
+    constexpr int32_t kNotifyResend = 7;
+    fuse_out_header out{sizeof(fuse_out_header), kNotifyResend, 0};
+    if (write(fd, &out, sizeof out) != static_cast<ssize_t>(sizeof out)) {
+      LOG_WARN(std::string("takeover: the kernel does not resend the requests the dead ") +
+               "daemon had read (FUSE_NOTIFY_RESEND: " + std::strerror(errno) +
+               "); their callers wait until the mount ends");
+    }
+  }
   return Status::Ok();
 }
 
@@ -711,7 +850,17 @@ void FuseDaemon::Exit() {
 void FuseDaemon::Unmount() {
   std::lock_guard lock(impl_->mount_mu);
   if (impl_->mounted && impl_->se) {
-    fuse_session_unmount(impl_->se.get());
+    if (impl_->took_over) {
+      // libfuse did not mount this session, so it does not unmount it: as
+      // fuse_kern_unmount does, detach it unless the kernel ended it already.
+      pollfd p{fuse_session_fd(impl_->se.get()), 0, 0};
+      bool ended = poll(&p, 1, 0) == 1 && (p.revents & POLLERR);
+      if (!ended && umount2(impl_->opts.mountpoint.c_str(), MNT_DETACH) != 0 && errno == EPERM) {
+        (void)UnmountPath(impl_->opts.mountpoint);
+      }
+    } else {
+      fuse_session_unmount(impl_->se.get());
+    }
     impl_->mounted = false;
   }
 }

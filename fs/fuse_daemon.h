@@ -78,6 +78,22 @@ struct FuseOptions {
   // Reads are not checked: a container's process may fault pages of a
   // layer file in with its own uid, not overlayfs's mounter's.
   std::vector<uid_t> trusted_uids;
+
+  // Restarts (fs/session_holder.h). A successor of a dead daemon takes its
+  // session over instead of mounting: `takeover_fd` (owned by the daemon
+  // from then on) is the live session's /dev/fuse descriptor, and
+  // `takeover_init` the kernel's INIT request as the first daemon read it
+  // (the kernel does not send INIT again: it is replayed to libfuse).
+  int takeover_fd = -1;
+  std::string takeover_init;
+  // Requests the dead daemon had read but not answered wait in the kernel
+  // until the connection ends; a successor asks the kernel to send them
+  // again (FUSE_NOTIFY_RESEND, Linux 6.9). False only to show the limit.
+  bool resend_in_flight = true;
+  // Called once a first daemon's INIT is done (not after a takeover), from
+  // a loop thread, with the session's fd and the INIT request: what a
+  // holder keeps for a successor. May be empty.
+  std::function<void(int fd, const std::string& init)> on_init;
 };
 
 class FuseDaemon {
@@ -87,8 +103,8 @@ class FuseDaemon {
   FuseDaemon(const FuseDaemon&) = delete;
   FuseDaemon& operator=(const FuseDaemon&) = delete;
 
-  // Creates the session and mounts. Fails (nothing left mounted) if the
-  // mountpoint is unusable.
+  // Creates the session and mounts (or takes over opts.takeover_fd). Fails
+  // (nothing left mounted) if the mountpoint is unusable.
   Status Mount();
   // Serves requests until unmounted, or SIGTERM/SIGINT/SIGHUP when
   // `install_signal_handlers`. Returns after the session ends.
@@ -102,6 +118,7 @@ class FuseDaemon {
   struct Impl;
 
  private:
+  Status TakeOver();
   std::unique_ptr<Impl> impl_;
 };
 

@@ -14,6 +14,7 @@
 #include "cache/chunk_cache.h"
 #include "fs/fuse_daemon.h"
 #include "fs/image_fs.h"
+#include "fs/session_holder.h"
 #include "reader/base/digest.h"
 #include "reader/base/log.h"
 #include "reader/image/reference.h"
@@ -111,6 +112,14 @@ std::string ResolutionKey(const Reference& ref, const CommonOptions& o) {
   return "ref:" + ref.Normalized() + "|" + (o.platform.empty() ? "host" : o.platform);
 }
 
+// What a resolution is remembered as: the digests and the platform.
+std::string ResolutionJson(const ResolvedImage& img) {
+  nlohmann::json j = {{"manifest", img.manifest_digest},
+                      {"index", img.index_bytes ? img.index_digest : ""},
+                      {"platform", img.platform.ToString()}};
+  return j.dump();
+}
+
 void RememberResolution(ChunkCache* db, const ResolvedImage& img, const CommonOptions& o) {
   Status s = db->PutManifest(img.manifest_digest, img.manifest_media_type, img.manifest_bytes);
   if (s.ok()) {
@@ -120,22 +129,19 @@ void RememberResolution(ChunkCache* db, const ResolvedImage& img, const CommonOp
   if (s.ok() && img.index_bytes) {
     s = db->PutManifest(img.index_digest, img.index_media_type, *img.index_bytes);
   }
-  nlohmann::json j = {{"manifest", img.manifest_digest},
-                      {"index", img.index_bytes ? img.index_digest : ""},
-                      {"platform", img.platform.ToString()}};
-  if (s.ok()) s = db->PutManifest(ResolutionKey(img.ref, o), kResolutionType, j.dump());
+  if (s.ok()) s = db->PutManifest(ResolutionKey(img.ref, o), kResolutionType, ResolutionJson(img));
   if (!s.ok()) LOG_WARN("cannot remember the resolution in the cache: " + s.ToString());
 }
 
-Result<ResolvedImage> RecallResolution(ChunkCache* db, const Reference& ref,
-                                       const CommonOptions& o) {
+// The image a ResolutionJson names, from the cache.
+Result<ResolvedImage> RecallResolutionJson(ChunkCache* db, const Reference& ref,
+                                           const std::string& json) {
   auto get = [&](const std::string& key) -> Result<StoredManifest> {
     ASSIGN_OR_RETURN(std::optional<StoredManifest> m, db->GetManifest(key));
     if (!m) return Status::NotFound("not in the cache: " + key);
     return *m;
   };
-  ASSIGN_OR_RETURN(StoredManifest res, get(ResolutionKey(ref, o)));
-  auto j = nlohmann::json::parse(res.bytes, nullptr, false);
+  auto j = nlohmann::json::parse(json, nullptr, false);
   if (j.is_discarded() || !j.is_object()) return Status::Corrupt("bad cached resolution");
   ResolvedImage img;
   img.ref = ref;
@@ -161,6 +167,13 @@ Result<ResolvedImage> RecallResolution(ChunkCache* db, const Reference& ref,
     return Status::Corrupt("cached manifest or config does not match its digest");
   }
   return img;
+}
+
+Result<ResolvedImage> RecallResolution(ChunkCache* db, const Reference& ref,
+                                       const CommonOptions& o) {
+  ASSIGN_OR_RETURN(std::optional<StoredManifest> res, db->GetManifest(ResolutionKey(ref, o)));
+  if (!res) return Status::NotFound("not in the cache: " + ResolutionKey(ref, o));
+  return RecallResolutionJson(db, ref, res->bytes);
 }
 
 }  // namespace
@@ -199,8 +212,32 @@ int ServeMount(MountOptions mo, DaemonReady* ready) {
   // and everything reading through it are destroyed after this flag).
   std::atomic<bool> stopping{false};
   std::unique_ptr<RegistryClient> client;
-  Result<ResolvedImage> img = ResolveFromFlags(mo.common, *ref, &client, &stopping);
-  if (img.ok()) {
+  // Under a holder (fs/session_holder.h): a successor takes over the
+  // session of a dead daemon, showing the very image it showed (not what
+  // the tag names now), from the cache, without the registry.
+  HolderLink* holder = CurrentHolderLink();
+  std::optional<HeldSession> held;
+  if (holder) {
+    Result<std::optional<HeldSession>> w = holder->Withdraw();
+    if (!w.ok()) return fail("holder", w.status());
+    held = std::move(*w);
+  }
+  Result<ResolvedImage> img = Status::NotFound("not resolved");
+  if (held) {
+    Result<RegistryClientOptions> co = MakeClientOptions(mo.common, ref->registry);
+    if (!co.ok()) return fail("takeover", co.status());
+    co->cancel = &stopping;
+    Result<std::unique_ptr<RegistryClient>> c = RegistryClient::Create(*ref, *co);
+    if (!c.ok()) return fail("takeover", c.status());
+    client = std::move(*c);
+    img = RecallResolutionJson(cache->get(), *ref, held->state);
+    if (!img.ok()) return fail("takeover: the image is gone from the cache", img.status());
+  } else {
+    img = ResolveFromFlags(mo.common, *ref, &client, &stopping);
+  }
+  if (held) {
+    // Resolved above.
+  } else if (img.ok()) {
     RememberResolution(cache->get(), *img, mo.common);
   } else if (img.status().code() == Code::kTransient && client) {
     // The registry is unreachable: an image seen before mounts from the cache.
@@ -250,10 +287,19 @@ int ServeMount(MountOptions mo, DaemonReady* ready) {
     stopping = true;
     fs.Stop();
   };
+  if (held) {
+    fo.takeover_fd = held->fd.Release();
+    fo.takeover_init = held->init;
+  } else if (holder) {
+    fo.on_init = [holder, state = ResolutionJson(*img)](int fd, const std::string& init) {
+      Status s = holder->Deposit(fd, init, state);
+      if (!s.ok()) LOG_WARN("the mount will not survive this daemon: " + s.ToString());
+    };
+  }
   FuseDaemon daemon(&fs.tree(), &fs, fo);
   if (Status s = daemon.Mount(); !s.ok()) return fail("mount", s);
-  LOG_INFO("mounted " + ref->Normalized() + " (" + img->manifest_digest + ") on " +
-           mo.mountpoint);
+  LOG_INFO(std::string(held ? "took over the mount of " : "mounted ") + ref->Normalized() +
+           " (" + img->manifest_digest + ") on " + mo.mountpoint);
   if (ready) ready->Send("OK");
   fs.StartIndexing();
   Status s = daemon.Loop(true);

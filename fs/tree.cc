@@ -241,6 +241,11 @@ uint32_t Tree::PendingId(Ino ino) const {
   return Valid(ino) ? At(ino).pending_id : 0;
 }
 
+bool Tree::Contains(Ino ino) const {
+  std::shared_lock lock(mu_);
+  return Valid(ino);
+}
+
 Status Tree::ReadDir(Ino dir, uint64_t offset,
                      const std::function<bool(const DirEntry&, uint64_t)>& fn) const {
   // The callback runs without the lock: it may call back into the tree (the

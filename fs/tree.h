@@ -117,6 +117,10 @@ class Tree {
   Result<Ino> Lookup(Ino parent, std::string_view name) const;
   Result<Node> Get(Ino ino) const;  // a copy (children omitted)
   uint32_t PendingId(Ino ino) const;
+  // Whether `ino` names a node. A successor daemon is asked about inodes
+  // of segments it has not filled yet: SegmentOf says which to fill.
+  bool Contains(Ino ino) const;
+  static uint32_t SegmentOf(Ino ino) { return static_cast<uint32_t>(ino >> kSegmentShift); }
   // Fills from the `offset`th child on; `fn` returns false to stop. Offsets 0
   // and 1 are "." and ".."; child k is offset k + 2. `fn` runs without the
   // tree's lock held, so it may call the tree (even to add entries).

@@ -1,0 +1,306 @@
+// Restarts without breaking readers (issue 17): a process reads files
+// through `regfs mount` in a loop, with open fds and its cwd on the mount,
+// while the daemon is SIGKILLed three times; the holder starts a successor
+// that takes the session over. Every read must return the right bytes (a
+// delay is allowed, and printed); no ENOTCONN, no stale mount.
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "tests/integration/regfs_fixture.h"
+#include "tests/support/image_builder.h"
+
+namespace regfs::testing {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string Pseudorandom(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::string s(n, '\0');
+  for (char& c : s) c = static_cast<char>(rng());
+  return s;
+}
+
+// What the reader process reports, in memory shared with the test.
+struct Shared {
+  std::atomic<uint64_t> iterations{0};
+  std::atomic<uint64_t> errors{0};
+  std::atomic<int> first_errno{0};
+  std::atomic<int> first_check{0};
+  std::atomic<uint64_t> max_iteration_ns{0};
+  std::atomic<bool> stop{false};
+};
+
+pid_t ParentOf(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  std::getline(f, line);
+  auto close = line.rfind(')');
+  if (close == std::string::npos) return -1;
+  std::istringstream rest(line.substr(close + 2));
+  char state;
+  pid_t ppid = -1;
+  rest >> state >> ppid;
+  return ppid;
+}
+
+// The holder's current daemon: its one child.
+pid_t ChildOf(pid_t holder) {
+  std::ifstream f("/proc/" + std::to_string(holder) + "/task/" + std::to_string(holder) +
+                  "/children");
+  pid_t p = -1;
+  f >> p;
+  return p;
+}
+
+std::string Comm(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/comm");
+  std::string s;
+  std::getline(f, s);
+  return s;
+}
+
+class RestartTest : public RegfsFixture {
+ protected:
+  void SetUp() override {
+    SetUpRegfs("mounting");
+    if (IsSkipped() || HasFatalFailure()) return;
+    for (int i = 0; i < 3; ++i) {
+      std::string big = Pseudorandom((3u << 20) + 12345u * i, 100 + i);
+      std::string small = "small file of layer " + std::to_string(i) + "\n";
+      bigs_.push_back(big);
+      smalls_.push_back(small);
+      LayerSpec l;
+      l.entries = {TarEntry::Dir("d"), TarEntry::File("d/big" + std::to_string(i), big),
+                   TarEntry::File("d/small", small)};
+      l.compression = Compression::kGzip;
+      spec_.layers.push_back(std::move(l));
+    }
+    image_ = BuildImage(spec_);
+    ImagePusher pusher(*registry_);
+    ASSERT_OK(pusher.PushImage("test/restart", "v1", image_));
+  }
+
+  ImageSpec spec_;
+  BuiltImage image_;
+  std::vector<std::string> bigs_, smalls_;
+};
+
+// The reader: only system calls and memcmp after the fork (the test
+// process has threads). Checks, each iteration, with the page cache of
+// its files dropped so that the reads reach the daemon:
+//   1 pread of an fd opened before the kills (layers/0/d/big0)
+//   2 pread of an fd in rootfs/ (rootfs/d/big2)
+//   3 pread of a blob (blobs/<layer 1>)
+//   4 open + read of "big1" relative to the cwd (layers/1/d), closed again
+//   5 open + read of an absolute path (layers/2/d/small)
+//   6 fstat of fd 1: the same inode number as before
+//   7 read of status.json through a handle opened before the kills
+struct ReaderPlan {
+  std::string cwd, big0, rootfs_big2, blob1, small2, status;
+  const std::string* want_big0;
+  const std::string* want_big1;
+  const std::string* want_big2;
+  const std::string* want_blob1;
+  const std::string* want_small2;
+};
+
+[[noreturn]] void RunReader(const ReaderPlan& p, Shared* sh) {
+  auto fail = [sh](int check, int err) {
+    if (sh->errors.fetch_add(1) == 0) {
+      sh->first_errno = err;
+      sh->first_check = check;
+    }
+  };
+  if (chdir(p.cwd.c_str()) != 0) {
+    fail(100, errno);
+    _exit(1);
+  }
+  int fa = open(p.big0.c_str(), O_RDONLY | O_CLOEXEC);
+  int fr = open(p.rootfs_big2.c_str(), O_RDONLY | O_CLOEXEC);
+  int fb = open(p.blob1.c_str(), O_RDONLY | O_CLOEXEC);
+  int fs = open(p.status.c_str(), O_RDONLY | O_CLOEXEC);
+  struct stat st0;
+  if (fa < 0 || fr < 0 || fb < 0 || fs < 0 || fstat(fa, &st0) != 0) {
+    fail(101, errno);
+    _exit(1);
+  }
+  static char buf[256 << 10];
+  auto check_pread = [&](int check, int fd, const std::string& want, uint64_t i) {
+    size_t len = 64 << 10;
+    size_t off = static_cast<size_t>((i * 97 * 1024) % (want.size() - len));
+    posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    ssize_t n = pread(fd, buf, len, static_cast<off_t>(off));
+    if (n != static_cast<ssize_t>(len)) {
+      fail(check, n < 0 ? errno : 0);
+    } else if (std::memcmp(buf, want.data() + off, len) != 0) {
+      fail(check, 0);
+    }
+  };
+  auto check_open = [&](int check, const char* path, const std::string& want) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      fail(check, errno);
+      return;
+    }
+    posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    size_t len = std::min(want.size(), sizeof buf);
+    ssize_t n = pread(fd, buf, len, 0);
+    if (n != static_cast<ssize_t>(len)) {
+      fail(check, n < 0 ? errno : 0);
+    } else if (std::memcmp(buf, want.data(), len) != 0) {
+      fail(check, 0);
+    }
+    close(fd);
+  };
+  for (uint64_t i = 0; !sh->stop.load(); ++i) {
+    auto t0 = Clock::now();
+    check_pread(1, fa, *p.want_big0, i);
+    check_pread(2, fr, *p.want_big2, i);
+    check_pread(3, fb, *p.want_blob1, i);
+    check_open(4, "big1", *p.want_big1);
+    check_open(5, p.small2.c_str(), *p.want_small2);
+    struct stat st;
+    if (fstat(fa, &st) != 0) {
+      fail(6, errno);
+    } else if (st.st_ino != st0.st_ino) {
+      fail(6, 0);
+    }
+    ssize_t n = pread(fs, buf, sizeof buf, 0);
+    if (n <= 0 || buf[0] != '{') fail(7, n < 0 ? errno : 0);
+    uint64_t ns = static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count());
+    if (ns > sh->max_iteration_ns.load()) sh->max_iteration_ns = ns;
+    sh->iterations.fetch_add(1);
+  }
+  close(fa);
+  close(fr);
+  close(fb);
+  close(fs);
+  _exit(0);
+}
+
+TEST_F(RestartTest, ReadersSeeADelayNotAnErrorAcrossThreeSigkills) {
+  CommandResult m = Mount(registry_->Ref("test/restart", "v1"));
+  ASSERT_EQ(m.exit_code, 0) << m.output;
+  pid_t daemon = DaemonPid();
+  ASSERT_GT(daemon, 0);
+  pid_t holder = ParentOf(daemon);
+  ASSERT_GT(holder, 1);
+  EXPECT_EQ(Comm(holder), "regfs-holder");
+
+  ReaderPlan plan;
+  plan.cwd = mnt_ + "/layers/1/d";
+  plan.big0 = mnt_ + "/layers/0/d/big0";
+  plan.rootfs_big2 = mnt_ + "/rootfs/d/big2";
+  plan.blob1 = mnt_ + "/blobs/" + image_.layers[1].descriptor.digest;
+  plan.small2 = mnt_ + "/layers/2/d/small";
+  plan.status = mnt_ + "/.regfs/status.json";
+  plan.want_big0 = &bigs_[0];
+  plan.want_big1 = &bigs_[1];
+  plan.want_big2 = &bigs_[2];
+  plan.want_blob1 = &image_.layers[1].blob;
+  plan.want_small2 = &smalls_[2];
+
+  void* mem = mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                   -1, 0);
+  ASSERT_NE(mem, MAP_FAILED);
+  Shared* sh = new (mem) Shared();
+  pid_t reader = fork();
+  ASSERT_GE(reader, 0);
+  if (reader == 0) RunReader(plan, sh);
+  // On a failed assertion the reader must not keep the mount busy.
+  struct Reap {
+    pid_t pid;
+    ~Reap() {
+      if (pid > 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, nullptr, 0);
+      }
+    }
+  } reap{reader};
+
+  // Waits (bounded) until the reader has done `n` more iterations.
+  auto wait_iterations = [&](uint64_t n, double limit_s) {
+    uint64_t target = sh->iterations.load() + n;
+    auto deadline = Clock::now() + std::chrono::duration<double>(limit_s);
+    while (sh->iterations.load() < target && Clock::now() < deadline &&
+           sh->errors.load() == 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return sh->iterations.load() >= target;
+  };
+  EXPECT_TRUE(wait_iterations(20, 60)) << "the reader does not progress";
+
+  std::vector<double> gaps;
+  for (int round = 0; round < 3 && sh->errors.load() == 0; ++round) {
+    pid_t old = ChildOf(holder);
+    ASSERT_GT(old, 0) << "no daemon under the holder\n" << DaemonLog();
+    auto t0 = Clock::now();
+    ASSERT_EQ(kill(old, SIGKILL), 0);
+    // The reader goes on once a successor serves: the gap is until its next
+    // completed iteration after the kill.
+    uint64_t at_kill = sh->iterations.load();
+    auto deadline = t0 + std::chrono::seconds(60);
+    while (sh->iterations.load() <= at_kill + 1 && Clock::now() < deadline &&
+           sh->errors.load() == 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    double gap = std::chrono::duration<double>(Clock::now() - t0).count();
+    ASSERT_GT(sh->iterations.load(), at_kill + 1)
+        << "no reads after kill " << round + 1 << "\n" << DaemonLog();
+    pid_t successor = ChildOf(holder);
+    EXPECT_GT(successor, 0);
+    EXPECT_NE(successor, old);
+    gaps.push_back(gap);
+    std::printf("restart %d: daemon %d killed, successor %d, reader resumed after %.3f s\n",
+                round + 1, old, successor, gap);
+    EXPECT_TRUE(wait_iterations(20, 60));
+  }
+  sh->stop = true;
+  int st = 0;
+  ASSERT_EQ(waitpid(reader, &st, 0), reader);
+  reap.pid = -1;
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << st;
+  std::printf("reader: %llu iterations, longest %.3f s, errors %llu\n",
+              static_cast<unsigned long long>(sh->iterations.load()),
+              static_cast<double>(sh->max_iteration_ns.load()) / 1e9,
+              static_cast<unsigned long long>(sh->errors.load()));
+  EXPECT_EQ(sh->errors.load(), 0u) << "first failed check " << sh->first_check.load() << ": "
+                                   << std::strerror(sh->first_errno.load()) << "\n"
+                                   << DaemonLog();
+  EXPECT_EQ(gaps.size(), 3u);
+  sh->~Shared();
+  munmap(mem, sizeof(Shared));
+
+  // No stale mount: a name never looked up is answered, not ENOTCONN.
+  struct stat s;
+  EXPECT_EQ(stat((mnt_ + "/never-looked-up").c_str(), &s), -1);
+  EXPECT_EQ(errno, ENOENT);
+  EXPECT_TRUE(IsMountPoint(mnt_));
+  pid_t last = ChildOf(holder);
+  Umount();
+  // The last daemon and the holder end with the mount (bounded wait).
+  for (int i = 0; i < 400 && (kill(holder, 0) == 0 || kill(last, 0) == 0); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  }
+  EXPECT_NE(kill(holder, 0), 0) << "holder still running";
+  EXPECT_NE(kill(last, 0), 0) << "daemon still running";
+}
+
+}  // namespace
+}  // namespace regfs::testing
