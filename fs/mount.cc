@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <nlohmann/json.hpp>
@@ -290,6 +291,9 @@ int ServeMount(MountOptions mo, DaemonReady* ready) {
   if (held) {
     fo.takeover_fd = held->fd.Release();
     fo.takeover_init = held->init;
+    // Only for the test that shows what a reader sees without it.
+    const char* no_resend = std::getenv("REGFS_TAKEOVER_NO_RESEND");
+    if (no_resend && std::string(no_resend) == "1") fo.resend_in_flight = false;
   } else if (holder) {
     fo.on_init = [holder, state = ResolutionJson(*img)](int fd, const std::string& init) {
       Status s = holder->Deposit(fd, init, state);

@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "tests/integration/regfs_fixture.h"
+#include "tests/support/fault_server.h"
 #include "tests/support/image_builder.h"
 
 namespace regfs::testing {
@@ -300,6 +301,152 @@ TEST_F(RestartTest, ReadersSeeADelayNotAnErrorAcrossThreeSigkills) {
   }
   EXPECT_NE(kill(holder, 0), 0) << "holder still running";
   EXPECT_NE(kill(last, 0), 0) << "daemon still running";
+}
+
+// A read the daemon had taken from the kernel when it was killed. The image
+// is served by a fault server that stalls the layer blob, so the read is in
+// the daemon's hands (waiting for the registry) at the kill.
+class InFlightTest : public RegfsFixture {
+ protected:
+  void SetUp() override {
+    SetUpRegfs("mounting");
+    if (IsSkipped() || HasFatalFailure()) return;
+    ImageSpec spec;
+    LayerSpec l;
+    l.entries = {TarEntry::File("f", Pseudorandom(1 << 20, 7))};
+    spec.layers.push_back(std::move(l));
+    image_ = BuildImage(spec);
+    layer_path_ = "/v2/test/stall/blobs/" + image_.layers[0].descriptor.digest;
+    server_.AddResource("/v2/test/stall/manifests/v1", image_.manifest,
+                        image_.manifest_descriptor.media_type);
+    server_.AddResource("/v2/test/stall/blobs/" + image_.config_descriptor.digest, image_.config);
+    server_.AddResource(layer_path_, image_.layers[0].blob);
+    server_.SetFaultPicker([this](const RecordedRequest& r) {
+      Fault f;
+      if (stall_.load() && r.path == layer_path_) {
+        f.kind = FaultKind::kStall;
+        f.stall = std::chrono::milliseconds(60000);
+        ++stalled_;
+      }
+      return f;
+    });
+    ASSERT_OK(server_.Start());
+  }
+
+  void TearDown() override {
+    server_.Stop();
+    RegfsFixture::TearDown();
+  }
+
+  // Mounts, starts a reader of the blob's first 64 KiB, and kills the
+  // daemon while the reader's request waits for the stalled registry.
+  // Returns the holder's pid.
+  pid_t MountReadAndKill() {
+    CommandResult m = Mount(server_.host_port() + "/test/stall:v1");
+    EXPECT_EQ(m.exit_code, 0) << m.output;
+    if (m.exit_code != 0) return -1;
+    pid_t daemon = DaemonPid();
+    pid_t holder = ParentOf(daemon);
+    EXPECT_EQ(Comm(holder), "regfs-holder");
+    std::string path = mnt_ + "/blobs/" + image_.layers[0].descriptor.digest;
+    reader_ = std::thread([this, path] {
+      int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+      if (fd < 0) {
+        read_errno_ = errno;
+      } else {
+        std::string buf(64 << 10, '\0');
+        ssize_t n = pread(fd, buf.data(), buf.size(), 0);
+        if (n < 0) read_errno_ = errno;
+        buf.resize(n < 0 ? 0 : static_cast<size_t>(n));
+        read_bytes_ = buf;
+        close(fd);
+      }
+      read_done_ = true;
+    });
+    // Bounded waits: the registry stalls a request, then a moment for the
+    // reader's read to reach the daemon.
+    for (int i = 0; i < 1000 && stalled_.load() == 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    EXPECT_GT(stalled_.load(), 0);
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    EXPECT_FALSE(read_done_.load()) << "the read was not held up";
+    stall_ = false;
+    killed_at_ = Clock::now();
+    EXPECT_EQ(kill(daemon, SIGKILL), 0);
+    // The successor (bounded wait).
+    for (int i = 0; i < 1000 && (ChildOf(holder) <= 0 || ChildOf(holder) == daemon); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    EXPECT_NE(ChildOf(holder), daemon);
+    return holder;
+  }
+
+  bool WaitRead(double limit_s) {
+    auto deadline = Clock::now() + std::chrono::duration<double>(limit_s);
+    while (!read_done_.load() && Clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return read_done_.load();
+  }
+
+  FaultServer server_;
+  BuiltImage image_;
+  std::string layer_path_;
+  std::atomic<bool> stall_{true};
+  std::atomic<int> stalled_{0};
+  std::thread reader_;
+  std::atomic<bool> read_done_{false};
+  std::atomic<int> read_errno_{0};
+  std::string read_bytes_;
+  Clock::time_point killed_at_;
+};
+
+TEST_F(InFlightTest, TheSuccessorAnswersTheReadTheDeadDaemonHad) {
+  pid_t holder = MountReadAndKill();
+  ASSERT_GT(holder, 0);
+  // The kernel resends it (FUSE_NOTIFY_RESEND) to the successor.
+  bool done = WaitRead(60);
+  double waited = std::chrono::duration<double>(Clock::now() - killed_at_).count();
+  if (!done) {
+    // Unblock the reader: with no descriptor left the kernel aborts the mount.
+    kill(holder, SIGKILL);
+    kill(ChildOf(holder), SIGKILL);
+    WaitRead(60);
+  }
+  reader_.join();
+  ASSERT_TRUE(done) << DaemonLog();
+  std::printf("the read in flight at the kill was answered %.3f s after it\n", waited);
+  EXPECT_EQ(read_errno_.load(), 0) << std::strerror(read_errno_.load());
+  EXPECT_EQ(read_bytes_, image_.layers[0].blob.substr(0, 64 << 10));
+  Umount();
+}
+
+// The limit without FUSE_NOTIFY_RESEND (Linux < 6.9, or switched off here):
+// the kernel keeps a request the dead daemon had read on its processing
+// list; nobody answers it, so its caller waits until the connection ends
+// (ENOTCONN then), while every other request goes to the successor.
+TEST_F(InFlightTest, WithoutResendTheReadWaitsUntilTheMountEnds) {
+  setenv("REGFS_TAKEOVER_NO_RESEND", "1", 1);
+  pid_t holder = MountReadAndKill();
+  unsetenv("REGFS_TAKEOVER_NO_RESEND");
+  ASSERT_GT(holder, 0);
+  // Bounded look: the successor serves new requests...
+  std::string manifest;
+  EXPECT_TRUE(ReadWholeFile(mnt_ + "/manifest.json", &manifest));
+  EXPECT_EQ(manifest, image_.manifest);
+  // ...but the read it never saw is still waiting 3 s later.
+  EXPECT_FALSE(WaitRead(3)) << "the lost read was answered";
+  // With the last descriptor closed, the kernel aborts the connection.
+  pid_t successor = ChildOf(holder);
+  kill(holder, SIGKILL);
+  kill(successor, SIGKILL);
+  EXPECT_TRUE(WaitRead(60));
+  reader_.join();
+  std::printf("without resend: the lost read ended with %s when the mount was aborted\n",
+              std::strerror(read_errno_.load()));
+  EXPECT_EQ(read_errno_.load(), ENOTCONN);
+  Umount();
 }
 
 }  // namespace
