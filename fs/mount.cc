@@ -302,6 +302,7 @@ int ServeMount(MountOptions mo, DaemonReady* ready) {
   }
   FuseDaemon daemon(&fs.tree(), &fs, fo);
   if (Status s = daemon.Mount(); !s.ok()) return fail("mount", s);
+  if (holder) holder->MountIsLive();
   LOG_INFO(std::string(held ? "took over the mount of " : "mounted ") + ref->Normalized() +
            " (" + img->manifest_digest + ") on " + mo.mountpoint);
   if (ready) ready->Send("OK");

@@ -143,6 +143,8 @@ Result<std::optional<HeldSession>> HolderLink::Withdraw() {
   return std::optional<HeldSession>(std::move(s));
 }
 
+void HolderLink::MountIsLive() { prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0); }
+
 HolderLink* CurrentHolderLink() { return g_link; }
 
 int RunHeld(const std::function<int(bool first)>& serve, const HolderOptions& opts) {
@@ -160,6 +162,7 @@ int RunHeld(const std::function<int(bool first)>& serve, const HolderOptions& op
       return 1;
     }
     auto started = std::chrono::steady_clock::now();
+    const pid_t holder_pid = getpid();
     pid_t pid = fork();
     if (pid < 0) {
       LOG_ERROR(std::string("holder: fork: ") + std::strerror(errno));
@@ -168,6 +171,8 @@ int RunHeld(const std::function<int(bool first)>& serve, const HolderOptions& op
       return 1;
     }
     if (pid == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);  // until MountIsLive
+      if (getppid() != holder_pid) _exit(1);     // the holder is gone already
       signal(SIGTERM, SIG_DFL);
       signal(SIGINT, SIG_DFL);
       signal(SIGHUP, SIG_DFL);

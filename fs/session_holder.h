@@ -46,6 +46,11 @@ class HolderLink {
   Status Deposit(int fuse_fd, std::string_view init, std::string_view state);
   // The session the holder keeps, if any (none: this is the first daemon).
   Result<std::optional<HeldSession>> Withdraw();
+  // Until its mount is live a daemon dies with its holder (a killed
+  // `regfs mount` leaves nothing behind); from then on it outlives it, as
+  // the mount must. Call from the main thread (the parent-death signal
+  // belongs to the thread the holder forked).
+  void MountIsLive();
 
  private:
   UniqueFd sock_;
