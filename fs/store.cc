@@ -113,6 +113,8 @@ std::string LayerStore::StatusJson() const {
                          {"uses", l.uses},
                          {"releases", l.releases}};
     if (!st.error.empty()) lj["error"] = st.error;
+    if (!st.toc.empty()) lj["toc"] = st.toc;
+    if (!st.toc_error.empty()) lj["tocError"] = st.toc_error;
     j["layers"].push_back(lj);
   }
   j["indexedLayers"] = indexed;
