@@ -185,7 +185,7 @@ int RunHeld(const std::function<int(bool first)>& serve, const HolderOptions& op
     g_daemon_pid = pid;
     close(sv[1]);
     if (first && opts.after_first_fork) opts.after_first_fork();
-    if (!named) {
+    if (!named && !opts.name.empty()) {
       // The holder's name tells it apart from its daemon in `ps`.
       prctl(PR_SET_NAME, opts.name.c_str(), 0, 0, 0);
       named = true;

@@ -64,7 +64,8 @@ struct HolderOptions {
   // another, before the holder gives up.
   int max_quick_deaths = 10;
   double quick_death_s = 2;
-  // The holder's process name (prctl PR_SET_NAME), as `ps` shows it.
+  // The holder's process name (prctl PR_SET_NAME), as `ps` shows it;
+  // empty: unchanged.
   std::string name = "regfs-holder";
   // Runs in the holder once the first daemon is forked (the holder closes
   // its copy of the readiness pipe there, and detaches).
