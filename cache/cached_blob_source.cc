@@ -47,6 +47,43 @@ Status CheckRange(const BlobDescriptor& blob, uint64_t offset, uint64_t len, con
   return ValidateDigest(blob.digest);
 }
 
+// Hashes a blob in order, once, into both its digest and its chunk chain:
+// the SHA-256 state after each chunk but the last, then the digest (32 raw
+// bytes each; ChunkCache::SetVerified). A chunk fetched again later is
+// checked against it by CheckChunkHash.
+class ChainHasher {
+ public:
+  ChainHasher(uint64_t chunk_size, uint64_t blob_size)
+      : chunk_size_(chunk_size), blob_size_(blob_size) {}
+  uint64_t next() const { return sha_.bytes(); }
+  // Bytes [next(), next() + n) of the blob.
+  void Update(const uint8_t* p, uint64_t n) {
+    while (n) {
+      const uint64_t pos = sha_.bytes();
+      const uint64_t boundary = std::min((pos / chunk_size_ + 1) * chunk_size_, blob_size_);
+      const uint64_t k = std::min(n, boundary - pos);
+      sha_.Update(p, k);
+      p += k;
+      n -= k;
+      if (pos + k == boundary && boundary < blob_size_) chain_ += sha_.State();
+    }
+  }
+  // Once every byte is in: the blob's digest ("sha256:<hex>"); the chain is
+  // complete.
+  std::string Finish() {
+    const std::string raw = sha_.FinishRaw();
+    chain_ += raw;
+    return "sha256:" + HexEncode(raw);
+  }
+  std::string TakeChain() { return std::move(chain_); }
+
+ private:
+  const uint64_t chunk_size_;
+  const uint64_t blob_size_;
+  Sha256Chain sha_;
+  std::string chain_;
+};
+
 }  // namespace
 
 class CachedBlobSource::BufferPool : public std::enable_shared_from_this<BufferPool> {
@@ -118,18 +155,16 @@ struct CachedBlobSource::Flight {
 
 // An in-order pass over a blob being hashed.
 struct CachedBlobSource::SeqHash {
+  SeqHash(uint64_t chunk_size, uint64_t blob_size) : hasher(chunk_size, blob_size) {}
   std::mutex mu;
   bool done = false;
-  uint64_t next = 0;
   // seq_tick_ when last advanced; the oldest pass goes first. Atomic: read
   // under seq_mu_ alone.
   std::atomic<uint64_t> last_use{0};
   // steady_clock nanoseconds of the last advance (the background verifier
   // waits for a pass that is still moving).
   std::atomic<int64_t> last_advance_ns{std::chrono::steady_clock::now().time_since_epoch().count()};
-  Sha256 whole;
-  Sha256 chunk;
-  std::string chunk_hashes;
+  ChainHasher hasher;  // hasher.next(): the bytes hashed so far
 };
 
 CachedBlobSource::CachedBlobSource(ChunkCache* cache, BlobSource* upstream,
@@ -213,24 +248,24 @@ void CachedBlobSource::VerifyFromCache(const BlobDescriptor& blob) {
   state = cache_->GetBlobState(blob.digest);
   if (!state.ok() || state->verified) return;
   const uint64_t cs = cache_->chunk_size();
-  std::vector<uint8_t> buf(cs);
-  Sha256 whole;
-  std::string hashes;
+  std::shared_ptr<FetchBuf> buf = buffers_->Get(cs, cs);
+  ChainHasher hasher(cs, blob.size);
   for (uint64_t c = 0; c * cs < blob.size; ++c) {
     {
       std::lock_guard<std::mutex> lock(verify_mu_);
       if (verify_stop_) return;
     }
-    std::span<uint8_t> chunk(buf.data(), std::min<uint64_t>(cs, blob.size - c * cs));
+    std::span<uint8_t> chunk(buf->data(), std::min<uint64_t>(cs, blob.size - c * cs));
     auto hit = cache_->ReadChunk(blob.digest, c, 0, chunk, /*count_access=*/false);
     // Evicted (or dropped) meanwhile: not verifiable now; a later completion retries.
     if (!hit.ok() || !*hit) return;
-    whole.Update(chunk.data(), chunk.size());
-    hashes += Sha256Raw(std::string_view(reinterpret_cast<const char*>(chunk.data()), chunk.size()));
+    hasher.Update(chunk.data(), chunk.size());
+    CountHashing(blob.digest, chunk.size(), chunk.size());
   }
   // A mismatch is logged and the blob's chunks dropped; no read is waiting
   // for this answer.
-  (void)FinishVerification(blob, whole.FinishDigest(), hashes);
+  const std::string actual = hasher.Finish();
+  (void)FinishVerification(blob, actual, hasher.TakeChain());
 }
 
 void CachedBlobSource::Count(const std::string& digest, uint64_t hits, uint64_t misses,
@@ -241,6 +276,14 @@ void CachedBlobSource::Count(const std::string& digest, uint64_t hits, uint64_t 
   c.misses += misses;
   c.upstream_requests += requests;
   c.upstream_bytes += bytes;
+}
+
+void CachedBlobSource::CountHashing(const std::string& digest, uint64_t hashed,
+                                    uint64_t reread) {
+  std::lock_guard<std::mutex> lock(counters_mu_);
+  BlobCounters& c = counters_[digest];
+  c.hashed_bytes += hashed;
+  c.reread_bytes += reread;
 }
 
 BlobCounters CachedBlobSource::Counters(std::string_view digest) const {
@@ -330,7 +373,7 @@ bool CachedBlobSource::PassReaches(const BlobDescriptor& blob, uint64_t offset) 
     h = it->second;
   }
   std::lock_guard<std::mutex> lock(h->mu);
-  return !h->done && h->next >= offset;
+  return !h->done && h->hasher.next() >= offset;
 }
 
 Status CachedBlobSource::VerifyWhole(const BlobDescriptor& blob) {
@@ -651,9 +694,9 @@ Status CachedBlobSource::StreamRun(const BlobDescriptor& blob, uint64_t first, u
   const uint64_t cs = cache_->chunk_size();
   const uint64_t start = first * cs;
   const uint64_t end = std::min((last + 1) * cs, blob.size);
-  // A verified blob's chunks are checked against their recorded hashes.
-  std::optional<std::string> hashes;
-  if (auto h = cache_->GetChunkSha256s(blob.digest); h.ok()) hashes = std::move(*h);
+  // A verified blob's chunks are checked against its recorded chain.
+  std::optional<std::string> chain;
+  if (auto h = cache_->GetChunkChain(blob.digest); h.ok()) chain = std::move(*h);
 
   uint64_t next = first;  // the chunk being filled
   uint64_t received = 0;
@@ -691,7 +734,10 @@ Status CachedBlobSource::StreamRun(const BlobDescriptor& blob, uint64_t first, u
       bytes = bytes.subspan(n);
       if (cur->filled < cur->size) break;
       const std::span<const uint8_t> chunk(cur->data(), cur->size);
-      if (hashes) RETURN_IF_ERROR(CheckChunkHash(blob, *hashes, next, chunk));
+      if (chain) {
+        CountHashing(blob.digest, chunk.size(), 0);
+        RETURN_IF_ERROR(CheckChunkHash(blob, cs, *chain, next, chunk));
+      }
       std::shared_ptr<const FetchBuf> done = std::move(cur);
       cur.reset();
       const uint64_t c = next++;  // from here on, chunk c counts as answered
@@ -715,11 +761,28 @@ Status CachedBlobSource::StreamRun(const BlobDescriptor& blob, uint64_t first, u
   return st;
 }
 
-Status CachedBlobSource::CheckChunkHash(const BlobDescriptor& blob, const std::string& hashes,
-                                        uint64_t c, std::span<const uint8_t> chunk) {
-  if ((c + 1) * 32 > hashes.size()) return Status::Corrupt("chunk hash table too short");
-  std::string_view bytes(reinterpret_cast<const char*>(chunk.data()), chunk.size());
-  if (Sha256Raw(bytes) != std::string_view(hashes).substr(c * 32, 32)) {
+Status CachedBlobSource::CheckChunkHash(const BlobDescriptor& blob, uint64_t chunk_size,
+                                        const std::string& chain, uint64_t c,
+                                        std::span<const uint8_t> chunk) {
+  constexpr uint64_t kEntry = Sha256Chain::kStateBytes;
+  const uint64_t last = (blob.size - 1) / chunk_size;
+  if (c > last || chain.size() != (last + 1) * kEntry ||
+      chunk.size() != std::min(chunk_size, blob.size - c * chunk_size)) {
+    return Status::Corrupt("chunk " + std::to_string(c) + " of " + blob.digest +
+                           ": recorded chain does not fit the blob");
+  }
+  // Resume the blob's hash where chunk c starts, hash the chunk, and compare
+  // with the state recorded after it (the digest, for the last chunk).
+  const std::string_view entries(chain);
+  Sha256Chain sha;
+  if (c > 0) {
+    auto resumed = Sha256Chain::Resume(entries.substr((c - 1) * kEntry, kEntry), c * chunk_size);
+    if (!resumed.ok()) return Status::Corrupt("chunk chain: " + resumed.status().ToString());
+    sha = std::move(resumed).value();
+  }
+  sha.Update(chunk.data(), chunk.size());
+  const std::string got = c == last ? sha.FinishRaw() : sha.State();
+  if (got != entries.substr(c * kEntry, kEntry)) {
     return Status::Corrupt("chunk " + std::to_string(c) + " of " + blob.digest +
                            " from upstream does not match its recorded sha256");
   }
@@ -728,22 +791,19 @@ Status CachedBlobSource::CheckChunkHash(const BlobDescriptor& blob, const std::s
 
 bool CachedBlobSource::CatchUpFromCache(const BlobDescriptor& blob, SeqHash* h, uint64_t to) {
   const uint64_t cs = cache_->chunk_size();
-  std::vector<uint8_t> buf;
-  while (h->next < to) {
-    const uint64_t c = h->next / cs;
+  std::shared_ptr<FetchBuf> buf;  // from the pool: no fresh, zeroed memory per catch-up
+  while (h->hasher.next() < to) {
+    const uint64_t next = h->hasher.next();
+    const uint64_t c = next / cs;
     const uint64_t chunk_end = std::min((c + 1) * cs, blob.size);
-    const uint64_t n = std::min(chunk_end, to) - h->next;
-    buf.resize(n);
-    auto hit = cache_->ReadChunk(blob.digest, c, static_cast<uint32_t>(h->next - c * cs), buf,
+    const uint64_t n = std::min(chunk_end, to) - next;
+    if (!buf) buf = buffers_->Get(cs, cs);
+    std::span<uint8_t> part(buf->data(), n);
+    auto hit = cache_->ReadChunk(blob.digest, c, static_cast<uint32_t>(next - c * cs), part,
                                  /*count_access=*/false);
     if (!hit.ok() || !*hit) return false;
-    h->whole.Update(buf.data(), n);
-    h->chunk.Update(buf.data(), n);
-    h->next += n;
-    if (h->next == chunk_end) {
-      h->chunk_hashes += h->chunk.FinishRaw();
-      h->chunk = Sha256();
-    }
+    h->hasher.Update(part.data(), n);
+    CountHashing(blob.digest, n, n);
   }
   return true;
 }
@@ -768,51 +828,42 @@ Status CachedBlobSource::TrackSequential(const BlobDescriptor& blob, uint64_t of
       }
       seq_.erase(oldest);
     }
-    auto [it, inserted] = seq_.emplace(blob.digest, std::make_shared<SeqHash>());
+    auto [it, inserted] = seq_.emplace(
+        blob.digest, std::make_shared<SeqHash>(cache_->chunk_size(), blob.size));
     h = it->second;
   }
   std::unique_lock<std::mutex> lock(h->mu);
   if (h->done) return Status::Ok();
-  const uint64_t cs = cache_->chunk_size();
   // A read ahead of the pass: FUSE hands a sequential reader's requests to
   // several threads, so the one at the pass's position may come second. The
   // pass catches up from the cache when the bytes in between are there;
   // otherwise the read (another reader's, elsewhere in the blob) is not
   // part of it, and the pass goes on with the reads that continue it.
-  if (offset > h->next && !CatchUpFromCache(blob, h.get(), offset)) return Status::Ok();
+  if (offset > h->hasher.next() && !CatchUpFromCache(blob, h.get(), offset)) return Status::Ok();
   const uint64_t end = offset + bytes.size();
-  if (end <= h->next) return Status::Ok();
+  if (end <= h->hasher.next()) return Status::Ok();
   h->last_use.store(seq_tick_.fetch_add(1, std::memory_order_relaxed));
   h->last_advance_ns.store(std::chrono::steady_clock::now().time_since_epoch().count());
-  while (h->next < end) {
-    const uint64_t chunk_end = std::min((h->next / cs + 1) * cs, blob.size);
-    const uint64_t n = std::min(chunk_end, end) - h->next;
-    const uint8_t* p = bytes.data() + (h->next - offset);
-    h->whole.Update(p, n);
-    h->chunk.Update(p, n);
-    h->next += n;
-    if (h->next == chunk_end) {
-      h->chunk_hashes += h->chunk.FinishRaw();
-      h->chunk = Sha256();
-    }
-  }
-  if (h->next < blob.size) return Status::Ok();
+  const uint64_t from = h->hasher.next();
+  h->hasher.Update(bytes.data() + (from - offset), end - from);
+  CountHashing(blob.digest, end - from, 0);
+  if (end < blob.size) return Status::Ok();
   h->done = true;
-  std::string actual = h->whole.FinishDigest();
-  std::string hashes = std::move(h->chunk_hashes);
+  const std::string actual = h->hasher.Finish();
+  std::string chain = h->hasher.TakeChain();
   lock.unlock();
   {
     std::lock_guard<std::mutex> l(seq_mu_);
     auto it = seq_.find(blob.digest);
     if (it != seq_.end() && it->second == h) seq_.erase(it);
   }
-  RETURN_IF_ERROR(FinishVerification(blob, actual, hashes));
+  RETURN_IF_ERROR(FinishVerification(blob, actual, chain));
   if (verified) *verified = true;
   return Status::Ok();
 }
 
 Status CachedBlobSource::FinishVerification(const BlobDescriptor& blob, const std::string& actual,
-                                            const std::string& chunk_hashes) {
+                                            const std::string& chunk_chain) {
   if (actual != blob.digest) {
     {
       std::lock_guard<std::mutex> lock(verified_mu_);
@@ -826,7 +877,7 @@ Status CachedBlobSource::FinishVerification(const BlobDescriptor& blob, const st
                            ")");
   }
   NoteVerified(blob.digest);
-  Status st = cache_->SetVerified(blob, chunk_hashes);
+  Status st = cache_->SetVerified(blob, chunk_chain);
   if (!st.ok()) LOG_DEBUG("could not record verification of " + blob.digest + ": " + st.ToString());
   return Status::Ok();
 }
@@ -863,24 +914,21 @@ Status CachedBlobSource::FetchWholeVerified(const BlobDescriptor& blob, const Si
                                             std::chrono::steady_clock::time_point deadline) {
   const uint64_t cs = cache_->chunk_size();
   const uint64_t step = std::max<uint64_t>(1, options_.max_fetch_bytes / cs) * cs;
-  std::vector<uint8_t> buf(std::min<uint64_t>(step, blob.size));
-  Sha256 whole;
-  std::string hashes;
+  // Not zeroed: ReadRange fills it (up to max_fetch_bytes of fresh memory).
+  std::unique_ptr<uint8_t[]> buf(new uint8_t[std::min<uint64_t>(step, blob.size)]);
+  ChainHasher hasher(cs, blob.size);
   for (uint64_t off = 0; off < blob.size; off += step) {
     if (std::chrono::steady_clock::now() > deadline) {
       return Status::Transient("verifying " + blob.digest + " took longer than its budget");
     }
-    std::span<uint8_t> s(buf.data(), std::min(step, blob.size - off));
+    std::span<uint8_t> s(buf.get(), std::min(step, blob.size - off));
     RETURN_IF_ERROR(ReadRange(blob, off, s));
-    whole.Update(s.data(), s.size());
-    for (uint64_t c = 0; c < s.size(); c += cs) {
-      std::string_view chunk(reinterpret_cast<const char*>(s.data() + c),
-                             std::min<uint64_t>(cs, s.size() - c));
-      hashes += Sha256Raw(chunk);
-    }
+    hasher.Update(s.data(), s.size());
+    CountHashing(blob.digest, s.size(), 0);
     if (sink) RETURN_IF_ERROR(sink(off, s));
   }
-  return FinishVerification(blob, whole.FinishDigest(), hashes);
+  const std::string actual = hasher.Finish();
+  return FinishVerification(blob, actual, hasher.TakeChain());
 }
 
 }  // namespace regfs

@@ -10,15 +10,18 @@
 // reader fetches only the chunks it touches. Fetched chunks are stored, then
 // served from memory, so a failing cache never fails a read.
 //
-// Verification: a blob's sha256 is checked against its digest, and each
-// chunk's sha256 recorded, in one of three ways: FetchWhole; an in-order pass
-// of reads from offset 0 to the end (such as a layer's index pass), hashed as
-// it goes, whatever other reads of the blob happen meanwhile (reads that do
-// not continue the pass are simply not part of it); or, once fetches have
-// left every chunk of the blob in the cache in whatever order
-// (verify_complete), by hashing it from the cache on a background thread.
-// Later fetches of a verified blob's chunks are fetched whole and checked
-// against the chunk hashes, so bytes refetched after eviction are verified.
+// Verification: a blob's sha256 is checked against its digest, and its
+// chunk chain recorded (the SHA-256 state after each chunk, taken from the
+// same pass: Sha256Chain; every byte is hashed once), in one of three ways:
+// FetchWhole; an in-order pass of reads from offset 0 to the end (such as a
+// layer's index pass or a `cat`), hashed as it goes, whatever other reads of
+// the blob happen meanwhile (reads that do not continue the pass are simply
+// not part of it); or, once fetches have left every chunk of the blob in the
+// cache in whatever order (verify_complete), by hashing it from the cache on
+// a background thread. Later fetches of a verified blob's chunks are fetched
+// whole and checked against the chain (the state before the chunk, resumed
+// over its bytes, must give the state after it, or for the last chunk the
+// digest), so bytes refetched after eviction are verified.
 //
 // A digest mismatch is Code::kCorrupt, every cached chunk of the blob is
 // dropped, and the blob is marked bad in the cache (ChunkCache::MarkBad,
@@ -88,6 +91,12 @@ struct BlobCounters {
   uint64_t upstream_bytes = 0;
   uint64_t hits = 0;    // chunk reads answered by the cache
   uint64_t misses = 0;  // chunk reads that needed upstream bytes (own fetch or a shared one)
+  // Bytes fed to SHA-256 for verification (every pass counted): what the
+  // integrity checks cost in CPU. A cold in-order read hashes each byte once.
+  uint64_t hashed_bytes = 0;
+  // Bytes read back from the cache only to be hashed (a pass catching up, the
+  // background check of a blob completed out of order).
+  uint64_t reread_bytes = 0;
 };
 
 class CachedBlobSource : public BlobSource {
@@ -102,8 +111,8 @@ class CachedBlobSource : public BlobSource {
   Status Prefetch(const BlobDescriptor& blob, uint64_t offset, uint64_t len) override;
 
   // Streams the whole blob through the cache in order (hits from the cache,
-  // misses coalesced upstream), verifies its digest, records per-chunk
-  // sha256s. `sink`, if given, sees every byte in order (an index builder can
+  // misses coalesced upstream), verifies its digest, records its chunk
+  // chain. `sink`, if given, sees every byte in order (an index builder can
   // parse while fetching); a non-OK return from it aborts. On a digest
   // mismatch returns kCorrupt and drops every cached chunk of the blob.
   using Sink = std::function<Status(uint64_t offset, std::span<const uint8_t> bytes)>;
@@ -157,8 +166,9 @@ class CachedBlobSource : public BlobSource {
   void AbandonFlights(const BlobDescriptor& blob,
                       const std::vector<std::pair<uint64_t, std::shared_ptr<Flight>>>& led,
                       const Status& st) noexcept;
-  // Checks chunk c against a verified blob's table of per-chunk sha256s.
-  static Status CheckChunkHash(const BlobDescriptor& blob, const std::string& hashes, uint64_t c,
+  // Checks chunk c (all of it) against a verified blob's chunk chain.
+  static Status CheckChunkHash(const BlobDescriptor& blob, uint64_t chunk_size,
+                               const std::string& chain, uint64_t c,
                                std::span<const uint8_t> chunk);
   // Feeds a read to the blob's in-order pass if it continues it; sets
   // *verified (if given) when this read completed the pass and the digest
@@ -179,9 +189,10 @@ class CachedBlobSource : public BlobSource {
   bool KnownVerified(const BlobDescriptor& blob);
   void NoteVerified(const std::string& digest);
   Status FinishVerification(const BlobDescriptor& blob, const std::string& actual,
-                            const std::string& chunk_hashes);
+                            const std::string& chunk_chain);
   void Count(const std::string& digest, uint64_t hits, uint64_t misses, uint64_t requests,
              uint64_t bytes);
+  void CountHashing(const std::string& digest, uint64_t hashed, uint64_t reread);
   Status FetchWholeVerified(const BlobDescriptor& blob, const Sink& sink,
                             std::chrono::steady_clock::time_point deadline);
   // Queues a background verification if the blob is complete and unverified.

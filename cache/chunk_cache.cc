@@ -21,7 +21,7 @@ using sqlite::Transaction;
 
 namespace {
 
-constexpr int kSchemaVersion = 3;
+constexpr int kSchemaVersion = 4;
 constexpr int kPageSize = 65536;
 constexpr size_t kMaxPendingTouches = 20000;
 // Layer indexes and manifests may take up to this share of the cap; beyond
@@ -97,6 +97,15 @@ UPDATE manifests SET atime = created;
 -- When chunks were last stored or the blob verified (microseconds).
 ALTER TABLE blobs ADD COLUMN atime INTEGER NOT NULL DEFAULT 0;
 UPDATE blobs SET atime = CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER);
+)sql",
+    // 3 -> 4: a verified blob's per-chunk sha256s become its chunk chain
+    // (SHA-256 states at chunk boundaries, from the blob's one digest pass).
+    // The old hashes cannot be converted without the bytes: those blobs are
+    // verified again (their next read of a last chunk, or the background
+    // check), never trusted in a format they were not written in.
+    R"sql(
+UPDATE blobs SET chunk_sha256 = NULL;
+ALTER TABLE blobs RENAME COLUMN chunk_sha256 TO chunk_chain;
 )sql",
 };
 static_assert(std::size(kMigrations) == kSchemaVersion);
@@ -181,6 +190,9 @@ ChunkCache::ChunkCache(const CacheOptions& options)
 Result<std::unique_ptr<ChunkCache>> ChunkCache::Open(const CacheOptions& options) {
   if (options.dir.empty()) return Status::InvalidArgument("cache dir is empty");
   if (options.chunk_size < 4096) return Status::InvalidArgument("chunk size below 4096");
+  if (options.chunk_size % 64 != 0) {
+    return Status::InvalidArgument("chunk size not a multiple of 64 (SHA-256's block)");
+  }
   // Absolute, so that a daemon that later changes directory keeps its cache.
   CacheOptions opts = options;
   std::error_code ec;
@@ -318,7 +330,9 @@ Status ChunkCache::Migrate() {
   ASSIGN_OR_RETURN(std::string stored,
                    writer_->db.QueryText("SELECT value FROM meta WHERE key = 'chunk_size'"));
   int64_t n = std::atoll(stored.c_str());
-  if (n < 4096 || n > (1 << 30)) return Status::Corrupt("bad chunk_size in cache: " + stored);
+  if (n < 4096 || n > (1 << 30) || n % 64 != 0) {
+    return Status::Corrupt("bad chunk_size in cache: " + stored);
+  }
   chunk_size_ = static_cast<uint32_t>(n);
   return txn.Commit();
 }
@@ -356,10 +370,10 @@ Result<std::unique_ptr<ChunkCache::ReadConn>> ChunkCache::NewReadConn() {
                                              "AND idx >= ? AND idx < ?"));
   ASSIGN_OR_RETURN(c->blob_state,
                    Stmt::Prepare(db,
-                                 "SELECT size, present, chunk_sha256 IS NOT NULL "
+                                 "SELECT size, present, chunk_chain IS NOT NULL "
                                  "FROM blobs WHERE digest = ?"));
   ASSIGN_OR_RETURN(c->chunk_sha,
-                   Stmt::Prepare(db, "SELECT chunk_sha256 FROM blobs WHERE digest = ?"));
+                   Stmt::Prepare(db, "SELECT chunk_chain FROM blobs WHERE digest = ?"));
   return c;
 }
 
@@ -779,7 +793,7 @@ Status ChunkCache::DropBlob(std::string_view digest) {
                                            "(SELECT id FROM blobs WHERE digest = ?)"));
   RETURN_IF_ERROR(del.Bind(1, digest).Run());
   ASSIGN_OR_RETURN(Stmt unverify,
-                   Stmt::Prepare(db, "UPDATE blobs SET chunk_sha256 = NULL WHERE digest = ?"));
+                   Stmt::Prepare(db, "UPDATE blobs SET chunk_chain = NULL WHERE digest = ?"));
   RETURN_IF_ERROR(unverify.Bind(1, digest).Run());
   RETURN_IF_ERROR(txn.Commit());
   return files_->Clear(digest);
@@ -808,7 +822,7 @@ Status ChunkCache::MarkBad(std::string_view digest, std::string_view actual) {
                                                "(SELECT id FROM blobs WHERE digest = ?)"));
       RETURN_IF_ERROR(del.Bind(1, digest).Run());
       ASSIGN_OR_RETURN(Stmt unverify, Stmt::Prepare(db,
-                                                    "UPDATE blobs SET chunk_sha256 = NULL "
+                                                    "UPDATE blobs SET chunk_chain = NULL "
                                                     "WHERE digest = ?"));
       RETURN_IF_ERROR(unverify.Bind(1, digest).Run());
       ASSIGN_OR_RETURN(Stmt bad, Stmt::Prepare(db,
@@ -832,7 +846,7 @@ bool ChunkCache::IsBad(std::string_view digest, std::string* actual) {
   return true;
 }
 
-Result<std::optional<std::string>> ChunkCache::GetChunkSha256s(std::string_view digest) {
+Result<std::optional<std::string>> ChunkCache::GetChunkChain(std::string_view digest) {
   if (!writable_) return std::optional<std::string>();
   ASSIGN_OR_RETURN(ReadConnLease conn, AcquireRead());
   Stmt& q = conn->chunk_sha;
@@ -847,11 +861,11 @@ Result<std::optional<std::string>> ChunkCache::GetChunkSha256s(std::string_view 
   return out;
 }
 
-Status ChunkCache::SetVerified(const BlobDescriptor& blob, std::string_view chunk_sha256s) {
+Status ChunkCache::SetVerified(const BlobDescriptor& blob, std::string_view chunk_chain) {
   if (!writable_) return Status::IoError("chunk cache is not writable");
   const uint64_t chunks = (blob.size + chunk_size_ - 1) / chunk_size_;
-  if (chunk_sha256s.size() != chunks * 32) {
-    return Status::InvalidArgument("SetVerified: wrong number of chunk hashes");
+  if (chunk_chain.size() != chunks * 32) {
+    return Status::InvalidArgument("SetVerified: chunk chain of the wrong length");
   }
   {
     std::unique_lock<std::shared_mutex> lock(bad_mu_);
@@ -864,9 +878,9 @@ Status ChunkCache::SetVerified(const BlobDescriptor& blob, std::string_view chun
                      Transaction::Begin(w.db.get(), Transaction::Kind::kImmediate));
     RETURN_IF_ERROR(w.insert_blob.Bind(1, blob.digest).Bind(2, static_cast<int64_t>(blob.size)).Run());
     ASSIGN_OR_RETURN(Stmt up, Stmt::Prepare(w.db.get(),
-                                            "UPDATE blobs SET chunk_sha256 = ?, atime = ? "
+                                            "UPDATE blobs SET chunk_chain = ?, atime = ? "
                                             "WHERE digest = ? AND size = ?"));
-    RETURN_IF_ERROR(up.BindBlob(1, AsBytes(chunk_sha256s))
+    RETURN_IF_ERROR(up.BindBlob(1, AsBytes(chunk_chain))
                         .Bind(2, WallMicros())
                         .Bind(3, blob.digest)
                         .Bind(4, static_cast<int64_t>(blob.size))
@@ -1125,14 +1139,14 @@ Status ChunkCache::Prune(uint64_t max_size, bool keep_indexes) {
   {
     ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db, Transaction::Kind::kImmediate));
     ASSIGN_OR_RETURN(Stmt forget, Stmt::Prepare(db,
-                                                 "UPDATE blobs SET chunk_sha256 = NULL "
+                                                 "UPDATE blobs SET chunk_chain = NULL "
                                                  "WHERE present = 0 AND atime < ?1 AND "
-                                                 "chunk_sha256 IS NOT NULL AND digest NOT IN "
+                                                 "chunk_chain IS NOT NULL AND digest NOT IN "
                                                  "(SELECT digest FROM layer_indexes)"));
     RETURN_IF_ERROR(forget.Bind(1, cutoff).Run());
     ASSIGN_OR_RETURN(Stmt drop, Stmt::Prepare(db,
                                               "DELETE FROM blobs WHERE present = 0 AND "
-                                              "atime < ?1 AND chunk_sha256 IS NULL AND "
+                                              "atime < ?1 AND chunk_chain IS NULL AND "
                                               "digest NOT IN (SELECT digest FROM layer_indexes) "
                                               "AND digest NOT IN (SELECT digest FROM bad_blobs) "
                                               "AND id < (SELECT max(id) FROM blobs)"));

@@ -11,8 +11,8 @@
 // of each of its 32 KiB blocks,
 // checked on every read; a chunk that fails is deleted and reported as a miss,
 // never served. Blob-level sha256 verification happens in CachedBlobSource,
-// which records per-chunk sha256s here (SetVerified) so that a later refetch of
-// an evicted chunk is verified too.
+// which records each verified blob's chunk chain here (SetVerified) so that a
+// later refetch of an evicted chunk is verified too.
 //
 // Limits: chunk bytes are capped (max_size); room is made before each write
 // by evicting least-recently-used chunks, skipping chunks pinned by in-flight
@@ -65,7 +65,9 @@ std::string DefaultCacheDir();
 struct CacheOptions {
   std::string dir;                          // required; created (0700) if missing
   uint64_t max_size = kDefaultCacheMaxSize;  // cap on chunk bytes
-  uint32_t chunk_size = kDefaultChunkSize;   // only for a new database; >= 4096
+  // Only for a new database; >= 4096 and a multiple of 64 (chunk chains are
+  // SHA-256 states at chunk boundaries, which must be block boundaries).
+  uint32_t chunk_size = kDefaultChunkSize;
   int busy_timeout_ms = 30000;               // waiting for another process's write lock
   std::chrono::milliseconds touch_flush_interval{2000};
   // Test hooks, to emulate a full disk: PRAGMA max_page_count on the writer,
@@ -86,7 +88,7 @@ struct BlobCacheState {
   uint64_t size = 0;
   uint64_t chunk_count = 0;       // ceil(size / chunk_size)
   uint64_t chunks_present = 0;
-  bool verified = false;          // digest checked; per-chunk sha256 recorded
+  bool verified = false;          // digest checked; chunk chain recorded
   bool complete() const { return known && chunks_present == chunk_count; }
 };
 
@@ -165,10 +167,12 @@ class ChunkCache {
   Status MarkBad(std::string_view digest, std::string_view actual);
   bool IsBad(std::string_view digest, std::string* actual = nullptr);
 
-  // Per-chunk raw sha256s (32 bytes each, chunk order) of a verified blob;
-  // nullopt if the blob was never verified.
-  Result<std::optional<std::string>> GetChunkSha256s(std::string_view digest);
-  Status SetVerified(const BlobDescriptor& blob, std::string_view chunk_sha256s);
+  // The chunk chain of a verified blob: 32 bytes per chunk, in chunk order,
+  // the SHA-256 state (Sha256Chain::State) after each chunk but the last,
+  // then the blob's raw digest; nullopt if the blob was never verified.
+  // Written by CachedBlobSource; opaque here but for its length.
+  Result<std::optional<std::string>> GetChunkChain(std::string_view digest);
+  Status SetVerified(const BlobDescriptor& blob, std::string_view chunk_chain);
   Result<BlobCacheState> GetBlobState(std::string_view digest);
 
   // Layer indexes: opaque bytes keyed by (layer digest, format tag such as
@@ -198,7 +202,7 @@ class ChunkCache {
   //    used first;
   //  - then chunks, least recently used first (pinned ones stay), and the
   //    chunk files of blobs left with no chunk;
-  //  - the per-chunk hashes of blobs with no chunk and no layer index whose
+  //  - the chunk chains of blobs with no chunk and no layer index whose
   //    chunks were last stored (or which were verified) kPruneUnusedDays
   //    ago, and then such blob rows (except the one with the largest id:
   //    sqlite would reuse its id, which another process may remember);

@@ -1,6 +1,10 @@
 #include "reader/base/digest.h"
 
+// Sha256Chain needs SHA256_CTX's state, which only the deprecated low-level
+// interface exposes.
+#define OPENSSL_SUPPRESS_DEPRECATED
 #include <openssl/evp.h>
+#include <openssl/sha.h>
 
 #include <stdexcept>
 
@@ -35,6 +39,60 @@ std::string Sha256::FinishRaw() {
 }
 
 std::string Sha256::FinishDigest() { return "sha256:" + HexEncode(FinishRaw()); }
+
+struct Sha256Chain::Ctx {
+  SHA256_CTX sha;
+};
+
+Sha256Chain::Sha256Chain() : ctx_(std::make_unique<Ctx>()) { SHA256_Init(&ctx_->sha); }
+Sha256Chain::~Sha256Chain() = default;
+Sha256Chain::Sha256Chain(Sha256Chain&&) noexcept = default;
+Sha256Chain& Sha256Chain::operator=(Sha256Chain&&) noexcept = default;
+
+Result<Sha256Chain> Sha256Chain::Resume(std::string_view state, uint64_t bytes) {
+  if (state.size() != kStateBytes || bytes % kBlock != 0 || bytes >> 61 != 0) {
+    return Status::InvalidArgument("sha256 state of " + std::to_string(state.size()) +
+                                   " bytes at offset " + std::to_string(bytes));
+  }
+  Sha256Chain c;
+  // SHA256_CTX keeps the state words in host order and the length in bits
+  // split in two 32-bit halves; nothing is buffered at a block boundary.
+  for (size_t i = 0; i < 8; ++i) {
+    uint32_t w = 0;
+    for (size_t k = 0; k < 4; ++k) w = (w << 8) | static_cast<uint8_t>(state[i * 4 + k]);
+    c.ctx_->sha.h[i] = w;
+  }
+  const uint64_t bits = bytes * 8;
+  c.ctx_->sha.Nl = static_cast<SHA_LONG>(bits & 0xffffffffu);
+  c.ctx_->sha.Nh = static_cast<SHA_LONG>(bits >> 32);
+  c.ctx_->sha.num = 0;
+  c.bytes_ = bytes;
+  return c;
+}
+
+void Sha256Chain::Update(const void* data, size_t len) {
+  if (!len) return;
+  SHA256_Update(&ctx_->sha, data, len);
+  bytes_ += len;
+}
+
+std::string Sha256Chain::State() const {
+  if (bytes_ % kBlock != 0) return {};
+  std::string out(kStateBytes, '\0');
+  for (size_t i = 0; i < 8; ++i) {
+    const uint32_t w = ctx_->sha.h[i];
+    for (size_t k = 0; k < 4; ++k) out[i * 4 + k] = static_cast<char>((w >> (24 - 8 * k)) & 0xff);
+  }
+  return out;
+}
+
+std::string Sha256Chain::FinishRaw() {
+  unsigned char out[SHA256_DIGEST_LENGTH];
+  SHA256_Final(out, &ctx_->sha);
+  return std::string(reinterpret_cast<char*>(out), sizeof out);
+}
+
+std::string Sha256Chain::FinishDigest() { return "sha256:" + HexEncode(FinishRaw()); }
 
 std::string Sha256Digest(std::string_view data) {
   Sha256 h;

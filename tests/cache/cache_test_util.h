@@ -14,6 +14,7 @@
 
 #include "cache/cached_blob_source.h"
 #include "cache/chunk_cache.h"
+#include "reader/base/digest.h"
 #include "tests/support/fake_blob_source.h"
 #include "tests/support/fd_count.h"
 #include "tests/support/status_matchers.h"
@@ -21,6 +22,23 @@
 namespace regfs::testing {
 
 inline constexpr uint32_t kTestChunk = 64 * 1024;
+
+// The chunk chain a verification of `data` records (ChunkCache::GetChunkChain),
+// computed independently: chunk by chunk, each from the state the previous
+// one left.
+inline std::string ChunkChainOf(std::string_view data, uint64_t chunk_size = kTestChunk) {
+  std::string chain;
+  Sha256Chain sha;
+  for (uint64_t off = 0; off < data.size(); off += chunk_size) {
+    auto state = off == 0 ? Result<Sha256Chain>(Sha256Chain()) : Sha256Chain::Resume(chain.substr(chain.size() - 32), off);
+    if (!state.ok()) return "";
+    sha = std::move(state).value();
+    const uint64_t n = std::min<uint64_t>(chunk_size, data.size() - off);
+    sha.Update(data.data() + off, n);
+    chain += off + n < data.size() ? sha.State() : sha.FinishRaw();
+  }
+  return chain;
+}
 
 class CacheTest : public FdCheckedTest {
  protected:

@@ -207,10 +207,12 @@ TEST_F(CachedSourceTest, FetchWholeVerifiesAndMakesTheBlobComplete) {
   ASSERT_OK(st);
   EXPECT_TRUE(st->verified);
   EXPECT_TRUE(st->complete());
-  auto hashes = cache_->GetChunkSha256s(b.digest);
-  ASSERT_OK(hashes);
-  ASSERT_TRUE(hashes->has_value());
-  EXPECT_EQ((*hashes)->substr(32, 32), Sha256Raw(data.substr(kTestChunk, kTestChunk)));
+  auto chain = cache_->GetChunkChain(b.digest);
+  ASSERT_OK(chain);
+  ASSERT_TRUE(chain->has_value());
+  EXPECT_EQ(**chain, ChunkChainOf(data));
+  EXPECT_EQ((*chain)->size(), 41u * 32);
+  EXPECT_EQ((*chain)->substr(40 * 32), Sha256Raw(data));  // the last entry is the digest
   auto stats = cache_->Stats();
   ASSERT_OK(stats);
   EXPECT_EQ(stats->complete_blobs, 1u);
@@ -345,10 +347,10 @@ TEST_F(CachedSourceTest, OutOfOrderReadsAreVerifiedOnceTheBlobIsComplete) {
   ASSERT_OK(st);
   EXPECT_TRUE(st->complete());
   EXPECT_TRUE(st->verified);
-  auto hashes = cache_->GetChunkSha256s(b.digest);
-  ASSERT_OK(hashes);
-  ASSERT_TRUE(hashes->has_value());
-  EXPECT_EQ((*hashes)->substr(9 * 32, 32), Sha256Raw(data.substr(9 * kTestChunk)));
+  auto chain = cache_->GetChunkChain(b.digest);
+  ASSERT_OK(chain);
+  ASSERT_TRUE(chain->has_value());
+  EXPECT_EQ(**chain, ChunkChainOf(data));
   // The verifier's reads are not the user's: they count as no hits.
   auto stats = cache_->Stats();
   ASSERT_OK(stats);

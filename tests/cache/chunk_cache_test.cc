@@ -408,12 +408,14 @@ TEST_F(ChunkCacheTest, SchemaOneDatabaseIsMigratedAndItsChunksForgotten) {
       "UPDATE totals SET bytes = bytes - OLD.size, chunks = chunks - 1; "
       "UPDATE blobs SET present = present - 1 WHERE id = OLD.blob_id; "
       "DELETE FROM chunk_data WHERE id = OLD.id; END;"
+      // What migration 3 -> 4 renames.
+      "ALTER TABLE blobs RENAME COLUMN chunk_chain TO chunk_sha256;"
       // What migration 2 -> 3 adds.
       "DROP TABLE bad_blobs; ALTER TABLE layer_indexes DROP COLUMN atime;"
       "ALTER TABLE manifests DROP COLUMN atime; ALTER TABLE blobs DROP COLUMN atime;"
       "UPDATE meta SET value = 1 WHERE key = 'schema_version'");
   OpenCache();
-  EXPECT_EQ(QueryInt("SELECT value FROM meta WHERE key = 'schema_version'"), 3);
+  EXPECT_EQ(QueryInt("SELECT value FROM meta WHERE key = 'schema_version'"), 4);
   EXPECT_EQ(QueryInt("SELECT count(*) FROM sqlite_master WHERE name = 'chunk_data'"), 0);
   EXPECT_FALSE(Has(b, 0));
   auto stats = cache_->Stats();

@@ -151,6 +151,112 @@ TEST_F(IntegrityTest, AReaderNeverReachesACleanEndOfFileOnWrongBytes) {
   EXPECT_TRUE(state->verified);
 }
 
+// The cost of the checks: a cold in-order read (the kernel's reads of `cat`
+// or an index pass, with read-ahead beside it) hashes every byte once, and
+// from the bytes it serves (nothing read back from the cache), while it
+// records both the digest and what a later refetch of each chunk is checked
+// against. So does FetchWhole; the background check of a blob completed out
+// of order reads it back once and hashes it once.
+TEST_F(IntegrityTest, EachVerificationPassHashesEveryByteOnce) {
+  OpenCache(1ull << 30, DaemonLike());
+  std::string data = RandomBytes(kTestChunk * 10 + 123, 1407);
+  auto b = upstream_.AddBlob(data);
+  IndexPass(source_.get(), b, /*with_random_reads=*/false);
+  auto state = cache_->GetBlobState(b.digest);
+  ASSERT_OK(state);
+  EXPECT_TRUE(state->verified);
+  BlobCounters c = source_->Counters(b.digest);
+  EXPECT_EQ(c.hashed_bytes, data.size());
+  EXPECT_EQ(c.reread_bytes, 0u);
+
+  auto w = upstream_.AddBlob(RandomBytes(kTestChunk * 7 + 5, 1408));
+  ASSERT_OK(source_->FetchWhole(w));
+  EXPECT_EQ(source_->Counters(w.digest).hashed_bytes, w.size);
+
+  auto o = upstream_.AddBlob(RandomBytes(kTestChunk * 4 + 9, 1409));
+  // Whole chunks (a small read would not be stored); the first and the last
+  // prefetched (a read at offset 0 would start an in-order pass, one of the
+  // last chunk would check the whole blob at once).
+  for (uint64_t ch : {3, 1}) Read(o, ch * kTestChunk, kTestChunk);
+  ASSERT_OK(source_->Prefetch(o, 0, kTestChunk));
+  Read(o, 2 * kTestChunk, kTestChunk);
+  ASSERT_OK(source_->Prefetch(o, 4 * kTestChunk, 9));
+  ASSERT_TRUE(source_->WaitForVerifications());
+  state = cache_->GetBlobState(o.digest);
+  ASSERT_OK(state);
+  EXPECT_TRUE(state->verified);
+  EXPECT_EQ(source_->Counters(o.digest).hashed_bytes, o.size);
+  EXPECT_EQ(source_->Counters(o.digest).reread_bytes, o.size);
+}
+
+// The chain the background check records (a blob completed out of order)
+// checks every chunk refetched after eviction: the first (hashed from the
+// initial state), a middle one (resumed from the state before it) and the
+// short last one (whose check is the blob's digest).
+TEST_F(IntegrityTest, AChainRecordedInTheBackgroundChecksEveryRefetchedChunk) {
+  OpenCache(1ull << 30, DaemonLike());
+  std::string data = RandomBytes(kTestChunk * 5 + 77, 1410);
+  auto b = upstream_.AddBlob(data);
+  for (uint64_t ch : {3, 1}) Read(b, ch * kTestChunk, kTestChunk);
+  ASSERT_OK(source_->Prefetch(b, 0, kTestChunk));
+  Read(b, 2 * kTestChunk, kTestChunk);
+  ASSERT_OK(source_->Prefetch(b, 4 * kTestChunk, kTestChunk + 77));
+  ASSERT_TRUE(source_->WaitForVerifications());
+  auto chain = cache_->GetChunkChain(b.digest);
+  ASSERT_OK(chain);
+  ASSERT_TRUE(chain->has_value());
+  EXPECT_EQ(**chain, ChunkChainOf(data));
+  ASSERT_OK(cache_->Prune(0));  // every chunk evicted; the chain stays
+  for (uint64_t ch = 0; ch <= 5; ++ch) {
+    SCOPED_TRACE(ch);
+    std::string bad = data;
+    bad[ch * kTestChunk + (ch == 5 ? 70 : 777)] ^= 0x5a;
+    upstream_.ReplaceContent(b.digest, bad);
+    Status st;
+    Read(b, ch * kTestChunk, 10, &st);
+    EXPECT_EQ(st.code(), Code::kCorrupt) << st.ToString();
+  }
+  auto state = cache_->GetBlobState(b.digest);
+  ASSERT_OK(state);
+  EXPECT_EQ(state->chunks_present, 0u);  // nothing wrong stored
+  upstream_.ReplaceContent(b.digest, data);
+  for (uint64_t ch = 0; ch <= 5; ++ch) {
+    const uint64_t n = ch == 5 ? 77 : kTestChunk;
+    EXPECT_EQ(Read(b, ch * kTestChunk, n), data.substr(ch * kTestChunk, n)) << ch;
+  }
+}
+
+// A cache written before chunk chains (schema 3: a sha256 per chunk) forgets
+// those hashes when opened: its blobs are verified again, never checked
+// against hashes of another kind (which would reject every right byte).
+TEST_F(IntegrityTest, PerChunkHashesOfAnOlderCacheAreForgottenAndTheBlobVerifiedAgain) {
+  OpenCache(1ull << 30, DaemonLike());
+  std::string data = RandomBytes(kTestChunk * 3 + 5, 1411);
+  auto b = upstream_.AddBlob(data);
+  ASSERT_OK(source_->FetchWhole(b));
+  source_.reset();
+  cache_.reset();
+  std::string old_hashes;
+  for (uint64_t off = 0; off < data.size(); off += kTestChunk) {
+    old_hashes += Sha256Raw(std::string_view(data).substr(off, kTestChunk));
+  }
+  RawSql("ALTER TABLE blobs RENAME COLUMN chunk_chain TO chunk_sha256;"
+         "UPDATE blobs SET chunk_sha256 = X'" + HexEncode(old_hashes) + "';"
+         "UPDATE meta SET value = 3 WHERE key = 'schema_version'");
+  OpenCache(1ull << 30, DaemonLike());
+  EXPECT_EQ(QueryInt("SELECT value FROM meta WHERE key = 'schema_version'"), 4);
+  auto state = cache_->GetBlobState(b.digest);
+  ASSERT_OK(state);
+  EXPECT_FALSE(state->verified);
+  ASSERT_OK(cache_->Prune(0));
+  EXPECT_EQ(Read(b, kTestChunk, kTestChunk), data.substr(kTestChunk, kTestChunk));
+  ASSERT_OK(source_->FetchWhole(b));
+  auto chain = cache_->GetChunkChain(b.digest);
+  ASSERT_OK(chain);
+  ASSERT_TRUE(chain->has_value());
+  EXPECT_EQ(**chain, ChunkChainOf(data));
+}
+
 // Runs `f` on a thread; false if it has not returned within a generous bound
 // (the old behaviour: a hang), in which case `release` is called to end it.
 template <typename F>

@@ -69,10 +69,7 @@ int CrashWriterMain(const std::string& dir) {
     std::span<const uint8_t> bytes(reinterpret_cast<const uint8_t*>(data.data()), data.size());
     if (!cache.PutChunks(b, 0, bytes).ok()) return 11;
     if (i % 3 == 0) {
-      std::string hashes;
-      for (size_t off = 0; off < data.size(); off += kTestChunk)
-        hashes += Sha256Raw(std::string_view(data).substr(off, kTestChunk));
-      if (!cache.SetVerified(b, hashes).ok()) return 12;
+      if (!cache.SetVerified(b, ChunkChainOf(data)).ok()) return 12;
     }
     if (i % 5 == 0 && !cache.PutLayerIndex(b.digest, "test/v1", data.substr(0, 5000)).ok())
       return 13;
