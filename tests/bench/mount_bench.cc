@@ -9,20 +9,26 @@
 //    reads the same chunk files; a re-read that races it is printed too;
 //  - p50/p99 latency of cold random 4 KiB reads, regfs and httpdirfs;
 //  - the whole machine's busy CPU during curl and during the cold cat, and
-//    the ceiling that puts on the cold ratio on this machine's CPUs.
+//    the ceiling that puts on the cold ratio on this machine's CPUs;
+//  - the CPU time of the regfs daemon alone during the cold cat (from
+//    /proc/PID/stat; unlike the machine's busy time it does not count what
+//    other programs on a shared machine do meanwhile).
 //
 //   mount_bench [size_mib=128] [runs=7] [--no-httpdirfs]
 //
 // --no-httpdirfs leaves httpdirfs out (its cold read of 128 MiB alone takes
 // about two minutes), for A/B runs of regfs builds.
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -68,6 +74,41 @@ std::vector<double> RandomReadLatencies(const std::string& path, uint64_t size, 
   }
   close(fd);
   return lat;
+}
+
+// The daemon's pid, from the mount's .regfs/status.json ("pid": N); -1 if unknown.
+long DaemonPid(const std::string& mnt) {
+  std::ifstream in(mnt + "/.regfs/status.json");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string s = ss.str();
+  const size_t at = s.find("\"pid\"");
+  if (at == std::string::npos) return -1;
+  const size_t colon = s.find(':', at);
+  return colon == std::string::npos ? -1 : std::strtol(s.c_str() + colon + 1, nullptr, 10);
+}
+
+// User + system CPU seconds of a process (all its threads) so far; -1 if gone.
+double ProcessCpuSeconds(long pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (pid <= 0 || !std::getline(in, line)) return -1;
+  // Fields after the command name (which may hold spaces) in parentheses.
+  std::istringstream rest(line.substr(line.rfind(')') + 2));
+  std::string f;
+  unsigned long long utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && rest >> f; ++i) {
+    if (i == 14) utime = std::strtoull(f.c_str(), nullptr, 10);
+    if (i == 15) stime = std::strtoull(f.c_str(), nullptr, 10);
+  }
+  return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+double ThreadCpuSeconds() {
+  rusage ru{};
+  getrusage(RUSAGE_THREAD, &ru);
+  return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+         static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
 struct Mounted {
@@ -127,7 +168,7 @@ int main(int argc, char** argv) {
   // Busy CPU of the whole machine (registry, client, kernel) per cold read,
   // and what it allows: a run cannot end before its work, spread over every
   // CPU, is done, so curl's time / (regfs's CPU / CPUs) bounds the ratio.
-  std::vector<double> curl_cpu, cold_cpu, cold_ceiling;
+  std::vector<double> curl_cpu, cold_cpu, cold_ceiling, daemon_cpu, cat_cpu;
   const double ncpu = static_cast<double>(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
   for (int r = 0; r < runs; ++r) {
     bool ok = true;
@@ -165,8 +206,13 @@ int main(int argc, char** argv) {
     std::string path = m.mnt + "/blobs/" + blob->digest;
     sync();
     double busy = 0;
+    const long daemon = DaemonPid(m.mnt);
+    const double d0 = ProcessCpuSeconds(daemon), c0 = ThreadCpuSeconds();
     cold_s.push_back(TimeItWithCpu([&] { ok = CatToNull(path, size); }, &busy));
+    const double d1 = ProcessCpuSeconds(daemon), c1 = ThreadCpuSeconds();
     cold_cpu.push_back(busy);
+    if (d0 >= 0 && d1 >= 0) daemon_cpu.push_back(d1 - d0);
+    cat_cpu.push_back(c1 - c0);
     if (!ok) return 1;
     if (r % 2 == 1) time_curl();
     cold_ceiling.push_back(curl_s.back() / (cold_cpu.back() / ncpu));
@@ -228,6 +274,11 @@ int main(int argc, char** argv) {
   Report("mount", "machine CPU busy during curl -o /dev/null", Median(curl_cpu) * 1000, "ms");
   Report("mount", "machine CPU busy during regfs cold cat", Median(cold_cpu) * 1000, "ms",
          "registry + daemon + cat + kernel");
+  if (!daemon_cpu.empty()) {
+    Report("mount", "regfs daemon CPU during the cold cat", Median(daemon_cpu) * 1000, "ms",
+           "user + system, all threads");
+  }
+  Report("mount", "cat's own CPU during the cold cat", Median(cat_cpu) * 1000, "ms");
   Report("mount", "ceiling on cold / curl at that CPU on " + std::to_string(int(ncpu)) + " CPUs",
          Median(cold_ceiling), "x", "curl time / (regfs CPU / CPUs)");
   Report("mount", "curl -o FILE (keeps the bytes, as the cache does)",
@@ -253,6 +304,8 @@ int main(int argc, char** argv) {
   for (double x : cold_ratio) std::printf(" %.3f", x);
   std::printf("; warm / local:");
   for (double x : warm_ratio) std::printf(" %.3f", x);
+  std::printf("; daemon CPU ms:");
+  for (double x : daemon_cpu) std::printf(" %.0f", x * 1000);
   std::printf("\n");
   if (!rnd_regfs.empty()) {
     Report("mount", "regfs cold random 4 KiB read p50", Percentile(rnd_regfs, 50), "ms");
