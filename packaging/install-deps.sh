@@ -15,6 +15,9 @@ PKGS=(
   iproute2 procps psmisc
   # regfs store: podman pulls and runs through the additional layer store
   podman runc
+  # eStargz and zstd:chunked test images (tests/support/toc_images.h):
+  # ctr-remote image convert against a private containerd
+  stargz-snapshotter containerd
   # benchmarks: the peers we measure against
   httpdirfs archivemount
   # benchmarks over an emulated WAN (tests/bench/wan): a static /bin/sh for
