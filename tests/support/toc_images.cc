@@ -48,10 +48,9 @@ Status WriteAll(const std::string& path, std::string_view data) {
 
 Status CommandStatus(const std::string& what, const CommandResult& r) {
   if (r.exit_code == 0) return Status::Ok();
-  return Status::IoError(what + (r.timed_out ? " timed out" : " failed (exit " +
-                                                                  std::to_string(r.exit_code) +
-                                                                  ")") +
-                         ": " + r.output.substr(0, 4000));
+  return Status::IoError(
+      what + (r.timed_out ? " timed out" : " failed (exit " + std::to_string(r.exit_code) + ")") +
+      ": " + r.output.substr(0, 4000));
 }
 
 uint64_t LittleEndian64(std::string_view b) {
@@ -111,7 +110,8 @@ std::string TocToolsMissing() {
       missing += std::string(missing.empty() ? "" : ", ") + tool;
     }
   }
-  if (!missing.empty()) missing += " (packaging/install-deps.sh: stargz-snapshotter containerd skopeo)";
+  if (!missing.empty())
+    missing += " (packaging/install-deps.sh: stargz-snapshotter containerd skopeo)";
   return missing;
 }
 
@@ -131,16 +131,25 @@ Status PrivateContainerd::Start() {
   // mounts left behind).
   std::string config =
       "version = 2\n"
-      "root = \"" + d + "/root\"\n"
-      "state = \"" + d + "/state\"\n"
+      "root = \"" +
+      d +
+      "/root\"\n"
+      "state = \"" +
+      d +
+      "/state\"\n"
       "disabled_plugins = [\"io.containerd.grpc.v1.cri\", "
       "\"io.containerd.snapshotter.v1.btrfs\", \"io.containerd.snapshotter.v1.zfs\", "
       "\"io.containerd.snapshotter.v1.devmapper\", \"io.containerd.snapshotter.v1.aufs\"]\n"
-      "[grpc]\n  address = \"" + d + "/c.sock\"\n"
-      "[ttrpc]\n  address = \"" + d + "/c.sock.ttrpc\"\n"
+      "[grpc]\n  address = \"" +
+      d +
+      "/c.sock\"\n"
+      "[ttrpc]\n  address = \"" +
+      d +
+      "/c.sock.ttrpc\"\n"
       "[debug]\n  address = \"\"\n"
       "[metrics]\n  address = \"\"\n"
-      "[plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"" + d + "/opt\"\n";
+      "[plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"" +
+      d + "/opt\"\n";
   RETURN_IF_ERROR(WriteAll(d + "/config.toml", config));
 
   const std::string log = d + "/containerd.log";
@@ -163,8 +172,8 @@ Status PrivateContainerd::Start() {
   if (::access("/usr/bin/setpriv", X_OK) == 0) {
     args = {"/usr/bin/setpriv", "--pdeathsig", "KILL", "--"};
   }
-  for (const std::string& a : {std::string("/usr/bin/containerd"), std::string("--config"),
-                               d + "/config.toml"}) {
+  for (const std::string& a :
+       {std::string("/usr/bin/containerd"), std::string("--config"), d + "/config.toml"}) {
     args.push_back(a);
   }
   std::vector<char*> argv;
@@ -258,10 +267,9 @@ uint64_t TocImage::BlobBytes() const {
 Result<TocImage> FetchTocImage(const TestRegistry& registry, const std::string& repo,
                                const std::string& tag, TocTool tool) {
   ImagePusher http(registry);
-  ASSIGN_OR_RETURN(HttpResult m,
-                   http.Get("/v2/" + repo + "/manifests/" + tag,
-                            "application/vnd.oci.image.manifest.v1+json, "
-                            "application/vnd.docker.distribution.manifest.v2+json"));
+  ASSIGN_OR_RETURN(HttpResult m, http.Get("/v2/" + repo + "/manifests/" + tag,
+                                          "application/vnd.oci.image.manifest.v1+json, "
+                                          "application/vnd.docker.distribution.manifest.v2+json"));
   if (m.status != 200) {
     return Status::NotFound("manifest " + repo + ":" + tag + ": HTTP " + std::to_string(m.status) +
                             " " + m.body);
@@ -276,8 +284,8 @@ Result<TocImage> FetchTocImage(const TestRegistry& registry, const std::string& 
     return Status::Corrupt("manifest " + repo + ":" + tag + " is not an image manifest: " + m.body);
   }
   auto get_blob = [&](const std::string& digest) -> Result<std::string> {
-    ASSIGN_OR_RETURN(HttpResult b, http.Get("/v2/" + repo + "/blobs/" + digest, "", false,
-                                            size_t{1} << 31));
+    ASSIGN_OR_RETURN(HttpResult b,
+                     http.Get("/v2/" + repo + "/blobs/" + digest, "", false, size_t{1} << 31));
     if (b.status != 200) {
       return Status::NotFound("blob " + digest + ": HTTP " + std::to_string(b.status));
     }
@@ -310,9 +318,9 @@ Result<TocImage> ConvertWithCtrRemote(TocTool tool, const TestRegistry& registry
                                       const std::string& dst_repo, const std::string& dst_tag) {
   if (!ctd.running()) return Status::InvalidArgument("containerd is not running");
   const std::string dst = registry.Ref(dst_repo, dst_tag);
-  RETURN_IF_ERROR(CommandStatus(
-      "ctr images pull " + src,
-      ctd.Ctr({"images", "pull", "--plain-http", "--snapshotter", "native", src})));
+  RETURN_IF_ERROR(
+      CommandStatus("ctr images pull " + src,
+                    ctd.Ctr({"images", "pull", "--plain-http", "--snapshotter", "native", src})));
   std::vector<std::string> convert = {"image", "convert"};
   convert.push_back(tool == TocTool::kEstargz ? "--estargz" : "--zstdchunked");
   convert.insert(convert.end(), {"--oci", src, dst});
@@ -431,14 +439,16 @@ Result<std::string> ExtractTocJson(const TocLayer& layer) {
     if (f.toc_offset + f.toc_length > layer.blob.size()) {
       return Status::Corrupt("TOC range past the blob");
     }
-    std::string toc = UnzstdForTest(std::string_view(layer.blob).substr(f.toc_offset, f.toc_length));
+    std::string toc =
+        UnzstdForTest(std::string_view(layer.blob).substr(f.toc_offset, f.toc_length));
     if (toc.empty()) return Status::Corrupt("TOC frame does not decompress");
     return toc;
   }
   // The TOC gzip member: a tar header of stargz.index.json and the JSON.
-  std::string tar = GunzipForTest(std::string_view(layer.blob)
-                                      .substr(f.toc_offset, layer.blob.size() - f.size - f.toc_offset));
-  if (tar.size() < 512 || std::string_view(tar.data()).find("stargz.index.json") == std::string::npos) {
+  std::string tar = GunzipForTest(
+      std::string_view(layer.blob).substr(f.toc_offset, layer.blob.size() - f.size - f.toc_offset));
+  if (tar.size() < 512 ||
+      std::string_view(tar.data()).find("stargz.index.json") == std::string::npos) {
     return Status::Corrupt("no stargz.index.json entry at the TOC offset");
   }
   uint64_t size = std::stoull(std::string(tar.substr(124, 12)), nullptr, 8);

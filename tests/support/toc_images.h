@@ -39,9 +39,9 @@
 namespace regfs::testing {
 
 enum class TocTool {
-  kEstargz,             // ctr-remote image convert --estargz --oci
-  kStargzZstdChunked,   // ctr-remote image convert --zstdchunked --oci
-  kPodmanZstdChunked,   // containers/storage 1.43 (skopeo 1.9.3, podman 4.3.1)
+  kEstargz,            // ctr-remote image convert --estargz --oci
+  kStargzZstdChunked,  // ctr-remote image convert --zstdchunked --oci
+  kPodmanZstdChunked,  // containers/storage 1.43 (skopeo 1.9.3, podman 4.3.1)
 };
 inline constexpr TocTool kAllTocTools[] = {TocTool::kEstargz, TocTool::kStargzZstdChunked,
                                            TocTool::kPodmanZstdChunked};
@@ -119,11 +119,11 @@ Result<TocImage> ConvertImage(TocTool tool, const TestRegistry& registry,
 
 // A TOC blob's footer, read from its last bytes.
 struct TocFooter {
-  std::string kind;      // "estargz" (51 bytes), "stargz" (legacy, 47),
-                         // "zstd:chunked" (40-byte payload after an 8-byte
-                         // skippable frame header, magic GnUlInUx),
-                         // "zstd:chunked-v2" (64-byte payload, magic GNUlInUx)
-  size_t size = 0;       // bytes at the end of the blob the footer takes
+  std::string kind;  // "estargz" (51 bytes), "stargz" (legacy, 47),
+                     // "zstd:chunked" (40-byte payload after an 8-byte
+                     // skippable frame header, magic GnUlInUx),
+                     // "zstd:chunked-v2" (64-byte payload, magic GNUlInUx)
+  size_t size = 0;   // bytes at the end of the blob the footer takes
   uint64_t toc_offset = 0;
   uint64_t toc_length = 0;  // compressed; 0 where the footer does not say (eStargz)
   uint64_t toc_uncompressed_length = 0;
@@ -149,8 +149,8 @@ uint64_t BlobBytesServed(const TestRegistry& registry, std::string_view digest =
 // XORs `length` bytes of the stored blob at `offset` with 0xff, in the
 // registry's storage directory (the registry does not check what it serves).
 // Calling it again with the same range restores the blob.
-Status FlipStoredBlobBytes(const TestRegistry& registry, std::string_view digest,
-                           uint64_t offset, uint64_t length);
+Status FlipStoredBlobBytes(const TestRegistry& registry, std::string_view digest, uint64_t offset,
+                           uint64_t length);
 
 // The image the tests and the benchmark convert: layer 0 the host's cat and
 // its libraries with RichEntries("toc") (every entry kind, xattrs, hard
