@@ -13,6 +13,10 @@
 # per figure), results.md (the Markdown tables, also printed), one .txt per
 # program, and with --wan ttfr.png and throughput-*.png.
 #
+# toc_bench (issue 16: a cold eStargz image through `regfs mount` and `regfs
+# store` against skopeo+umoci and podman) converts its image with ctr-remote
+# and a private containerd (packages stargz-snapshotter, containerd).
+#
 # Each program runs under a time bound; a failing program is reported and the
 # run goes on; the exit status is non-zero if any failed. Needs root (FUSE,
 # network namespaces, dropping the page cache).
