@@ -998,10 +998,19 @@ TocReader::TocReader(BlobSource* source, BlobDescriptor blob,
 TocReader::~TocReader() = default;
 
 TocReaderStats TocReader::stats() const {
-  return {fetched_.load(), hits_.load(), compressed_.load()};
+  return {fetched_.load(), hits_.load(), waits_.load(), compressed_.load()};
 }
 
+// One decode in progress; the threads that want the same chunk wait on it.
+struct TocReader::InFlight {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  Result<std::shared_ptr<const std::string>> result{Status::Transient("in flight")};
+};
+
 Result<std::shared_ptr<const std::string>> TocReader::GetChunk(size_t i) {
+  std::shared_ptr<InFlight> mine, theirs;
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto it = cache_.begin(); it != cache_.end(); ++it) {
@@ -1011,7 +1020,46 @@ Result<std::shared_ptr<const std::string>> TocReader::GetChunk(size_t i) {
         return cache_.front().bytes;
       }
     }
+    auto [it, inserted] = inflight_.try_emplace(i);
+    if (inserted) {
+      it->second = std::make_shared<InFlight>();
+      mine = it->second;
+    } else {
+      theirs = it->second;
+    }
   }
+  if (theirs) {
+    waits_.fetch_add(1, std::memory_order_relaxed);
+    std::unique_lock<std::mutex> lock(theirs->mu);
+    theirs->cv.wait(lock, [&] { return theirs->done; });
+    return theirs->result;
+  }
+  Result<std::shared_ptr<const std::string>> r = Decode(i);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    inflight_.erase(i);
+    const bool cacheable = r.ok() && options_.max_cached_chunks > 0 &&
+                           (*r)->size() <= options_.max_cached_bytes;
+    if (cacheable) {
+      cache_.push_front(Decoded{i, *r});
+      cached_bytes_ += (*r)->size();
+      while (cache_.size() > options_.max_cached_chunks ||
+             cached_bytes_ > options_.max_cached_bytes) {
+        cached_bytes_ -= cache_.back().bytes->size();
+        cache_.pop_back();
+      }
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lock(mine->mu);
+    mine->result = r;
+    mine->done = true;
+  }
+  mine->cv.notify_all();
+  return r;
+}
+
+Result<std::shared_ptr<const std::string>> TocReader::Decode(size_t i) {
   const TocChunk& c = index_->toc_chunks[i];
   auto where = [&] {
     return "chunk " + std::to_string(i) + " (content [" + std::to_string(c.out_offset) + ", " +
@@ -1038,22 +1086,7 @@ Result<std::shared_ptr<const std::string>> TocReader::GetChunk(size_t i) {
     return Status::Corrupt(where() + ": sha256 " + got + " does not match the TOC's " + c.digest);
   }
   fetched_.fetch_add(1, std::memory_order_relaxed);
-  std::shared_ptr<const std::string> done = std::move(bytes);
-  if (done->size() <= options_.max_cached_bytes && options_.max_cached_chunks > 0) {
-    std::lock_guard<std::mutex> lock(mu_);
-    bool present = false;
-    for (const Decoded& d : cache_) present |= d.chunk == i;
-    if (!present) {
-      cache_.push_front(Decoded{i, done});
-      cached_bytes_ += done->size();
-      while (cache_.size() > options_.max_cached_chunks ||
-             cached_bytes_ > options_.max_cached_bytes) {
-        cached_bytes_ -= cache_.back().bytes->size();
-        cache_.pop_back();
-      }
-    }
-  }
-  return done;
+  return std::shared_ptr<const std::string>(std::move(bytes));
 }
 
 Result<size_t> TocReader::ReadAt(uint64_t offset, std::span<uint8_t> out) {

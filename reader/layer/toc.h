@@ -52,6 +52,7 @@
 #define REGFS_READER_LAYER_TOC_H_
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <list>
 #include <map>
@@ -170,12 +171,14 @@ struct TocReaderOptions {
 struct TocReaderStats {
   uint64_t chunks_fetched = 0;      // chunks decoded
   uint64_t chunk_cache_hits = 0;
+  uint64_t inflight_waits = 0;      // reads that waited for another's decode
   uint64_t compressed_fetched = 0;  // bytes asked of the source
 };
 
 // Random access to a TOC layer's content stream. Thread-safe; no lock is
-// held during I/O or decompression (two threads that miss the same chunk
-// may both decode it).
+// held during I/O or decompression. Threads that miss the same chunk at
+// once share one fetch and decode (the kernel's readahead sends several
+// reads into one chunk together); they all get its result, error included.
 class TocReader {
  public:
   // `source` must outlive the reader. The index must have toc_chunks
@@ -212,11 +215,15 @@ class TocReader {
   std::shared_ptr<const LayerIndex> index_;
   TocReaderOptions options_;
 
-  mutable std::mutex mu_;       // guards cache_, cached_bytes_
+  struct InFlight;
+  Result<std::shared_ptr<const std::string>> Decode(size_t i);
+
+  mutable std::mutex mu_;       // guards cache_, cached_bytes_, inflight_
   std::list<Decoded> cache_;    // most recently used first
   uint64_t cached_bytes_ = 0;
+  std::map<size_t, std::shared_ptr<InFlight>> inflight_;  // chunk -> its decode
 
-  std::atomic<uint64_t> fetched_{0}, hits_{0}, compressed_{0};
+  std::atomic<uint64_t> fetched_{0}, hits_{0}, compressed_{0}, waits_{0};
 };
 
 }  // namespace regfs

@@ -796,6 +796,44 @@ TEST_F(TocTest, SkopeoZstdChunkedMatchesTheTar) {
   }
 }
 
+// Two reads that miss the same chunk at once share one fetch and decode.
+TEST_F(TocTest, ConcurrentMissesOfOneChunkShareOneFetch) {
+  TocBuildOptions o;
+  const std::string content = testing::RandomBytes(100000, 4);
+  Built b = Add({TarEntry::File("f", content)}, o);
+  Result<LayerIndex> idx = BuildIndexFromToc(src_, b.desc, Detect(b));
+  ASSERT_OK(idx);
+  auto shared = std::make_shared<const LayerIndex>(std::move(idx).value());
+  ASSERT_EQ(shared->toc_chunks.size(), 1u);
+  TocReader reader(&src_, b.desc, shared);
+  src_.ResetCounters();
+  src_.HoldRequests();
+  std::string a(1000, '\0'), c(1000, '\0');
+  Status sa, sc;
+  std::thread first([&] {
+    sa = reader.ReadAt(0, std::span<uint8_t>(reinterpret_cast<uint8_t*>(a.data()), 1000)).status();
+  });
+  ASSERT_TRUE(src_.WaitForRequests(1, std::chrono::seconds(30)));
+  std::thread second([&] {
+    sc = reader.ReadAt(50000, std::span<uint8_t>(reinterpret_cast<uint8_t*>(c.data()), 1000))
+             .status();
+  });
+  // Bounded wait for the second read to queue behind the first's decode.
+  for (int i = 0; i < 3000 && reader.stats().inflight_waits == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  src_.ReleaseRequests();
+  first.join();
+  second.join();
+  EXPECT_OK(sa);
+  EXPECT_OK(sc);
+  EXPECT_EQ(reader.stats().inflight_waits, 1u);
+  EXPECT_EQ(src_.requests(), 1u);
+  EXPECT_EQ(reader.stats().chunks_fetched, 1u);
+  EXPECT_EQ(a, content.substr(0, 1000));
+  EXPECT_EQ(c, content.substr(50000, 1000));
+}
+
 // ---- LayerIndex version 3 fields
 
 LayerIndex SmallTocIndex() {
