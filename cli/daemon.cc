@@ -63,7 +63,12 @@ int RunDaemon(const std::string& log_file, bool foreground,
     }
     SetLogFile(f);  // lives as long as the process
   }
-  if (foreground) return serve(nullptr);
+  if (foreground) {
+    if (!hold) return serve(nullptr);
+    // This process (a terminal's, or a systemd unit's main process) holds;
+    // each daemon reports on stderr, as in the foreground.
+    return RunHeld([&](bool) { return serve(nullptr); });
+  }
 
   int fds[2];
   if (pipe2(fds, O_CLOEXEC) != 0) {

@@ -16,9 +16,10 @@ namespace regfs {
 // nullptr) or in a forked child, which detaches from the terminal once it
 // reports "OK"; the parent waits for that report, prints an error and
 // returns 1 if it is not "OK".
-// With `hold`, the detached daemon runs under a holder (fs/session_holder.h)
-// that keeps its mount alive and starts a successor if it dies by a signal;
-// a successor's startup errors go to the log.
+// With `hold`, the daemon runs under a holder (fs/session_holder.h) that
+// keeps its mount alive and starts a successor if it dies by a signal: the
+// process itself in the foreground, the detached child otherwise (where a
+// successor's startup errors go to the log).
 int RunDaemon(const std::string& log_file, bool foreground,
               const std::function<int(DaemonReady*)>& serve, bool hold = false);
 

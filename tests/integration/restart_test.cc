@@ -20,6 +20,7 @@
 #include <sstream>
 #include <thread>
 
+#include "reader/base/unique_fd.h"
 #include "tests/integration/regfs_fixture.h"
 #include "tests/support/fault_server.h"
 #include "tests/support/image_builder.h"
@@ -301,6 +302,64 @@ TEST_F(RestartTest, ReadersSeeADelayNotAnErrorAcrossThreeSigkills) {
   }
   EXPECT_NE(kill(holder, 0), 0) << "holder still running";
   EXPECT_NE(kill(last, 0), 0) << "daemon still running";
+}
+
+// `regfs mount -f` (a terminal's, or a systemd unit's, main process) holds
+// the session itself: its daemon is its child.
+TEST_F(RestartTest, InTheForegroundTheProcessItselfHolds) {
+  std::vector<std::string> argv = {REGFS_BINARY, "mount",   "-f",   "--tls-verify=false",
+                                   "--cache-dir", cache_,   "--log-file", dir_->Sub("daemon.log"),
+                                   registry_->Ref("test/restart", "v1"), mnt_};
+  std::vector<char*> args;
+  for (auto& a : argv) args.push_back(a.data());
+  args.push_back(nullptr);
+  pid_t fg = fork();
+  ASSERT_GE(fg, 0);
+  if (fg == 0) {
+    int null = open("/dev/null", O_RDWR);
+    dup2(null, 1);
+    dup2(null, 2);
+    execv(args[0], args.data());
+    _exit(127);
+  }
+  struct Reap {
+    pid_t pid;
+    ~Reap() {
+      if (pid > 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, nullptr, 0);
+      }
+    }
+  } reap{fg};
+  for (int i = 0; i < 3000 && !IsMountPoint(mnt_); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_TRUE(IsMountPoint(mnt_)) << DaemonLog();
+  EXPECT_EQ(Comm(fg), "regfs-holder");
+  UniqueFd file(open((mnt_ + "/layers/0/d/big0").c_str(), O_RDONLY | O_CLOEXEC));
+  const int fd = file.get();
+  ASSERT_GE(fd, 0) << std::strerror(errno);
+  std::string buf(bigs_[0].size(), '\0');
+  EXPECT_EQ(pread(fd, buf.data(), buf.size(), 0), static_cast<ssize_t>(buf.size()));
+  EXPECT_EQ(buf, bigs_[0]);
+  pid_t daemon = ChildOf(fg);
+  ASSERT_GT(daemon, 0);
+  ASSERT_EQ(kill(daemon, SIGKILL), 0);
+  posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  std::string again(bigs_[0].size(), '\0');
+  ssize_t n = pread(fd, again.data(), again.size(), 0);
+  EXPECT_EQ(n, static_cast<ssize_t>(again.size())) << std::strerror(errno) << "\n" << DaemonLog();
+  EXPECT_EQ(again, bigs_[0]);
+  file.Reset();
+  EXPECT_NE(ChildOf(fg), daemon);
+  Umount();
+  // The holder ends with its daemon (bounded wait).
+  int st = -1;
+  for (int i = 0; i < 1500 && waitpid(fg, &st, WNOHANG) == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  if (WIFEXITED(st)) reap.pid = -1;
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << st;
 }
 
 // A read the daemon had taken from the kernel when it was killed. The image
