@@ -14,7 +14,8 @@
 // Also a record of what the tools write (annotations, footers, TOC digests),
 // which the format module relies on.
 //
-// Run them alone: ctest -R '^Toc' (or integration_tests --gtest_filter='Toc*').
+// Run them alone: ctest -R 'Toc(Mount|Store)Test' (or integration_tests
+// --gtest_filter='Tools/TocMountTest.*:TocStoreTest.*').
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
