@@ -133,7 +133,10 @@ void EnsureKnown(Impl* self, Ino ino) {
   if (!s.ok()) LOG_WARN("inode " + std::to_string(ino) + " of a predecessor: " + s.ToString());
 }
 
+// Tree::Get, with EnsureKnown only on a miss (one lock on the usual path).
 Result<Node> GetNode(Impl* self, Ino ino) {
+  Result<Node> node = self->tree->Get(ino);
+  if (node.ok() || Tree::SegmentOf(ino) == 0) return node;
   EnsureKnown(self, ino);
   return self->tree->Get(ino);
 }
@@ -142,8 +145,11 @@ Result<Node> GetNode(Impl* self, Ino ino) {
 // looks into it; filling it fetches the layer, so only a trusted caller may
 // start that.
 Status EnsurePopulated(Impl* self, fuse_req_t req, Ino dir) {
-  EnsureKnown(self, dir);
   uint32_t id = self->tree->PendingId(dir);
+  if (id == 0 && Tree::SegmentOf(dir) != 0 && !self->tree->Contains(dir)) {
+    EnsureKnown(self, dir);
+    id = self->tree->PendingId(dir);
+  }
   if (id == 0) return Status::Ok();
   if (!Trusted(self, req)) return Status::Unauthorized("caller may not populate");
   return self->content->Populate(id);

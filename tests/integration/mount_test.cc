@@ -217,7 +217,7 @@ TEST_F(MountTest, SigtermLeavesNoMount) {
   for (int i = 0; i < 200 && (kill(pid, 0) == 0 || IsMountPoint(mnt_)); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  EXPECT_NE(kill(pid, 0), 0) << "daemon still running";
+  EXPECT_NE(kill(pid, 0), 0) << "daemon still running\n" << DaemonLog();
   EXPECT_FALSE(IsMountPoint(mnt_));
 }
 

@@ -204,6 +204,12 @@ TEST_F(RestartTest, ReadersSeeADelayNotAnErrorAcrossThreeSigkills) {
   pid_t holder = ParentOf(daemon);
   ASSERT_GT(holder, 1);
   EXPECT_EQ(Comm(holder), "regfs-holder");
+  {
+    std::ifstream status("/proc/" + std::to_string(holder) + "/status");
+    for (std::string line; std::getline(status, line);) {
+      if (line.rfind("VmRSS:", 0) == 0) std::printf("holder %s\n", line.c_str());
+    }
+  }
 
   ReaderPlan plan;
   plan.cwd = mnt_ + "/layers/1/d";
