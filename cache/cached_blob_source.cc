@@ -17,6 +17,11 @@
 namespace regfs {
 namespace {
 constexpr size_t kMaxSequentialPasses = 256;
+// How far behind a read of a blob's last chunk an in-order pass may be and
+// still be finished by that read, catching up from the cache: reads that
+// found the pass busy leave it behind by at most what the kernel has in
+// flight, a few MiB.
+constexpr uint64_t kPassCatchUpSlack = 16u << 20;
 constexpr size_t kMaxPooledBuffers = 32;  // chunk-sized buffers
 
 // A fetch buffer. Its bytes start uninitialised (new[] without "()"): they
@@ -348,12 +353,12 @@ Status CachedBlobSource::ReadAt(const BlobDescriptor& blob, uint64_t offset,
   // exactly the bytes handed out; otherwise the blob is verified from the
   // cache, fetching what is missing, and the range read again (a refetched
   // chunk is then checked against its hash).
-  if (offset == 0 || PassReaches(blob, offset)) {
+  if (offset == 0 || PassReaches(blob, offset, kPassCatchUpSlack)) {
     RETURN_IF_ERROR(ReadRange(blob, offset, out));
     bool verified = false;
     RETURN_IF_ERROR(TrackSequential(blob, offset, out, &verified));
     const uint64_t end = offset + out.size();
-    if (!verified && end < blob.size && PassReaches(blob, end)) {
+    if (!verified && end < blob.size && PassReaches(blob, end, 0)) {
       std::vector<uint8_t> rest(blob.size - end);  // less than a chunk
       RETURN_IF_ERROR(ReadRange(blob, end, rest));
       RETURN_IF_ERROR(TrackSequential(blob, end, rest, &verified));
@@ -364,7 +369,7 @@ Status CachedBlobSource::ReadAt(const BlobDescriptor& blob, uint64_t offset,
   return ReadRange(blob, offset, out);
 }
 
-bool CachedBlobSource::PassReaches(const BlobDescriptor& blob, uint64_t offset) {
+bool CachedBlobSource::PassReaches(const BlobDescriptor& blob, uint64_t offset, uint64_t slack) {
   std::shared_ptr<SeqHash> h;
   {
     std::lock_guard<std::mutex> lock(seq_mu_);
@@ -373,7 +378,7 @@ bool CachedBlobSource::PassReaches(const BlobDescriptor& blob, uint64_t offset) 
     h = it->second;
   }
   std::lock_guard<std::mutex> lock(h->mu);
-  return !h->done && h->hasher.next() >= offset;
+  return !h->done && h->hasher.next() + slack >= offset;
 }
 
 Status CachedBlobSource::VerifyWhole(const BlobDescriptor& blob) {
@@ -832,7 +837,18 @@ Status CachedBlobSource::TrackSequential(const BlobDescriptor& blob, uint64_t of
         blob.digest, std::make_shared<SeqHash>(cache_->chunk_size(), blob.size));
     h = it->second;
   }
-  std::unique_lock<std::mutex> lock(h->mu);
+  // A read that only feeds the pass does not wait for it: while another
+  // thread hashes, this one answers its reader, and its bytes are caught up
+  // from the cache by the next read that continues the pass. Waiting here
+  // made every FUSE thread queue behind the one hashing (and behind its
+  // preemption, on a busy machine). The read that must finish the pass (the
+  // last chunk's, `verified` given) waits.
+  std::unique_lock<std::mutex> lock(h->mu, std::defer_lock);
+  if (verified) {
+    lock.lock();
+  } else if (!lock.try_lock()) {
+    return Status::Ok();
+  }
   if (h->done) return Status::Ok();
   // A read ahead of the pass: FUSE hands a sequential reader's requests to
   // several threads, so the one at the pass's position may come second. The
@@ -852,12 +868,16 @@ Status CachedBlobSource::TrackSequential(const BlobDescriptor& blob, uint64_t of
   const std::string actual = h->hasher.Finish();
   std::string chain = h->hasher.TakeChain();
   lock.unlock();
+  // Recorded before the pass leaves seq_: the background check, which waits
+  // while a pass exists, must find the blob verified once it is gone (else
+  // it hashes the whole blob a second time).
+  Status st = FinishVerification(blob, actual, chain);
   {
     std::lock_guard<std::mutex> l(seq_mu_);
     auto it = seq_.find(blob.digest);
     if (it != seq_.end() && it->second == h) seq_.erase(it);
   }
-  RETURN_IF_ERROR(FinishVerification(blob, actual, chain));
+  RETURN_IF_ERROR(st);
   if (verified) *verified = true;
   return Status::Ok();
 }

@@ -178,9 +178,10 @@ class CachedBlobSource : public BlobSource {
   bool CatchUpFromCache(const BlobDescriptor& blob, SeqHash* h, uint64_t to);
   Status TrackSequential(const BlobDescriptor& blob, uint64_t offset,
                          std::span<const uint8_t> bytes, bool* verified);
-  // True if the blob's in-order pass has hashed [0, offset) at least, so
-  // that a read from `offset` continues it.
-  bool PassReaches(const BlobDescriptor& blob, uint64_t offset);
+  // True if the blob's in-order pass has hashed [0, offset - slack) at
+  // least, so that a read from `offset` continues it (catching up the
+  // slack from the cache).
+  bool PassReaches(const BlobDescriptor& blob, uint64_t offset, uint64_t slack);
   // Verifies the whole blob (FetchWhole) unless it is; one caller per blob
   // does it, the others wait for its answer, all within wait_timeout.
   Status VerifyWhole(const BlobDescriptor& blob);

@@ -3,7 +3,9 @@
 // reaches a clean end of file on wrong bytes, and no wait is unbounded.
 #include <gtest/gtest.h>
 
+#include <condition_variable>
 #include <future>
+#include <mutex>
 #include <thread>
 
 #include "reader/base/digest.h"
@@ -268,6 +270,68 @@ bool ReturnsWithin(F f, std::chrono::seconds bound, const std::function<void()>&
   if (!ok) release();
   t.join();
   return ok;
+}
+
+// A read that only feeds the in-order pass does not wait while another
+// thread holds the pass (here: stalled catching up from the cache); its
+// bytes are caught up later, each byte is still hashed once, and the blob
+// is verified when its last chunk is read.
+TEST_F(IntegrityTest, AReadDoesNotWaitForAnotherThreadHashingThePass) {
+  std::mutex mu;
+  std::condition_variable cv;
+  int file_reads = 0;
+  bool stalled = false, release = false;
+  CacheOptions opts = Options();
+  opts.before_chunk_file_read = [&] {
+    std::unique_lock<std::mutex> lock(mu);
+    // The second chunk-file read is the pass catching up chunk 1 (the first
+    // is that read's own chunk 2).
+    if (++file_reads != 2) return;
+    stalled = true;
+    cv.notify_all();
+    cv.wait(lock, [&] { return release; });
+  };
+  auto c = ChunkCache::Open(opts);
+  ASSERT_OK(c);
+  cache_ = std::move(c).value();
+  CachedSourceOptions so = DaemonLike();
+  so.readahead = false;
+  so.small_random_fetches = false;
+  source_ = std::make_unique<CachedBlobSource>(cache_.get(), &upstream_, so);
+  std::string data = RandomBytes(kTestChunk * 6 + 50, 1412);
+  auto b = upstream_.AddBlob(data);
+  EXPECT_EQ(Read(b, 0, kTestChunk), data.substr(0, kTestChunk));  // the pass starts
+  ASSERT_OK(source_->Prefetch(b, kTestChunk, 3 * kTestChunk));     // chunks 1-3 cached
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    file_reads = 0;
+  }
+  auto unblock = [&] {
+    std::lock_guard<std::mutex> lock(mu);
+    release = true;
+    cv.notify_all();
+  };
+  std::string got2;
+  std::thread holder([&] { got2 = Read(b, 2 * kTestChunk, kTestChunk); });
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(30), [&] { return stalled; }));
+  }
+  std::string got3;
+  EXPECT_TRUE(ReturnsWithin([&] { got3 = Read(b, 3 * kTestChunk, kTestChunk); },
+                            std::chrono::seconds(20), unblock));
+  unblock();
+  holder.join();
+  EXPECT_EQ(got2, data.substr(2 * kTestChunk, kTestChunk));
+  EXPECT_EQ(got3, data.substr(3 * kTestChunk, kTestChunk));
+  for (uint64_t off = 4 * kTestChunk; off < data.size(); off += kTestChunk) {
+    const uint64_t n = std::min<uint64_t>(kTestChunk, data.size() - off);
+    EXPECT_EQ(Read(b, off, n), data.substr(off, n)) << off;
+  }
+  auto state = cache_->GetBlobState(b.digest);
+  ASSERT_OK(state);
+  EXPECT_TRUE(state->verified);
+  EXPECT_EQ(source_->Counters(b.digest).hashed_bytes, data.size());
 }
 
 TEST_F(IntegrityTest, WaitersOnAStalledFetchGiveUpAfterTheWaitTimeout) {
