@@ -98,6 +98,25 @@ struct Transfer {
       return true;
     }
     const ByteRange& r = *req->range;
+    // A ranged answer states its length. Chunked (its chunk sizes can lie:
+    // curl then hands on the framing as body bytes) or delimited by the
+    // close of the connection, where it ends, and so whether its bytes are
+    // the range's, is known only after they were handed on. Registries and
+    // their storage answer ranges with Content-Length.
+    if (!req->head) {
+      std::string te = LowerAscii(Trim(resp->Header("transfer-encoding")));
+      uint64_t content_length = 0;
+      if (!te.empty() && te != "identity") {
+        abort = Status::Protocol(what + ": ranged answer with Transfer-Encoding " + te +
+                                 " (its length must be stated in Content-Length)");
+        return false;
+      }
+      if (!ParseU64(Trim(resp->Header("content-length")), &content_length)) {
+        abort = Status::Protocol(what + ": ranged answer without Content-Length (its length " +
+                                 "must be stated)");
+        return false;
+      }
+    }
     if (resp->status == 200) {
       if (!req->allow_full_body_for_range) {
         abort = Status::Protocol(what + ": server ignored Range (200 for bytes=" +

@@ -464,6 +464,14 @@ Result<ResolvedImage> ResolveImage(RegistryClient& client, const Reference& ref,
   img.manifest_media_type = img.manifest.media_type.empty() ? media : img.manifest.media_type;
   ASSIGN_OR_RETURN(img.config_bytes, client.GetBlob(img.manifest.config));
   ASSIGN_OR_RETURN(img.config, ParseConfig(img.config_bytes));
+  // Each layer is checked against its DiffID; one without would be served
+  // unchecked.
+  if (img.config.diff_ids.size() != img.manifest.layers.size()) {
+    return Status::Corrupt("config " + img.manifest.config.digest + " lists " +
+                           std::to_string(img.config.diff_ids.size()) + " diff_ids for the " +
+                           std::to_string(img.manifest.layers.size()) + " layers of manifest " +
+                           img.manifest_digest);
+  }
   if (chosen_platform) {
     img.platform = *chosen_platform;
   } else {

@@ -123,6 +123,46 @@ TEST_F(RangeRead, WrongContentRangeIsProtocolError) {
   EXPECT_NE(st.message().find("does not match"), std::string::npos) << st.message();
 }
 
+// A chunked 206 whose first chunk claims 4 GiB: curl takes the chunk
+// framing that follows as body bytes. Nothing of such an answer may reach
+// the sink (a cache would keep it), whatever its Content-Range says.
+TEST_F(RangeRead, LyingChunkSizeNeverReachesTheSink) {
+  SetBlob(RandomBytes(512 * 1024, 13));
+  server_.SetLiar([](const RecordedRequest&, LieResponse& a) {
+    if (a.status != 206) return;
+    a.chunked = true;
+    a.first_chunk_size = "ffffffff";
+    a.close = true;
+  });
+  std::string got;
+  Status st = client().ReadStream(blob_, 1000, 300000, [&](std::span<const uint8_t> b) {
+    got.append(reinterpret_cast<const char*>(b.data()), b.size());
+    return Status::Ok();
+  });
+  EXPECT_EQ(st.code(), Code::kProtocol) << st.ToString();
+  EXPECT_TRUE(got == Expected(1000, got.size()))
+      << got.size() << " bytes reached the sink, not the blob's";
+  EXPECT_EQ(got.size(), 0u);
+}
+
+// A ranged answer must state its length: chunked or delimited by the close
+// of the connection, its end (and so its bytes) cannot be checked before
+// they are handed on.
+TEST_F(RangeRead, RangedAnswerWithoutContentLengthIsRefused) {
+  for (bool chunked : {false, true}) {
+    SCOPED_TRACE(chunked ? "chunked" : "close-delimited");
+    server_.SetLiar([chunked](const RecordedRequest&, LieResponse& a) {
+      if (a.status != 206) return;
+      a.chunked = chunked;
+      a.close_delimited = !chunked;
+    });
+    std::string got;
+    Status st = Read(10, 100, &got);
+    EXPECT_EQ(st.code(), Code::kProtocol) << st.ToString();
+    EXPECT_NE(st.message().find("length"), std::string::npos) << st.message();
+  }
+}
+
 TEST_F(RangeRead, MissingContentRangeIsProtocolError) {
   server_.AddFault(blob_path(), Fault{FaultKind::kMissingContentRange});
   std::string got;

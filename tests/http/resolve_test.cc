@@ -134,6 +134,22 @@ TEST_F(Resolve, ConfigBlobIsVerified) {
   EXPECT_EQ(*ok, "real config");
 }
 
+// A config whose DiffIDs do not pair with the manifest's layers: a layer
+// without its DiffID could not be checked against it, so the image is
+// refused (as the store already refused it).
+TEST_F(Resolve, DiffIdCountMustMatchTheLayers) {
+  std::string bytes;
+  AddImage("amd64", &bytes);
+  json manifest = json::parse(bytes);
+  manifest["layers"].push_back(manifest["layers"][0]);  // two layers, one DiffID
+  std::string two = manifest.dump();
+  server_.AddResource(ManifestPath("latest"), two, std::string(kMediaTypeOciManifest));
+  auto img = ResolveImage(client(), Ref());
+  ASSERT_FALSE(img.ok());
+  EXPECT_EQ(img.status().code(), Code::kCorrupt) << img.status().ToString();
+  EXPECT_NE(img.status().message().find("diff_ids"), std::string::npos) << img.status().ToString();
+}
+
 TEST_F(Resolve, UnknownManifestIsNotFound) {
   auto m = client().GetManifest("nosuchtag");
   EXPECT_EQ(m.status().code(), Code::kNotFound);

@@ -12,8 +12,10 @@
 #include <algorithm>
 #include <cctype>
 #include <charconv>
+#include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <exception>
 
 namespace regfs::testing {
 
@@ -556,6 +558,28 @@ bool FaultServer::Handle(Conn* c, RecordedRequest& req) {
     headers.emplace_back("Accept-Ranges", "bytes");
   }
   if (body == &small_body) body_len = small_body.size();
+  std::function<void(const RecordedRequest&, LieResponse&)> liar;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    liar = liar_;
+  }
+  if (liar) {
+    LieResponse lie;
+    lie.status = status;
+    lie.headers = headers;
+    lie.body.assign(body->data() + body_from, body_len);
+    try {
+      liar(req, lie);
+    } catch (const std::exception& e) {
+      // A bug in a test's liar must not take the test process down.
+      lie = LieResponse{};
+      lie.status = 500;
+      lie.body = ErrorJson("UNKNOWN", std::string("liar threw: ") + e.what());
+    }
+    req.status = lie.status;
+    Record(req);
+    return SendLie(fd, head_only, lie);
+  }
   req.status = status;
   Record(req);
 
@@ -589,6 +613,88 @@ bool FaultServer::Handle(Conn* c, RecordedRequest& req) {
     body_bytes_sent_.fetch_add(n);
   }
   return true;
+}
+
+bool FaultServer::SendLie(int fd, bool head_only, LieResponse& lie) {
+  std::string out = "HTTP/1.1 " + std::to_string(lie.status) + " " + Reason(lie.status) + "\r\n";
+  for (const auto& [k, v] : lie.headers) out += k + ": " + v + "\r\n";
+  if (lie.chunked) {
+    out += "Transfer-Encoding: chunked\r\n";
+  } else if (lie.close_delimited) {
+    out += "Connection: close\r\n";
+  } else {
+    out += "Content-Length: " + std::to_string(lie.content_length.value_or(lie.body.size())) +
+           "\r\n";
+  }
+  if (lie.close && !lie.close_delimited) out += "Connection: close\r\n";
+  if (!SendAll(fd, out.data(), out.size())) return false;
+  // Paced sending: `n` bytes, then a pause that keeps the rate; a client
+  // that hangs up ends it at once.
+  auto pace = [&](size_t n) {
+    if (lie.endless_bytes_per_s <= 0) return !stop_.load();
+    int ms = static_cast<int>(n * 1000 / static_cast<size_t>(lie.endless_bytes_per_s));
+    pollfd p{fd, POLLRDHUP, 0};
+    return !stop_.load() &&
+           !(poll(&p, 1, std::max(1, ms)) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)));
+  };
+  if (lie.endless_headers) {
+    for (uint64_t i = 0;; ++i) {
+      std::string line = "X-Filler-" + std::to_string(i) + ": " + std::string(40, 'x') + "\r\n";
+      if (!SendAll(fd, line.data(), line.size()) || !pace(line.size())) return false;
+    }
+  }
+  if (!SendAll(fd, "\r\n", 2)) return false;
+  if (head_only) return !lie.close && !lie.close_delimited;
+  const uint64_t n = std::min<uint64_t>(lie.body.size(), lie.send_at_most);
+  size_t sent = 0;
+  bool first = true;
+  const size_t max_piece =
+      lie.body_bytes_per_s > 0 ? std::max(1, lie.body_bytes_per_s / 10) : 64 * 1024;
+  while (sent < n) {
+    size_t piece = std::min<size_t>(n - sent, max_piece);
+    if (lie.body_bytes_per_s > 0 && sent > 0) {
+      pollfd p{fd, POLLRDHUP, 0};
+      if (stop_.load() || (poll(&p, 1, 100) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR))))
+        return false;
+    }
+    if (lie.chunked) {
+      char size_line[32];
+      std::snprintf(size_line, sizeof size_line, "%zx", piece);
+      std::string line = (first && !lie.first_chunk_size.empty() ? lie.first_chunk_size
+                                                                  : std::string(size_line)) +
+                         "\r\n";
+      if (!SendAll(fd, line.data(), line.size())) return false;
+    }
+    first = false;
+    if (!SendAll(fd, lie.body.data() + sent, piece)) return false;
+    if (lie.chunked && !SendAll(fd, "\r\n", 2)) return false;
+    sent += piece;
+    body_bytes_sent_.fetch_add(piece);
+  }
+  if (n < lie.body.size()) return false;  // cut short: close cleanly
+  if (lie.endless) {
+    const std::string filler(lie.endless_bytes_per_s > 0
+                                 ? std::max<size_t>(1, static_cast<size_t>(lie.endless_bytes_per_s) / 10)
+                                 : 64 * 1024,
+                             'x');
+    std::string piece = filler;
+    if (lie.chunked) {
+      char size_line[32];
+      std::snprintf(size_line, sizeof size_line, "%zx\r\n", filler.size());
+      piece = size_line + filler + "\r\n";
+    }
+    while (SendAll(fd, piece.data(), piece.size()) && pace(filler.size())) {
+      body_bytes_sent_.fetch_add(filler.size());
+    }
+    return false;
+  }
+  if (lie.chunked && !SendAll(fd, "0\r\n\r\n", 5)) return false;
+  return !lie.close && !lie.close_delimited;
+}
+
+void FaultServer::SetLiar(std::function<void(const RecordedRequest&, LieResponse&)> liar) {
+  std::lock_guard<std::mutex> lock(mu_);
+  liar_ = std::move(liar);
 }
 
 void FaultServer::AddResource(const std::string& path, std::string body, std::string content_type,

@@ -6,6 +6,11 @@
 // redirects and redirect loops. It counts open connections (and the peak),
 // connections accepted and requests served.
 //
+// A liar (SetLiar) may rewrite any answer after it was decided: status,
+// headers, body, and how the body is framed (a lying Content-Length, chunked
+// with lying chunk sizes, close-delimited, cut short, or never ending), so a
+// test can serve a registry that lies about what it serves.
+//
 // Binds 127.0.0.1 port 0; one thread per connection. Stop() (or the
 // destructor) ends every thread and closes every fd it opened; a stalled
 // response ends at Stop() or when the client hangs up.
@@ -69,6 +74,31 @@ struct RecordedRequest {
   std::string Header(const std::string& name) const;
 };
 
+// An answer as the liar may rewrite it. The server fills status, headers
+// (without Content-Length / Transfer-Encoding) and body with the honest
+// answer (a 206 carries just the range's bytes), then sends what the liar
+// left.
+struct LieResponse {
+  int status = 200;
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::string body;
+  // The Content-Length sent; nullopt = body.size(). Ignored when chunked or
+  // close_delimited.
+  std::optional<uint64_t> content_length;
+  bool chunked = false;          // Transfer-Encoding: chunked, one chunk per 64 KiB
+  std::string first_chunk_size;  // chunked: this hex size line for the first chunk
+  bool close_delimited = false;  // no length at all: the body ends when the server closes
+  uint64_t send_at_most = UINT64_MAX;  // body bytes sent before a clean close
+  int body_bytes_per_s = 0;            // > 0: the body itself drips at this rate
+  // After the body, send filler ('x') until the client hangs up or Stop():
+  // at endless_bytes_per_s when > 0, else as fast as it goes. In the headers
+  // instead (an endless header section, one line at a time) when endless_headers.
+  bool endless = false;
+  bool endless_headers = false;
+  int endless_bytes_per_s = 0;
+  bool close = false;  // close the connection after the answer
+};
+
 class FaultServer {
  public:
   FaultServer();
@@ -91,6 +121,9 @@ class FaultServer {
   void AddFault(const std::string& path, Fault fault, int count = 1);
   // Consulted for requests without a queued fault; must be thread-safe.
   void SetFaultPicker(std::function<Fault(const RecordedRequest&)> picker);
+  // Called for every answer (token endpoint and errors included, HEAD too),
+  // after faults applied; must be thread-safe. Empty: answers stay honest.
+  void SetLiar(std::function<void(const RecordedRequest&, LieResponse&)> liar);
 
   // Registry auth emulation. With bearer on, every path but /token needs
   // "Authorization: Bearer <token>" from GET /token; tokens are valid for
@@ -134,6 +167,8 @@ class FaultServer {
   bool WaitStall(int fd, std::chrono::milliseconds d);
   // Sends `len` bytes at about `bytes_per_s`; false when the client hung up.
   bool Drip(int fd, const char* data, size_t len, int bytes_per_s);
+  // Sends `lie` as told (see LieResponse); false when the connection must close.
+  bool SendLie(int fd, bool head_only, LieResponse& lie);
   std::string RealmLocked() const;  // the Bearer realm; mu_ held
 
   int listen_fd_ = -1;
@@ -149,6 +184,7 @@ class FaultServer {
   std::map<std::string, Resource> resources_;                        // guarded by mu_
   std::map<std::string, std::deque<std::pair<Fault, int>>> faults_;  // guarded by mu_
   std::function<Fault(const RecordedRequest&)> picker_;              // guarded by mu_
+  std::function<void(const RecordedRequest&, LieResponse&)> liar_;   // guarded by mu_
   std::optional<std::pair<int, std::chrono::milliseconds>> bearer_;  // guarded by mu_
   std::string token_basic_, basic_;  // guarded by mu_; expected header values
   std::map<std::string, std::chrono::steady_clock::time_point> tokens_;  // guarded by mu_
