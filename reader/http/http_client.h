@@ -11,7 +11,10 @@
 // the wait for a pooled connection included), and writes the body into a
 // caller-provided buffer with a hard cap: a body that would exceed it, or a
 // 200 answering a ranged request (unless allowed), aborts the transfer
-// instead of buffering it.
+// instead of buffering it. An answer to a ranged request must state its
+// length in Content-Length (no Transfer-Encoding, not delimited by the
+// close): a chunked body's lying chunk sizes would hand its framing on as
+// bytes of the blob.
 //
 // Failures: every (CURLcode, HTTP status) pair maps to a Status in one
 // function, StatusFromHttp(). Transient = worth retrying (reset, timeout, 408,

@@ -169,7 +169,8 @@ Status CheckRedirect(std::string_view from_url, std::string_view to_url);
 // Fetches ref's manifest (Accepting OCI index/manifest and Docker list/schema
 // 2); for an index picks `platform` (default HostPlatform()), skipping entries
 // of unknown media types, and fetches that manifest; then fetches and verifies
-// the config. NotFound (listing what is on offer) when no entry matches.
+// the config. NotFound (listing what is on offer) when no entry matches;
+// Corrupt when the config's diff_ids do not pair with the manifest's layers.
 Result<ResolvedImage> ResolveImage(RegistryClient& client, const Reference& ref,
                                    const std::optional<Platform>& platform = std::nullopt);
 

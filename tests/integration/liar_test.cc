@@ -28,6 +28,7 @@
 #include <cstdlib>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <ostream>
 #include <span>
 #include <string>
 #include <thread>
@@ -483,6 +484,8 @@ struct DataLie {
   bool bytes_only = false;
 };
 
+void PrintTo(const DataLie& d, std::ostream* os) { *os << d.name; }
+
 class DataLieTest : public LiarTest, public ::testing::WithParamInterface<DataLie> {};
 
 TEST_P(DataLieTest, ReadsGiveTrueBytesOrEio) {
@@ -521,6 +524,22 @@ TEST_P(DataLieTest, ReadsGiveTrueBytesOrEio) {
     Read big = ReadRange(mnt_ + "/layers/0/big", 0, 3 << 20);
     ExpectTrueOrEio(big, Bytes(11, 3 << 20), 0, 3 << 20, c.must_fail);
     EXPECT_LE(server_.open_connections(), 9) << "connections grow";
+  }
+  // The daemon says why, naming the blob (a line an operator can find).
+  std::string log = DaemonLog(), line;
+  for (size_t at = log.find(victim_); at != std::string::npos; at = log.find(victim_, at + 1)) {
+    size_t from = log.rfind('\n', at);
+    from = from == std::string::npos ? 0 : from + 1;
+    std::string l = log.substr(from, log.find('\n', at) - from);
+    if (l.find("W ") != std::string::npos || l.find("E ") != std::string::npos ||
+        l.find("rror") != std::string::npos || l.find(": ") != std::string::npos) {
+      line = l;
+      break;
+    }
+  }
+  std::printf("[ daemon log ] %s\n", line.substr(0, 400).c_str());
+  if (c.must_fail) {
+    EXPECT_FALSE(line.empty()) << "no log line names " << victim_ << ":\n" << log;
   }
   ExpectAliveAndServing(pid);
   Umount();
