@@ -313,6 +313,12 @@ int RegfsMain(int argc, char** argv) {
   store->add_flag("--index-on-pull", so.index_on_pull,
                   "index layers in the background from `podman pull` on (the pull then makes "
                   "the store fetch whole layers; by default a layer is fetched when first used)");
+  store
+      ->add_option("--idle-timeout", common.idle_timeout_s,
+                   "seconds after which a layer nothing uses (no open file, no container "
+                   "on it) is released from memory: its tree, index, reader and registry "
+                   "client; looked up again, it is made again from the cache (0: never)")
+      ->check(CLI::NonNegativeNumber);
   // The store resolves whatever reference podman asks for, with the
   // machine's credentials: this narrows it to the registries meant.
   store

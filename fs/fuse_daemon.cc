@@ -214,6 +214,12 @@ void OpInit(void* userdata, fuse_conn_info* conn) {
   conn->max_readahead = std::max(conn->max_readahead, 1u << 20);
 }
 
+// Taken shared while a reply hands out inode numbers (KernelRefs).
+std::shared_lock<std::shared_mutex> HandOut(Impl* self) {
+  if (!self->opts.refs) return {};
+  return std::shared_lock(self->opts.refs->HandOutLock());
+}
+
 void OpLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   Guard(req, "lookup", [&] {
     Impl* self = Self(req);
@@ -225,52 +231,77 @@ void OpLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
     std::memset(&e, 0, sizeof e);
     e.attr_timeout = self->opts.timeout_s;
     e.entry_timeout = self->opts.timeout_s;
-    Result<Ino> ino = self->tree->Lookup(parent, name);
-    if (!ino.ok() && ino.status().code() == Code::kNotFound && !Trusted(self, req)) {
-      // The content would resolve the name (a store: over the network). An
-      // untrusted caller gets ENOENT, which the kernel must not remember
-      // for the trusted callers after it.
-      e.entry_timeout = 0;
-    } else if (!ino.ok() && ino.status().code() == Code::kNotFound) {
-      bool cache_negative = true;
-      Status miss = self->content->LookupMiss(parent, name, &cache_negative);
-      if (miss.ok()) {
-        ino = self->tree->Lookup(parent, name);
-      } else if (miss.code() != Code::kNotFound) {
-        ReplyStatus(req, miss, "F18 lookup miss");
+    // A content that frees inodes may free this name between the lookup and
+    // the reply: then it is looked up (and made) again, a few times at most.
+    for (int attempt = 0;; ++attempt) {
+      Result<Ino> ino = self->tree->Lookup(parent, name);
+      if (!ino.ok() && ino.status().code() == Code::kNotFound && !Trusted(self, req)) {
+        // The content would resolve the name (a store: over the network). An
+        // untrusted caller gets ENOENT, which the kernel must not remember
+        // for the trusted callers after it.
+        e.entry_timeout = 0;
+      } else if (!ino.ok() && ino.status().code() == Code::kNotFound) {
+        bool cache_negative = true;
+        Status miss = self->content->LookupMiss(parent, name, &cache_negative);
+        if (miss.ok()) {
+          ino = self->tree->Lookup(parent, name);
+        } else if (miss.code() != Code::kNotFound) {
+          ReplyStatus(req, miss, "F18 lookup miss");
+          return;
+        }
+        if (!cache_negative) e.entry_timeout = 0;
+      }
+      if (!ino.ok()) {
+        if (ino.status().code() == Code::kNotFound) {
+          fuse_reply_entry(req, &e);  // ino 0: a negative entry the kernel caches
+        } else {
+          ReplyStatus(req, ino.status(), "F04 lookup");
+        }
         return;
       }
-      if (!cache_negative) e.entry_timeout = 0;
-    }
-    if (!ino.ok()) {
-      if (ino.status().code() == Code::kNotFound) {
-        fuse_reply_entry(req, &e);  // ino 0: a negative entry the kernel caches
-      } else {
-        ReplyStatus(req, ino.status(), "F04 lookup");
+      std::shared_lock handout = HandOut(self);
+      if (self->opts.refs) {
+        Result<Ino> again = self->tree->Lookup(parent, name);
+        if (!again.ok() || *again != *ino) {
+          if (attempt < 3) continue;
+          ReplyStatus(req, Status::Transient("entry freed while looked up"), "F19 lookup");
+          return;
+        }
       }
+      Result<Node> node = GetNode(self, *ino);
+      if (!node.ok()) {
+        ReplyStatus(req, node.status(), "F05 lookup get");
+        return;
+      }
+      e.ino = *ino;
+      e.generation = node->generation;
+      FillStat(*ino, node->attr, &e.attr);
+      // A directory still to be filled (a layer being indexed) changes its
+      // attributes when it is: the kernel must not keep them.
+      if (node->pending_id) e.attr_timeout = 0;
+      if (self->opts.refs) self->opts.refs->Add(*ino);
+      if (handout.owns_lock()) handout.unlock();
+      // A reply the kernel no longer waits for (the caller was killed) gives
+      // it no reference.
+      if (fuse_reply_entry(req, &e) != 0 && self->opts.refs) self->opts.refs->Forget(*ino, 1);
       return;
     }
-    Result<Node> node = GetNode(self, *ino);
-    if (!node.ok()) {
-      ReplyStatus(req, node.status(), "F05 lookup get");
-      return;
-    }
-    e.ino = *ino;
-    e.generation = 1;
-    FillStat(*ino, node->attr, &e.attr);
-    // A directory still to be filled (a layer being indexed) changes its
-    // attributes when it is: the kernel must not keep them.
-    if (node->pending_id) e.attr_timeout = 0;
-    fuse_reply_entry(req, &e);
   });
 }
 
-void OpForget(fuse_req_t req, fuse_ino_t, uint64_t) {
-  // Inodes live as long as the mount: nothing to release.
+void OpForget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
+  Impl* self = Self(req);
+  if (self->opts.refs) self->opts.refs->Forget(ino, nlookup);
   fuse_reply_none(req);
 }
 
-void OpForgetMulti(fuse_req_t req, size_t, fuse_forget_data*) { fuse_reply_none(req); }
+void OpForgetMulti(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
+  Impl* self = Self(req);
+  if (self->opts.refs) {
+    for (size_t i = 0; i < count; ++i) self->opts.refs->Forget(forgets[i].ino, forgets[i].nlookup);
+  }
+  fuse_reply_none(req);
+}
 
 void OpGetattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
   Guard(req, "getattr", [&] {
@@ -338,6 +369,10 @@ void DoReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus
     }
     std::vector<char> buf(size);
     size_t pos = 0;
+    // Entries of a readdirplus reply are lookups the kernel counts.
+    std::shared_lock<std::shared_mutex> handout;
+    if (plus) handout = HandOut(self);
+    KernelRefs* refs = plus ? self->opts.refs : nullptr;
     Status s = self->tree->ReadDir(
         ino, static_cast<uint64_t>(off), [&](const DirEntry& de, uint64_t next) {
           size_t n;
@@ -349,7 +384,7 @@ void DoReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus
               Result<Node> node = self->tree->Get(de.ino);
               if (!node.ok()) return true;  // vanished: cannot happen, skip
               e.ino = de.ino;
-              e.generation = 1;
+              e.generation = node->generation;
               e.attr_timeout = node->pending_id ? 0 : self->opts.timeout_s;
               e.entry_timeout = self->opts.timeout_s;
               FillStat(de.ino, node->attr, &e.attr);
@@ -369,6 +404,7 @@ void DoReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus
           }
           if (n > size - pos) return false;
           pos += n;
+          if (refs && de.name != "." && de.name != "..") refs->Add(de.ino);
           return true;
         });
     if (!s.ok()) {
@@ -695,6 +731,38 @@ void WriteReadAhead(const std::string& path, unsigned kib) {
 }
 
 }  // namespace
+
+void KernelRefs::Add(Ino ino, uint64_t n) {
+  std::lock_guard lock(mu_);
+  counts_[ino] += n;
+}
+
+void KernelRefs::Forget(Ino ino, uint64_t n) {
+  std::lock_guard lock(mu_);
+  auto it = counts_.find(ino);
+  if (it == counts_.end()) return;
+  if (it->second <= n) {
+    counts_.erase(it);
+  } else {
+    it->second -= n;
+  }
+}
+
+bool KernelRefs::Known(Ino ino) const {
+  std::lock_guard lock(mu_);
+  return counts_.count(ino) != 0;
+}
+
+size_t KernelRefs::Size() const {
+  std::lock_guard lock(mu_);
+  return counts_.size();
+}
+
+bool FuseDaemon::InvalidateEntry(Ino parent, std::string_view name) {
+  std::lock_guard lock(impl_->mount_mu);
+  if (!impl_->mounted || !impl_->se) return false;
+  return fuse_lowlevel_notify_inval_entry(impl_->se.get(), parent, name.data(), name.size()) == 0;
+}
 
 FuseDaemon::FuseDaemon(Tree* tree, FsContent* content, FuseOptions opts)
     : impl_(std::make_unique<Impl>()) {

@@ -15,6 +15,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <span>
 #include <string>
 #include <string_view>
@@ -51,6 +52,28 @@ class FsContent {
   // directory `name`: the errno to answer. The tree never changes by these.
   virtual int CreateErrno(Ino /*parent*/, std::string_view /*name*/) { return EROFS; }
   virtual int RmdirErrno(Ino /*parent*/, std::string_view /*name*/) { return EROFS; }
+};
+
+// The kernel's references to inodes (FUSE's lookup counts): every entry a
+// reply hands out (lookup, readdirplus) is one, forget drops them. An open
+// file or a cwd keeps its inode referenced, and so does a dentry the kernel
+// caches (which pins its parents'). A content that frees inodes (the store's
+// idle layers, Tree::RemoveSubtree) frees only those with no reference, and
+// holds HandOutLock exclusively meanwhile: replies hold it shared from the
+// tree lookup until the count is taken, so no inode is handed out between
+// the check and the free.
+class KernelRefs {
+ public:
+  void Add(Ino ino, uint64_t n = 1);
+  void Forget(Ino ino, uint64_t n);
+  bool Known(Ino ino) const;
+  size_t Size() const;  // inodes with a reference
+  std::shared_mutex& HandOutLock() { return handout_mu_; }
+
+ private:
+  std::shared_mutex handout_mu_;
+  mutable std::mutex mu_;  // guards counts_; taken inside the tree's lock by Known
+  std::unordered_map<Ino, uint64_t> counts_;
 };
 
 struct FuseOptions {
@@ -94,6 +117,9 @@ struct FuseOptions {
   // a loop thread, with the session's fd and the INIT request: what a
   // holder keeps for a successor. May be empty.
   std::function<void(int fd, const std::string& init)> on_init;
+  // When set, lookup counts are kept there (and forgets applied), for a
+  // content that frees inodes. Must outlive the daemon.
+  KernelRefs* refs = nullptr;
 };
 
 class FuseDaemon {
@@ -113,6 +139,11 @@ class FuseDaemon {
   void Exit();
   // Unmounts (idempotent).
   void Unmount();
+  // Asks the kernel to drop its dentry of `name` in `parent` and the unused
+  // ones below it (their inodes are forgotten; entries in use stay). Not
+  // from a request handler (the kernel takes the parent's lock). Best
+  // effort: false when the kernel did not know the name.
+  bool InvalidateEntry(Ino parent, std::string_view name);
 
   // Called by the C callbacks.
   struct Impl;

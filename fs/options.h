@@ -34,6 +34,9 @@ struct CommonOptions {
   // --allow-registry (store): the only registries ("host[:port]") whose
   // images may be resolved; empty = any. See RegistryAllowed.
   std::vector<std::string> allow_registries;
+  // --idle-timeout (store): a layer unused this long, and held by nothing
+  // in the kernel, is released (its tree, index, reader, client); 0 = never.
+  double idle_timeout_s = 600;
 };
 
 // Whether images of `registry_host` ("host[:port]", as in Reference::registry)

@@ -3,6 +3,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <malloc.h>
+
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <nlohmann/json.hpp>
@@ -38,18 +41,39 @@ Node DirNode() {
 
 }  // namespace
 
+class LayerStore::ReadAheadSource : public BlobSource {
+ public:
+  explicit ReadAheadSource(const LayerStore* store) : store_(store) {}
+  Status ReadAt(const BlobDescriptor& blob, uint64_t offset, std::span<uint8_t> out) override {
+    std::shared_ptr<Repo> repo = store_->RepoOf(blob.digest);
+    if (!repo) return Status::NotFound("layer released");
+    return repo->cached->ReadAt(blob, offset, out);
+  }
+  Status Prefetch(const BlobDescriptor& blob, uint64_t offset, uint64_t len) override {
+    std::shared_ptr<Repo> repo = store_->RepoOf(blob.digest);
+    if (!repo) return Status::NotFound("layer released");
+    return repo->cached->Prefetch(blob, offset, len);
+  }
+
+ private:
+  const LayerStore* store_;
+};
+
 LayerStore::LayerStore(ChunkCache* cache, CommonOptions common, IndexStore index_store,
                        bool index_on_pull)
     : cache_(cache),
       common_(std::move(common)),
       index_store_(std::move(index_store)),
-      index_on_pull_(index_on_pull) {
+      index_on_pull_(index_on_pull),
+      idle_timeout_(std::chrono::duration_cast<Clock::duration>(
+          std::chrono::duration<double>(std::max(0.0, common_.idle_timeout_s)))) {
   tree_.SetTimesAndOwner(kRootIno, 0, 0, 0);
   tree_.Update(kRootIno, [](Node& n) { n.attr.mode = S_IFDIR | 0755; });
   Ino meta = tree_.AddDir(kRootIno, ".regfs");
   status_file_ = tree_.AddChild(meta, "status.json", FileNode(ContentKind::kDynamic, kStatusId, 0));
   layers_dir_ = tree_.AddDir(kRootIno, std::string(kLayersDir), 0755);
 
+  read_ahead_source_ = std::make_unique<ReadAheadSource>(this);
   ImageFsOptions defaults;
   prefetcher_ = std::make_unique<Prefetcher>(nullptr, defaults.readahead_threads,
                                              defaults.readahead_job, defaults.readahead_request,
@@ -59,8 +83,8 @@ LayerStore::LayerStore(ChunkCache* cache, CommonOptions common, IndexStore index
   // podman looks up an image's layers together, and each build mostly
   // waits for the registry.
   lo.threads = 4;
-  lo.read_ahead = [p = prefetcher_.get()](BlobSource* src, const BlobDescriptor& b,
-                                          uint64_t off, uint64_t len) {
+  lo.read_ahead = [p = prefetcher_.get(), src = read_ahead_source_.get()](
+                      BlobSource*, const BlobDescriptor& b, uint64_t off, uint64_t len) {
     p->Enqueue(b, off, len, src);
   };
   lo.make_cached = [cache](BlobSource* upstream) -> std::unique_ptr<BlobSource> {
@@ -70,90 +94,299 @@ LayerStore::LayerStore(ChunkCache* cache, CommonOptions common, IndexStore index
 }
 
 LayerStore::~LayerStore() {
-  Stop();
+  JoinReaper();
+  // Layer handles go first, then the builds that may still hold them
+  // (LayerSet joins its workers) and the read-ahead jobs, and only then the
+  // repositories they read through.
+  std::vector<std::shared_ptr<Repo>> repos;
   {
     std::lock_guard lock(mu_);
-    layers_.clear();
+    for (auto& [id, l] : live_) repos.push_back(std::move(l.repo));
+    for (auto& [digest, r] : retired_) repos.push_back(std::move(r.repo));
+    live_.clear();
+    retired_.clear();
   }
   layer_set_.reset();
   prefetcher_.reset();
+  repos.clear();
+}
+
+void LayerStore::AttachKernel(KernelRefs* refs,
+                              std::function<bool(Ino, std::string_view)> invalidate) {
+  refs_ = refs;
+  invalidate_ = std::move(invalidate);
+}
+
+void LayerStore::StartReaper() {
+  if (idle_timeout_ <= Clock::duration::zero() || !refs_ || reaper_.joinable()) return;
+  reaper_ = std::thread([this] { ReaperLoop(); });
+}
+
+void LayerStore::ReaperLoop() {
+  // A few passes per idle period: a layer goes at most a quarter of the
+  // timeout late.
+  auto tick = std::clamp<Clock::duration>(idle_timeout_ / 4, std::chrono::milliseconds(50),
+                                          std::chrono::seconds(30));
+  std::unique_lock lock(reaper_mu_);
+  while (!reaper_stop_) {
+    reaper_cv_.wait_for(lock, tick, [this] { return reaper_stop_; });
+    if (reaper_stop_) break;
+    lock.unlock();
+    ReleaseIdle(Clock::now());
+    lock.lock();
+  }
 }
 
 void LayerStore::Stop() {
   stopping_ = true;
   layer_set_->Cancel();
+  {
+    std::lock_guard lock(reaper_mu_);
+    reaper_stop_ = true;
+  }
+  reaper_cv_.notify_all();
+}
+
+void LayerStore::JoinReaper() {
+  Stop();
+  std::call_once(reaper_joined_, [this] {
+    if (reaper_.joinable()) reaper_.join();
+  });
+}
+
+size_t LayerStore::ReleaseIdle(Clock::time_point now) {
+  if (!refs_ || idle_timeout_ <= Clock::duration::zero()) return 0;
+  std::vector<std::string> idle;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [id, l] : live_) {
+      if (l.busy == 0 && now - l.last_used >= idle_timeout_) idle.push_back(l.digest);
+    }
+  }
+  if (idle.empty()) return 0;
+  std::vector<StoreLayer> gone;  // destroyed after the locks are let go
+  // Idle layers the kernel still holds something of: (directory, digest).
+  std::vector<std::pair<Ino, std::string>> held;
+  {
+    std::unique_lock handout(refs_->HandOutLock());
+    std::lock_guard add(add_mu_);
+    std::lock_guard lock(mu_);
+    for (const std::string& digest : idle) {
+      KnownLayer& k = known_[digest];
+      auto it = live_.find(k.id);
+      if (it == live_.end()) continue;
+      StoreLayer& l = it->second;
+      // Looked at meanwhile, or held by a build or a read in progress.
+      if (l.busy != 0 || now - l.last_used < idle_timeout_ || l.layer.use_count() > 1) continue;
+      // Whatever the kernel holds below pins the layer's directory (a
+      // dentry pins its parent's): checking that first spares a walk of a
+      // big tree, under this lock, at every pass while a container runs.
+      bool pinned = refs_->Known(l.dir) || refs_->Known(l.diff);
+      std::optional<size_t> freed;
+      if (!pinned) {
+        auto known = [this](Ino ino) { return refs_->Known(ino); };
+        // Its TOC-digest directories (links into it) first: one the kernel
+        // holds keeps the layer.
+        for (auto n = l.toc_names.begin(); n != l.toc_names.end();) {
+          Result<Ino> toc_dir = tree_.Lookup(layers_dir_, *n);
+          if (toc_dir.ok() && !tree_.RemoveSubtree(layers_dir_, *n, known)) break;
+          if (toc_dir.ok()) layer_dirs_.erase(*toc_dir);
+          n = l.toc_names.erase(n);
+        }
+        if (l.toc_names.empty()) freed = tree_.RemoveSubtree(layers_dir_, digest, known);
+      }
+      if (!freed) {
+        if (now - l.invalidated >= idle_timeout_) {
+          l.invalidated = now;
+          held.emplace_back(l.dir, digest);
+          for (const std::string& n : l.toc_names) {
+            if (Result<Ino> d = tree_.Lookup(layers_dir_, n); d.ok()) held.emplace_back(*d, n);
+          }
+        }
+        continue;
+      }
+      layer_dirs_.erase(l.dir);
+      retired_[digest] = Retired{l.layer, l.repo};
+      k.id = kNoId;
+      ++k.released;
+      ++counters_.released;
+      gone.push_back(std::move(l));
+      live_.erase(it);
+    }
+  }
+  size_t released = gone.size();
+  gone.clear();  // the Layers (index, reader, decoders) go here
+  // Repositories no released layer's handle needs any more.
+  std::vector<std::shared_ptr<Repo>> repos;
+  {
+    std::lock_guard lock(mu_);
+    for (auto it = retired_.begin(); it != retired_.end();) {
+      if (it->second.layer.expired()) {
+        repos.push_back(std::move(it->second.repo));
+        it = retired_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  repos.clear();  // registry clients nothing uses go here
+  {
+    std::lock_guard lock(repos_mu_);
+    for (auto it = repos_.begin(); it != repos_.end();) {
+      it = it->second.expired() ? repos_.erase(it) : std::next(it);
+    }
+  }
+  // The kernel keeps every dentry it was given for a day (the entry
+  // timeout): ask it to drop those of idle layers, so that it forgets the
+  // inodes nothing uses; a later pass releases the layer. Entries in use
+  // (an open file, a cwd, an overlay lowerdir) stay, and so does the layer.
+  // The layer's own name, and every name below it the kernel holds: once
+  // the kernel dropped a name while something below it was in use, what it
+  // caches below hangs off an unnamed dentry that no lookup of that name
+  // reaches, only its children's names do. (Only this thread removes
+  // layers, so the directories stay valid without the locks.)
+  if (invalidate_) {
+    for (const auto& [dir, digest] : held) {
+      std::vector<std::pair<Ino, std::string>> names{{layers_dir_, digest}};
+      tree_.ForEachBelow(dir, [&](Ino parent, std::string_view name, Ino ino) {
+        if (refs_->Known(ino)) names.emplace_back(parent, std::string(name));
+      });
+      for (const auto& [parent, name] : names) invalidate_(parent, name);
+    }
+  }
+  if (released > 0) {
+    malloc_trim(0);  // give the freed heap back, so RSS shows it
+    LOG_INFO("store: released " + std::to_string(released) + " idle layer(s)");
+  }
+  return released;
 }
 
 StoreCounters LayerStore::Counters() const {
   std::lock_guard lock(mu_);
   StoreCounters c = counters_;
   c.indexed = 0;
-  for (const StoreLayer& l : layers_) c.indexed += tree_.PendingId(l.diff) == 0;
+  c.live = live_.size();
+  for (const auto& [id, l] : live_) c.indexed += tree_.PendingId(l.diff) == 0;
   return c;
 }
 
 std::string LayerStore::StatusJson() const {
+  size_t clients = 0;
+  {
+    std::lock_guard lock(repos_mu_);
+    for (const auto& [key, w] : repos_) clients += !w.expired();
+  }
   std::lock_guard lock(mu_);
   nlohmann::json j;
+  j["registryClients"] = clients;
   j["pid"] = getpid();
   j["images"] = counters_.images;
   j["uses"] = counters_.uses;
   j["releases"] = counters_.releases;
   uint64_t indexed = 0;
   j["layers"] = nlohmann::json::array();
-  for (const StoreLayer& l : layers_) {
-    LayerIndexStatus st = l.layer->Snapshot();
-    bool filled = tree_.PendingId(l.diff) == 0;
-    indexed += filled;
-    nlohmann::json lj = {{"digest", l.layer->blob().digest},
-                         {"diffID", l.layer->diff_id()},
-                         {"state", st.state},
-                         {"treeFilled", filled},
-                         {"queued", l.queued},
-                         {"uses", l.uses},
-                         {"releases", l.releases}};
-    if (!st.error.empty()) lj["error"] = st.error;
-    if (!st.toc.empty()) lj["toc"] = st.toc;
-    if (!st.toc_error.empty()) lj["tocError"] = st.toc_error;
+  for (const std::string& digest : known_order_) {
+    const KnownLayer& k = known_.at(digest);
+    auto it = live_.find(k.id);
+    nlohmann::json lj = {{"digest", digest},
+                         {"diffID", k.diff_id},
+                         {"uses", k.uses},
+                         {"releases", k.releases},
+                         {"released", k.released},
+                         {"live", it != live_.end()}};
+    if (it == live_.end()) {
+      lj["state"] = "released";
+      lj["treeFilled"] = false;
+      lj["queued"] = false;
+    } else {
+      const StoreLayer& l = it->second;
+      LayerIndexStatus st = l.layer->Snapshot();
+      bool filled = tree_.PendingId(l.diff) == 0;
+      indexed += filled;
+      lj["state"] = st.state;
+      lj["treeFilled"] = filled;
+      lj["queued"] = l.queued;
+      if (!st.error.empty()) lj["error"] = st.error;
+      if (!st.toc.empty()) lj["toc"] = st.toc;
+      if (!st.toc_error.empty()) lj["tocError"] = st.toc_error;
+    }
     j["layers"].push_back(lj);
   }
   j["indexedLayers"] = indexed;
+  j["liveLayers"] = live_.size();
+  j["releasedLayers"] = counters_.released;
+  j["idleTimeout"] = std::chrono::duration<double>(idle_timeout_).count();
   j["liveLayerHandles"] = layer_set_->LiveCount();
   j["treeNodes"] = tree_.Count();
   j["treeBytes"] = tree_.MemoryBytes();
+  if (refs_) j["kernelInodes"] = refs_->Size();
   return j.dump(2) + "\n";
 }
 
 Status LayerStore::LookupMiss(Ino parent, std::string_view name, bool* cache_negative) {
-  if (parent == layers_dir_) {
-    // A TOC whose check failed may pass later (a registry blip): no
-    // negative entry.
-    *cache_negative = false;
-    return LookupToc(name);
+  if (parent == kRootIno) return AddImage(name, cache_negative);
+  if (parent != layers_dir_) return Status::NotFound("no such entry");
+  // A TOC whose check failed may pass later (a registry blip), and a
+  // released layer comes back: no negative entry.
+  *cache_negative = false;
+  bool is_layer;
+  {
+    std::lock_guard lock(mu_);
+    is_layer = known_.count(std::string(name)) != 0;
   }
-  if (parent != kRootIno) return Status::NotFound("no such entry");
-  return AddImage(name, cache_negative);
+  return is_layer ? AddKnownLayer(name) : LookupToc(name);
+}
+
+Result<std::shared_ptr<LayerStore::Repo>> LayerStore::GetRepo(const Reference& ref) {
+  std::string key = ref.registry + "/" + ref.repository;
+  std::lock_guard lock(repos_mu_);
+  if (std::shared_ptr<Repo> r = repos_[key].lock()) return r;
+  Result<RegistryClientOptions> co = MakeClientOptions(common_, ref.registry);
+  if (!co.ok()) return co.status();
+  co->cancel = &stopping_;
+  ASSIGN_OR_RETURN(std::unique_ptr<RegistryClient> client, RegistryClient::Create(ref, *co));
+  auto repo = std::make_shared<Repo>();
+  repo->client = std::move(client);
+  repo->cached = std::make_unique<CachedBlobSource>(cache_, repo->client.get(), DaemonCacheOptions());
+  repos_[key] = repo;
+  repo_refs_[key] = ref;
+  return repo;
 }
 
 Status LayerStore::LookupToc(std::string_view name) {
-  std::shared_ptr<Layer> layer;
-  size_t id = 0;
+  std::string digest;
   {
     std::lock_guard lock(mu_);
-    for (size_t i = 0; i < layers_.size(); ++i) {
-      const std::shared_ptr<Layer>& l = layers_[i].layer;
-      if (l->toc() && l->toc()->toc_digest == name) {
-        layer = l;
-        id = i;
+    for (const auto& [d, k] : known_) {
+      if (!k.toc_digest.empty() && k.toc_digest == name) {
+        digest = d;
         break;
       }
     }
   }
-  if (!layer) return Status::NotFound("no layer has this TOC");
+  if (digest.empty()) return Status::NotFound("no layer has this TOC");
+  // A released layer is made again first (from the cache, no request).
+  RETURN_IF_ERROR(AddKnownLayer(digest));
+  std::shared_ptr<Layer> layer;
+  uint32_t id = kNoId;
+  {
+    std::lock_guard lock(mu_);
+    id = known_.at(digest).id;
+    auto it = live_.find(id);
+    if (it == live_.end()) return Status::NotFound("layer released meanwhile");
+    it->second.busy++;  // not released while its TOC is checked
+    it->second.last_used = Clock::now();
+    layer = it->second.layer;
+  }
+  auto done = [&] {
+    std::lock_guard lock(mu_);
+    if (auto it = live_.find(id); it != live_.end()) --it->second.busy;
+  };
   // Only a layer served from this TOC answers to it: when the TOC is
   // missing, corrupt or does not match, the lookup fails and podman pulls
   // the layer itself.
   if (Status s = layer->EnsureReadyFromToc(); !s.ok()) {
+    done();
     LOG_WARN("store: layer " + layer->blob().digest + ": not offering it by TOC digest " +
              std::string(name) + ": " + s.ToString());
     return Status::NotFound("TOC not usable");
@@ -161,7 +394,8 @@ Status LayerStore::LookupToc(std::string_view name) {
   // A directory of its own (containers/storage creates `use` in it and
   // rmdirs it, which a symlink would answer ENOTDIR to), whose entries lead
   // to the layer's one directory: one tree, one reader.
-  std::lock_guard resolve_lock(resolve_mu_);
+  std::lock_guard add(add_mu_);
+  done();
   if (tree_.Lookup(layers_dir_, name).ok()) return Status::Ok();
   Ino dir = tree_.AddChild(layers_dir_, std::string(name), DirNode());
   for (const char* f : {"diff", "info", "blob"}) {
@@ -172,6 +406,10 @@ Status LayerStore::LookupToc(std::string_view name) {
     tree_.AddChild(dir, f, std::move(link));
   }
   std::lock_guard lock(mu_);
+  auto it = live_.find(id);
+  if (it == live_.end()) return Status::NotFound("layer released meanwhile");
+  it->second.toc_names.emplace_back(name);
+  it->second.last_used = Clock::now();
   layer_dirs_[dir] = id;
   return Status::Ok();
 }
@@ -188,20 +426,10 @@ Status LayerStore::AddImage(std::string_view name, bool* cache_negative) {
     return Status::NotFound("registry not allowed");
   }
   std::string repo_key = ref->registry + "/" + ref->repository;
-  Repo& repo = repos_[repo_key];
-  if (!repo.client) {
-    Result<RegistryClientOptions> co = MakeClientOptions(common_, ref->registry);
-    if (co.ok()) co->cancel = &stopping_;
-    Result<std::unique_ptr<RegistryClient>> client =
-        co.ok() ? RegistryClient::Create(*ref, *co) : Result<std::unique_ptr<RegistryClient>>(co.status());
-    if (!client.ok()) {
-      repos_.erase(repo_key);
-      LOG_WARN("store: " + *text + ": " + client.status().ToString());
-      return Status::NotFound("no client");
-    }
-    repo.client = std::move(*client);
-    repo.cached =
-        std::make_unique<CachedBlobSource>(cache_, repo.client.get(), DaemonCacheOptions());
+  Result<std::shared_ptr<Repo>> repo = GetRepo(*ref);
+  if (!repo.ok()) {
+    LOG_WARN("store: " + *text + ": " + repo.status().ToString());
+    return Status::NotFound("no client");
   }
   std::optional<Platform> platform;
   if (!common_.platform.empty()) {
@@ -209,7 +437,7 @@ Status LayerStore::AddImage(std::string_view name, bool* cache_negative) {
     if (!p.ok()) return Status::NotFound("bad --platform");
     platform = *p;
   }
-  Result<ResolvedImage> img = ResolveImage(*repo.client, *ref, platform);
+  Result<ResolvedImage> img = ResolveImage(*(*repo)->client, *ref, platform);
   if (!img.ok()) {
     // Podman then pulls the image itself; a later lookup may succeed.
     *cache_negative = false;
@@ -223,7 +451,7 @@ Status LayerStore::AddImage(std::string_view name, bool* cache_negative) {
     return Status::NotFound("diff_ids do not match the layers");
   }
   for (size_t i = 0; i < blobs.size(); ++i) {
-    AddLayer(blobs[i], img->config.diff_ids[i], repo.cached.get(),
+    AddLayer(blobs[i], img->config.diff_ids[i], *repo, repo_key,
              img->manifest.LayerAnnotations(i));
   }
   // Every image's directory is the one of all layers: a layer shared by
@@ -240,38 +468,107 @@ Status LayerStore::AddImage(std::string_view name, bool* cache_negative) {
   return Status::Ok();
 }
 
-void LayerStore::AddLayer(const BlobDescriptor& blob, const std::string& diff_id,
-                          BlobSource* source, const Annotations& annotations) {
-  size_t id;
+Status LayerStore::AddKnownLayer(std::string_view digest) {
+  BlobDescriptor blob;
+  std::string diff_id, repo_key;
+  Annotations annotations;
   {
     std::lock_guard lock(mu_);
-    if (by_digest_.count(blob.digest)) return;
-    id = layers_.size();
-    StoreLayer& l = layers_.emplace_back();
-    l.layer = layer_set_->Get(blob, diff_id, source, annotations);
-    by_digest_[blob.digest] = id;
-    ++counters_.layers;
+    auto it = known_.find(std::string(digest));
+    if (it == known_.end()) return Status::NotFound("no such layer");
+    if (it->second.id != kNoId) return Status::Ok();  // live
+    blob = it->second.blob;
+    diff_id = it->second.diff_id;
+    repo_key = it->second.repo_key;
+    annotations = it->second.annotations;
+  }
+  std::optional<Reference> ref;
+  {
+    std::lock_guard lock(repos_mu_);
+    auto it = repo_refs_.find(repo_key);
+    if (it != repo_refs_.end()) ref = it->second;
+  }
+  if (!ref) return Status::NotFound("no repository for the layer");
+  // Nothing goes over the network here: the client is made again (the
+  // repository's was released with the layer), the index comes from the
+  // cache when the layer is looked into.
+  Result<std::shared_ptr<Repo>> repo = GetRepo(*ref);
+  if (!repo.ok()) return Status::NotFound("no client: " + repo.status().ToString());
+  AddLayer(blob, diff_id, *repo, repo_key, annotations);
+  return Status::Ok();
+}
+
+void LayerStore::AddLayer(const BlobDescriptor& blob, const std::string& diff_id,
+                          const std::shared_ptr<Repo>& repo, const std::string& repo_key,
+                          const Annotations& annotations) {
+  std::lock_guard add(add_mu_);
+  uint32_t id;
+  {
+    std::lock_guard lock(mu_);
+    auto [kit, inserted] = known_.try_emplace(blob.digest);
+    KnownLayer& k = kit->second;
+    if (inserted) {
+      k.blob = blob;
+      k.diff_id = diff_id;
+      k.repo_key = repo_key;
+      k.annotations = annotations;
+      known_order_.push_back(blob.digest);
+      ++counters_.layers;
+    }
+    if (k.id != kNoId) {
+      live_[k.id].last_used = Clock::now();  // another image has it
+      return;
+    }
+    id = next_id_++;
+    if (next_id_ == kNoId || next_id_ == kStatusId) next_id_ = 0;  // after 4 billion releases
+    k.id = id;
+    StoreLayer& l = live_[id];
+    l.digest = blob.digest;
+    l.last_used = Clock::now();
+    // A handle released a moment ago and still held: the same Layer, and
+    // the repository it reads through.
+    if (auto r = retired_.find(blob.digest); r != retired_.end()) {
+      l.layer = r->second.layer.lock();
+      if (l.layer) l.repo = r->second.repo;
+      retired_.erase(r);
+    }
+    if (!l.layer) {
+      l.layer = layer_set_->Get(blob, diff_id, repo->cached.get(), k.annotations);
+      l.repo = repo;
+    }
+    if (l.layer->toc()) k.toc_digest = l.layer->toc()->toc_digest;
   }
   // Nobody sees the directory's children before the lookup that made it
   // answers: the kernel sends one lookup at a time for a name in a directory.
   Ino dir = tree_.AddChild(layers_dir_, blob.digest, DirNode());
   Ino diff = tree_.AddDir(dir, "diff", 0755);
-  tree_.SetPending(diff, static_cast<uint32_t>(id + 1));
-  tree_.AddChild(dir, "info", FileNode(ContentKind::kDynamic, static_cast<uint32_t>(id), 0));
-  tree_.AddChild(dir, "blob", FileNode(ContentKind::kBlob, static_cast<uint32_t>(id), blob.size));
+  tree_.SetPending(diff, id + 1);
+  tree_.AddChild(dir, "info", FileNode(ContentKind::kDynamic, id, 0));
+  tree_.AddChild(dir, "blob", FileNode(ContentKind::kBlob, id, blob.size));
   std::lock_guard lock(mu_);
-  layers_[id].dir = dir;
-  layers_[id].diff = diff;
+  StoreLayer& l = live_[id];
+  l.dir = dir;
+  l.diff = diff;
   layer_dirs_[dir] = id;
 }
 
-std::shared_ptr<Layer> LayerStore::LayerAt(size_t i) const {
+std::shared_ptr<Layer> LayerStore::LayerAt(uint32_t id) {
   std::lock_guard lock(mu_);
-  return i < layers_.size() ? layers_[i].layer : nullptr;
+  auto it = live_.find(id);
+  if (it == live_.end()) return nullptr;
+  it->second.last_used = Clock::now();
+  return it->second.layer;
 }
 
-std::string LayerStore::InfoJson(size_t i) {
-  std::shared_ptr<Layer> l = LayerAt(i);
+std::shared_ptr<LayerStore::Repo> LayerStore::RepoOf(const std::string& digest) const {
+  std::lock_guard lock(mu_);
+  auto k = known_.find(digest);
+  if (k == known_.end()) return nullptr;
+  auto it = live_.find(k->second.id);
+  return it == live_.end() ? nullptr : it->second.repo;
+}
+
+std::string LayerStore::InfoJson(const std::shared_ptr<Layer>& l) {
   std::optional<uint64_t> size = l->UncompressedSize();
   if (!size && index_store_.get) {
     // Known once the layer was indexed, by this store or another mount.
@@ -310,13 +607,14 @@ Result<std::string> LayerStore::Generate(const Node& node) {
   if (index_on_pull_) {
     {
       std::lock_guard lock(mu_);
-      if (layers_[node.content_id].queued) return InfoJson(node.content_id);
-      layers_[node.content_id].queued = true;
+      auto it = live_.find(node.content_id);
+      if (it == live_.end() || it->second.queued) return InfoJson(l);
+      it->second.queued = true;
     }
     uint32_t id = node.content_id + 1;
     layer_set_->BuildInBackground(l, [this, id] { (void)Populate(id); });
   }
-  return InfoJson(node.content_id);
+  return InfoJson(l);
 }
 
 Result<size_t> LayerStore::Read(const Node& node, uint64_t offset, std::span<uint8_t> out) {
@@ -326,7 +624,7 @@ Result<size_t> LayerStore::Read(const Node& node, uint64_t offset, std::span<uin
   size_t n = static_cast<size_t>(std::min<uint64_t>(out.size(), node.attr.size - offset));
   switch (node.kind) {
     case ContentKind::kBlob:
-      prefetcher_->OnRead(l->blob(), offset, n, l->source());
+      prefetcher_->OnRead(l->blob(), offset, n, read_ahead_source_.get());
       RETURN_IF_ERROR(l->source()->ReadAt(l->blob(), offset, out.first(n)));
       return n;
     case ContentKind::kLayerEntry: {
@@ -340,25 +638,40 @@ Result<size_t> LayerStore::Read(const Node& node, uint64_t offset, std::span<uin
 }
 
 Status LayerStore::Populate(uint32_t id) {
-  std::shared_ptr<Layer> l = LayerAt(id - 1);
+  if (id == 0) return Status::NotFound("no such layer");
+  std::shared_ptr<Layer> l;
   Ino diff;
   {
     std::lock_guard lock(mu_);
-    if (id == 0 || id > layers_.size()) return Status::NotFound("no such layer");
-    diff = layers_[id - 1].diff;
+    auto it = live_.find(id - 1);
+    if (it == live_.end()) return Status::NotFound("no such layer");
+    // Not released while its tree is being filled.
+    ++it->second.busy;
+    it->second.last_used = Clock::now();
+    l = it->second.layer;
+    diff = it->second.diff;
   }
   // A failed build (the registry was unreachable, say) is tried again by a
   // later lookup (after a backoff) rather than leaving diff/ broken for the
   // life of the store.
-  return l->FillTree(tree_, diff, id - 1, WhiteoutMode::kOverlay,
-                     HardLinkMetadata::kApplyLinkHeader);
+  Status s = l->FillTree(tree_, diff, id - 1, WhiteoutMode::kOverlay,
+                         HardLinkMetadata::kApplyLinkHeader);
+  std::lock_guard lock(mu_);
+  auto it = live_.find(id - 1);
+  if (it != live_.end()) {
+    --it->second.busy;
+    it->second.last_used = Clock::now();
+  }
+  return s;
 }
 
 int LayerStore::CreateErrno(Ino parent, std::string_view name) {
   std::lock_guard lock(mu_);
   auto it = layer_dirs_.find(parent);
   if (it == layer_dirs_.end() || name != "use") return EROFS;
-  ++layers_[it->second].uses;
+  StoreLayer& l = live_[it->second];
+  l.last_used = Clock::now();
+  ++known_[l.digest].uses;
   ++counters_.uses;
   return ENOENT;  // what a notification-aware store answers
 }
@@ -369,7 +682,8 @@ int LayerStore::RmdirErrno(Ino parent, std::string_view name) {
   std::lock_guard lock(mu_);
   auto it = layer_dirs_.find(*dir);
   if (it == layer_dirs_.end()) return EROFS;
-  ++layers_[it->second].releases;
+  StoreLayer& l = live_[it->second];
+  ++known_[l.digest].releases;
   ++counters_.releases;
   return ENOENT;
 }
@@ -384,6 +698,7 @@ int ServeStore(MountOptions mo, DaemonReady* ready) {
     }
     Result<std::unique_ptr<ChunkCache>> cache = OpenCache(mo.common);
     if (!cache.ok()) return fail("cannot open the cache", cache.status());
+    KernelRefs refs;  // outlives the store's reaper and the daemon
     LayerStore store(cache->get(), mo.common, CacheIndexStore(cache->get()), mo.index_on_pull);
     FuseOptions fo;
     fo.mountpoint = mo.mountpoint;
@@ -409,11 +724,20 @@ int ServeStore(MountOptions mo, DaemonReady* ready) {
     fo.read_only = false;
     fo.debug = mo.fuse_debug;
     fo.on_session_end = [&store] { store.Stop(); };
+    fo.refs = &refs;
     FuseDaemon daemon(&store.tree(), &store, fo);
     if (Status s = daemon.Mount(); !s.ok()) return fail("mount", s);
+    store.AttachKernel(&refs, [&daemon](Ino parent, std::string_view name) {
+      return daemon.InvalidateEntry(parent, name);
+    });
+    store.StartReaper();
     LOG_INFO("layer store mounted on " + mo.mountpoint);
     if (ready) ready->Send("OK");
     Status s = daemon.Loop(true);
+    // The reaper calls the daemon: it ends first. Only now, unmounted: a
+    // call it is in may wait for the kernel, which waits for requests that
+    // the loop no longer serves until the connection is gone.
+    store.JoinReaper();
     if (!s.ok()) {
       LOG_ERROR("daemon: " + s.ToString());
       return 1;

@@ -1,6 +1,7 @@
 #include "fs/tree.h"
 
 #include <algorithm>
+#include <functional>
 #include <mutex>
 
 namespace regfs {
@@ -19,7 +20,7 @@ bool Tree::Valid(Ino ino) const {
   uint64_t seg = ino >> kSegmentShift;
   uint64_t idx = ino & kIndexMask;
   return ino != 0 && seg < segs_.size() && segs_[seg] && idx < segs_[seg]->size() &&
-         (seg != 0 || idx != 0);
+         (seg != 0 || idx != 0) && !((*segs_[seg])[idx].flags & kFreed);
 }
 
 uint32_t Tree::ChildSegment(Ino parent) const {
@@ -68,23 +69,40 @@ void Tree::Store(Packed* p, const Node& n) {
     if (p->link) {
       links_[p->link - 1] = n.link_target;
     } else {
-      links_.push_back(n.link_target);
-      p->link = static_cast<uint32_t>(links_.size());
+      if (!free_links_.empty()) {
+        p->link = free_links_.back();
+        free_links_.pop_back();
+        links_[p->link - 1] = n.link_target;
+      } else {
+        links_.push_back(n.link_target);
+        p->link = static_cast<uint32_t>(links_.size());
+      }
     }
   }
   if (n.xattrs) {
     if (p->xattrs) {
       xattrs_[p->xattrs - 1] = n.xattrs;
     } else {
-      xattrs_.push_back(n.xattrs);
-      p->xattrs = static_cast<uint32_t>(xattrs_.size());
+      if (!free_xattrs_.empty()) {
+        p->xattrs = free_xattrs_.back();
+        free_xattrs_.pop_back();
+        xattrs_[p->xattrs - 1] = n.xattrs;
+      } else {
+        xattrs_.push_back(n.xattrs);
+        p->xattrs = static_cast<uint32_t>(xattrs_.size());
+      }
     }
   } else if (p->xattrs) {
     xattrs_[p->xattrs - 1] = nullptr;
   }
   if (S_ISDIR(n.attr.mode) && !p->dir) {
-    dirs_.emplace_back();
-    p->dir = static_cast<uint32_t>(dirs_.size());
+    if (!free_dirs_.empty()) {
+      p->dir = free_dirs_.back();
+      free_dirs_.pop_back();
+    } else {
+      dirs_.emplace_back();
+      p->dir = static_cast<uint32_t>(dirs_.size());
+    }
   }
 }
 
@@ -105,6 +123,7 @@ Node Tree::Unpack(const Packed& p) const {
   n.kind = p.kind;
   n.flags = p.flags;
   n.pending_id = p.pending_id;
+  n.generation = p.generation;
   if (p.link) n.link_target = links_[p.link - 1];
   if (p.xattrs) n.xattrs = xattrs_[p.xattrs - 1];
   return n;
@@ -146,10 +165,18 @@ Ino Tree::AddChildLocked(Ino parent, std::string_view name, const Node& node, bo
     return 0;
   }
   if (existed) *existed = false;
-  Ino ino = (static_cast<Ino>(seg) << kSegmentShift) | nodes.size();
-  nodes.emplace_back();
-  Store(&nodes.back(), node);
-  nodes.back().parent = parent;
+  Ino ino;
+  if (seg == 0 && !free_nodes_.empty()) {
+    // A freed number: the kernel forgot it (RemoveSubtree's contract), and
+    // the new generation tells the two nodes apart.
+    ino = free_nodes_.back();
+    free_nodes_.pop_back();
+  } else {
+    ino = (static_cast<Ino>(seg) << kSegmentShift) | nodes.size();
+    nodes.emplace_back();
+  }
+  Store(&At(ino), node);
+  At(ino).parent = parent;
   ++count_;
   // Store() may have grown dirs_: take the parent's list again.
   kids = Kids(parent);
@@ -296,6 +323,107 @@ uint64_t Tree::MemoryBytes() const {
 size_t Tree::Count() const {
   std::shared_lock lock(mu_);
   return count_;
+}
+
+std::optional<size_t> Tree::RemoveSubtree(Ino parent, std::string_view name,
+                                          const std::function<bool(Ino)>& known) {
+  std::unique_lock lock(mu_);
+  if (!Valid(parent) || name == "." || name == "..") return std::nullopt;
+  std::vector<Child>* kids = Kids(parent);
+  if (!kids) return std::nullopt;
+  auto [pos, found] = Find(*kids, name);
+  if (!found) return std::nullopt;
+  const Ino top = (*kids)[pos].ino;
+  // Every inode below, by an explicit stack (directories are not hard
+  // linked, so this walks a tree; files may appear under several names).
+  std::vector<Ino> all{top};
+  for (size_t i = 0; i < all.size(); ++i) {
+    if (const std::vector<Child>* k = Kids(all[i])) {
+      for (const Child& c : *k) all.push_back(c.ino);
+    }
+  }
+  std::sort(all.begin() + 1, all.end());
+  all.erase(std::unique(all.begin() + 1, all.end()), all.end());
+  for (Ino ino : all) {
+    if (known(ino)) return std::nullopt;
+  }
+  names_garbage_ += (*kids)[pos].name_len;
+  if (S_ISDIR(At(top).mode)) At(parent).nlink--;
+  kids->erase(kids->begin() + static_cast<ptrdiff_t>(pos));
+  // A directory that numbers its entries in a segment of its own (a
+  // layer's, SetPending) takes the whole segment with it: nothing else is
+  // numbered there, and its numbers are not handed out again.
+  std::vector<uint32_t> dropped;
+  for (Ino ino : all) {
+    if (auto it = child_seg_.find(ino); it != child_seg_.end()) {
+      if (it->second != 0) dropped.push_back(it->second);
+      child_seg_.erase(it);
+    }
+  }
+  for (Ino ino : all) {
+    Packed& p = At(ino);
+    if (p.dir) {
+      std::vector<Child>& d = dirs_[p.dir - 1];
+      for (const Child& c : d) names_garbage_ += c.name_len;
+      std::vector<Child>().swap(d);
+      free_dirs_.push_back(p.dir);
+    }
+    if (p.link) {
+      std::string().swap(links_[p.link - 1]);
+      free_links_.push_back(p.link);
+    }
+    if (p.xattrs) {
+      xattrs_[p.xattrs - 1] = nullptr;
+      free_xattrs_.push_back(p.xattrs);
+    }
+    uint32_t generation = p.generation + 1;
+    p = Packed{};
+    p.generation = generation;
+    p.flags = kFreed;
+    // Segment 0's numbers are reused (with the new generation); a
+    // segment's are not (it goes whole, or they stay tombstones).
+    if (SegmentOf(ino) == 0) free_nodes_.push_back(ino);
+  }
+  count_ -= all.size();
+  for (uint32_t seg : dropped) {
+    if (seg < segs_.size()) segs_[seg].reset();
+  }
+  // Reused from the end of the list first: keep the lowest numbers for last,
+  // so that a tree that shrinks and grows again stays dense.
+  std::sort(free_nodes_.begin(), free_nodes_.end(), std::greater<>());
+  if (names_garbage_ > (64u << 10) && names_garbage_ * 2 > names_.size()) CompactNames();
+  return all.size();
+}
+
+void Tree::ForEachBelow(Ino dir,
+                        const std::function<void(Ino, std::string_view, Ino)>& fn) const {
+  std::shared_lock lock(mu_);
+  if (!Valid(dir)) return;
+  std::vector<Ino> stack{dir};
+  while (!stack.empty()) {
+    Ino d = stack.back();
+    stack.pop_back();
+    const std::vector<Child>* kids = Kids(d);
+    if (!kids) continue;
+    for (const Child& c : *kids) {
+      fn(d, NameOf(c), c.ino);
+      if (S_ISDIR(At(c.ino).mode)) stack.push_back(c.ino);
+    }
+  }
+}
+
+void Tree::CompactNames() {
+  std::string names;
+  names.reserve(names_.size() - names_garbage_);
+  for (std::vector<Child>& d : dirs_) {
+    for (Child& c : d) {
+      uint32_t off = static_cast<uint32_t>(names.size());
+      names.append(NameOf(c));
+      c.name_off = off;
+    }
+  }
+  names_.swap(names);
+  names_garbage_ = 0;
 }
 
 }  // namespace regfs

@@ -13,6 +13,10 @@
 // appears when its index is ready); a shared_mutex guards that, readers never
 // wait for each other.
 //
+// A subtree can be freed again (the store releases an idle layer): its
+// inode numbers are reused by later nodes, each time with a new generation,
+// and only once the caller has checked that the kernel no longer knows them.
+//
 // Failure: nothing here does I/O. Unknown inode -> NotFound.
 #ifndef REGFS_FS_TREE_H_
 #define REGFS_FS_TREE_H_
@@ -24,6 +28,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <shared_mutex>
 #include <string>
 #include <string_view>
@@ -81,6 +86,9 @@ struct Node {
   // Directories whose contents are filled in later (a layer not yet indexed):
   // nonzero is the id passed to the Tree's populate hook.
   uint32_t pending_id = 0;
+  // Bumped each time the inode number is reused after a RemoveSubtree:
+  // FUSE's (ino, generation) pair names one node for the mount's life.
+  uint32_t generation = 1;
 };
 
 struct DirEntry {
@@ -113,6 +121,16 @@ class Tree {
   // Replaces a node's attributes, keeping its type bits and link count.
   void SetTimesAndOwner(Ino ino, int64_t mtime_sec, uint32_t uid, uint32_t gid);
 
+  // Removes `name` from `parent` and frees it with everything below it
+  // (iteratively: no recursion in proportion to depth), unless `known`
+  // (called under the tree's write lock; it must not call the tree) is
+  // true for one of those inodes: then nothing changes and nullopt is
+  // returned. The subtree's inodes must be named only inside it (a layer's
+  // hard links are). Returns the number of inodes freed; their numbers are
+  // reused by later nodes, with a new generation.
+  std::optional<size_t> RemoveSubtree(Ino parent, std::string_view name,
+                                      const std::function<bool(Ino)>& known);
+
   // Queries (shared lock inside).
   Result<Ino> Lookup(Ino parent, std::string_view name) const;
   Result<Node> Get(Ino ino) const;  // a copy (children omitted)
@@ -126,7 +144,11 @@ class Tree {
   // tree's lock held, so it may call the tree (even to add entries).
   Status ReadDir(Ino dir, uint64_t offset,
                  const std::function<bool(const DirEntry&, uint64_t next_off)>& fn) const;
-  size_t Count() const;
+  // Calls fn(parent, name, ino) for every entry below `dir` (iteratively),
+  // under the shared lock: fn must not call the tree.
+  void ForEachBelow(Ino dir,
+                    const std::function<void(Ino parent, std::string_view name, Ino ino)>& fn) const;
+  size_t Count() const;  // live nodes (freed ones not counted)
   // Bytes the table holds (capacities, not just sizes), for status.json.
   uint64_t MemoryBytes() const;
 
@@ -139,6 +161,8 @@ class Tree {
   };
   static constexpr int kSegmentShift = 32;
   static constexpr uint64_t kIndexMask = (uint64_t{1} << kSegmentShift) - 1;
+  // Packed::flags of a freed node (RemoveSubtree); Node's flags are below.
+  static constexpr uint8_t kFreed = 0x80;
   struct Packed {
     Ino parent = 0;
     uint64_t size = 0;
@@ -151,6 +175,7 @@ class Tree {
     uint32_t xattrs = 0;   // 1 + index into xattrs_, or 0
     uint32_t dir = 0;      // 1 + index into dirs_, or 0
     uint32_t pending_id = 0;
+    uint32_t generation = 1;
     ContentKind kind = ContentKind::kNone;
     uint8_t flags = 0;
   };
@@ -179,6 +204,8 @@ class Tree {
     return names_.size() + name.size() <= UINT32_MAX;
   }
   void Store(Packed* p, const Node& n);
+  // Rewrites names_ without the bytes of removed entries.
+  void CompactNames();
   Node Unpack(const Packed& p) const;
 
   mutable std::shared_mutex mu_;  // guards everything below
@@ -191,6 +218,10 @@ class Tree {
   std::vector<std::vector<Child>> dirs_;
   std::vector<std::string> links_;
   std::vector<std::shared_ptr<const Xattrs>> xattrs_;
+  // Slots freed by RemoveSubtree, reused before the tables grow.
+  std::vector<Ino> free_nodes_;
+  std::vector<uint32_t> free_dirs_, free_links_, free_xattrs_;
+  uint64_t names_garbage_ = 0;  // bytes of names_ no entry uses
 };
 
 }  // namespace regfs

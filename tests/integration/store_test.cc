@@ -11,10 +11,13 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <sys/wait.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <csignal>
+#include <functional>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -371,6 +374,138 @@ TEST_F(StoreTest, RepeatedPullsDoNotGrowFds) {
     }
   }
   EXPECT_EQ(LayerBlobGets(), gets_after_first) << "later rounds are served from the cache";
+}
+
+}  // namespace
+}  // namespace regfs
+
+namespace regfs {
+namespace {
+
+// --idle-timeout: what nothing uses is released, what the kernel holds (an
+// open file, a cwd, a running container's lowerdir) is not, and a released
+// layer looked up again is served from the cache without the registry.
+class StoreIdleTest : public StoreTest {
+ protected:
+  void TearDown() override {
+    if (child_ > 0) {
+      kill(child_, SIGKILL);
+      waitpid(child_, nullptr, 0);
+    }
+    StoreTest::TearDown();
+  }
+  std::string Diff(size_t i) const {
+    return mnt_ + "/" + Base64Encode(ref_) + "/" + image_.layers[i].descriptor.digest + "/diff";
+  }
+  bool Live(const nlohmann::json& s, size_t i) const {
+    for (const nlohmann::json& l : s["layers"]) {
+      if (l["digest"] == image_.layers[i].descriptor.digest) return l["live"].get<bool>();
+    }
+    return false;
+  }
+  // Polls status.json (bounded: 60 s) until `done` holds; returns the last.
+  nlohmann::json WaitStatus(const std::function<bool(const nlohmann::json&)>& done) {
+    nlohmann::json s;
+    for (int i = 0; i < 600; ++i) {
+      s = StoreStatus();
+      if (done(s)) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return s;
+  }
+  // A process whose cwd is `dir`, until the test ends.
+  void HoldCwd(const std::string& dir) {
+    child_ = fork();
+    ASSERT_GE(child_, 0);
+    if (child_ == 0) {
+      if (chdir(dir.c_str()) != 0) _exit(1);
+      for (;;) pause();
+    }
+  }
+  pid_t child_ = -1;
+};
+
+TEST_F(StoreIdleTest, IdleLayersAreReleasedAndHeldOnesAreNot) {
+  StartStore({"--idle-timeout", "1"});
+  ListEveryDiff();
+  std::string msg;
+  ASSERT_TRUE(ReadWholeFile(Diff(2) + "/etc/message", &msg)) << StoreLog();
+  EXPECT_EQ(msg, "from layer 2\n");
+  nlohmann::json full = StoreStatus();
+  ASSERT_EQ(full["liveLayers"], 3) << full.dump();
+  // Layer 2: an open file. Layer 1: a process's cwd. Layer 0: nothing.
+  int fd = open((Diff(2) + "/etc/message").c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  HoldCwd(Diff(1) + "/usr/share");
+  // Layer 0 goes (after the kernel was asked to drop its entries).
+  nlohmann::json s = WaitStatus([&](const nlohmann::json& j) { return !Live(j, 0); });
+  ASSERT_FALSE(Live(s, 0)) << s.dump() << StoreLog();
+  // Several idle periods later the held ones are still there.
+  std::this_thread::sleep_for(std::chrono::seconds(4));
+  s = StoreStatus();
+  EXPECT_TRUE(Live(s, 1)) << s.dump();
+  EXPECT_TRUE(Live(s, 2)) << s.dump();
+  EXPECT_EQ(s["liveLayerHandles"], 2) << s.dump();
+  EXPECT_LT(s["treeNodes"].get<uint64_t>(), full["treeNodes"].get<uint64_t>()) << s.dump();
+  char buf[64];
+  ssize_t n = pread(fd, buf, sizeof buf, 0);
+  EXPECT_EQ(std::string(buf, n > 0 ? n : 0), "from layer 2\n");
+  close(fd);
+  kill(child_, SIGKILL);
+  waitpid(child_, nullptr, 0);
+  child_ = -1;
+  // Nothing holds anything now: everything goes, registry clients included.
+  s = WaitStatus([](const nlohmann::json& j) { return j["liveLayers"] == 0; });
+  EXPECT_EQ(s["liveLayers"], 0) << s.dump() << StoreLog();
+  EXPECT_EQ(s["liveLayerHandles"], 0) << s.dump();
+  EXPECT_EQ(s["registryClients"], 0) << s.dump();
+  EXPECT_EQ(s["releasedLayers"], 3) << s.dump();
+
+  // The image looked up again: made from the cache, same bytes, and not a
+  // request to the registry (its access log; lines may lag a little).
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const int requests = registry_->CountRequests();
+  ASSERT_TRUE(ReadWholeFile(Diff(2) + "/etc/message", &msg)) << StoreLog();
+  EXPECT_EQ(msg, "from layer 2\n");
+  std::string rich = Diff(1) + "/usr/bin";
+  struct stat st;
+  ASSERT_EQ(lstat(rich.c_str(), &st), 0) << StoreLog();
+  std::string base;
+  ASSERT_TRUE(ReadWholeFile(Diff(0) + "/opq/old", &base)) << StoreLog();
+  EXPECT_EQ(base, "hidden by the opaque dir\n");
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(registry_->CountRequests(), requests);
+  s = StoreStatus();
+  EXPECT_EQ(s["liveLayers"], 3) << s.dump();
+}
+
+TEST_F(StoreIdleTest, ARunningContainersLayersAreNotReleased) {
+  if (!HavePodman()) GTEST_SKIP() << "podman or /usr/sbin/runc missing (packaging/install-deps.sh)";
+  StartStore({"--idle-timeout", "1"});
+  Configure("lazy", true);
+  CommandResult pull = Podman("lazy", "pull --tls-verify=false " + ref_);
+  ASSERT_EQ(pull.exit_code, 0) << pull.output;
+  CommandResult run = Podman("lazy", "run -d -i --name idle --runtime /usr/sbin/runc --network none " +
+                                         ref_ + " /bin/cat");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  // A lowerdir of the container's overlay: its layers' diff/ are held for as
+  // long as it runs (cat waits on its stdin), through many idle periods.
+  std::this_thread::sleep_for(std::chrono::seconds(5));
+  nlohmann::json s = StoreStatus();
+  EXPECT_EQ(s["liveLayers"], 3) << s.dump() << StoreLog();
+  CommandResult exec = Podman("lazy", "exec idle /bin/cat /etc/message /opq/new");
+  EXPECT_EQ(exec.exit_code, 0) << exec.output;
+  EXPECT_EQ(exec.output, "from layer 2\nafter the opaque marker\n");
+  CommandResult rm = Podman("lazy", "rm -f -t 0 idle");
+  EXPECT_EQ(rm.exit_code, 0) << rm.output;
+  // Once the container is gone, its layers go too.
+  s = WaitStatus([](const nlohmann::json& j) { return j["liveLayers"] == 0; });
+  EXPECT_EQ(s["liveLayers"], 0) << s.dump() << StoreLog();
+  // And a new container of the image runs from the store again.
+  CommandResult again = Podman(
+      "lazy", "run --rm --runtime /usr/sbin/runc --network none " + ref_ + " cat /etc/message");
+  EXPECT_EQ(again.exit_code, 0) << again.output << StoreLog();
+  EXPECT_EQ(again.output, "from layer 2\n");
 }
 
 }  // namespace
