@@ -143,7 +143,11 @@ int main(int argc, char** argv) {
   bool all_released = false;
   for (int i = 0; ok && i < 3000 && !all_released; ++i) {
     released = StoreStatus(mnt);
-    all_released = released.value("liveLayers", -1) == 0;
+    // (The handles and clients go a moment after the layers leave the
+    // tree: wait for those too.)
+    all_released = released.value("liveLayers", -1) == 0 &&
+                   released.value("liveLayerHandles", -1) == 0 &&
+                   released.value("registryClients", -1) == 0;
     if (!all_released) usleep(100 * 1000);
   }
   double rss_released = RssMiB(pid);

@@ -455,7 +455,10 @@ TEST_F(StoreIdleTest, IdleLayersAreReleasedAndHeldOnesAreNot) {
   waitpid(child_, nullptr, 0);
   child_ = -1;
   // Nothing holds anything now: everything goes, registry clients included.
-  s = WaitStatus([](const nlohmann::json& j) { return j["liveLayers"] == 0; });
+  // (Handles and clients go a moment after the layers leave the tree.)
+  s = WaitStatus([](const nlohmann::json& j) {
+    return j["liveLayers"] == 0 && j["liveLayerHandles"] == 0 && j["registryClients"] == 0;
+  });
   EXPECT_EQ(s["liveLayers"], 0) << s.dump() << StoreLog();
   EXPECT_EQ(s["liveLayerHandles"], 0) << s.dump();
   EXPECT_EQ(s["registryClients"], 0) << s.dump();
