@@ -9,6 +9,8 @@ PKGS=(
   libfuse3-dev fuse3 libcurl4-openssl-dev libsqlite3-dev sqlite3
   nlohmann-json3-dev zlib1g-dev libzstd-dev libssl-dev libcli11-dev
   libisal-dev libdeflate-dev
+  # registries.conf (TOML)
+  libtomlplusplus-dev
   # tests
   libgtest-dev libgmock-dev googletest clang libclang-rt-14-dev
   docker-registry skopeo umoci curl tar libarchive-tools zstd gzip
