@@ -44,6 +44,10 @@ void AddCommonOptions(CLI::App* cmd, CommonOptions* o) {
   cmd->add_option("--retry-timeout", o->retry_timeout_s,
                   "seconds a request may take, retries included")
       ->default_val(25);
+  cmd->add_option("--registries-conf", o->registries_conf,
+                  "registries.conf to read (mirrors, blocked registries, short names) instead "
+                  "of $CONTAINERS_REGISTRIES_CONF, ~/.config/containers/registries.conf or "
+                  "/etc/containers/registries.conf; registries.conf.d drop-ins still apply");
   cmd->add_flag("-v,--verbose", o->verbose, "more log output (-vv for debug)");
 }
 
@@ -77,15 +81,20 @@ nlohmann::json DescriptorJson(const BlobDescriptor& d) {
 
 int RunInspect(const CommonOptions& o, const std::string& ref_text, bool as_json) {
   ApplyVerbosity(o);
-  Result<Reference> ref = ParseReference(ref_text);
-  if (!ref.ok()) return Fail(ref_text, ref.status());
-  Result<ResolvedImage> img = ResolveFromFlags(o, *ref, nullptr);
-  if (!img.ok()) return Fail("cannot resolve " + ref->Normalized(), img.status());
-
+  Result<RegistriesConf> conf = LoadRegistriesConfFromFlags(o);
+  if (!conf.ok()) return Fail("registries.conf", conf.status());
+  std::unique_ptr<MirrorSet> endpoints;
+  std::string how;
+  Result<ResolvedImage> img =
+      ResolveNameFromFlags(o, *conf, ref_text, &endpoints, nullptr, &how);
+  if (!img.ok()) return Fail("cannot resolve " + ref_text, img.status());
   if (as_json) {
     nlohmann::json j;
     j["name"] = img->ref.Normalized();
+    j["nameResolution"] = how;
     j["digest"] = img->manifest_digest;
+    j["manifestEndpoint"] = endpoints->ManifestEndpoint();
+    j["endpoints"] = EndpointsJson(*endpoints);
     j["mediaType"] = img->manifest_media_type;
     if (img->index_bytes) {
       j["index"] = {{"digest", img->index_digest}, {"mediaType", img->index_media_type}};
@@ -103,6 +112,11 @@ int RunInspect(const CommonOptions& o, const std::string& ref_text, bool as_json
     return 0;
   }
   std::cout << "Name:       " << img->ref.Normalized() << "\n";
+  if (IsShortName(ref_text)) std::cout << "Resolved:   " << ref_text << " (" << how << ")\n";
+  for (const EndpointReport& e : endpoints->Endpoints()) {
+    if (!e.preferred) continue;
+    std::cout << "Endpoint:   " << e.location << (e.mirror ? " (mirror)" : "") << "\n";
+  }
   if (img->index_bytes) {
     std::cout << "Index:      " << img->index_digest << " (" << img->index_media_type << ")\n";
   }

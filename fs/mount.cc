@@ -27,11 +27,12 @@ namespace {
 const std::string kIndexFormat = "tar-index/v" + std::to_string(LayerIndex::kFormatVersion);
 
 std::string StatusJson(const ResolvedImage& img, CachedBlobSource* cached,
-                       RegistryClient* client, const ImageFs* fs,
+                       MirrorSet* client, const ImageFs* fs,
                        std::chrono::steady_clock::time_point start) {
   nlohmann::json j;
   j["image"] = img.ref.Normalized();
   j["manifestDigest"] = img.manifest_digest;
+  j["manifestEndpoint"] = client->ManifestEndpoint();
   j["platform"] = img.platform.ToString();
   j["pid"] = getpid();
   j["uptimeSeconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
@@ -56,6 +57,9 @@ std::string StatusJson(const ResolvedImage& img, CachedBlobSource* cached,
       hits += c.hits;
       misses += c.misses;
     }
+    // Which endpoint (registries.conf mirror or the primary) delivered how
+    // many of the layer's bytes.
+    lj["servedBy"] = client->ServedBy(l.digest);
     if (i < idx.size()) {
       nlohmann::json ij = {{"state", idx[i].state},
                            {"percent", idx[i].percent},
@@ -89,8 +93,30 @@ std::string StatusJson(const ResolvedImage& img, CachedBlobSource* cached,
                  {"retries", rc.retries},       {"resumes", rc.resumes},
                  {"redirects", rc.redirects},   {"tokenFetches", rc.token_fetches},
                  {"cacheHits", hits},           {"cacheMisses", misses}};
+  j["endpoints"] = EndpointsJson(*client);
   return j.dump(2) + "\n";
 }
+
+}  // namespace
+
+nlohmann::json EndpointsJson(const MirrorSet& set) {
+  nlohmann::json a = nlohmann::json::array();
+  for (const EndpointReport& e : set.Endpoints()) {
+    nlohmann::json j = {{"location", e.location},
+                        {"registry", e.registry},
+                        {"mirror", e.mirror},
+                        {"servedManifest", e.preferred},
+                        {"coolingDown", e.cooling_down},
+                        {"failures", e.failures},
+                        {"httpRequests", e.counters.requests},
+                        {"httpBytes", e.counters.bytes}};
+    if (!e.last_error.empty()) j["lastError"] = e.last_error;
+    a.push_back(std::move(j));
+  }
+  return a;
+}
+
+namespace {
 
 int64_t ParseCreated(const std::string& config_bytes) {
   auto j = nlohmann::json::parse(config_bytes, nullptr, false);
@@ -205,14 +231,16 @@ int ServeMount(MountOptions mo, DaemonReady* ready) {
   if (Status s = CheckMountpoint(mo.mountpoint); !s.ok()) {
     return fail("mountpoint " + mo.mountpoint, s);
   }
-  Result<Reference> ref = ParseReference(mo.ref);
-  if (!ref.ok()) return fail(mo.ref, ref.status());
+  Result<RegistriesConf> conf = LoadRegistriesConfFromFlags(mo.common);
+  if (!conf.ok()) return fail("registries.conf", conf.status());
+  Result<ShortNameResolution> names = ResolveShortName(*conf, mo.ref);
+  if (!names.ok()) return fail(mo.ref, names.status());
   Result<std::unique_ptr<ChunkCache>> cache = OpenCache(mo.common);
   if (!cache.ok()) return fail("cannot open the cache", cache.status());
   // Set when the mount goes away: downloads in progress end (the client
   // and everything reading through it are destroyed after this flag).
   std::atomic<bool> stopping{false};
-  std::unique_ptr<RegistryClient> client;
+  std::unique_ptr<MirrorSet> client;
   // Under a holder (fs/session_holder.h): a successor takes over the
   // session of a dead daemon, showing the very image it showed (not what
   // the tag names now), from the cache, without the registry.
@@ -223,22 +251,25 @@ int ServeMount(MountOptions mo, DaemonReady* ready) {
     if (!w.ok()) return fail("holder", w.status());
     held = std::move(*w);
   }
+  Reference first = names->candidates.front();
   Result<ResolvedImage> img = Status::NotFound("not resolved");
+  std::string how;
   if (held) {
-    Result<RegistryClientOptions> co = MakeClientOptions(mo.common, ref->registry);
-    if (!co.ok()) return fail("takeover", co.status());
-    co->cancel = &stopping;
-    Result<std::unique_ptr<RegistryClient>> c = RegistryClient::Create(*ref, *co);
+    Result<std::unique_ptr<MirrorSet>> c = MakeMirrorSet(mo.common, *conf, first, &stopping);
     if (!c.ok()) return fail("takeover", c.status());
     client = std::move(*c);
-    img = RecallResolutionJson(cache->get(), *ref, held->state);
+    img = RecallResolutionJson(cache->get(), first, held->state);
     if (!img.ok()) return fail("takeover: the image is gone from the cache", img.status());
   } else {
-    img = ResolveFromFlags(mo.common, *ref, &client, &stopping);
+    img = ResolveNameFromFlags(mo.common, *conf, mo.ref, &client, &stopping, &how);
   }
+  const Reference* ref = img.ok() ? &img->ref : &first;
   if (held) {
     // Resolved above.
   } else if (img.ok()) {
+    if (names->candidates.size() > 1 || IsShortName(mo.ref)) {
+      LOG_INFO(mo.ref + " resolved to " + ref->Normalized() + " (" + how + ")");
+    }
     RememberResolution(cache->get(), *img, mo.common);
   } else if (img.status().code() == Code::kTransient && client) {
     // The registry is unreachable: an image seen before mounts from the cache.
@@ -247,6 +278,7 @@ int ServeMount(MountOptions mo, DaemonReady* ready) {
     LOG_WARN("registry unreachable (" + img.status().ToString() + "); mounting " +
              ref->Normalized() + " as last resolved: " + recalled->manifest_digest);
     img = std::move(recalled);
+    ref = &first;
   } else {
     return fail("cannot resolve " + ref->Normalized(), img.status());
   }
@@ -316,23 +348,52 @@ int ServeMount(MountOptions mo, DaemonReady* ready) {
 }
 
 
-Result<ResolvedImage> ResolveFromFlags(const CommonOptions& o, const Reference& ref,
-                                       std::unique_ptr<RegistryClient>* client_out,
+Result<ResolvedImage> ResolveFromFlags(const CommonOptions& o, const RegistriesConf& conf,
+                                       const Reference& ref,
+                                       std::unique_ptr<MirrorSet>* client_out,
                                        const std::atomic<bool>* cancel) {
-  ASSIGN_OR_RETURN(RegistryClientOptions co, MakeClientOptions(o, ref.registry));
-  co.cancel = cancel;
   std::optional<Platform> platform;
   if (!o.platform.empty()) {
     ASSIGN_OR_RETURN(platform, ParsePlatform(o.platform));
   }
-  ASSIGN_OR_RETURN(std::unique_ptr<RegistryClient> client, RegistryClient::Create(ref, co));
-  Result<ResolvedImage> img = ResolveImage(*client, ref, platform);
+  ASSIGN_OR_RETURN(std::unique_ptr<MirrorSet> client, MakeMirrorSet(o, conf, ref, cancel));
+  Result<ResolvedImage> img = client->Resolve(ref, platform);
   if (client_out) *client_out = std::move(client);
   return img;
 }
 
+Result<ResolvedImage> ResolveNameFromFlags(const CommonOptions& o, const RegistriesConf& conf,
+                                           const std::string& name,
+                                           std::unique_ptr<MirrorSet>* client_out,
+                                           const std::atomic<bool>* cancel, std::string* how) {
+  ASSIGN_OR_RETURN(ShortNameResolution names, ResolveShortName(conf, name));
+  if (how) *how = names.rationale;
+  // As podman pull: each candidate in order, the first that resolves wins.
+  Status first_error;
+  std::string errors;
+  for (const Reference& candidate : names.candidates) {
+    std::unique_ptr<MirrorSet> set;
+    Result<ResolvedImage> img = ResolveFromFlags(o, conf, candidate, &set, cancel);
+    if (img.ok()) {
+      if (client_out) *client_out = std::move(set);
+      return img;
+    }
+    if (first_error.ok()) {
+      first_error = img.status();
+      if (client_out) *client_out = std::move(set);
+    }
+    errors += (errors.empty() ? "" : "; ") + candidate.Normalized() + ": " +
+              img.status().ToString();
+    if (cancel && cancel->load()) break;
+  }
+  if (names.candidates.size() == 1) return first_error;
+  return Status(first_error.code(), "no candidate of " + name + " (" + names.rationale +
+                                        ") resolved: " + errors);
+}
+
 // Splits regfs's own keys out of -o (as mount -t fuse.regfs passes them):
-// tls-verify=, cert-dir=, platform=, cache-dir=, cache-max-size=, authfile=.
+// tls-verify=, cert-dir=, platform=, cache-dir=, cache-max-size=, authfile=,
+// registries-conf=.
 // Options that make no sense read-only (rw) are dropped; the rest go to FUSE.
 void TakeOwnOptions(MountOptions* mo) {
   std::vector<std::string> rest;
@@ -351,6 +412,8 @@ void TakeOwnOptions(MountOptions* mo) {
       mo->common.cache_max_size = val;
     } else if (key == "authfile") {
       mo->common.authfile = val;
+    } else if (key == "registries-conf" || key == "registries_conf") {
+      mo->common.registries_conf = val;
     } else if (key == "rw" || key == "ro" || key.empty()) {
       // always read-only
     } else {

@@ -6,6 +6,7 @@
 #define REGFS_FS_MOUNT_H_
 
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <memory>
 #include <string>
 #include <vector>
@@ -31,13 +32,25 @@ struct MountOptions {
   std::string log_file;
 };
 
-// Resolves `ref` with a client built from the flags. `client_out`, if given,
-// receives the client (for the mount's reads).
-// `cancel`, if given, becomes the client's cancel flag (see
-// RegistryClientOptions::cancel).
-Result<ResolvedImage> ResolveFromFlags(const CommonOptions& o, const Reference& ref,
-                                       std::unique_ptr<RegistryClient>* client_out,
+// Resolves `ref` through its pull sources (registries.conf's mirrors, then
+// the primary; see MakeMirrorSet) with clients built from the flags.
+// `client_out`, if given, receives them (for the mount's reads); `cancel`,
+// if given, becomes every client's cancel flag (RegistryClientOptions).
+Result<ResolvedImage> ResolveFromFlags(const CommonOptions& o, const RegistriesConf& conf,
+                                       const Reference& ref,
+                                       std::unique_ptr<MirrorSet>* client_out,
                                        const std::atomic<bool>* cancel = nullptr);
+
+// `name` as the user spelled it: a short name resolves as `podman pull`
+// resolves it under registries.conf (ResolveShortName), each candidate
+// tried in order until one resolves. `how`, if given, says how the name
+// was resolved. On failure *client_out is the first candidate's set (or
+// null when none could be made).
+Result<ResolvedImage> ResolveNameFromFlags(const CommonOptions& o, const RegistriesConf& conf,
+                                           const std::string& name,
+                                           std::unique_ptr<MirrorSet>* client_out,
+                                           const std::atomic<bool>* cancel = nullptr,
+                                           std::string* how = nullptr);
 
 // The daemon's half of the readiness report: Send("OK") or an error, once.
 class DaemonReady {
@@ -54,8 +67,12 @@ int ServeMount(MountOptions mo, DaemonReady* ready);
 // Pieces `regfs mount` and `regfs store` share.
 //
 // Moves regfs's own keys (tls-verify=, cert-dir=, platform=, cache-dir=,
-// cache-max-size=, authfile=) out of -o into `common`; drops rw/ro.
+// cache-max-size=, authfile=, registries-conf=) out of -o into `common`;
+// drops rw/ro.
 void TakeOwnOptions(MountOptions* mo);
+// The endpoints' reports (registries.conf mirrors and the primary) for
+// status.json and `regfs inspect --json`.
+nlohmann::json EndpointsJson(const MirrorSet& set);
 // Opens the chunk cache --cache-dir / --cache-max-size name.
 Result<std::unique_ptr<ChunkCache>> OpenCache(const CommonOptions& o);
 // Layer indexes kept in the cache's table (failures logged, never fatal).

@@ -134,4 +134,26 @@ Result<RegistryClientOptions> MakeClientOptions(const CommonOptions& o,
   return c;
 }
 
+Result<RegistriesConf> LoadRegistriesConfFromFlags(const CommonOptions& o) {
+  return LoadRegistriesConf(DefaultRegistriesConfPaths(o.registries_conf));
+}
+
+Result<std::unique_ptr<MirrorSet>> MakeMirrorSet(const CommonOptions& o, const RegistriesConf& conf,
+                                                 const Reference& ref,
+                                                 const std::atomic<bool>* cancel) {
+  ASSIGN_OR_RETURN(std::vector<PullSource> sources, PullSources(conf, ref));
+  std::vector<MirrorEndpoint> eps;
+  for (PullSource& s : sources) {
+    MirrorEndpoint e;
+    ASSIGN_OR_RETURN(e.options, MakeClientOptions(o, s.ref.registry));
+    e.options.tls_verify = o.tls_verify && !s.insecure;
+    e.options.cancel = cancel;
+    e.location = std::move(s.location);
+    e.mirror = s.mirror;
+    e.ref = std::move(s.ref);
+    eps.push_back(std::move(e));
+  }
+  return MirrorSet::Create(std::move(eps));
+}
+
 }  // namespace regfs

@@ -10,7 +10,9 @@
 #include <vector>
 
 #include "reader/base/status.h"
+#include "reader/http/mirror_set.h"
 #include "reader/http/registry_client.h"
+#include "reader/image/registries_conf.h"
 
 namespace regfs {
 
@@ -37,6 +39,10 @@ struct CommonOptions {
   // --idle-timeout (store): a layer unused this long, and held by nothing
   // in the kernel, is released (its tree, index, reader, client); 0 = never.
   double idle_timeout_s = 600;
+  // --registries-conf: the registries.conf to read instead of
+  // $CONTAINERS_REGISTRIES_CONF / ~/.config / /etc (drop-ins still apply,
+  // as with podman's CONTAINERS_REGISTRIES_CONF).
+  std::string registries_conf;
 };
 
 // Whether images of `registry_host` ("host[:port]", as in Reference::registry)
@@ -64,6 +70,18 @@ Result<std::optional<Credentials>> CredsForRegistry(const CommonOptions& o,
 // its key, is an error.
 Result<RegistryClientOptions> MakeClientOptions(const CommonOptions& o,
                                                 const std::string& registry);
+
+// registries.conf as podman reads it, --registries-conf first (see
+// reader/image/registries_conf.h).
+Result<RegistriesConf> LoadRegistriesConfFromFlags(const CommonOptions& o);
+
+// The endpoints to pull `ref` from (registries.conf's mirrors, then the
+// primary), each with its own client options from the flags: credentials
+// for its own host, its certs.d directory, TLS verification off for an
+// `insecure` endpoint. InvalidArgument for a blocked registry.
+Result<std::unique_ptr<MirrorSet>> MakeMirrorSet(const CommonOptions& o, const RegistriesConf& conf,
+                                                 const Reference& ref,
+                                                 const std::atomic<bool>* cancel = nullptr);
 
 // What a certificate directory holds, in containers/image's layout: *.crt
 // are CAs trusted besides the system's; X.cert with X.key is a client

@@ -63,6 +63,7 @@ LayerStore::LayerStore(ChunkCache* cache, CommonOptions common, IndexStore index
                        bool index_on_pull)
     : cache_(cache),
       common_(std::move(common)),
+      registries_conf_(LoadRegistriesConfFromFlags(common_)),
       index_store_(std::move(index_store)),
       index_on_pull_(index_on_pull),
       idle_timeout_(std::chrono::duration_cast<Clock::duration>(
@@ -309,6 +310,9 @@ std::string LayerStore::StatusJson() const {
       if (!st.error.empty()) lj["error"] = st.error;
       if (!st.toc.empty()) lj["toc"] = st.toc;
       if (!st.toc_error.empty()) lj["tocError"] = st.toc_error;
+      // Which endpoint (registries.conf mirror or the registry) served how
+      // many of its bytes.
+      if (l.repo) lj["servedBy"] = l.repo->client->ServedBy(l.layer->blob().digest);
     }
     j["layers"].push_back(lj);
   }
@@ -341,10 +345,9 @@ Result<std::shared_ptr<LayerStore::Repo>> LayerStore::GetRepo(const Reference& r
   std::string key = ref.registry + "/" + ref.repository;
   std::lock_guard lock(repos_mu_);
   if (std::shared_ptr<Repo> r = repos_[key].lock()) return r;
-  Result<RegistryClientOptions> co = MakeClientOptions(common_, ref.registry);
-  if (!co.ok()) return co.status();
-  co->cancel = &stopping_;
-  ASSIGN_OR_RETURN(std::unique_ptr<RegistryClient> client, RegistryClient::Create(ref, *co));
+  if (!registries_conf_.ok()) return registries_conf_.status();
+  ASSIGN_OR_RETURN(std::unique_ptr<MirrorSet> client,
+                   MakeMirrorSet(common_, *registries_conf_, ref, &stopping_));
   auto repo = std::make_shared<Repo>();
   repo->client = std::move(client);
   repo->cached = std::make_unique<CachedBlobSource>(cache_, repo->client.get(), DaemonCacheOptions());
@@ -437,7 +440,7 @@ Status LayerStore::AddImage(std::string_view name, bool* cache_negative) {
     if (!p.ok()) return Status::NotFound("bad --platform");
     platform = *p;
   }
-  Result<ResolvedImage> img = ResolveImage(*(*repo)->client, *ref, platform);
+  Result<ResolvedImage> img = (*repo)->client->Resolve(*ref, platform);
   if (!img.ok()) {
     // Podman then pulls the image itself; a later lookup may succeed.
     *cache_negative = false;

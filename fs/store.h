@@ -119,7 +119,8 @@ class LayerStore : public FsContent {
   // A registry client and its cached view, per registry/repository; shared
   // by the live layers that read through it (and resolutions in progress).
   struct Repo {
-    std::unique_ptr<RegistryClient> client;
+    // The pull sources (registries.conf mirrors, then the registry).
+    std::unique_ptr<MirrorSet> client;
     std::unique_ptr<CachedBlobSource> cached;
   };
   // A layer shown now: its directory is in the tree.
@@ -178,6 +179,9 @@ class LayerStore : public FsContent {
 
   ChunkCache* cache_;
   CommonOptions common_;
+  // registries.conf, read once at start; a bad file makes every lookup
+  // ENOENT (podman then pulls normally) and says why in the log.
+  Result<RegistriesConf> registries_conf_;
   IndexStore index_store_;
   Tree tree_;
   Ino status_file_ = 0;

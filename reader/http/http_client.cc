@@ -64,6 +64,10 @@ struct Transfer {
   HttpResponse* resp = nullptr;
   Status abort;  // set when a callback stopped the transfer, and why
   size_t header_bytes = 0;
+  // A 200 to a ranged request, windowed (window_full_body_for_range).
+  bool windowed = false;
+  uint64_t raw_pos = 0;       // bytes of the whole body seen so far
+  bool window_done = false;   // the range is in: the transfer was ended on purpose
   std::string what;
 
   bool Is2xx() const { return resp->status >= 200 && resp->status < 300; }
@@ -75,8 +79,8 @@ struct Transfer {
     if (!ValidateRange()) return false;
     const uint64_t cap = BodyCap(*req);
     uint64_t content_length = 0;
-    if (!req->head && ParseU64(Trim(resp->Header("content-length")), &content_length) &&
-        content_length > cap) {
+    if (!req->head && !windowed &&
+        ParseU64(Trim(resp->Header("content-length")), &content_length) && content_length > cap) {
       abort = Status::Protocol(what + ": body of " + std::to_string(content_length) +
                                " bytes exceeds the " + std::to_string(cap) + " expected");
       return false;
@@ -118,6 +122,21 @@ struct Transfer {
       }
     }
     if (resp->status == 200) {
+      if (!req->allow_full_body_for_range && req->window_full_body_for_range) {
+        uint64_t content_length = 0;
+        if (req->expected_total &&
+            ParseU64(Trim(resp->Header("content-length")), &content_length) &&
+            content_length != *req->expected_total) {
+          abort = Status::Protocol(what + ": server ignored Range (200 for bytes=" +
+                                   std::to_string(r.first) + "-" + std::to_string(r.last) +
+                                   ") with a body of " + std::to_string(content_length) +
+                                   " bytes, not the blob's " +
+                                   std::to_string(*req->expected_total));
+          return false;
+        }
+        windowed = true;
+        return true;
+      }
       if (!req->allow_full_body_for_range) {
         abort = Status::Protocol(what + ": server ignored Range (200 for bytes=" +
                                  std::to_string(r.first) + "-" + std::to_string(r.last) + ")");
@@ -144,6 +163,75 @@ struct Transfer {
           "/" + (cr->total ? std::to_string(*cr->total) : "*") + " does not match requested " +
           std::to_string(r.first) + "-" + std::to_string(r.last) + "/" +
           (req->expected_total ? std::to_string(*req->expected_total) : "*"));
+      return false;
+    }
+    return true;
+  }
+  // Hands 2xx body bytes to where the request wants them. False (with
+  // `abort` set) stops the transfer.
+  bool Deliver(const char* data, size_t len) {
+    const HttpRequest& q = *req;
+    HttpResponse* r = resp;
+    if (!q.body_out.empty() || q.body_sink) {
+      const uint64_t cap = BodyCap(q);
+      if (r->body_bytes + len > cap) {
+        abort = Status::Protocol(what + ": body longer than the " + std::to_string(cap) +
+                                 " bytes expected");
+        return false;
+      }
+      if (!q.body_out.empty()) {
+        std::memcpy(q.body_out.data() + r->body_bytes, data, len);
+      } else {
+        // Nothing may unwind through curl's C frames: an exception from the
+        // sink (say, bad_alloc for a buffer) ends the transfer like an error.
+        Status st;
+        try {
+          st = q.body_sink({reinterpret_cast<const uint8_t*>(data), len});
+        } catch (const std::exception& e) {
+          st = Status::IoError(what + ": body sink failed: " + e.what());
+        }
+        if (!st.ok()) {
+          abort = std::move(st);
+          return false;
+        }
+      }
+    } else {
+      if (r->body.size() + len > q.max_body) {
+        abort = Status::Protocol(what + ": body exceeds the " + std::to_string(q.max_body) +
+                                 "-byte cap");
+        return false;
+      }
+      r->body.append(data, len);
+    }
+    r->body_bytes += len;
+    return true;
+  }
+
+  // A windowed 200: the range's bytes are delivered, the rest skipped (and
+  // offered to outside_range); false once the range is complete, which ends
+  // the transfer (window_done tells Perform it is no error).
+  bool Window(const char* data, size_t len) {
+    const ByteRange& rg = *req->range;
+    const uint64_t pos = raw_pos;
+    raw_pos += len;
+    auto outside = [&](uint64_t at, const char* p, size_t n) {
+      if (n == 0) return;
+      resp->skipped_bytes += n;
+      if (!req->outside_range) return;
+      try {
+        req->outside_range(at, {reinterpret_cast<const uint8_t*>(p), n});
+      } catch (...) {
+      }
+    };
+    size_t skip = 0;
+    if (pos < rg.first) skip = static_cast<size_t>(std::min<uint64_t>(len, rg.first - pos));
+    outside(pos, data, skip);
+    const uint64_t want = rg.size() - resp->body_bytes;
+    const size_t take = static_cast<size_t>(std::min<uint64_t>(len - skip, want));
+    if (take > 0 && !Deliver(data + skip, take)) return false;
+    outside(pos + skip + take, data + skip + take, len - skip - take);
+    if (resp->body_bytes == rg.size()) {
+      window_done = true;
       return false;
     }
     return true;
@@ -205,40 +293,8 @@ size_t WriteCallback(char* data, size_t size, size_t n, void* userdata) {
     r->body.append(data, std::min(room, len));
     return len <= room ? len : 0;
   }
-  const HttpRequest& q = *t->req;
-  if (!q.body_out.empty() || q.body_sink) {
-    const uint64_t cap = BodyCap(q);
-    if (r->body_bytes + len > cap) {
-      t->abort = Status::Protocol(t->what + ": body longer than the " + std::to_string(cap) +
-                                  " bytes expected");
-      return 0;
-    }
-    if (!q.body_out.empty()) {
-      std::memcpy(q.body_out.data() + r->body_bytes, data, len);
-    } else {
-      // Nothing may unwind through curl's C frames: an exception from the
-      // sink (say, bad_alloc for a buffer) ends the transfer like an error.
-      Status st;
-      try {
-        st = q.body_sink({reinterpret_cast<const uint8_t*>(data), len});
-      } catch (const std::exception& e) {
-        st = Status::IoError(t->what + ": body sink failed: " + e.what());
-      }
-      if (!st.ok()) {
-        t->abort = std::move(st);
-        return 0;
-      }
-    }
-  } else {
-    if (r->body.size() + len > q.max_body) {
-      t->abort = Status::Protocol(t->what + ": body exceeds the " + std::to_string(q.max_body) +
-                                  "-byte cap");
-      return 0;
-    }
-    r->body.append(data, len);
-  }
-  r->body_bytes += len;
-  return len;
+  if (t->windowed) return t->Window(data, len) ? len : 0;
+  return t->Deliver(data, len) ? len : 0;
 }
 
 Status MapCurlCode(CURLcode code, std::string_view what, std::string_view detail) {
@@ -599,8 +655,14 @@ HttpResult HttpClient::Perform(const HttpRequest& req) {
   // No pointer into this frame (error buffer, header list, callbacks' data)
   // may outlive it inside the handle.
   curl_easy_reset(h);
-  body_bytes_.fetch_add(out.response.body_bytes, std::memory_order_relaxed);
+  body_bytes_.fetch_add(out.response.body_bytes + out.response.skipped_bytes,
+                        std::memory_order_relaxed);
 
+  if (t.window_done) {
+    // The range was taken out of a 200 and the rest left unread on purpose.
+    out.status = Status::Ok();
+    return out;
+  }
   if (!t.abort.ok()) {
     out.status = t.abort;
     return out;

@@ -125,6 +125,16 @@ struct HttpRequest {
   std::optional<uint64_t> expected_total;
   // Accept a 200 (whole body) in answer to `range`; the body cap still holds.
   bool allow_full_body_for_range = false;
+  // Accept a 200 (the whole blob, as a pull-through cache filling its own
+  // copy sends, or storage behind a redirect) in answer to `range`, when its
+  // Content-Length is expected_total (if both are known): the bytes before
+  // the range are skipped (handed to `outside_range` when set), the range's
+  // go where a 206's would, and the transfer ends after the range's last
+  // byte (the connection is closed then, not reused).
+  bool window_full_body_for_range = false;
+  // Bytes of such a 200 body outside `range` that arrived anyway, with their
+  // offset in the body. Must not fail; an exception is swallowed.
+  std::function<void(uint64_t, std::span<const uint8_t>)> outside_range;
   // Where a 2xx body goes: into `body_out` (cap = its size) when non-empty,
   // else to `body_sink` when set (cap = sink_cap), else into
   // HttpResponse::body up to `max_body` bytes.
@@ -147,6 +157,7 @@ struct HttpResponse {
   std::vector<std::pair<std::string, std::string>> headers;  // names lowercase
   std::string body;         // 2xx body (no body_out) or the (capped) error body
   uint64_t body_bytes = 0;  // 2xx body bytes delivered (body_out or body)
+  uint64_t skipped_bytes = 0;  // bytes of a windowed 200 body outside the range
   bool headers_complete = false;
 
   // First value of header `name` (lowercase), or empty.

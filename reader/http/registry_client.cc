@@ -76,6 +76,8 @@ struct RegistryClient::Call {
   // attempt continues after the last byte delivered).
   std::function<Status(std::span<const uint8_t>)> sink;
   bool sink_failed = false;  // the sink refused bytes: no retry
+  // Bytes of a 200 body outside the range (see HttpRequest::outside_range).
+  std::function<void(uint64_t, std::span<const uint8_t>)> outside_range;
   uint64_t done = 0;
   size_t max_body = 1 << 20;  // whole-body requests
   HttpResponse response;      // the final successful response
@@ -223,6 +225,10 @@ Status RegistryClient::AttemptOnce(Call& call, bool* progressed) {
         req.body_out = call.out.subspan(call.done);
       }
       req.allow_full_body_for_range = req.range->first == 0 && req.range->last + 1 == call.total;
+      // A pull-through cache that is still filling sends the whole blob
+      // (200): the range is taken out of it.
+      req.window_full_body_for_range = true;
+      req.outside_range = call.outside_range;
     } else {
       req.max_body = call.max_body;
     }
