@@ -282,6 +282,7 @@ int ServeMount(MountOptions mo, DaemonReady* ready) {
   } else {
     return fail("cannot resolve " + ref->Normalized(), img.status());
   }
+  KeepSpareChunks(client.get(), cache->get());
   CachedBlobSource cached(cache->get(), client.get(), DaemonCacheOptions());
 
   ImageFsInput in;
@@ -432,6 +433,29 @@ Result<std::unique_ptr<ChunkCache>> OpenCache(const CommonOptions& o) {
   Result<std::unique_ptr<ChunkCache>> cache = ChunkCache::Open(co);
   if (!cache.ok()) return cache.status().Annotate("cache in " + co.dir);
   return cache;
+}
+
+void KeepSpareChunks(MirrorSet* set, ChunkCache* db) {
+  const uint64_t cs = db->chunk_size();
+  set->SetSpareChunkHandler(cs, [db, cs](const BlobDescriptor& blob, uint64_t offset,
+                                         std::span<const uint8_t> bytes) {
+    const uint64_t index = offset / cs;
+    // A verified blob's chunks are stored only when they match its record
+    // (as the cache checks its own refetches of them).
+    Result<std::optional<std::string>> hashes = db->GetChunkSha256s(blob.digest);
+    if (!hashes.ok()) return;
+    if (*hashes) {
+      const std::string& h = **hashes;
+      if (h.size() < (index + 1) * 32 ||
+          h.compare(index * 32, 32,
+                    Sha256Raw({reinterpret_cast<const char*>(bytes.data()), bytes.size()})) != 0) {
+        return;
+      }
+    }
+    Status s = db->PutChunks(blob, index, bytes);
+    if (!s.ok()) LOG_DEBUG("keeping spare chunk " + std::to_string(index) + " of " + blob.digest +
+                           ": " + s.ToString());
+  });
 }
 
 CachedSourceOptions DaemonCacheOptions() {

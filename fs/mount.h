@@ -73,6 +73,11 @@ void TakeOwnOptions(MountOptions* mo);
 // The endpoints' reports (registries.conf mirrors and the primary) for
 // status.json and `regfs inspect --json`.
 nlohmann::json EndpointsJson(const MirrorSet& set);
+// Keeps the whole chunks a pull-through cache's 200 answers carried besides
+// the range asked for (RegistryClient::SetSpareChunkHandler) in `db`: a
+// chunk of a verified blob only when it matches the blob's recorded chunk
+// hash. `db` must outlive `set`'s reads.
+void KeepSpareChunks(MirrorSet* set, ChunkCache* db);
 // Opens the chunk cache --cache-dir / --cache-max-size name.
 Result<std::unique_ptr<ChunkCache>> OpenCache(const CommonOptions& o);
 // Layer indexes kept in the cache's table (failures logged, never fatal).

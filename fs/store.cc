@@ -348,6 +348,7 @@ Result<std::shared_ptr<LayerStore::Repo>> LayerStore::GetRepo(const Reference& r
   if (!registries_conf_.ok()) return registries_conf_.status();
   ASSIGN_OR_RETURN(std::unique_ptr<MirrorSet> client,
                    MakeMirrorSet(common_, *registries_conf_, ref, &stopping_));
+  KeepSpareChunks(client.get(), cache_);
   auto repo = std::make_shared<Repo>();
   repo->client = std::move(client);
   repo->cached = std::make_unique<CachedBlobSource>(cache_, repo->client.get(), DaemonCacheOptions());

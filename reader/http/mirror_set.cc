@@ -164,6 +164,11 @@ Status MirrorSet::ReadStream(const BlobDescriptor& blob, uint64_t offset, uint64
   });
 }
 
+void MirrorSet::SetSpareChunkHandler(uint64_t chunk_size,
+                                     RegistryClient::SpareChunkHandler handler) {
+  for (auto& e : endpoints_) e->client->SetSpareChunkHandler(chunk_size, handler);
+}
+
 RegistryCounters MirrorSet::Counters() const {
   RegistryCounters sum;
   for (const auto& e : endpoints_) {

@@ -66,6 +66,9 @@ class MirrorSet : public BlobSource {
   Status ReadStream(const BlobDescriptor& blob, uint64_t offset, uint64_t len,
                     const ByteSink& sink) override;
 
+  // RegistryClient::SetSpareChunkHandler for every endpoint.
+  void SetSpareChunkHandler(uint64_t chunk_size, RegistryClient::SpareChunkHandler handler);
+
   // Sums over the endpoints.
   RegistryCounters Counters() const;
   std::vector<EndpointReport> Endpoints() const;

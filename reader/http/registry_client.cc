@@ -407,7 +407,42 @@ Status RegistryClient::ReadRange(const BlobDescriptor& blob, uint64_t offset, ui
   call.redirect_key = blob.digest;
   call.range = ByteRange{offset, offset + len - 1};
   call.total = blob.size;
+  // Bytes outside the range (a 200 answer) are gathered into whole chunks
+  // for the spare handler; a gap (the range itself, a resumed attempt)
+  // drops the chunk being gathered.
+  uint64_t gather_start = 0;
+  std::string gathered;
+  if (spare_ && spare_chunk_size_ > 0) {
+    const uint64_t cs = spare_chunk_size_;
+    call.outside_range = [&](uint64_t at, std::span<const uint8_t> bytes) {
+      while (!bytes.empty()) {
+        if (!gathered.empty() && at != gather_start + gathered.size()) gathered.clear();
+        if (gathered.empty() && at % cs != 0) {
+          const uint64_t next = (at / cs + 1) * cs;
+          if (next - at >= bytes.size()) return;
+          bytes = bytes.subspan(next - at);
+          at = next;
+        }
+        if (gathered.empty()) gather_start = at;
+        const uint64_t want = std::min<uint64_t>(cs, blob.size - gather_start);
+        const size_t take = static_cast<size_t>(std::min<uint64_t>(want - gathered.size(), bytes.size()));
+        gathered.append(reinterpret_cast<const char*>(bytes.data()), take);
+        bytes = bytes.subspan(take);
+        at += take;
+        if (gathered.size() == want) {
+          spare_(blob, gather_start,
+                 {reinterpret_cast<const uint8_t*>(gathered.data()), gathered.size()});
+          gathered.clear();
+        }
+      }
+    };
+  }
   return Execute(call).Annotate("blob " + blob.digest);
+}
+
+void RegistryClient::SetSpareChunkHandler(uint64_t chunk_size, SpareChunkHandler handler) {
+  spare_chunk_size_ = chunk_size;
+  spare_ = std::move(handler);
 }
 
 Status CheckRedirect(std::string_view from_url, std::string_view to_url) {

@@ -113,6 +113,16 @@ class RegistryClient : public BlobSource {
   Status ReadStream(const BlobDescriptor& blob, uint64_t offset, uint64_t len,
                     const ByteSink& sink) override;
 
+  // Whole chunks (offsets multiple of `chunk_size`, `chunk_size` bytes or
+  // up to the blob's end) of bytes that arrived outside the range a read
+  // asked for: a pull-through cache still filling answers a Range request
+  // with 200 and the whole blob, and what precedes the range is otherwise
+  // thrown away. `handler` (say, a chunk cache's store) runs on the reading
+  // thread and must not fail the read. Set before the first read.
+  using SpareChunkHandler =
+      std::function<void(const BlobDescriptor&, uint64_t offset, std::span<const uint8_t>)>;
+  void SetSpareChunkHandler(uint64_t chunk_size, SpareChunkHandler handler);
+
   RegistryCounters Counters() const;
   const Reference& reference() const { return ref_; }
   // "https://host" or "http://host" once decided (after the first request).
@@ -144,6 +154,8 @@ class RegistryClient : public BlobSource {
   std::map<std::string, std::string> redirects_;  // guarded by redirect_mu_; digest -> URL
 
   std::atomic<uint64_t> retries_{0}, resumes_{0}, redirects_followed_{0};
+  uint64_t spare_chunk_size_ = 0;
+  SpareChunkHandler spare_;
 };
 
 // The image a reference resolves to, with every byte verified.

@@ -2,6 +2,8 @@
 // resumption, retries and their bounds.
 #include <gtest/gtest.h>
 
+#include <map>
+
 #include <chrono>
 
 #include "tests/http/reader_fixture.h"
@@ -115,6 +117,30 @@ TEST_F(RangeRead, IgnoredRangeTakesTheWindowAndStops) {
     return Status::Ok();
   }));
   EXPECT_EQ(streamed, Expected(5 << 20, 3 << 20));
+}
+
+TEST_F(RangeRead, IgnoredRangeHandsTheBytesBeforeItAsWholeChunks) {
+  SetBlob(RandomBytes(8 << 20, 12));
+  std::map<uint64_t, std::string> spare;
+  client().SetSpareChunkHandler(
+      1 << 20, [&](const BlobDescriptor& b, uint64_t off, std::span<const uint8_t> bytes) {
+        EXPECT_EQ(b.digest, blob_.digest);
+        spare[off].assign(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+      });
+  server_.AddFault(blob_path(), Fault{FaultKind::kIgnoreRange});
+  std::string got;
+  ASSERT_OK(Read((5 << 20) + 100, 4096, &got));
+  EXPECT_EQ(got, Expected((5 << 20) + 100, 4096));
+  // Chunks 0-4 came before the range, whole; chunk 5 only in part.
+  ASSERT_EQ(spare.size(), 5u);
+  for (uint64_t c = 0; c < 5; ++c) {
+    ASSERT_TRUE(spare.count(c << 20)) << c;
+    EXPECT_TRUE(spare[c << 20] == Expected(c << 20, 1 << 20)) << c;
+  }
+  // A 206 hands nothing.
+  spare.clear();
+  ASSERT_OK(Read(3 << 20, 4096, &got));
+  EXPECT_TRUE(spare.empty());
 }
 
 TEST_F(RangeRead, IgnoredRangeWithAnotherLengthIsProtocolError) {

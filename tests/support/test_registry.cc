@@ -586,6 +586,9 @@ Status TestRegistry::Prepare() {
            ? std::string()
            : "middleware:\n  storage:\n    - name: redirect\n      options:\n        baseurl: " +
                  opts_.redirect_base_url + "\n") +
+      (opts_.proxy_remote_url.empty()
+           ? std::string()
+           : "proxy:\n  remoteurl: " + opts_.proxy_remote_url + "\n") +
       "http:\n  addr: 127.0.0.1:" +
       std::to_string(port_) + "\n  secret: regfs-test-secret\n" + tls + auth;
   return WriteFile(config_path_, config);

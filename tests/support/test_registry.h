@@ -59,6 +59,10 @@ struct TestRegistryOptions {
   // to this base URL + the blob's storage path (as a registry that serves
   // blobs from object storage).
   std::string redirect_base_url;
+  // When set, a pull-through cache (distribution's proxy mode) of the
+  // registry at this URL ("http://127.0.0.1:PORT"): pulls of anything it
+  // lacks are fetched from there and kept; pushes are refused.
+  std::string proxy_remote_url;
 };
 
 // A minimal HTTP token endpoint (GET /token?service=..&scope=..) for the
