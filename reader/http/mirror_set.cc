@@ -115,6 +115,9 @@ Status MirrorSet::ReadWithFailover(const BlobDescriptor& blob,
     bool final_error = false;  // the consumer refused the bytes: no other endpoint helps
     Status s = attempt(i, &final_error);
     if (s.ok() || final_error) return s;
+    // The caller's mistake (a bad digest, a range outside the blob) is the
+    // same on every endpoint and says nothing about this one.
+    if (s.code() == Code::kInvalidArgument || s.code() == Code::kRangeNotSatisfiable) return s;
     RecordFailure(i, s);
     if (first_error.ok()) first_error = s;
     const std::atomic<bool>* cancel = endpoints_[i]->spec.options.cancel;

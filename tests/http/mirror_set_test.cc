@@ -202,6 +202,17 @@ TEST_F(MirrorSetTest, StreamContinuesOnTheNextEndpointAfterTheBytesDelivered) {
   EXPECT_TRUE(found);
 }
 
+TEST_F(MirrorSetTest, ARangeOutsideTheBlobFailsWithoutBlamingAnEndpoint) {
+  AddImage(/*on_mirror=*/true);
+  ASSERT_OK(Set().Resolve(Ref(), std::nullopt));
+  std::string got;
+  EXPECT_EQ(ReadSet(blob_.size - 10, 20, &got).code(), Code::kRangeNotSatisfiable);
+  for (const EndpointReport& e : Set().Endpoints()) {
+    EXPECT_EQ(e.failures, 0u) << e.location;
+    EXPECT_FALSE(e.cooling_down) << e.location;
+  }
+}
+
 TEST_F(MirrorSetTest, ASinkErrorIsNotRetriedElsewhere) {
   AddImage(/*on_mirror=*/true);
   ASSERT_OK(Set().Resolve(Ref(), std::nullopt));
