@@ -440,18 +440,10 @@ void KeepSpareChunks(MirrorSet* set, ChunkCache* db) {
   set->SetSpareChunkHandler(cs, [db, cs](const BlobDescriptor& blob, uint64_t offset,
                                          std::span<const uint8_t> bytes) {
     const uint64_t index = offset / cs;
-    // A verified blob's chunks are stored only when they match its record
-    // (as the cache checks its own refetches of them).
-    Result<std::optional<std::string>> hashes = db->GetChunkSha256s(blob.digest);
-    if (!hashes.ok()) return;
-    if (*hashes) {
-      const std::string& h = **hashes;
-      if (h.size() < (index + 1) * 32 ||
-          h.compare(index * 32, 32,
-                    Sha256Raw({reinterpret_cast<const char*>(bytes.data()), bytes.size()})) != 0) {
-        return;
-      }
-    }
+    // A verified blob's refetched chunks are checked against its chunk
+    // chain by the cache's own fetch; spare bytes of it are left alone.
+    Result<std::optional<std::string>> chain = db->GetChunkChain(blob.digest);
+    if (!chain.ok() || *chain) return;
     Status s = db->PutChunks(blob, index, bytes);
     if (!s.ok()) LOG_DEBUG("keeping spare chunk " + std::to_string(index) + " of " + blob.digest +
                            ": " + s.ToString());

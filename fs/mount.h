@@ -74,9 +74,9 @@ void TakeOwnOptions(MountOptions* mo);
 // status.json and `regfs inspect --json`.
 nlohmann::json EndpointsJson(const MirrorSet& set);
 // Keeps the whole chunks a pull-through cache's 200 answers carried besides
-// the range asked for (RegistryClient::SetSpareChunkHandler) in `db`: a
-// chunk of a verified blob only when it matches the blob's recorded chunk
-// hash. `db` must outlive `set`'s reads.
+// the range asked for (RegistryClient::SetSpareChunkHandler) in `db`, for
+// blobs not yet verified (a verified blob's chunks are refetched and checked
+// by the cache itself). `db` must outlive `set`'s reads.
 void KeepSpareChunks(MirrorSet* set, ChunkCache* db);
 // Opens the chunk cache --cache-dir / --cache-max-size name.
 Result<std::unique_ptr<ChunkCache>> OpenCache(const CommonOptions& o);
