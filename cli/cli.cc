@@ -11,6 +11,7 @@
 
 #include "cache/chunk_cache.h"
 #include "cli/daemon.h"
+#include "cli/version.h"
 #include "fs/fuse_daemon.h"
 #include "fs/mount.h"
 #include "fs/options.h"
@@ -286,12 +287,18 @@ int RunDaemonFor(MountOptions mo, int (*serve)(MountOptions, DaemonReady*), bool
       log_file, foreground, [&](DaemonReady* ready) { return serve(mo, ready); }, hold);
 }
 
+// "regfs 0.1.0 (git v0.1.0-12-gabcdef123456)": the release and the source it
+// was built from (packages and bug reports name both).
+std::string VersionLine() {
+  return std::string("regfs ") + REGFS_VERSION + " (git " + REGFS_GIT_REVISION + ")";
+}
+
 }  // namespace
 
 int RegfsMain(int argc, char** argv) {
   CLI::App app{"regfs: mount container images from a registry without pulling them"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", "regfs 0.1.0");
+  app.set_version_flag("--version", VersionLine());
 
   CommonOptions common;
   MountOptions mo;

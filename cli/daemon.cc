@@ -1,11 +1,13 @@
 #include "cli/daemon.h"
 
 #include <fcntl.h>
+#include <systemd/sd-daemon.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "fs/session_holder.h"
@@ -50,6 +52,22 @@ class LogReady : public DaemonReady {
   }
 };
 
+// In the foreground under a Type=notify unit ($NOTIFY_SOCKET set): "OK"
+// becomes READY=1, so that units ordered after this one (and `systemctl
+// start`) wait for a live mount; an error goes to stderr as in the plain
+// foreground, and into the unit's status line.
+class SystemdReady : public DaemonReady {
+ public:
+  void Send(const std::string& msg) override {
+    if (msg == "OK") {
+      sd_notify(0, "READY=1\nSTATUS=serving");
+      return;
+    }
+    std::fprintf(stderr, "regfs: %s\n", msg.c_str());
+    sd_notifyf(0, "STATUS=%s", msg.c_str());
+  }
+};
+
 }  // namespace
 
 int RunDaemon(const std::string& log_file, bool foreground,
@@ -64,10 +82,19 @@ int RunDaemon(const std::string& log_file, bool foreground,
     SetLogFile(f);  // lives as long as the process
   }
   if (foreground) {
-    if (!hold) return serve(nullptr);
-    // This process (a terminal's, or a systemd unit's main process) holds;
-    // each daemon reports on stderr, as in the foreground.
-    return RunHeld([&](bool) { return serve(nullptr); });
+    if (!std::getenv("NOTIFY_SOCKET")) {
+      if (!hold) return serve(nullptr);
+      // This process (a terminal's, or a systemd unit's main process) holds;
+      // each daemon reports on stderr, as in the foreground.
+      return RunHeld([&](bool) { return serve(nullptr); });
+    }
+    // Under systemd. Held, the daemon that says READY=1 is a child of the
+    // unit's main process (the holder): the units say NotifyAccess=all.
+    SystemdReady ready;
+    int rc = hold ? RunHeld([&](bool) { return serve(&ready); }) : serve(&ready);
+    // The mount is gone: systemd shows the unit deactivating, not failed.
+    sd_notify(0, "STOPPING=1");
+    return rc;
   }
 
   int fds[2];

@@ -15,7 +15,8 @@ namespace regfs {
 // Opens `log_file` (if any), then runs `serve` in the foreground (ready =
 // nullptr) or in a forked child, which detaches from the terminal once it
 // reports "OK"; the parent waits for that report, prints an error and
-// returns 1 if it is not "OK".
+// returns 1 if it is not "OK". In the foreground under systemd
+// ($NOTIFY_SOCKET), "OK" is sd_notify's READY=1 and the end STOPPING=1.
 // With `hold`, the daemon runs under a holder (fs/session_holder.h) that
 // keeps its mount alive and starts a successor if it dies by a signal: the
 // process itself in the foreground, the detached child otherwise (where a

@@ -17,6 +17,12 @@ LogLevel GetLogLevel();
 // Redirects log output; nullptr restores stderr. The FILE is not owned.
 void SetLogFile(std::FILE* f);
 void LogLine(LogLevel level, std::string_view msg);
+// True when stderr is connected to the systemd journal ($JOURNAL_STREAM names
+// stderr's device and inode, as systemd.exec(5) says to check). Lines to
+// stderr then carry a syslog priority prefix ("<4>") and no timestamp of our
+// own: the journal stamps each line, and two stamps per line help nobody.
+// Evaluated once, at the first log line.
+bool LogToJournal();
 
 }  // namespace regfs
 
