@@ -8,13 +8,15 @@ PKGS=(
   build-essential cmake pkg-config ninja-build
   libfuse3-dev fuse3 libcurl4-openssl-dev libsqlite3-dev sqlite3
   nlohmann-json3-dev zlib1g-dev libzstd-dev libssl-dev libcli11-dev
-  libisal-dev libdeflate-dev
+  libisal-dev libdeflate-dev libsystemd-dev
   # registries.conf (TOML)
   libtomlplusplus-dev
   # tests
   libgtest-dev libgmock-dev googletest clang libclang-rt-14-dev
   docker-registry skopeo umoci curl tar libarchive-tools zstd gzip
   iproute2 procps psmisc
+  # the Debian package (packaging/build-deb.sh) and its install test
+  debhelper lintian debootstrap man-db
   # regfs store: podman pulls and runs through the additional layer store
   podman runc
   # eStargz and zstd:chunked test images (tests/support/toc_images.h):
