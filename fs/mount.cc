@@ -147,6 +147,8 @@ std::string ResolutionJson(const ResolvedImage& img) {
   return j.dump();
 }
 
+}  // namespace
+
 void RememberResolution(ChunkCache* db, const ResolvedImage& img, const CommonOptions& o) {
   Status s = db->PutManifest(img.manifest_digest, img.manifest_media_type, img.manifest_bytes);
   if (s.ok()) {
@@ -159,6 +161,8 @@ void RememberResolution(ChunkCache* db, const ResolvedImage& img, const CommonOp
   if (s.ok()) s = db->PutManifest(ResolutionKey(img.ref, o), kResolutionType, ResolutionJson(img));
   if (!s.ok()) LOG_WARN("cannot remember the resolution in the cache: " + s.ToString());
 }
+
+namespace {
 
 // The image a ResolutionJson names, from the cache.
 Result<ResolvedImage> RecallResolutionJson(ChunkCache* db, const Reference& ref,
@@ -196,14 +200,14 @@ Result<ResolvedImage> RecallResolutionJson(ChunkCache* db, const Reference& ref,
   return img;
 }
 
+}  // namespace
+
 Result<ResolvedImage> RecallResolution(ChunkCache* db, const Reference& ref,
                                        const CommonOptions& o) {
   ASSIGN_OR_RETURN(std::optional<StoredManifest> res, db->GetManifest(ResolutionKey(ref, o)));
   if (!res) return Status::NotFound("not in the cache: " + ResolutionKey(ref, o));
   return RecallResolutionJson(db, ref, res->bytes);
 }
-
-}  // namespace
 
 int FailStartup(DaemonReady* ready, const std::string& what, const Status& s) {
   std::string msg = what + ": " + s.ToString();

@@ -90,6 +90,13 @@ CachedSourceOptions DaemonCacheOptions();
 // Reports a startup failure: to the waiting parent through `ready`, or on
 // stderr in the foreground (ready == nullptr). Returns the exit status, 1.
 int FailStartup(DaemonReady* ready, const std::string& what, const Status& s);
+// The cache remembers what a reference resolved to (manifest, config and
+// index bytes, and the reference -> digests mapping; failures are logged),
+// so that an image seen before is served while the registry is unreachable:
+// RecallResolution returns it, checked against its digests again.
+void RememberResolution(ChunkCache* db, const ResolvedImage& img, const CommonOptions& o);
+Result<ResolvedImage> RecallResolution(ChunkCache* db, const Reference& ref,
+                                       const CommonOptions& o);
 // OK when `path` is a directory to mount on.
 Status CheckMountpoint(const std::string& path);
 

@@ -442,6 +442,19 @@ Status LayerStore::AddImage(std::string_view name, bool* cache_negative) {
     platform = *p;
   }
   Result<ResolvedImage> img = (*repo)->client->Resolve(*ref, platform);
+  if (img.ok()) {
+    RememberResolution(cache_, *img, common_);
+  } else if (img.status().code() == Code::kTransient) {
+    // The registry is unreachable (a boot without network, say): an image
+    // resolved before is served from the cache, as `mount` does; one never
+    // seen stays ENOENT until the registry answers.
+    Result<ResolvedImage> recalled = RecallResolution(cache_, *ref, common_);
+    if (recalled.ok()) {
+      LOG_WARN("store: registry unreachable (" + img.status().ToString() + "); serving " + *text +
+               " as last resolved: " + recalled->manifest_digest);
+      img = std::move(recalled);
+    }
+  }
   if (!img.ok()) {
     // Podman then pulls the image itself; a later lookup may succeed.
     *cache_negative = false;

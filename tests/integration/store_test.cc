@@ -376,6 +376,54 @@ TEST_F(StoreTest, RepeatedPullsDoNotGrowFds) {
   EXPECT_EQ(LayerBlobGets(), gets_after_first) << "later rounds are served from the cache";
 }
 
+// Boot with the registry unreachable: the store starts, and an image it
+// resolved before (the resolution and the layers' indexes and chunks are in
+// the cache) is served from the cache; an image it never saw is ENOENT
+// (podman then pulls normally) until the registry is back, and that ENOENT
+// is not cached.
+TEST_F(StoreTest, StartsOfflineAndServesWhatTheCacheHolds) {
+  ImageSpec other_spec;
+  other_spec.layers.push_back({{TE::Dir("only"), TE::File("only/here", "other image\n")},
+                               Compression::kGzip});
+  BuiltImage other = BuildImage(other_spec);
+  ImagePusher pusher(*registry_);
+  ASSERT_OK(pusher.PushImage("test/other", "v1", other));
+  std::string other_ref = registry_->Ref("test/other", "v1");
+  const std::vector<std::string> kShortRetries = {"--retry-timeout", "3"};
+  StartStore(kShortRetries);
+  ListEveryDiff();  // indexes every layer: indexes and chunks go to the cache
+  std::string image_dir = mnt_ + "/" + Base64Encode(ref_);
+  std::string top = image_dir + "/" + image_.layers[2].descriptor.digest + "/diff";
+  std::string msg;
+  ASSERT_TRUE(ReadWholeFile(top + "/etc/message", &msg)) << StoreLog();
+  EXPECT_EQ(msg, "from layer 2\n");
+  CommandResult um = RunCommand({REGFS_BINARY, "umount", mnt_});
+  ASSERT_EQ(um.exit_code, 0) << um.output;
+
+  registry_->Stop();
+  StartStore(kShortRetries);
+  struct stat st;
+  ASSERT_EQ(stat(image_dir.c_str(), &st), 0) << "an image seen before, offline" << StoreLog();
+  EXPECT_TRUE(S_ISDIR(st.st_mode));
+  msg.clear();
+  ASSERT_TRUE(ReadWholeFile(top + "/etc/message", &msg)) << StoreLog();
+  EXPECT_EQ(msg, "from layer 2\n");
+  std::string base = image_dir + "/" + image_.layers[0].descriptor.digest + "/diff";
+  ASSERT_EQ(stat((base + "/etc/gone").c_str(), &st), 0) << StoreLog();
+  std::string other_dir = mnt_ + "/" + Base64Encode(other_ref);
+  errno = 0;
+  EXPECT_NE(stat(other_dir.c_str(), &st), 0);
+  EXPECT_EQ(errno, ENOENT);
+
+  ASSERT_OK(registry_->Restart());
+  ASSERT_EQ(stat(other_dir.c_str(), &st), 0) << "the registry is back" << StoreLog();
+  std::string here;
+  ASSERT_TRUE(ReadWholeFile(other_dir + "/" + other.layers[0].descriptor.digest + "/diff/only/here",
+                            &here))
+      << StoreLog();
+  EXPECT_EQ(here, "other image\n");
+}
+
 }  // namespace
 }  // namespace regfs
 
