@@ -7,8 +7,10 @@
 // test registry (on the host's 127.0.0.1: the chroot shares the network),
 // regfs-store.service's ExecStart run as systemd runs it (its
 // EnvironmentFile, $NOTIFY_SOCKET) says READY=1 and serves the image, and
-// `systemd-analyze verify` is clean on every unit. The test runs in a mount
-// namespace of its own, so that nothing it mounts outlives it.
+// `systemd-analyze verify` is clean on every unit, and after a SIGKILL of the
+// store the unit's ExecStartPre clears the dead mount so that it starts
+// again. The test runs in a mount namespace of its own, so that nothing it
+// mounts outlives it.
 //
 // Time: building the package is a full build of regfs (minutes on 2 CPUs;
 // ccache makes a rebuild fast); the root's debootstrap takes about 2.5
@@ -290,6 +292,33 @@ TEST_F(PackageTest, InstallsIntoAFreshDebianRootAndWorks) {
   std::string layer = "/var/lib/regfs-store/" + Base64Encode(ref_) + "/" +
                       image_.layers[1].descriptor.digest + "/diff/etc/message";
   EXPECT_EQ(ReadInRoot(layer), kExpected) << log;
+
+  // 9. The daemon killed (SIGKILL, as the OOM killer does): its mount is
+  // left dead. The unit's ExecStartPre clears it, and ExecStart serves again.
+  kill(store_pid_, SIGKILL);
+  waitpid(store_pid_, nullptr, 0);
+  store_pid_ = -1;
+  std::string pre = UnitValue("regfs-store.service", "ExecStartPre");
+  ASSERT_EQ(pre.rfind("-", 0), 0u) << pre;  // its failure (nothing mounted) is ignored
+  CommandResult cleared = InRoot(pre.substr(1) + " 2>&1");
+  EXPECT_EQ(cleared.exit_code, 0) << cleared.output;
+  NotifySocket notify2(root_ + "/run/regfs-notify2.sock");
+  ASSERT_TRUE(notify2.ok()) << std::strerror(errno);
+  store_pid_ = fork();
+  ASSERT_GE(store_pid_, 0);
+  if (store_pid_ == 0) {
+    int out_fd = open(log_path.c_str(), O_WRONLY | O_APPEND);
+    dup2(out_fd, STDOUT_FILENO);
+    dup2(out_fd, STDERR_FILENO);
+    execl("/usr/sbin/chroot", "chroot", root_.c_str(), "/usr/bin/env",
+          "NOTIFY_SOCKET=/run/regfs-notify2.sock", "/bin/sh", "-c", script.c_str(),
+          static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  got = notify2.WaitFor("READY=1");
+  ReadWholeFile(log_path, &log);
+  ASSERT_NE(got.find("READY=1"), std::string::npos) << got << log;
+  EXPECT_EQ(ReadInRoot(layer), kExpected) << log;
   um = InRoot("regfs umount /var/lib/regfs-store 2>&1");
   EXPECT_EQ(um.exit_code, 0) << um.output;
   int status = -1;
@@ -299,7 +328,7 @@ TEST_F(PackageTest, InstallsIntoAFreshDebianRootAndWorks) {
   }
   ASSERT_EQ(store_pid_, -1) << "the store did not exit after umount";
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
-  got = notify.WaitFor("STOPPING=1");
+  got = notify2.WaitFor("STOPPING=1");
   EXPECT_NE(got.find("STOPPING=1"), std::string::npos) << got;
 }
 

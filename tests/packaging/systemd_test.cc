@@ -23,6 +23,9 @@
 #include "tests/packaging/notify_socket.h"
 #include "tests/support/fd_count.h"
 #include "tests/support/fuse_env.h"
+#include "tests/support/image_builder.h"
+#include "tests/support/status_matchers.h"
+#include "tests/support/test_registry.h"
 #include "tests/support/run_command.h"
 
 namespace regfs {
@@ -56,7 +59,7 @@ class SystemdTest : public FdCheckedTest {
   // ExecStart: $NOTIFY_SOCKET set, stderr a stream whose dev:ino is in
   // $JOURNAL_STREAM (or, with `journal_stream_matches` false, another file's).
   void Start(const std::string& notify_path, bool journal_stream_matches,
-             const std::string& mountpoint) {
+             const std::string& mountpoint, const std::vector<std::string>& mount_ref = {}) {
     int err = open(dir_->Sub("stderr").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     ASSERT_GE(err, 0);
     int other = open(dir_->Sub("other").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -71,8 +74,14 @@ class SystemdTest : public FdCheckedTest {
     // Built before the fork: the child only calls async-signal-safe functions.
     std::vector<const char*> env = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", journal.c_str(),
                                     notify.c_str(), nullptr};
-    std::vector<const char*> argv = {REGFS_BINARY,  "store",       "-f", "-v",
-                                     "--cache-dir", cache.c_str(), mountpoint.c_str(), nullptr};
+    // `regfs store -f -v ...`, or with mount_ref {REF, flags...} `regfs mount
+    // -f -v ... REF MOUNTPOINT`.
+    std::vector<const char*> argv = {REGFS_BINARY, mount_ref.empty() ? "store" : "mount", "-f",
+                                     "-v", "--cache-dir", cache.c_str()};
+    for (size_t i = 1; i < mount_ref.size(); ++i) argv.push_back(mount_ref[i].c_str());
+    if (!mount_ref.empty()) argv.push_back(mount_ref[0].c_str());
+    argv.push_back(mountpoint.c_str());
+    argv.push_back(nullptr);
     pid_ = fork();
     ASSERT_GE(pid_, 0);
     if (pid_ == 0) {
@@ -155,6 +164,33 @@ TEST_F(SystemdTest, JournalStreamOfAnotherFileKeepsTimestamps) {
   EXPECT_TRUE(std::regex_search(
       Stderr(), std::regex(R"(regfs \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ info: layer store mounted)")))
       << Stderr();
+}
+
+// `regfs mount -f` holds its session: the daemon that says READY=1 is a
+// child of the process systemd started (the units say NotifyAccess=all).
+TEST_F(SystemdTest, HeldMountInTheForegroundIsReadyAndStops) {
+  auto registry = std::make_unique<TestRegistry>();
+  ASSERT_OK(registry->Start());
+  ImageSpec spec;
+  spec.layers.push_back({{TarEntry::Dir("etc"), TarEntry::File("etc/message", "held\n")},
+                         Compression::kGzip});
+  BuiltImage image = BuildImage(spec);
+  ImagePusher pusher(*registry);
+  ASSERT_OK(pusher.PushImage("test/held", "v1", image));
+  NotifySocket notify(dir_->Sub("notify"));
+  ASSERT_TRUE(notify.ok()) << std::strerror(errno);
+  Start(dir_->Sub("notify"), true, mnt_, {registry->Ref("test/held", "v1"), "--tls-verify=false"});
+  std::string got = notify.WaitFor("READY=1");
+  ASSERT_NE(got.find("READY=1"), std::string::npos) << got << Stderr();
+  std::string msg;
+  EXPECT_TRUE(ReadWholeFile(mnt_ + "/rootfs/etc/message", &msg)) << Stderr();
+  EXPECT_EQ(msg, "held\n");
+  CommandResult um = RunCommand({REGFS_BINARY, "umount", mnt_});
+  ASSERT_EQ(um.exit_code, 0) << um.output;
+  EXPECT_EQ(Reap(), 0) << Stderr();
+  got = notify.WaitFor("STOPPING=1");
+  EXPECT_NE(got.find("STOPPING=1"), std::string::npos) << got;
+  registry.reset();
 }
 
 }  // namespace
