@@ -369,6 +369,14 @@ Status CachedBlobSource::ReadAt(const BlobDescriptor& blob, uint64_t offset,
   return ReadRange(blob, offset, out);
 }
 
+Status CachedBlobSource::SelfVerifying::ReadAt(const BlobDescriptor& blob, uint64_t offset,
+                                               std::span<uint8_t> out) {
+  if (out.empty()) return Status::Ok();
+  RETURN_IF_ERROR(CheckRange(blob, offset, out.size(), "read"));
+  RETURN_IF_ERROR(owner_->CheckNotBad(blob));
+  return owner_->ReadRange(blob, offset, out);
+}
+
 bool CachedBlobSource::PassReaches(const BlobDescriptor& blob, uint64_t offset, uint64_t slack) {
   std::shared_ptr<SeqHash> h;
   {

@@ -109,6 +109,9 @@ class CachedBlobSource : public BlobSource {
   // Fetches and stores the chunks of the range that are neither cached nor
   // being fetched by someone else; copies nothing out and waits for nobody.
   Status Prefetch(const BlobDescriptor& blob, uint64_t offset, uint64_t len) override;
+  // Reads through the cache as ReadAt does, without waiting for the whole
+  // blob's verification before a last-chunk read (see BlobSource).
+  BlobSource* SelfVerifyingReads() override { return &self_verifying_; }
 
   // Streams the whole blob through the cache in order (hits from the cache,
   // misses coalesced upstream), verifies its digest, records its chunk
@@ -127,6 +130,22 @@ class CachedBlobSource : public BlobSource {
   double PercentCached(const BlobDescriptor& blob);
 
   ChunkCache* cache() const { return cache_; }
+
+ private:
+  class SelfVerifying : public BlobSource {
+   public:
+    explicit SelfVerifying(CachedBlobSource* owner) : owner_(owner) {}
+    Status ReadAt(const BlobDescriptor& blob, uint64_t offset, std::span<uint8_t> out) override;
+    Status Prefetch(const BlobDescriptor& blob, uint64_t offset, uint64_t len) override {
+      return owner_->Prefetch(blob, offset, len);
+    }
+
+   private:
+    CachedBlobSource* owner_;
+  };
+  SelfVerifying self_verifying_{this};
+
+ public:
 
   // Waits until every queued background verification has finished; false
   // if that took longer than wait_timeout.

@@ -224,7 +224,11 @@ Result<LayerIndex> Layer::LoadTocIndex(bool* from_store) {
     }
   }
   if (set_->cancelled()) return Status::Transient("unmounting");
-  ASSIGN_OR_RETURN(LayerIndex idx, BuildIndexFromToc(*source_, blob_, *toc_, set_->opts_.toc_limits));
+  // The TOC is checked against the annotation's digest, and every chunk
+  // against its own: no need to wait for the whole blob's verification
+  // (the TOC sits in the blob's last chunk).
+  ASSIGN_OR_RETURN(LayerIndex idx, BuildIndexFromToc(*source_->SelfVerifyingReads(), blob_, *toc_,
+                                                     set_->opts_.toc_limits));
   if (store.put) store.put(blob_.digest, idx.Serialize());
   return idx;
 }
@@ -243,6 +247,16 @@ Status Layer::BuildOrThrow() {
                     std::to_string(total ? done * 100 / total : 100) + "%");
     }
   }));
+  if (toc_ && idx.toc_format == TocFormat::kNone) {
+    // A TOC layer indexed by a full pass (its TOC was unusable) still has
+    // the TOC and landmark files in its tar: they are the format's, not the
+    // image's, and are hidden as when the TOC is used (stargz-snapshotter
+    // hides them too).
+    std::erase_if(idx.entries, [](const TarEntry& e) {
+      return e.path == kEstargzTocName || e.path == kPrefetchLandmark ||
+             e.path == kNoPrefetchLandmark;
+    });
+  }
   // The reader needs everything but the entries: copy the index without
   // them (a layer may have millions), then put them back for the trees.
   std::vector<TarEntry> entries = std::move(idx.entries);
@@ -253,7 +267,8 @@ Status Layer::BuildOrThrow() {
   std::shared_ptr<LayerReader> reader;
   std::shared_ptr<TocReader> toc_reader;
   if (trimmed->toc_format != TocFormat::kNone) {
-    toc_reader = std::make_shared<TocReader>(source_, blob_, trimmed, opts.toc_reader);
+    toc_reader = std::make_shared<TocReader>(source_->SelfVerifyingReads(), blob_, trimmed,
+                                             opts.toc_reader);
   } else {
     reader = std::make_shared<LayerReader>(source_, blob_, trimmed);
   }

@@ -21,6 +21,8 @@ namespace regfs {
 namespace {
 
 constexpr uint32_t kStatusId = 0xffffffffu;  // content_id of .regfs/status.json
+// Set in the content_id of the `info` of a layer looked up by TOC digest.
+constexpr uint32_t kByTocBit = 0x80000000u;
 constexpr std::string_view kLayersDir = ".layers";
 
 Node FileNode(ContentKind kind, uint32_t id, uint64_t size) {
@@ -402,7 +404,9 @@ Status LayerStore::LookupToc(std::string_view name) {
   done();
   if (tree_.Lookup(layers_dir_, name).ok()) return Status::Ok();
   Ino dir = tree_.AddChild(layers_dir_, std::string(name), DirNode());
-  for (const char* f : {"diff", "info", "blob"}) {
+  // Its own info (it names the TOC digest, see InfoJson).
+  tree_.AddChild(dir, "info", FileNode(ContentKind::kDynamic, static_cast<uint32_t>(id) | kByTocBit, 0));
+  for (const char* f : {"diff", "blob"}) {
     Node link;
     link.attr.mode = S_IFLNK | 0777;
     link.link_target = "../" + layer->blob().digest + "/" + f;
@@ -585,7 +589,7 @@ std::shared_ptr<LayerStore::Repo> LayerStore::RepoOf(const std::string& digest) 
   return it == live_.end() ? nullptr : it->second.repo;
 }
 
-std::string LayerStore::InfoJson(const std::shared_ptr<Layer>& l) {
+std::string LayerStore::InfoJson(const std::shared_ptr<Layer>& l, bool by_toc) {
   std::optional<uint64_t> size = l->UncompressedSize();
   if (!size && index_store_.get) {
     // Known once the layer was indexed, by this store or another mount.
@@ -602,12 +606,15 @@ std::string LayerStore::InfoJson(const std::shared_ptr<Layer>& l) {
       {"compressed-size", l->blob().size},
       {"diff-digest", l->diff_id()},
       {"compression", static_cast<int>(CompressionOfMediaType(l->blob().media_type))}};
-  if (l->toc()) {
+  if (by_toc && l->toc()) {
     // containers/image (5.31+) looks a TOC layer up by its TOC digest and
     // refuses the layer unless info names that digest; it keeps the
-    // config's DiffID to check against later (push, save).
+    // config's DiffID to check against later (push, save), and takes -1 for
+    // a size not known without a pass over the blob. (Looked up by its
+    // compressed digest, podman 4.3.1 refuses -1 when it runs a container:
+    // that info leaves the size out until it is known.)
     j["toc-digest"] = l->toc()->toc_digest;
-    if (!size) j["diff-size"] = -1;  // unknown without a pass over the blob
+    if (!size) j["diff-size"] = -1;
     if (!l->diff_id().empty()) j["flags"] = {{"expected-layer-diffid", l->diff_id()}};
   }
   if (size) j["diff-size"] = *size;
@@ -617,21 +624,23 @@ std::string LayerStore::InfoJson(const std::shared_ptr<Layer>& l) {
 Result<std::string> LayerStore::Generate(const Node& node) {
   if (node.kind != ContentKind::kDynamic) return Status::InvalidArgument("not dynamic");
   if (node.content_id == kStatusId) return StatusJson();
-  std::shared_ptr<Layer> l = LayerAt(node.content_id);
+  const bool by_toc = node.content_id & kByTocBit;
+  const uint32_t layer_id = node.content_id & ~kByTocBit;
+  std::shared_ptr<Layer> l = LayerAt(layer_id);
   if (!l) return Status::IoError("no such layer");
   // podman reads info when it looks the layer up during `podman pull`; the
   // index is then likely ready by the time `podman run` looks into diff/.
   if (index_on_pull_) {
     {
       std::lock_guard lock(mu_);
-      auto it = live_.find(node.content_id);
-      if (it == live_.end() || it->second.queued) return InfoJson(l);
+      auto it = live_.find(layer_id);
+      if (it == live_.end() || it->second.queued) return InfoJson(l, by_toc);
       it->second.queued = true;
     }
-    uint32_t id = node.content_id + 1;
+    uint32_t id = layer_id + 1;
     layer_set_->BuildInBackground(l, [this, id] { (void)Populate(id); });
   }
-  return InfoJson(l);
+  return InfoJson(l, by_toc);
 }
 
 Result<size_t> LayerStore::Read(const Node& node, uint64_t offset, std::span<uint8_t> out) {

@@ -169,7 +169,8 @@ class LayerStore : public FsContent {
   // digest): the layer whose TOC that is, once the TOC is fetched and
   // checked, appears there as a link to its directory.
   Status LookupToc(std::string_view name);
-  std::string InfoJson(const std::shared_ptr<Layer>& l);
+  // A layer's info; by_toc: as read through its TOC-digest directory.
+  std::string InfoJson(const std::shared_ptr<Layer>& l, bool by_toc);
   // A copy of live layer id's handle, marking it used; nullptr for an
   // unknown or released id.
   std::shared_ptr<Layer> LayerAt(uint32_t id);

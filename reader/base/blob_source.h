@@ -47,6 +47,14 @@ class BlobSource {
   // reads them through ReadStream and drops them; a caching source overrides
   // it to fetch into its cache without copying them out.
   virtual Status Prefetch(const BlobDescriptor& blob, uint64_t offset, uint64_t len);
+
+  // For callers that check every byte they use against digests of their
+  // own (a TOC layer: the TOC's digest from the manifest, each chunk's
+  // digest from the TOC): the same bytes, but a source that holds back a
+  // blob's last chunk until the whole blob is verified (so that a plain
+  // reader never reaches a clean end of file after wrong bytes) hands it
+  // out at once; a TOC lives in that last chunk. This source by default.
+  virtual BlobSource* SelfVerifyingReads() { return this; }
 };
 
 // Forwards everything to another source. Tests derive from it and override

@@ -195,6 +195,8 @@ TEST_P(LayerSetTocTest, BadTocFallsBackToAFullPassAndIsNotOfferedByTocDigest) {
   ASSERT_OK(l->FillTree(t, dir, 0, WhiteoutMode::kAsInTar, HardLinkMetadata::kKeepTarget));
   EXPECT_EQ(ReadFile(*l, t, dir, "etc/os-release"), "ID=toc\n");
   EXPECT_EQ(ReadFile(*l, t, dir, "usr/bin/tool"), Entries()[2].content);
+  // The format's own files are hidden in the full pass's tree too.
+  EXPECT_FALSE(t.Lookup(dir, std::string(kEstargzTocName)).ok());
   // Once indexed without its TOC, the layer is not offered by TOC digest.
   EXPECT_FALSE(l->EnsureReadyFromToc().ok());
 }
