@@ -374,6 +374,21 @@ Status CachedBlobSource::SelfVerifying::ReadAt(const BlobDescriptor& blob, uint6
   if (out.empty()) return Status::Ok();
   RETURN_IF_ERROR(CheckRange(blob, offset, out.size(), "read"));
   RETURN_IF_ERROR(owner_->CheckNotBad(blob));
+  // Small reads (a footer, a TOC, a file's compressed chunk) fetch only
+  // their own bytes the first time they touch a cache chunk, whatever the
+  // read-ahead setting: a TOC layer is read in small pieces that whole
+  // 1 MiB chunks would multiply. A second touch keeps the chunk.
+  if (out.size() <= owner_->options_.small_read_bytes) {
+    const uint64_t cs = owner_->cache_->chunk_size();
+    const uint64_t first = offset / cs, last = (offset + out.size() - 1) / cs;
+    auto present = owner_->cache_->PresentChunks(blob.digest, first, last - first + 1);
+    if (present.ok() && std::none_of(present->begin(), present->end(), [](bool b) { return b; })) {
+      std::vector<uint64_t> missing;
+      for (uint64_t c = first; c <= last; ++c) missing.push_back(c);
+      Status st;
+      if (owner_->FetchSmallRandom(blob, offset, out, missing, &st)) return st;
+    }
+  }
   return owner_->ReadRange(blob, offset, out);
 }
 

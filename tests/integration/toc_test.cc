@@ -169,7 +169,10 @@ class TocFixture : public FdCheckedTest {
     for (size_t i = 0; i < image_.layers.size(); ++i) {
       uint64_t served = BlobBytesServed(*registry_, image_.layers[i].digest) -
                         served_before_[image_.layers[i].digest];
-      if (served >= image_.layers[i].size) {
+      // A layer no bigger than the tail regfs reads for its footer (64 KiB,
+      // TocLimits::tail_read) is whole in that one read: that is listing
+      // it from its TOC, not a pass over it.
+      if (served >= image_.layers[i].size && image_.layers[i].size > (64u << 10)) {
         out += "layer " + std::to_string(i) + " (" + image_.layers[i].digest + ", " +
                std::to_string(image_.layers[i].size) + " bytes): " + std::to_string(served) +
                " bytes served\n";
