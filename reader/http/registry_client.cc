@@ -414,7 +414,7 @@ Status RegistryClient::ReadRange(const BlobDescriptor& blob, uint64_t offset, ui
   std::string gathered;
   if (spare_ && spare_chunk_size_ > 0) {
     const uint64_t cs = spare_chunk_size_;
-    call.outside_range = [&](uint64_t at, std::span<const uint8_t> bytes) {
+    call.outside_range = [&, cs](uint64_t at, std::span<const uint8_t> bytes) {
       while (!bytes.empty()) {
         if (!gathered.empty() && at != gather_start + gathered.size()) gathered.clear();
         if (gathered.empty() && at % cs != 0) {
