@@ -35,18 +35,6 @@ using namespace regfs::testing;  // NOLINT
 
 namespace {
 
-std::string PseudoRandom(size_t n, uint32_t seed) {
-  std::string s(n, '\0');
-  uint32_t x = seed * 2654435761u + 1;
-  for (char& c : s) {
-    x ^= x << 13;
-    x ^= x >> 17;
-    x ^= x << 5;
-    c = static_cast<char>(x);
-  }
-  return s;
-}
-
 // Bytes and requests the registry answered for GETs of the repository's
 // blobs, from its access log ("GET /v2/... HTTP/1.1" STATUS BYTES ...).
 struct Served {
@@ -101,7 +89,7 @@ int main(int argc, char** argv) {
   for (int i = 0; i < 3; ++i) {
     const size_t size = static_cast<size_t>(layer_mib) << 20;
     spec.layers.push_back({{TarEntry::File("data/" + std::to_string(i),
-                                           PseudoRandom(i == 0 ? size : size / 4, 10 + i))},
+                                           DeterministicBytes(10 + i, i == 0 ? size : size / 4))},
                            Compression::kNone});
   }
   BuiltImage image = BuildImage(spec);
@@ -148,10 +136,10 @@ int main(int argc, char** argv) {
     std::vector<std::thread> threads;
     for (int i = 0; i < n; ++i) {
       threads.emplace_back([&, i] {
-        CommandResult m = RunCommand({RegfsBinary(), "mount", "--registries-conf", conf,
-                                      "--cache-dir", dir.Sub("cache" + std::to_string(i)),
-                                      "--log-file", dir.Sub("log" + std::to_string(i)), ref,
-                                      mnts[i]});
+        CommandResult m =
+            RunCommand({RegfsBinary(), "mount", "--registries-conf", conf, "--cache-dir",
+                        dir.Sub("cache" + std::to_string(i)), "--log-file",
+                        dir.Sub("log" + std::to_string(i)), ref, mnts[i]});
         if (m.exit_code != 0) {
           std::fprintf(stderr, "mount %d: %s\n", i, m.output.c_str());
           return;
@@ -200,19 +188,22 @@ int main(int argc, char** argv) {
   const Served pull_mirror = BlobBytesServed(*mirror2, "fleet/app");
 
   const double mib = 1024.0 * 1024.0;
-  std::printf("fleet_bench: N=%d, image %.1f MiB (%zu layers), %d/%d mounts and %d/%d pulls "
-              "complete; upstream GETs before: %llu\n",
-              n, image_bytes / mib, blobs.size(), mounts_ok, n, pulls_ok, n,
-              (unsigned long long)pushed.requests);
+  std::printf(
+      "fleet_bench: N=%d, image %.1f MiB (%zu layers), %d/%d mounts and %d/%d pulls "
+      "complete; upstream GETs before: %llu\n",
+      n, image_bytes / mib, blobs.size(), mounts_ok, n, pulls_ok, n,
+      (unsigned long long)pushed.requests);
   Report("fleet", "regfs N mounts: upstream bytes / image size", 1.0 * regfs_up.bytes / image_bytes,
-         "x", std::to_string(regfs_up.requests) + " upstream blob GETs, " +
-                  std::to_string(regfs_mirror.requests) + " at the mirror");
+         "x",
+         std::to_string(regfs_up.requests) + " upstream blob GETs, " +
+             std::to_string(regfs_mirror.requests) + " at the mirror");
   Report("fleet", "regfs N mounts: mirror bytes served / (N x image)",
          1.0 * regfs_mirror.bytes / (1.0 * n * image_bytes), "x");
   Report("fleet", "regfs N mounts, cold, all blobs read: wall time", regfs_s, "s");
   Report("fleet", "N skopeo pulls: upstream bytes / image size", 1.0 * pull_up.bytes / image_bytes,
-         "x", std::to_string(pull_up.requests) + " upstream blob GETs, " +
-                  std::to_string(pull_mirror.requests) + " at the mirror");
+         "x",
+         std::to_string(pull_up.requests) + " upstream blob GETs, " +
+             std::to_string(pull_mirror.requests) + " at the mirror");
   Report("fleet", "N skopeo pulls, cold: wall time", pull_s, "s");
   Report("fleet", "regfs / skopeo wall time", regfs_s / pull_s, "x");
   return mounts_ok == n && pulls_ok == n ? 0 : 1;

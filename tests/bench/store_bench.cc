@@ -57,37 +57,16 @@ using TE = regfs::testing::TarEntry;
 
 namespace {
 
-// Files of 4 KiB << (i % 9), 64 to a directory; in each 4 KiB block the
-// first 1536 bytes are pseudo-random and the rest zero (gzip: ~40%).
-std::vector<TE> DataEntries(uint64_t first_seed, uint64_t bytes) {
-  std::vector<TE> data = {TE::Dir("data")};
-  uint64_t done = 0;
-  for (uint64_t i = 0; done < bytes; ++i) {
-    uint64_t seed = first_seed + i;
-    std::string dir = "data/d" + std::to_string(seed / 64);
-    if (i == 0 || seed % 64 == 0) data.push_back(TE::Dir(dir));
-    uint64_t size = std::min<uint64_t>(4096ull << (i % 9), bytes - done);
-    std::string content(size, '\0');
-    for (uint64_t off = 0; off < size; off += 4096) {
-      uint64_t n = std::min<uint64_t>(1536, size - off);
-      FillDeterministic(seed, off,
-                        std::span<uint8_t>(reinterpret_cast<uint8_t*>(content.data() + off), n));
-    }
-    data.push_back(TE::File(dir + "/f" + std::to_string(seed), std::move(content)));
-    done += size;
-  }
-  return data;
-}
-
 ImageSpec Spec(uint64_t data_mib) {
   std::vector<TE> base = HostCatEntries();
   base.push_back(TE::File("etc/os-release", "ID=regfs-bench\n"));
   uint64_t half = (data_mib << 20) / 2;
   ImageSpec spec;
   spec.layers.push_back({base, Compression::kGzip});
-  spec.layers.push_back({DataEntries(100, half), Compression::kGzip});
+  spec.layers.push_back({DeterministicDataEntries(100, half), Compression::kGzip});
   // Seeds far from the first layer's: distinct files and directories.
-  spec.layers.push_back({DataEntries(1000000, (data_mib << 20) - half), Compression::kGzip});
+  spec.layers.push_back(
+      {DeterministicDataEntries(1000000, (data_mib << 20) - half), Compression::kGzip});
   spec.cmd = {"/bin/cat", "/etc/os-release"};
   return spec;
 }
@@ -250,7 +229,8 @@ int main(int argc, char** argv) {
       if (!measure(PodmanEnv(tmp.Sub("c" + n), store.mnt), cold, cold_link)) return 1;
     }
     // The indexes stay in the cache; the chunks go.
-    RunCommand({RegfsBinary(), "cache", "prune", "--chunks-only", "--cache-dir", cache, "--max-size", "0"});
+    RunCommand({RegfsBinary(), "cache", "prune", "--chunks-only", "--cache-dir", cache,
+                "--max-size", "0"});
     {
       Store store(tmp.Sub("store-idx" + n), cache);
       if (!store.ok) return 1;

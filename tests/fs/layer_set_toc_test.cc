@@ -16,6 +16,7 @@
 #include "reader/layer/toc.h"
 #include "tests/support/fake_blob_source.h"
 #include "tests/support/fd_count.h"
+#include "tests/support/image_builder.h"
 #include "tests/support/status_matchers.h"
 #include "tests/support/tar_writer.h"
 #include "tests/support/toc_builder.h"
@@ -47,27 +48,13 @@ struct MemoryIndexStore {
   }
 };
 
-// Bytes that do not compress, so that "fetched only the TOC" is a real
-// difference from fetching the blob.
-std::string Noise(size_t n, uint64_t seed) {
-  std::string out(n, '\0');
-  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
-  for (char& c : out) {
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    c = static_cast<char>(x >> 24);
-  }
-  return out;
-}
-
 std::vector<tt::TarEntry> Entries() {
   return {tt::TarEntry::Dir("etc"),
           tt::TarEntry::File("etc/os-release", "ID=toc\n"),
-          tt::TarEntry::File("usr/bin/tool", Noise(200000, 1), 0755),
+          tt::TarEntry::File("usr/bin/tool", tt::DeterministicBytes(1, 200000), 0755),
           tt::TarEntry::Symlink("usr/bin/alias", "tool"),
           tt::TarEntry::File("usr/share/empty", ""),
-          tt::TarEntry::File("var/log/last", Noise(300000, 2))};
+          tt::TarEntry::File("var/log/last", tt::DeterministicBytes(2, 300000))};
 }
 
 struct Built {

@@ -25,18 +25,6 @@ namespace {
 using namespace regfs::testing;  // NOLINT
 using TE = regfs::testing::TarEntry;
 
-std::string PseudoRandom(size_t n, uint32_t seed) {
-  std::string s(n, '\0');
-  uint32_t x = seed * 2654435761u + 1;
-  for (char& c : s) {
-    x ^= x << 13;
-    x ^= x >> 17;
-    x ^= x << 5;
-    c = static_cast<char>(x);
-  }
-  return s;
-}
-
 class MirrorTest : public RegfsFixture {
  protected:
   void SetUp() override {
@@ -48,7 +36,8 @@ class MirrorTest : public RegfsFixture {
     spec.layers.push_back({base, Compression::kGzip});
     spec.layers.push_back({SampleEntries("m"), Compression::kZstd});
     // A layer of several MiB, so that reads take several requests.
-    spec.layers.push_back({{TE::File("big/data", PseudoRandom(6 << 20, 3))}, Compression::kNone});
+    spec.layers.push_back(
+        {{TE::File("big/data", DeterministicBytes(3, 6 << 20))}, Compression::kNone});
     spec.cmd = {"/bin/cat", "/etc/message"};
     image_ = BuildImage(spec);
     ImagePusher pusher(*registry_);
@@ -160,8 +149,8 @@ TEST_F(MirrorTest, ReadsContinueFromTheUpstreamWhenTheMirrorStops) {
 
 TEST_F(MirrorTest, BlockedRegistryIsRefusedClearly) {
   WriteConf("[[registry]]\nlocation = \"" + registry_->HostPort() + "\"\nblocked = true\n");
-  CommandResult r = RunCommand({REGFS_BINARY, "inspect", "--tls-verify=false",
-                                "--registries-conf", conf_, Ref()});
+  CommandResult r = RunCommand(
+      {REGFS_BINARY, "inspect", "--tls-verify=false", "--registries-conf", conf_, Ref()});
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("is blocked in " + conf_), std::string::npos) << r.output;
   CommandResult m = Mount(Ref(), {"--registries-conf", conf_});
@@ -179,9 +168,9 @@ TEST_F(MirrorTest, BlockedRegistryIsRefusedClearly) {
 TEST_F(MirrorTest, StoreAndPodmanPullAndRunThroughTheMirror) {
   if (!HavePodman()) GTEST_SKIP() << "podman or runc missing: this test needs both";
   if (geteuid() != 0) GTEST_SKIP() << "the store serves root's overlayfs: needs root";
-  CommandResult s = RunCommand({REGFS_BINARY, "store", "--tls-verify=false", "--cache-dir", cache_,
-                                "--log-file", dir_->Sub("store.log"), "--registries-conf", conf_,
-                                mnt_});
+  CommandResult s =
+      RunCommand({REGFS_BINARY, "store", "--tls-verify=false", "--cache-dir", cache_, "--log-file",
+                  dir_->Sub("store.log"), "--registries-conf", conf_, mnt_});
   ASSERT_EQ(s.exit_code, 0) << s.output;
   {
     PodmanEnv podman(dir_->Sub("podman"), mnt_);
@@ -257,8 +246,9 @@ TEST_F(ShortNameTest, ShortNamesResolveAsPodmanPullResolvesThem) {
        "unqualified-search-registries = [\"" + dead + "\", \"" + up +
            "\"]\nshort-name-mode = \"enforcing\"\n",
        "team/app:v1", "error"},
-      {"fully qualified names are left alone", "unqualified-search-registries = [\"" + dead + "\"]\n",
-       Ref(), up + "/team/app:v1 " + digest},
+      {"fully qualified names are left alone",
+       "unqualified-search-registries = [\"" + dead + "\"]\n", Ref(),
+       up + "/team/app:v1 " + digest},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.what);

@@ -54,24 +54,12 @@ TocLayer MakeLayer(TocStyle style, const std::vector<TE>& entries) {
   l.digest = Sha256Digest(l.toc.blob);
   // The DiffID is the digest of the blob's decompressed stream (the TOC
   // entry included; zstd's skippable frames are not part of it).
-  std::string tar = style == TocStyle::kEstargz ? GunzipForTest(l.toc.blob)
-                                                : UnzstdForTest(l.toc.blob);
+  std::string tar =
+      style == TocStyle::kEstargz ? GunzipForTest(l.toc.blob) : UnzstdForTest(l.toc.blob);
   EXPECT_FALSE(tar.empty());
   l.diff_id = Sha256Digest(tar);
   l.annotations = l.toc.annotations;
   return l;
-}
-
-std::string Noise(size_t n, uint64_t seed) {
-  std::string out(n, '\0');
-  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
-  for (char& c : out) {
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    c = static_cast<char>(x >> 24);
-  }
-  return out;
 }
 
 class StoreTocTest : public FdCheckedTest {
@@ -83,14 +71,14 @@ class StoreTocTest : public FdCheckedTest {
     FdCheckedTest::SetUp();
     registry_ = std::make_unique<TestRegistry>();
     ASSERT_OK(registry_->Start());
-    layers_.push_back(MakeLayer(TocStyle::kEstargz,
-                                {TE::Dir("etc"), TE::File("etc/os-release", "ID=estargz\n"),
-                                 TE::File("usr/lib/big", Noise(400000, 1))}));
-    layers_.push_back(MakeLayer(TocStyle::kZstdChunkedV2,
-                                {TE::Dir("etc"), TE::File("etc/motd", "zstd:chunked\n"),
-                                 TE::File("opt/data", Noise(300000, 2))}));
-    layers_.push_back(MakeLayer(TocStyle::kEstargz,
-                                {TE::File("srv/swapped", "served by a full pass\n")}));
+    layers_.push_back(
+        MakeLayer(TocStyle::kEstargz, {TE::Dir("etc"), TE::File("etc/os-release", "ID=estargz\n"),
+                                       TE::File("usr/lib/big", DeterministicBytes(1, 400000))}));
+    layers_.push_back(
+        MakeLayer(TocStyle::kZstdChunkedV2, {TE::Dir("etc"), TE::File("etc/motd", "zstd:chunked\n"),
+                                             TE::File("opt/data", DeterministicBytes(2, 300000))}));
+    layers_.push_back(
+        MakeLayer(TocStyle::kEstargz, {TE::File("srv/swapped", "served by a full pass\n")}));
     // Layer 2's annotation names a TOC that is not the one in the blob.
     for (auto& [k, v] : layers_[2].annotations) {
       if (v == layers_[2].toc.toc_digest) v = Sha256Digest("another TOC");
@@ -98,9 +86,10 @@ class StoreTocTest : public FdCheckedTest {
     ImagePusher pusher(*registry_);
     nlohmann::json manifest = {{"schemaVersion", 2},
                                {"mediaType", "application/vnd.oci.image.manifest.v1+json"}};
-    nlohmann::json config = {{"architecture", "amd64"},
-                             {"os", "linux"},
-                             {"rootfs", {{"type", "layers"}, {"diff_ids", nlohmann::json::array()}}}};
+    nlohmann::json config = {
+        {"architecture", "amd64"},
+        {"os", "linux"},
+        {"rootfs", {{"type", "layers"}, {"diff_ids", nlohmann::json::array()}}}};
     for (const TocLayer& l : layers_) {
       ASSERT_OK(pusher.PushBlob("test/toc", l.toc.blob));
       config["rootfs"]["diff_ids"].push_back(l.diff_id);
@@ -190,17 +179,18 @@ TEST_F(StoreTocTest, LooksUpLayersByTocDigestAsContainersStorage154Does) {
   }
   // The trees, read through the TOC-digest paths.
   std::string s;
-  ASSERT_TRUE(ReadWholeFile(image_dir + "/" + layers_[0].toc.toc_digest + "/diff/etc/os-release", &s))
+  ASSERT_TRUE(
+      ReadWholeFile(image_dir + "/" + layers_[0].toc.toc_digest + "/diff/etc/os-release", &s))
       << StoreLog();
   EXPECT_EQ(s, "ID=estargz\n");
   ASSERT_TRUE(ReadWholeFile(image_dir + "/" + layers_[1].toc.toc_digest + "/diff/opt/data", &s));
-  EXPECT_TRUE(s == Noise(300000, 2)) << "opt/data differs (" << s.size() << " bytes)";
+  EXPECT_TRUE(s == DeterministicBytes(2, 300000)) << "opt/data differs (" << s.size() << " bytes)";
   ASSERT_TRUE(ReadWholeFile(image_dir + "/" + layers_[1].toc.toc_digest + "/diff/etc/motd", &s));
   EXPECT_EQ(s, "zstd:chunked\n");
   // Neither the TOC entry nor anything else of the format shows in diff/.
-  EXPECT_NE(lstat((image_dir + "/" + layers_[0].toc.toc_digest + "/diff/stargz.index.json").c_str(),
-                  &st),
-            0);
+  EXPECT_NE(
+      lstat((image_dir + "/" + layers_[0].toc.toc_digest + "/diff/stargz.index.json").c_str(), &st),
+      0);
   // The layer whose annotation names another TOC: not offered by that
   // digest (ENOENT: podman pulls it normally) ...
   std::string by_toc;

@@ -339,6 +339,32 @@ void FillDeterministic(uint64_t seed, uint64_t offset, std::span<uint8_t> out) {
   }
 }
 
+std::string DeterministicBytes(uint64_t seed, size_t n) {
+  std::string s(n, '\0');
+  FillDeterministic(seed, 0, std::span<uint8_t>(reinterpret_cast<uint8_t*>(s.data()), n));
+  return s;
+}
+
+std::vector<TarEntry> DeterministicDataEntries(uint64_t first_seed, uint64_t bytes) {
+  std::vector<TarEntry> data = {TarEntry::Dir("data")};
+  uint64_t done = 0;
+  for (uint64_t i = 0; done < bytes; ++i) {
+    uint64_t seed = first_seed + i;
+    std::string dir = "data/d" + std::to_string(seed / 64);
+    if (i == 0 || seed % 64 == 0) data.push_back(TarEntry::Dir(dir));
+    uint64_t size = std::min<uint64_t>(4096ull << (i % 9), bytes - done);
+    std::string content(size, '\0');
+    for (uint64_t off = 0; off < size; off += 4096) {
+      uint64_t n = std::min<uint64_t>(1536, size - off);
+      FillDeterministic(seed, off,
+                        std::span<uint8_t>(reinterpret_cast<uint8_t*>(content.data() + off), n));
+    }
+    data.push_back(TarEntry::File(dir + "/f" + std::to_string(seed), std::move(content)));
+    done += size;
+  }
+  return data;
+}
+
 std::string DeterministicDigest(uint64_t seed, uint64_t size) {
   Sha256 h;
   std::vector<uint8_t> buf(1 << 20);

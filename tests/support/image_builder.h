@@ -112,6 +112,12 @@ std::vector<TarEntry> SampleEntries(std::string_view tag = "sample");
 // a >100 MB blob can be streamed out and any range of it checked later
 // without keeping it.
 void FillDeterministic(uint64_t seed, uint64_t offset, std::span<uint8_t> out);
+// The first `n` bytes of that stream (file contents that do not compress).
+std::string DeterministicBytes(uint64_t seed, size_t n);
+// A data tree for benchmarks: files of 4 KiB << (i % 9), 64 to a directory
+// under data/; in each 4 KiB block the first 1536 bytes are pseudo-random
+// and the rest zero (gzip: ~40%). Seeds from first_seed on, `bytes` in all.
+std::vector<TarEntry> DeterministicDataEntries(uint64_t first_seed, uint64_t bytes);
 // sha256 of the first `size` bytes of the stream for `seed`, computed in
 // pieces (never the whole blob in memory).
 std::string DeterministicDigest(uint64_t seed, uint64_t size);

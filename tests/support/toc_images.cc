@@ -59,29 +59,6 @@ uint64_t LittleEndian64(std::string_view b) {
   return v;
 }
 
-// Files of 4 KiB << (i % 9), 64 to a directory; in each 4 KiB block the
-// first 1536 bytes are pseudo-random and the rest zero (gzip: ~40%), as
-// store_bench's data.
-std::vector<TE> DataEntries(uint64_t first_seed, uint64_t bytes) {
-  std::vector<TE> data = {TE::Dir("data")};
-  uint64_t done = 0;
-  for (uint64_t i = 0; done < bytes; ++i) {
-    uint64_t seed = first_seed + i;
-    std::string dir = "data/d" + std::to_string(seed / 64);
-    if (i == 0 || seed % 64 == 0) data.push_back(TE::Dir(dir));
-    uint64_t size = std::min<uint64_t>(4096ull << (i % 9), bytes - done);
-    std::string content(size, '\0');
-    for (uint64_t off = 0; off < size; off += 4096) {
-      uint64_t n = std::min<uint64_t>(1536, size - off);
-      FillDeterministic(seed, off,
-                        std::span<uint8_t>(reinterpret_cast<uint8_t*>(content.data() + off), n));
-    }
-    data.push_back(TE::File(dir + "/f" + std::to_string(seed), std::move(content)));
-    done += size;
-  }
-  return data;
-}
-
 // "etc/x", "./etc/x", "/etc/x" -> "etc/x".
 std::string CleanName(std::string name) {
   while (name.starts_with("./")) name.erase(0, 2);
@@ -545,7 +522,7 @@ ImageSpec TocBaseImageSpec(uint64_t bulk_mib) {
   top.back().xattrs["user.toc"] = "top";
   ImageSpec spec;
   spec.layers.push_back({base, Compression::kGzip});
-  spec.layers.push_back({DataEntries(100, bulk_mib << 20), Compression::kGzip});
+  spec.layers.push_back({DeterministicDataEntries(100, bulk_mib << 20), Compression::kGzip});
   spec.layers.push_back({top, Compression::kGzip});
   spec.cmd = {"/bin/cat", "/etc/os-release"};
   return spec;
