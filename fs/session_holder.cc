@@ -1,5 +1,6 @@
 #include "fs/session_holder.h"
 
+#include <pthread.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -163,9 +164,18 @@ int RunHeld(const std::function<int(bool first)>& serve, const HolderOptions& op
     }
     auto started = std::chrono::steady_clock::now();
     const pid_t holder_pid = getpid();
+    // The forwarded signals stay blocked across fork until each side is set:
+    // the holder until g_daemon_pid names the new daemon (a SIGTERM in
+    // between was forwarded to nobody and lost), the daemon until its
+    // handlers are the defaults again.
+    sigset_t forwarded, before;
+    sigemptyset(&forwarded);
+    for (int sig : kForwarded) sigaddset(&forwarded, sig);
+    pthread_sigmask(SIG_BLOCK, &forwarded, &before);
     pid_t pid = fork();
     if (pid < 0) {
       LOG_ERROR(std::string("holder: fork: ") + std::strerror(errno));
+      pthread_sigmask(SIG_SETMASK, &before, nullptr);
       close(sv[0]);
       close(sv[1]);
       return 1;
@@ -173,16 +183,17 @@ int RunHeld(const std::function<int(bool first)>& serve, const HolderOptions& op
     if (pid == 0) {
       prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);  // until MountIsLive
       if (getppid() != holder_pid) _exit(1);     // the holder is gone already
-      signal(SIGTERM, SIG_DFL);
-      signal(SIGINT, SIG_DFL);
-      signal(SIGHUP, SIG_DFL);
+      for (int sig : kForwarded) signal(sig, SIG_DFL);
       g_daemon_pid = 0;
+      pthread_sigmask(SIG_SETMASK, &before, nullptr);
       close(sv[0]);
       held.reset();  // the successor asks for it: one copy, in the holder
       g_link = new HolderLink(UniqueFd(sv[1]));
       _exit(serve(first));
     }
+    if (opts.right_after_fork) opts.right_after_fork();
     g_daemon_pid = pid;
+    pthread_sigmask(SIG_SETMASK, &before, nullptr);  // one that came meanwhile goes to `pid`
     close(sv[1]);
     if (first && opts.after_first_fork) opts.after_first_fork();
     if (!named && !opts.name.empty()) {

@@ -70,6 +70,9 @@ struct HolderOptions {
   // Runs in the holder once the first daemon is forked (the holder closes
   // its copy of the readiness pipe there, and detaches).
   std::function<void()> after_first_fork;
+  // Tests: runs in the holder right after each fork, before the holder knows
+  // its new daemon's pid (a signal raised here must still reach the daemon).
+  std::function<void()> right_after_fork;
 };
 
 // Runs `serve` in a child process under a holder (this process) and returns

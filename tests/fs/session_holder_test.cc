@@ -165,5 +165,23 @@ TEST_F(SessionHolderTest, SigtermToTheHolderReachesTheDaemon) {
   close(session[1]);
 }
 
+TEST_F(SessionHolderTest, SigtermWhileTheHolderForksReachesTheNewDaemon) {
+  // A SIGTERM that reaches the holder between fork and its noting the new
+  // daemon's pid was forwarded to nobody: the daemon lived on (here to its
+  // alarm, rc 128 + SIGALRM).
+  HolderOptions o = Opts();
+  o.right_after_fork = [] { pthread_kill(pthread_self(), SIGTERM); };
+  int rc = RunHeld(
+      [&](bool) {
+        Started();
+        alarm(60);  // bounds the test if the SIGTERM is lost
+        for (;;) pause();
+        return 0;
+      },
+      o);
+  EXPECT_EQ(rc, 128 + SIGTERM);
+  EXPECT_LE(Starts(), 1);  // killed before or after it started; not restarted
+}
+
 }  // namespace
 }  // namespace regfs
