@@ -1,6 +1,6 @@
 // Hostile images end to end (issue 15): the real daemon (`regfs mount`)
 // against the real test registry, fed layers built to hurt a parser, an index
-// or a cache: a 20,000-component path, a 5,000-byte name, 400,000 entries in
+// or a cache: a 20,000-component path, a 5,000-byte name, 1,000,000 entries in
 // one directory, a 1 MiB global PAX record, a zstd bomb, a layer that does
 // not match its DiffID, and a registry that serves bytes not matching the
 // digest. The unit tests check each defence in isolation; these check that
@@ -222,14 +222,19 @@ TEST_F(HostileTest, FiveThousandByteNameLeavesSiblingsListable) {
   UmountNow();
 }
 
-TEST_F(HostileTest, FourHundredThousandEntriesInOneDirectory) {
-  constexpr int kEntries = 400000;
+// Issue 15 item 4: 1,000,000 entries in one directory, in reverse order, were
+// not indexed after 120 s of CPU (insertion into a sorted vector); that is
+// this case's bound for each listing. (400,000 took 32 s with that code, well
+// inside any bound, so the case needs the full million to tell.)
+TEST_F(HostileTest, MillionEntriesInOneDirectoryInReverseOrder) {
+  constexpr int kEntries = 1000000;
+  constexpr int kBoundS = 120;
   std::string tar;
   tar.reserve(static_cast<size_t>(kEntries + 4) * 512);
   AppendTarEntry(&tar, TarEntry::Dir("d"));
   char name[32];
   for (int i = kEntries - 1; i >= 0; --i) {  // reverse order: worst case for sorted inserts
-    std::snprintf(name, sizeof name, "d/f%06d", i);
+    std::snprintf(name, sizeof name, "d/f%07d", i);
     AppendTarEntry(&tar, TarEntry::File(name, ""));
   }
   FinishTar(&tar);
@@ -239,23 +244,20 @@ TEST_F(HostileTest, FourHundredThousandEntriesInOneDirectory) {
   CommandResult m = MountRef(ref);
   ASSERT_EQ(m.exit_code, 0) << m.output;
   pid_t pid = DaemonPid();
-  auto start = std::chrono::steady_clock::now();
-  CommandResult ls = RunShell("ls '" + mnt_ + "/layers/0/d' | wc -l", 300);
-  double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  std::printf("[ timing ] ls layers/0/d of %d entries (first access, indexing included): %.1f s\n",
-              kEntries, s);
-  EXPECT_FALSE(ls.timed_out);
-  EXPECT_EQ(ls.exit_code, 0) << ls.output;
-  EXPECT_EQ(std::atoi(ls.output.c_str()), kEntries) << ls.output;
-  start = std::chrono::steady_clock::now();
-  CommandResult lr = RunShell("ls '" + mnt_ + "/rootfs/d' | wc -l", 300);
-  s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  std::printf("[ timing ] ls rootfs/d of %d entries: %.1f s\n", kEntries, s);
-  EXPECT_EQ(lr.exit_code, 0) << lr.output;
-  EXPECT_EQ(std::atoi(lr.output.c_str()), kEntries) << lr.output;
+  for (const char* dir : {"layers/0/d", "rootfs/d"}) {
+    SCOPED_TRACE(dir);
+    auto start = std::chrono::steady_clock::now();
+    CommandResult ls = RunShell("ls '" + mnt_ + "/" + dir + "' | wc -l", kBoundS);
+    double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::printf("[ timing ] ls %s of %d entries (the first includes indexing): %.1f s, bound %d s\n",
+                dir, kEntries, s, kBoundS);
+    ASSERT_FALSE(ls.timed_out) << "not listed within " << kBoundS << " s";
+    EXPECT_EQ(ls.exit_code, 0) << ls.output;
+    EXPECT_EQ(std::atoi(ls.output.c_str()), kEntries) << ls.output;
+  }
   struct stat st;
-  EXPECT_EQ(stat((mnt_ + "/layers/0/d/f000000").c_str(), &st), 0) << strerror(errno);
-  EXPECT_EQ(stat((mnt_ + "/layers/0/d/f399999").c_str(), &st), 0) << strerror(errno);
+  EXPECT_EQ(stat((mnt_ + "/layers/0/d/f0000000").c_str(), &st), 0) << strerror(errno);
+  EXPECT_EQ(stat((mnt_ + "/rootfs/d/f0999999").c_str(), &st), 0) << strerror(errno);
   ExpectAlive(pid);
   UmountNow();
 }
