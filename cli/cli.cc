@@ -403,7 +403,7 @@ int RegfsMain(int argc, char** argv) {
     if (!GatherCreds(&common, "")) return 2;
     ApplyVerbosity(common);
     so.common = common;
-    return RunDaemonFor(std::move(so), ServeStore);
+    return RunDaemonFor(std::move(so), ServeStore, /*hold=*/true);
   }
   if (umount->parsed()) {
     Status s = UnmountPath(umount_path);

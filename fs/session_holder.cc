@@ -24,6 +24,7 @@ namespace {
 //                     'G'                                              (withdraw)
 //   holder -> daemon: 'S' u32 init_len, init, state  + the session fd   (a session)
 //                     'N'                                              (none)
+// A session's journal fd, if any, rides after the session fd.
 constexpr size_t kMaxMessage = 64 * 1024;
 
 HolderLink* g_link = nullptr;
@@ -54,22 +55,29 @@ bool Unpack(const std::string& m, std::string* init, std::string* state) {
   return true;
 }
 
-// Sends `msg`, with `fd` attached when >= 0.
-Status SendMsg(int sock, const std::string& msg, int fd) {
+constexpr size_t kMaxFds = 2;  // the session's, and its journal's
+
+// Sends `msg`, with `fd` (and then `fd2`) attached when >= 0.
+Status SendMsg(int sock, const std::string& msg, int fd, int fd2 = -1) {
   iovec iov{const_cast<char*>(msg.data()), msg.size()};
   msghdr mh{};
   mh.msg_iov = &iov;
   mh.msg_iovlen = 1;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
-  if (fd >= 0) {
+  alignas(cmsghdr) char control[CMSG_SPACE(kMaxFds * sizeof(int))];
+  int fds[kMaxFds];
+  size_t nfds = 0;
+  for (int f : {fd, fd2}) {
+    if (f >= 0) fds[nfds++] = f;
+  }
+  if (nfds > 0) {
     std::memset(control, 0, sizeof control);
     mh.msg_control = control;
-    mh.msg_controllen = sizeof control;
+    mh.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
     cmsghdr* c = CMSG_FIRSTHDR(&mh);
     c->cmsg_level = SOL_SOCKET;
     c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
+    c->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+    std::memcpy(CMSG_DATA(c), fds, nfds * sizeof(int));
   }
   ssize_t n;
   while ((n = sendmsg(sock, &mh, MSG_NOSIGNAL)) < 0 && errno == EINTR) {
@@ -78,27 +86,34 @@ Status SendMsg(int sock, const std::string& msg, int fd) {
   return Status::Ok();
 }
 
-// Receives one message and the fd attached to it, if any. 0 bytes: EOF.
-Result<std::string> RecvMsg(int sock, UniqueFd* fd) {
+// Receives one message and the fds attached to it, if any (the first in
+// `fd`, a second in `fd2`). 0 bytes: EOF.
+Result<std::string> RecvMsg(int sock, UniqueFd* fd, UniqueFd* fd2 = nullptr) {
   std::string buf(kMaxMessage, '\0');
   iovec iov{buf.data(), buf.size()};
   msghdr mh{};
   mh.msg_iov = &iov;
   mh.msg_iovlen = 1;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+  alignas(cmsghdr) char control[CMSG_SPACE(kMaxFds * sizeof(int))];
   mh.msg_control = control;
   mh.msg_controllen = sizeof control;
   ssize_t n;
   while ((n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR) {
   }
   if (n < 0) return Status::IoError(std::string("holder socket: ") + std::strerror(errno));
+  std::vector<UniqueFd> got;
   for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
     if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-      int got;
-      std::memcpy(&got, CMSG_DATA(c), sizeof got);
-      *fd = UniqueFd(got);
+      size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (size_t i = 0; i < count; ++i) {
+        int f;
+        std::memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof f);
+        got.emplace_back(f);  // owned, so that an unexpected one is closed
+      }
     }
   }
+  if (got.size() > 0) *fd = std::move(got[0]);
+  if (got.size() > 1 && fd2) *fd2 = std::move(got[1]);
   buf.resize(static_cast<size_t>(n));
   return buf;
 }
@@ -106,8 +121,8 @@ Result<std::string> RecvMsg(int sock, UniqueFd* fd) {
 // Answers one daemon's messages until it closes its end (it died or exited).
 void ServeDaemon(int sock, std::optional<HeldSession>* held) {
   for (;;) {
-    UniqueFd fd;
-    Result<std::string> m = RecvMsg(sock, &fd);
+    UniqueFd fd, journal;
+    Result<std::string> m = RecvMsg(sock, &fd, &journal);
     if (!m.ok() || m->empty()) return;
     if ((*m)[0] == 'P') {
       HeldSession s;
@@ -116,9 +131,11 @@ void ServeDaemon(int sock, std::optional<HeldSession>* held) {
         continue;
       }
       s.fd = std::move(fd);
+      s.journal = std::move(journal);
       *held = std::move(s);
     } else if ((*m)[0] == 'G') {
-      Status sent = *held ? SendMsg(sock, Pack('S', (*held)->init, (*held)->state), (*held)->fd.get())
+      Status sent = *held ? SendMsg(sock, Pack('S', (*held)->init, (*held)->state),
+                                    (*held)->fd.get(), (*held)->journal.get())
                           : SendMsg(sock, "N", -1);
       if (!sent.ok()) return;
     }
@@ -127,20 +144,22 @@ void ServeDaemon(int sock, std::optional<HeldSession>* held) {
 
 }  // namespace
 
-Status HolderLink::Deposit(int fuse_fd, std::string_view init, std::string_view state) {
-  return SendMsg(sock_.get(), Pack('P', init, state), fuse_fd);
+Status HolderLink::Deposit(int fuse_fd, std::string_view init, std::string_view state,
+                           int journal_fd) {
+  return SendMsg(sock_.get(), Pack('P', init, state), fuse_fd, journal_fd);
 }
 
 Result<std::optional<HeldSession>> HolderLink::Withdraw() {
   RETURN_IF_ERROR(SendMsg(sock_.get(), "G", -1));
-  UniqueFd fd;
-  ASSIGN_OR_RETURN(std::string m, RecvMsg(sock_.get(), &fd));
+  UniqueFd fd, journal;
+  ASSIGN_OR_RETURN(std::string m, RecvMsg(sock_.get(), &fd, &journal));
   if (m == "N") return std::optional<HeldSession>();
   HeldSession s;
   if (m.empty() || m[0] != 'S' || !fd.valid() || !Unpack(m, &s.init, &s.state)) {
     return Status::IoError("holder: malformed answer");
   }
   s.fd = std::move(fd);
+  s.journal = std::move(journal);
   return std::optional<HeldSession>(std::move(s));
 }
 

@@ -35,15 +35,21 @@ struct HeldSession {
   UniqueFd fd;        // the /dev/fuse descriptor of the live mount
   std::string init;   // the kernel's FUSE_INIT request, as the first daemon read it
   std::string state;  // opaque to the holder: what the daemon left for its successor
+  // Optional, opaque to the holder: a file the daemons keep writing their
+  // state to while they serve (the store's journal, fs/store_journal.h),
+  // shared by the first daemon and its successors; it lives as long as the
+  // holder, that is as long as the session.
+  UniqueFd journal;
 };
 
 // A daemon's end of its holder's socket.
 class HolderLink {
  public:
   explicit HolderLink(UniqueFd sock) : sock_(std::move(sock)) {}
-  // Gives the holder a copy of `fuse_fd` with `init` and `state`; a later
-  // deposit replaces an earlier one.
-  Status Deposit(int fuse_fd, std::string_view init, std::string_view state);
+  // Gives the holder a copy of `fuse_fd` with `init` and `state` (and of
+  // `journal_fd` when >= 0); a later deposit replaces an earlier one.
+  Status Deposit(int fuse_fd, std::string_view init, std::string_view state,
+                 int journal_fd = -1);
   // The session the holder keeps, if any (none: this is the first daemon).
   Result<std::optional<HeldSession>> Withdraw();
   // Until its mount is live a daemon dies with its holder (a killed

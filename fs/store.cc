@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "fs/layer_tree.h"
+#include "fs/session_holder.h"
 #include "reader/base/base64.h"
 #include "reader/base/log.h"
 #include "reader/image/manifest.h"
@@ -179,8 +180,12 @@ size_t LayerStore::ReleaseIdle(Clock::time_point now) {
       auto it = live_.find(k.id);
       if (it == live_.end()) continue;
       StoreLayer& l = it->second;
-      // Looked at meanwhile, or held by a build or a read in progress.
-      if (l.busy != 0 || now - l.last_used < idle_timeout_ || l.layer.use_count() > 1) continue;
+      // Looked at meanwhile, or held by a build or a read in progress; or
+      // live at a takeover (what the kernel holds of it is not known).
+      if (l.busy != 0 || now - l.last_used < idle_timeout_ || l.layer.use_count() > 1 ||
+          l.inherited) {
+        continue;
+      }
       // Whatever the kernel holds below pins the layer's directory (a
       // dentry pins its parent's): checking that first spares a walk of a
       // big tree, under this lock, at every pass while a container runs.
@@ -193,10 +198,16 @@ size_t LayerStore::ReleaseIdle(Clock::time_point now) {
         for (auto n = l.toc_names.begin(); n != l.toc_names.end();) {
           Result<Ino> toc_dir = tree_.Lookup(layers_dir_, *n);
           if (toc_dir.ok() && !tree_.RemoveSubtree(layers_dir_, *n, known)) break;
-          if (toc_dir.ok()) layer_dirs_.erase(*toc_dir);
+          if (toc_dir.ok()) {
+            layer_dirs_.erase(*toc_dir);
+            // (Written after the removal, which may be refused: a successor
+            // that missed it would keep a directory nobody holds.)
+            Journal({{"op", "untoc"}, {"name", *n}});
+          }
           n = l.toc_names.erase(n);
         }
         if (l.toc_names.empty()) freed = tree_.RemoveSubtree(layers_dir_, digest, known);
+        if (freed) Journal({{"op", "release"}, {"layer", digest}});
       }
       if (!freed) {
         if (now - l.invalidated >= idle_timeout_) {
@@ -208,13 +219,7 @@ size_t LayerStore::ReleaseIdle(Clock::time_point now) {
         }
         continue;
       }
-      layer_dirs_.erase(l.dir);
-      retired_[digest] = Retired{l.layer, l.repo};
-      k.id = kNoId;
-      ++k.released;
-      ++counters_.released;
-      gone.push_back(std::move(l));
-      live_.erase(it);
+      gone.push_back(DropLayerLocked(k.id, digest));
     }
   }
   size_t released = gone.size();
@@ -262,6 +267,107 @@ size_t LayerStore::ReleaseIdle(Clock::time_point now) {
     LOG_INFO("store: released " + std::to_string(released) + " idle layer(s)");
   }
   return released;
+}
+
+LayerStore::StoreLayer LayerStore::DropLayerLocked(uint32_t id, const std::string& digest) {
+  auto it = live_.find(id);
+  StoreLayer l = std::move(it->second);
+  live_.erase(it);
+  KnownLayer& k = known_[digest];
+  layer_dirs_.erase(l.dir);
+  retired_[digest] = Retired{l.layer, l.repo};
+  k.id = kNoId;
+  ++k.released;
+  ++counters_.released;
+  return l;
+}
+
+Status LayerStore::Replay(const std::vector<nlohmann::json>& records) {
+  replaying_ = true;
+  Status result = Status::Ok();
+  std::vector<StoreLayer> dropped;  // destroyed after the locks are let go
+  auto never_known = [](Ino) { return false; };
+  for (size_t i = 0; i < records.size() && result.ok(); ++i) {
+    const nlohmann::json& r = records[i];
+    const std::string op = r.value("op", "");
+    auto bad = [&](const std::string& why) {
+      return Status::Corrupt("store journal record " + std::to_string(i) + " (" + op + "): " + why);
+    };
+    if (op == "image") {
+      result = AddImageLink(r.value("name", ""));
+    } else if (op == "layer") {
+      Result<Reference> ref = ParseReference(r.value("ref", ""));
+      if (!ref.ok()) {
+        result = bad(ref.status().ToString());
+        continue;
+      }
+      Result<std::shared_ptr<Repo>> repo = GetRepo(*ref);
+      if (!repo.ok()) {
+        result = bad("no client: " + repo.status().ToString());
+        continue;
+      }
+      BlobDescriptor blob;
+      blob.digest = r.value("digest", "");
+      blob.media_type = r.value("mediaType", "");
+      blob.size = r.value("size", uint64_t{0});
+      Annotations annotations;
+      if (r.contains("annotations") && r["annotations"].is_object()) {
+        for (const auto& [key, value] : r["annotations"].items()) {
+          if (value.is_string()) annotations[key] = value.get<std::string>();
+        }
+      }
+      result = AddLayer(blob, r.value("diffID", ""), *repo, *ref, annotations);
+    } else if (op == "toc") {
+      const std::string digest = r.value("layer", "");
+      std::lock_guard add(add_mu_);
+      uint32_t id = kNoId;
+      {
+        std::lock_guard lock(mu_);
+        if (auto k = known_.find(digest); k != known_.end()) id = k->second.id;
+      }
+      if (id == kNoId) {
+        result = bad("layer " + digest + " is not live");
+        continue;
+      }
+      AddTocDirLocked(r.value("name", ""), id, digest);
+    } else if (op == "untoc") {
+      const std::string name = r.value("name", "");
+      std::lock_guard add(add_mu_);
+      Result<Ino> dir = tree_.Lookup(layers_dir_, name);
+      if (!dir.ok() || !tree_.RemoveSubtree(layers_dir_, name, never_known)) {
+        result = bad("no directory " + name);
+        continue;
+      }
+      std::lock_guard lock(mu_);
+      layer_dirs_.erase(*dir);
+      for (auto& [id, l] : live_) std::erase(l.toc_names, name);
+    } else if (op == "release") {
+      const std::string digest = r.value("layer", "");
+      std::lock_guard add(add_mu_);
+      if (!tree_.RemoveSubtree(layers_dir_, digest, never_known)) {
+        result = bad("no directory " + digest);
+        continue;
+      }
+      std::lock_guard lock(mu_);
+      auto k = known_.find(digest);
+      if (k == known_.end() || k->second.id == kNoId) {
+        result = bad("layer " + digest + " is not live");
+        continue;
+      }
+      dropped.push_back(DropLayerLocked(k->second.id, digest));
+    } else {
+      result = bad("unknown");
+    }
+  }
+  replaying_ = false;
+  dropped.clear();
+  std::unordered_map<std::string, Retired> retired;  // nothing holds their handles
+  {
+    std::lock_guard lock(mu_);
+    retired.swap(retired_);
+    for (auto& [id, l] : live_) l.inherited = true;
+  }
+  return result;
 }
 
 StoreCounters LayerStore::Counters() const {
@@ -403,23 +509,35 @@ Status LayerStore::LookupToc(std::string_view name) {
   std::lock_guard add(add_mu_);
   done();
   if (tree_.Lookup(layers_dir_, name).ok()) return Status::Ok();
+  {
+    // (Not released meanwhile: it was busy until add_mu_ was taken.)
+    std::lock_guard lock(mu_);
+    if (live_.find(id) == live_.end()) return Status::NotFound("layer released meanwhile");
+  }
+  if (!Journal({{"op", "toc"}, {"name", name}, {"layer", digest}})) {
+    return Status::IoError("store journal");
+  }
+  AddTocDirLocked(name, id, digest);
+  return Status::Ok();
+}
+
+void LayerStore::AddTocDirLocked(std::string_view name, uint32_t id, const std::string& digest) {
   Ino dir = tree_.AddChild(layers_dir_, std::string(name), DirNode());
   // Its own info (it names the TOC digest, see InfoJson).
   tree_.AddChild(dir, "info", FileNode(ContentKind::kDynamic, static_cast<uint32_t>(id) | kByTocBit, 0));
   for (const char* f : {"diff", "blob"}) {
     Node link;
     link.attr.mode = S_IFLNK | 0777;
-    link.link_target = "../" + layer->blob().digest + "/" + f;
+    link.link_target = "../" + digest + "/" + f;
     link.attr.size = link.link_target.size();
     tree_.AddChild(dir, f, std::move(link));
   }
   std::lock_guard lock(mu_);
   auto it = live_.find(id);
-  if (it == live_.end()) return Status::NotFound("layer released meanwhile");
+  if (it == live_.end()) return;
   it->second.toc_names.emplace_back(name);
   it->second.last_used = Clock::now();
   layer_dirs_[dir] = id;
-  return Status::Ok();
 }
 
 Status LayerStore::AddImage(std::string_view name, bool* cache_negative) {
@@ -433,7 +551,6 @@ Status LayerStore::AddImage(std::string_view name, bool* cache_negative) {
     LOG_WARN("store: " + *text + ": registry " + ref->registry + " is not allowed (--allow-registry)");
     return Status::NotFound("registry not allowed");
   }
-  std::string repo_key = ref->registry + "/" + ref->repository;
   Result<std::shared_ptr<Repo>> repo = GetRepo(*ref);
   if (!repo.ok()) {
     LOG_WARN("store: " + *text + ": " + repo.status().ToString());
@@ -472,18 +589,10 @@ Status LayerStore::AddImage(std::string_view name, bool* cache_negative) {
     return Status::NotFound("diff_ids do not match the layers");
   }
   for (size_t i = 0; i < blobs.size(); ++i) {
-    AddLayer(blobs[i], img->config.diff_ids[i], *repo, repo_key,
-             img->manifest.LayerAnnotations(i));
+    RETURN_IF_ERROR(
+        AddLayer(blobs[i], img->config.diff_ids[i], *repo, *ref, img->manifest.LayerAnnotations(i)));
   }
-  // Every image's directory is the one of all layers: a layer shared by
-  // many images is one directory, one tree and one reader.
-  Node link;
-  link.attr.mode = S_IFLNK | 0777;
-  link.link_target = std::string(kLayersDir);
-  link.attr.size = link.link_target.size();
-  tree_.AddChild(kRootIno, std::string(name), std::move(link));
-  std::lock_guard lock(mu_);
-  ++counters_.images;
+  RETURN_IF_ERROR(AddImageLink(name));
   LOG_INFO("store: " + *text + " -> " + img->manifest_digest + " (" + std::to_string(blobs.size()) +
            " layers)");
   return Status::Ok();
@@ -515,15 +624,60 @@ Status LayerStore::AddKnownLayer(std::string_view digest) {
   // cache when the layer is looked into.
   Result<std::shared_ptr<Repo>> repo = GetRepo(*ref);
   if (!repo.ok()) return Status::NotFound("no client: " + repo.status().ToString());
-  AddLayer(blob, diff_id, *repo, repo_key, annotations);
+  return AddLayer(blob, diff_id, *repo, *ref, annotations);
+}
+
+bool LayerStore::Journal(const nlohmann::json& record) {
+  if (!journal_ || replaying_) return true;
+  if (journal_broken_) return false;
+  Status s = journal_->Append(record);
+  if (s.ok()) return true;
+  LOG_ERROR("store: " + s.ToString() + "; the store adds nothing more (a successor could not " +
+            "number it as this daemon does)");
+  journal_broken_ = true;
+  return false;
+}
+
+Status LayerStore::AddImageLink(std::string_view name) {
+  std::lock_guard add(add_mu_);
+  if (!Journal({{"op", "image"}, {"name", name}})) return Status::IoError("store journal");
+  // Every image's directory is the one of all layers: a layer shared by
+  // many images is one directory, one tree and one reader.
+  Node link;
+  link.attr.mode = S_IFLNK | 0777;
+  link.link_target = std::string(kLayersDir);
+  link.attr.size = link.link_target.size();
+  tree_.AddChild(kRootIno, std::string(name), std::move(link));
+  std::lock_guard lock(mu_);
+  ++counters_.images;
   return Status::Ok();
 }
 
-void LayerStore::AddLayer(const BlobDescriptor& blob, const std::string& diff_id,
-                          const std::shared_ptr<Repo>& repo, const std::string& repo_key,
-                          const Annotations& annotations) {
+Status LayerStore::AddLayer(const BlobDescriptor& blob, const std::string& diff_id,
+                            const std::shared_ptr<Repo>& repo, const Reference& ref,
+                            const Annotations& annotations) {
+  const std::string repo_key = ref.registry + "/" + ref.repository;
   std::lock_guard add(add_mu_);
   uint32_t id;
+  {
+    std::lock_guard lock(mu_);
+    if (auto kit = known_.find(blob.digest); kit != known_.end() && kit->second.id != kNoId) {
+      live_[kit->second.id].last_used = Clock::now();  // another image has it
+      return Status::Ok();
+    }
+  }
+  // Only add_mu_'s holders change what is live: the layer is made below.
+  nlohmann::json ann = nlohmann::json::object();
+  for (const auto& [key, value] : annotations) ann[key] = value;
+  if (!Journal({{"op", "layer"},
+                {"digest", blob.digest},
+                {"mediaType", blob.media_type},
+                {"size", blob.size},
+                {"diffID", diff_id},
+                {"ref", ref.Normalized()},
+                {"annotations", ann}})) {
+    return Status::IoError("store journal");
+  }
   {
     std::lock_guard lock(mu_);
     auto [kit, inserted] = known_.try_emplace(blob.digest);
@@ -535,10 +689,6 @@ void LayerStore::AddLayer(const BlobDescriptor& blob, const std::string& diff_id
       k.annotations = annotations;
       known_order_.push_back(blob.digest);
       ++counters_.layers;
-    }
-    if (k.id != kNoId) {
-      live_[k.id].last_used = Clock::now();  // another image has it
-      return;
     }
     id = next_id_++;
     if (next_id_ == kNoId || next_id_ == kStatusId) next_id_ = 0;  // after 4 billion releases
@@ -571,6 +721,7 @@ void LayerStore::AddLayer(const BlobDescriptor& blob, const std::string& diff_id
   l.dir = dir;
   l.diff = diff;
   layer_dirs_[dir] = id;
+  return Status::Ok();
 }
 
 std::shared_ptr<Layer> LayerStore::LayerAt(uint32_t id) {
@@ -719,13 +870,38 @@ int ServeStore(MountOptions mo, DaemonReady* ready) {
     auto fail = [&](const std::string& what, const Status& s) {
       return FailStartup(ready, what, s);
     };
-    if (Status s = CheckMountpoint(mo.mountpoint); !s.ok()) {
+    // Under a holder (fs/session_holder.h): a successor takes over the
+    // session of a dead daemon, with the tree its journal describes.
+    HolderLink* holder = CurrentHolderLink();
+    std::optional<HeldSession> held;
+    if (holder) {
+      Result<std::optional<HeldSession>> w = holder->Withdraw();
+      if (!w.ok()) return fail("holder", w.status());
+      held = std::move(*w);
+    }
+    // (A successor's mountpoint is the live mount it serves.)
+    if (Status s = held ? Status::Ok() : CheckMountpoint(mo.mountpoint); !s.ok()) {
       return fail("mountpoint " + mo.mountpoint, s);
     }
     Result<std::unique_ptr<ChunkCache>> cache = OpenCache(mo.common);
     if (!cache.ok()) return fail("cannot open the cache", cache.status());
     KernelRefs refs;  // outlives the store's reaper and the daemon
     LayerStore store(cache->get(), mo.common, CacheIndexStore(cache->get()), mo.index_on_pull);
+    std::unique_ptr<StoreJournal> journal;
+    if (held) {
+      if (!held->journal.valid()) return fail("takeover", Status::IoError("no store journal"));
+      journal = std::make_unique<StoreJournal>(std::move(held->journal));
+      Result<std::vector<nlohmann::json>> records = journal->ReadAll();
+      if (!records.ok()) return fail("takeover", records.status());
+      if (Status s = store.Replay(*records); !s.ok()) return fail("takeover", s);
+      LOG_INFO("store: replayed " + std::to_string(records->size()) + " journal records");
+    } else if (holder) {
+      Result<std::unique_ptr<StoreJournal>> j = StoreJournal::Create();
+      // Without a journal the store serves, but its mount dies with it.
+      if (j.ok()) journal = std::move(*j);
+      if (!j.ok()) LOG_WARN("the store will not survive this daemon: " + j.status().ToString());
+    }
+    store.SetJournal(journal.get());
     FuseOptions fo;
     fo.mountpoint = mo.mountpoint;
     fo.fsname = "regfs-store";
@@ -751,13 +927,24 @@ int ServeStore(MountOptions mo, DaemonReady* ready) {
     fo.debug = mo.fuse_debug;
     fo.on_session_end = [&store] { store.Stop(); };
     fo.refs = &refs;
+    if (held) {
+      fo.takeover_fd = held->fd.Release();
+      fo.takeover_init = held->init;
+    } else if (holder && journal) {
+      fo.on_init = [holder, jfd = journal->fd()](int fd, const std::string& init) {
+        Status s = holder->Deposit(fd, init, "store", jfd);
+        if (!s.ok()) LOG_WARN("the store will not survive this daemon: " + s.ToString());
+      };
+    }
     FuseDaemon daemon(&store.tree(), &store, fo);
     if (Status s = daemon.Mount(); !s.ok()) return fail("mount", s);
+    if (holder) holder->MountIsLive();
     store.AttachKernel(&refs, [&daemon](Ino parent, std::string_view name) {
       return daemon.InvalidateEntry(parent, name);
     });
     store.StartReaper();
-    LOG_INFO("layer store mounted on " + mo.mountpoint);
+    LOG_INFO(std::string(held ? "took over the layer store on " : "layer store mounted on ") +
+             mo.mountpoint);
     if (ready) ready->Send("OK");
     Status s = daemon.Loop(true);
     // The reaper calls the daemon: it ends first. Only now, unmounted: a

@@ -33,6 +33,16 @@
 // .layers/<digest>, a released image looked up again, makes it again from
 // the cached index, without the network), and per image its symlink.
 //
+// Restarts: `regfs store` runs under a holder (fs/session_holder.h), as
+// `regfs mount` does. Every change to the tree (an image's link, a layer's
+// directory, a TOC-digest directory, a release) is written to a journal
+// (fs/store_journal.h) before the kernel can learn of it; a successor
+// replays the journal before it serves, so each inode number the kernel
+// holds names what it named before (a layer's tree is numbered in its own
+// segment when it is filled again). Layers live at a takeover are not
+// released as idle by that successor: which of their inodes the kernel
+// holds died with the predecessor.
+//
 // Failure: a reference that does not decode, parse or resolve is ENOENT
 // (podman then pulls that layer itself); a transient failure is not
 // remembered by the kernel, so the next lookup tries again. Index or read
@@ -63,6 +73,7 @@
 #include "fs/prefetcher.h"
 #include "fs/mount.h"
 #include "fs/options.h"
+#include "fs/store_journal.h"
 #include "fs/tree.h"
 #include "reader/layer/layer_reader.h"
 
@@ -107,6 +118,14 @@ class LayerStore : public FsContent {
   void JoinReaper();
   StoreCounters Counters() const;
   std::string StatusJson() const;
+  // Every change to the tree is written to `journal` first (nullptr: none).
+  // Call before serving; `journal` must outlive the store.
+  void SetJournal(StoreJournal* journal) { journal_ = journal; }
+  // A successor's start, before serving: makes the tree its predecessors
+  // had from their journal's records, without the network (a layer's index
+  // comes from the cache when the layer is looked into). Fails on a record
+  // it cannot apply (the successor must not serve a different tree).
+  Status Replay(const std::vector<nlohmann::json>& records);
 
   Result<size_t> Read(const Node& node, uint64_t offset, std::span<uint8_t> out) override;
   Result<std::string> Generate(const Node& node) override;
@@ -130,6 +149,7 @@ class LayerStore : public FsContent {
     std::shared_ptr<Repo> repo;  // the one whose source `layer` reads
     Ino dir = 0, diff = 0;
     bool queued = false;  // a background build was asked for (index_on_pull)
+    bool inherited = false;  // live at a takeover: never released (see above)
     int busy = 0;         // Populate calls in progress
     std::vector<std::string> toc_names;  // its .layers/<TOC digest> directories
     Clock::time_point last_used;
@@ -162,9 +182,22 @@ class LayerStore : public FsContent {
   Result<std::shared_ptr<Repo>> GetRepo(const Reference& ref);
   // The layer's directory under .layers, made on first sight of the digest
   // (or again after a release).
-  void AddLayer(const BlobDescriptor& blob, const std::string& diff_id,
-                const std::shared_ptr<Repo>& repo, const std::string& repo_key,
-                const Annotations& annotations);
+  Status AddLayer(const BlobDescriptor& blob, const std::string& diff_id,
+                  const std::shared_ptr<Repo>& repo, const Reference& ref,
+                  const Annotations& annotations);
+  // An image's link in the root (its layers are added first).
+  Status AddImageLink(std::string_view name);
+  // The directory .layers/<name> of live layer `id` looked up by its TOC
+  // digest. Holds add_mu_.
+  void AddTocDirLocked(std::string_view name, uint32_t id, const std::string& digest);
+  // Takes live layer `id` (of `digest`) out of the bookkeeping once its
+  // directory left the tree. Holds add_mu_ and mu_; returns what to destroy
+  // after the locks.
+  StoreLayer DropLayerLocked(uint32_t id, const std::string& digest);
+  // Writes `record` to the journal (if any) before the change it names.
+  // False when it could not: the change must not be made. After a failed
+  // write of a removal (made already), every later change is refused.
+  bool Journal(const nlohmann::json& record);
   // A lookup of .layers/<TOC digest> (containers/storage 1.54+ asks by TOC
   // digest): the layer whose TOC that is, once the TOC is fetched and
   // checked, appears there as a link to its directory.
@@ -192,6 +225,9 @@ class LayerStore : public FsContent {
   std::atomic<bool> stopping_{false};  // every registry client's cancel flag
   KernelRefs* refs_ = nullptr;
   std::function<bool(Ino, std::string_view)> invalidate_;
+  StoreJournal* journal_ = nullptr;  // written under add_mu_
+  bool journal_broken_ = false;      // guarded by add_mu_
+  bool replaying_ = false;           // set by Replay, before serving
 
   std::mutex resolve_mu_;  // one resolution at a time
   mutable std::mutex repos_mu_;  // guards repos_, repo_refs_
