@@ -4,8 +4,10 @@
 #include <gtest/gtest.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
+#include <string>
 #include <thread>
 
 #include "tests/support/fd_count.h"
@@ -78,6 +80,42 @@ TEST_F(SessionHolderTest, ASuccessorWithdrawsWhatTheKilledDaemonDeposited) {
   EXPECT_EQ(c, 'x');
   EXPECT_EQ(read(session[0], &c, 1), 0) << "a copy of the session fd is still open";
   close(session[0]);
+}
+
+// A journal deposited with the session reaches every successor as the
+// same open file: what a daemon wrote to it after the deposit, and before
+// it was killed, is there for the next one, and successors write on.
+TEST_F(SessionHolderTest, TheJournalFdReachesEverySuccessor) {
+  int session[2];
+  ASSERT_EQ(pipe2(session, O_CLOEXEC), 0);
+  int rc = RunHeld(
+      [&](bool first) {
+        Started();
+        HolderLink* link = CurrentHolderLink();
+        if (!link) return 2;
+        if (first) {
+          int journal = memfd_create("journal", MFD_CLOEXEC);
+          if (journal < 0) return 3;
+          if (!link->Deposit(session[1], "INIT", "STATE", journal).ok()) return 4;
+          if (pwrite(journal, "a", 1, 0) != 1) return 5;  // after the deposit
+          raise(SIGKILL);
+        }
+        Result<std::optional<HeldSession>> held = link->Withdraw();
+        if (!held.ok() || !held->has_value() || !(*held)->journal.valid()) return 6;
+        char buf[8];
+        ssize_t n = pread((*held)->journal.get(), buf, sizeof buf, 0);
+        std::string seen(buf, n > 0 ? static_cast<size_t>(n) : 0);
+        if (seen == "a") {
+          if (pwrite((*held)->journal.get(), "b", 1, 1) != 1) return 8;
+          raise(SIGKILL);
+        }
+        return seen == "ab" ? 7 : 9;
+      },
+      Opts());
+  EXPECT_EQ(rc, 7);
+  EXPECT_EQ(Starts(), 3);
+  close(session[0]);
+  close(session[1]);
 }
 
 TEST_F(SessionHolderTest, ADaemonKilledBeforeItDepositedIsNotRestarted) {
