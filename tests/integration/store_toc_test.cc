@@ -13,9 +13,13 @@
 // still serves it from a full pass.
 #include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <nlohmann/json.hpp>
 #include <string>
@@ -218,6 +222,56 @@ TEST_F(StoreTocTest, LooksUpLayersByTocDigestAsContainersStorage154Does) {
   auto sj = nlohmann::json::parse(status, nullptr, false);
   EXPECT_EQ(sj["uses"], 2) << status;
   EXPECT_GE(sj["releases"], 1) << status;
+}
+
+// A restart (fs/store.h): the store's daemon killed after the TOC-digest
+// directories were looked up. The successor has them, with the same inode
+// numbers, from the journal: an open file below one reads on, the paths
+// name the same inodes, and a TOC-digest directory first looked up after
+// the kill is served too.
+TEST_F(StoreTocTest, TocDigestDirectoriesSurviveARestart) {
+  const std::string image_dir = mnt_ + "/" + Base64Encode(ref_);
+  const std::string toc0 = image_dir + "/" + layers_[0].toc.toc_digest;
+  const std::string file = toc0 + "/diff/etc/os-release";
+  std::string s;
+  ASSERT_TRUE(ReadWholeFile(file, &s)) << StoreLog();
+  EXPECT_EQ(s, "ID=estargz\n");
+  struct stat dir_st, file_st, info_st;
+  ASSERT_EQ(stat(toc0.c_str(), &dir_st), 0);
+  ASSERT_EQ(stat((toc0 + "/info").c_str(), &info_st), 0);
+  int fd = open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(fstat(fd, &file_st), 0);
+  std::string status;
+  ASSERT_TRUE(ReadWholeFile(mnt_ + "/.regfs/status.json", &status));
+  pid_t daemon = nlohmann::json::parse(status, nullptr, false).value("pid", -1);
+  ASSERT_GT(daemon, 0);
+  ASSERT_EQ(kill(daemon, SIGKILL), 0);
+
+  char buf[64];
+  posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  ssize_t n = pread(fd, buf, sizeof buf, 0);
+  EXPECT_EQ(std::string(buf, n > 0 ? static_cast<size_t>(n) : 0), "ID=estargz\n")
+      << std::strerror(errno) << "\n" << StoreLog();
+  close(fd);
+  struct stat st;
+  ASSERT_EQ(stat(toc0.c_str(), &st), 0) << std::strerror(errno);
+  EXPECT_EQ(st.st_ino, dir_st.st_ino);
+  ASSERT_EQ(stat((toc0 + "/info").c_str(), &st), 0);
+  EXPECT_EQ(st.st_ino, info_st.st_ino);
+  ASSERT_EQ(stat(file.c_str(), &st), 0);
+  EXPECT_EQ(st.st_ino, file_st.st_ino);
+  std::string info;
+  ASSERT_TRUE(ReadWholeFile(toc0 + "/info", &info));
+  auto j = nlohmann::json::parse(info, nullptr, false);
+  ASSERT_TRUE(j.is_object()) << info;
+  EXPECT_EQ(j["toc-digest"], layers_[0].toc.toc_digest) << info;
+  // Looked up only now, by the successor.
+  ASSERT_TRUE(ReadWholeFile(image_dir + "/" + layers_[1].toc.toc_digest + "/diff/etc/motd", &s))
+      << StoreLog();
+  EXPECT_EQ(s, "zstd:chunked\n");
+  ASSERT_TRUE(ReadWholeFile(mnt_ + "/.regfs/status.json", &status));
+  EXPECT_NE(nlohmann::json::parse(status, nullptr, false).value("pid", -1), daemon);
 }
 
 }  // namespace
