@@ -8,10 +8,11 @@
 # tests/bench/*.cc program on loopback and, with --wan, the WAN scenarios of
 # tests/bench/wan/wan_bench.sh over two emulated links (20 ms RTT / 200 Mbit/s
 # and 80 ms RTT / 50 Mbit/s; among them store_bench's podman pull + run, normal
-# and through `regfs store`) and draws their plots. Results go to DIR
-# (default $BUILD_DIR/bench-results/<UTC time>): results.jsonl (one JSON object
-# per figure), results.md (the Markdown tables, also printed), one .txt per
-# program, and with --wan ttfr.png and throughput-*.png.
+# and through `regfs store`, and toc_bench's cold eStargz image) and draws
+# their plots. Results go to DIR (default $BUILD_DIR/bench-results/<UTC
+# time>): results.jsonl (one JSON object per figure), results.md (the Markdown
+# tables, also printed), one .txt per program, and with --wan ttfr.png,
+# throughput-*.png and toc.png.
 #
 # toc_bench (issue 16: a cold eStargz image through `regfs mount` and `regfs
 # store` against skopeo+umoci and podman) converts its image with ctr-remote
@@ -78,7 +79,7 @@ if ((WAN)); then
   for prof in "wan-20ms-200mbit 20 200" "wan-80ms-50mbit 80 50"; do
     read -r name rtt rate <<<"$prof"
     echo "== $name"
-    REGFS=$BUILD_DIR/cli/regfs timeout --kill-after=30 1200 \
+    REGFS=$BUILD_DIR/cli/regfs timeout --kill-after=30 1800 \
       bash tests/bench/wan/wan_bench.sh "$name" "$rtt" "$rate" "$OUT" 2>&1 |
       tee "$OUT/$name.txt"
     rc=${PIPESTATUS[0]}

@@ -16,15 +16,20 @@
 # latency, regfs vs httpdirfs; `podman pull` + `run` of a ~150 MiB image,
 # normal and through `regfs store` (store_bench, next to REGFS in the build
 # tree or $STORE_BENCH; WAN_STORE_MIB, WAN_STORE_RUNS; skipped without
-# podman).
+# podman); a cold, never-indexed eStargz image through `regfs mount` and
+# `regfs store` against skopeo+umoci and podman (toc_bench, next to
+# store_bench or $TOC_BENCH; WAN_TOC_MIB, WAN_TOC_RUNS; skipped without podman
+# or ctr-remote).
 #
-# Writes OUTDIR/results.jsonl (one JSON object per figure), OUTDIR/ttfr.tsv
-# and OUTDIR/throughput-NAME.tsv (inputs of plots.sh), and prints each figure.
+# Writes OUTDIR/results.jsonl (one JSON object per figure), OUTDIR/ttfr.tsv,
+# OUTDIR/throughput-NAME.tsv and OUTDIR/toc.tsv (inputs of plots.sh), and
+# prints each figure.
 # Everything it starts (namespace, processes, mounts, temp files) is removed on
 # exit, also on failure or interrupt. Needs root, FUSE, iproute2 (ip, tc,
 # nsenter), docker-registry, skopeo, umoci, httpdirfs, curl, python3, a
 # static busybox (busybox-static) for the image's /bin/sh, and for the store
-# scenario podman and runc.
+# scenario podman and runc, for the eStargz scenario also ctr-remote and
+# containerd (stargz-snapshotter, containerd).
 set -euo pipefail
 
 NAME=${1:?profile name}
@@ -48,6 +53,7 @@ REG_PORT=5000
 PROXY_PORT=5001
 PIDS=()
 MOUNTS=()
+FAILED=""
 
 cleanup() {
   set +e
@@ -428,5 +434,60 @@ else
   log "skipping the podman store scenario: needs podman and $STORE_BENCH"
 fi
 
+# Scenario 5 (issue 16): a cold, never-indexed eStargz image (toc_bench, next
+# to store_bench; it converts its image with ctr-remote and a private
+# containerd in the namespace, pushes it to the registry directly, and regfs,
+# skopeo and podman pull through the proxy): `regfs mount` + `cat
+# rootfs/etc/os-release` against skopeo+umoci and a normal `podman pull`, and
+# `podman pull` + `run` through `regfs store` against a normal pull + run,
+# with the bytes each moved over the link (WAN_TOC_MIB of file data in the
+# image's middle layer, WAN_TOC_RUNS runs, median).
+TOC_BENCH=${TOC_BENCH:-$(dirname "$REGFS")/../tests/toc_bench}
+if [[ -x $TOC_BENCH ]] && command -v podman >/dev/null && command -v ctr-remote >/dev/null; then
+  log "cold eStargz image: regfs mount and store against skopeo+umoci and podman"
+  if ! IN env REGFS_BINARY="$REGFS" REGFS_BENCH_JSON="$WORK/toc.jsonl" "$TOC_BENCH" \
+    "${WAN_TOC_MIB:-256}" "${WAN_TOC_RUNS:-1}" --registry "$REG" \
+    --pull "127.0.0.1:$PROXY_PORT" --profile "$NAME" --link-stats "$WORK/proxy.stats" \
+    --work-dir "$WORK" >"$WORK/toc.txt"; then
+    # toc_bench reports what it measured also when a case failed (the
+    # store's, say): print its output, report those, fail at the end.
+    cat "$WORK/toc.txt"
+    FAILED="$FAILED toc_bench"
+  fi
+  grep -E '^toc_bench|^  run ' "$WORK/toc.txt" | sed 's/^/  /'
+  touch "$WORK/toc.jsonl"
+  # Each figure, its target moved into the note; the times and bytes also go
+  # to toc.tsv (profile, case, seconds, bytes) for plots.sh.
+  while IFS=$'\t' read -r n v u note; do
+    report "eStargz: $n" "$v" "$u" "$note"
+  done < <("$PY" - "$WORK/toc.jsonl" "$NAME" "$OUT/toc.tsv" <<'PYEOF'
+import json, re, sys
+secs, byts = {}, {}
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    n = r["name"].split(" ", 1)[1]
+    note = ""
+    m = re.match(r"(.*?) ?\((target [^)]*)\)(.*)", n)
+    if m:
+        n, note = (m.group(1) + m.group(3)).strip(), m.group(2)
+    v = "%d" % r["value"] if r["unit"] == "B" else "%.4g" % r["value"]
+    print("%s\t%s\t%s\t%s" % (n, v, r["unit"], note))
+    if n.endswith(": bytes fetched"):
+        byts[n[: -len(": bytes fetched")]] = r["value"]
+    elif r["unit"] == "s":
+        secs[n] = r["value"]
+with open(sys.argv[3], "a") as f:
+    for n, s in secs.items():
+        f.write("%s\t%s\t%.4f\t%d\n" % (sys.argv[2], n, s, byts.get(n, -1)))
+PYEOF
+  )
+else
+  log "skipping the eStargz scenario: needs podman, ctr-remote and $TOC_BENCH"
+fi
+
 IN tc -s qdisc show dev lo | grep -A1 'tbf 10:' | tail -1 | sed 's/^/  tc tbf (down): /'
+if [[ -n $FAILED ]]; then
+  log "failed:$FAILED"
+  exit 1
+fi
 log "done"
