@@ -432,6 +432,7 @@ std::string LayerStore::StatusJson() const {
   j["treeNodes"] = tree_.Count();
   j["treeBytes"] = tree_.MemoryBytes();
   if (refs_) j["kernelInodes"] = refs_->Size();
+  if (journal_) j["journalBytes"] = journal_->Bytes();
   return j.dump(2) + "\n";
 }
 

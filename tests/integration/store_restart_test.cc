@@ -456,6 +456,35 @@ TEST_F(StoreRestartTest, ReadersSeeADelayNotAnErrorAcrossThreeSigkills) {
   EXPECT_NE(kill(last, 0), 0) << "daemon still running";
 }
 
+// A successor needs no registry: it makes the tree from the journal and
+// the layers' indexes and bytes from the cache.
+TEST_F(StoreRestartTest, ASuccessorServesWhileTheRegistryIsDown) {
+  const std::string text = DeterministicBytes(5, 300000);
+  BuiltImage img;
+  const std::string image_dir =
+      Push("test/offline", {{{TarEntry::Dir("o"), TarEntry::File("o/f", text)}, Compression::kGzip}},
+           &img);
+  StartStore({"--retry-timeout", "2"});
+  const std::string path = image_dir + "/" + img.layers[0].descriptor.digest + "/diff/o/f";
+  std::string got;
+  ASSERT_TRUE(ReadWholeFile(path, &got)) << StoreLog();
+  ASSERT_TRUE(got == text);
+  Held held;
+  ASSERT_NO_FATAL_FAILURE(Hold(&held, path, text));
+  pid_t old = StorePid();
+  ASSERT_GT(old, 0);
+  registry_->Stop();
+  ASSERT_EQ(kill(old, SIGKILL), 0);
+  ExpectHeld(held, " after a kill with the registry down");
+  got.clear();
+  EXPECT_TRUE(ReadWholeFile(path, &got));
+  EXPECT_TRUE(got == text) << StoreLog();
+  EXPECT_NE(StorePid(), old);
+  held.fd.Reset();
+  CommandResult um = RunCommand({REGFS_BINARY, "umount", mnt_});
+  EXPECT_EQ(um.exit_code, 0) << um.output;
+}
+
 // A container started through the store (its layers are overlay lowerdirs
 // on the store) reads two files of different layers in a loop into a FIFO
 // the test reads and checks, while the store's daemon is killed three times.

@@ -7,9 +7,10 @@
 // test registry (on the host's 127.0.0.1: the chroot shares the network),
 // regfs-store.service's ExecStart run as systemd runs it (its
 // EnvironmentFile, $NOTIFY_SOCKET) says READY=1 and serves the image, and
-// `systemd-analyze verify` is clean on every unit, and after a SIGKILL of the
-// store the unit's ExecStartPre clears the dead mount so that it starts
-// again. The test runs in a mount namespace of its own, so that nothing it
+// `systemd-analyze verify` is clean on every unit, a SIGKILL of the store's
+// daemon is a delay (its holder, the unit's main process, starts a
+// successor), and after a SIGKILL of the whole unit its ExecStartPre clears
+// the dead mount so that it starts again. The test runs in a mount namespace of its own, so that nothing it
 // mounts outlives it.
 //
 // Time: building the package is a full build of regfs (minutes on 2 CPUs;
@@ -293,11 +294,24 @@ TEST_F(PackageTest, InstallsIntoAFreshDebianRootAndWorks) {
                       image_.layers[1].descriptor.digest + "/diff/etc/message";
   EXPECT_EQ(ReadInRoot(layer), kExpected) << log;
 
-  // 9. The daemon killed (SIGKILL, as the OOM killer does): its mount is
-  // left dead. The unit's ExecStartPre clears it, and ExecStart serves again.
+  // 9. The daemon killed (SIGKILL, as the OOM killer does): ExecStart's
+  // process holds the mount and starts a successor, which serves on.
+  pid_t daemon = -1;
+  {
+    std::ifstream children("/proc/" + std::to_string(store_pid_) + "/task/" +
+                           std::to_string(store_pid_) + "/children");
+    children >> daemon;
+  }
+  ASSERT_GT(daemon, 0) << "no daemon under the unit's main process\n" << log;
+  ASSERT_EQ(kill(daemon, SIGKILL), 0);
+  EXPECT_EQ(ReadInRoot(layer), kExpected) << log;
+  // The main process killed with its daemon (what systemd does to the
+  // unit's processes once the main one died): the mount is left dead. The
+  // unit's ExecStartPre clears it, and ExecStart serves again.
   kill(store_pid_, SIGKILL);
   waitpid(store_pid_, nullptr, 0);
   store_pid_ = -1;
+  KillProcessesInRoot();
   std::string pre = UnitValue("regfs-store.service", "ExecStartPre");
   ASSERT_EQ(pre.rfind("-", 0), 0u) << pre;  // its failure (nothing mounted) is ignored
   CommandResult cleared = InRoot(pre.substr(1) + " 2>&1");
