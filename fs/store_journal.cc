@@ -23,8 +23,8 @@ Status StoreJournal::Append(const nlohmann::json& record) {
   // earlier daemons' copies of the fd, the size is not ours to guess.
   size_t done = 0;
   while (done < line.size()) {
-    ssize_t n = pwrite(fd_.get(), line.data() + done, line.size() - done,
-                       static_cast<off_t>(size_ + done));
+    ssize_t n =
+        pwrite(fd_.get(), line.data() + done, line.size() - done, static_cast<off_t>(size_ + done));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
       // Cut the partial line off: the next record starts clean.

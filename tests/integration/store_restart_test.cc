@@ -123,8 +123,9 @@ class StoreRestartTest : public FdCheckedTest {
   }
 
   void StartStore(const std::vector<std::string>& extra = {}) {
-    std::vector<std::string> args = {REGFS_BINARY, "store", "--tls-verify=false", "--cache-dir",
-                                     dir_->Sub("cache"), "--log-file", dir_->Sub("store.log")};
+    std::vector<std::string> args = {
+        REGFS_BINARY,       "store",      "--tls-verify=false",  "--cache-dir",
+        dir_->Sub("cache"), "--log-file", dir_->Sub("store.log")};
     args.insert(args.end(), extra.begin(), extra.end());
     args.push_back(mnt_);
     CommandResult r = RunCommand(args);
@@ -348,8 +349,8 @@ TEST_F(StoreRestartTest, ReadersSeeADelayNotAnErrorAcrossThreeSigkills) {
   }
   ASSERT_FALSE(released_live()) << StoreStatus().dump() << StoreLog();
   Held held_before;
-  ASSERT_NO_FATAL_FAILURE(Hold(&held_before, diff(before_dir, before, 0) + "/o/f",
-                               "looked up before\n"));
+  ASSERT_NO_FATAL_FAILURE(
+      Hold(&held_before, diff(before_dir, before, 0) + "/o/f", "looked up before\n"));
 
   ReaderPlan plan;
   plan.cwd = diff(main_dir, main, 1) + "/d";
@@ -364,8 +365,8 @@ TEST_F(StoreRestartTest, ReadersSeeADelayNotAnErrorAcrossThreeSigkills) {
   plan.want_small2 = &smalls[2];
   plan.info_digest = main.layers[2].descriptor.digest;
 
-  void* mem = mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-                   -1, 0);
+  void* mem =
+      mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   ASSERT_NE(mem, MAP_FAILED);
   Shared* sh = new (mem) Shared();
   pid_t reader = fork();
@@ -398,14 +399,15 @@ TEST_F(StoreRestartTest, ReadersSeeADelayNotAnErrorAcrossThreeSigkills) {
                              [&] { return sh->errors.load() != 0; }, round);
     ASSERT_GE(gap, 0) << "no right reads after kill " << round << ": first failed check "
                       << sh->first_check.load() << ": " << std::strerror(sh->first_errno.load())
-                      << "\n" << StoreLog();
+                      << "\n"
+                      << StoreLog();
     gaps.push_back(gap);
     const std::string when = " after kill " + std::to_string(round);
     ExpectHeld(held_before, when);
     if (round == 1) {
       // A successor resolves what nobody looked up before.
-      ASSERT_NO_FATAL_FAILURE(Hold(&held_after, diff(after_dir, after, 0) + "/o/f",
-                                   "looked up after\n"));
+      ASSERT_NO_FATAL_FAILURE(
+          Hold(&held_after, diff(after_dir, after, 0) + "/o/f", "looked up after\n"));
     } else {
       ExpectHeld(held_after, when);
     }
@@ -462,8 +464,8 @@ TEST_F(StoreRestartTest, ASuccessorServesWhileTheRegistryIsDown) {
   const std::string text = DeterministicBytes(5, 300000);
   BuiltImage img;
   const std::string image_dir =
-      Push("test/offline", {{{TarEntry::Dir("o"), TarEntry::File("o/f", text)}, Compression::kGzip}},
-           &img);
+      Push("test/offline",
+           {{{TarEntry::Dir("o"), TarEntry::File("o/f", text)}, Compression::kGzip}}, &img);
   StartStore({"--retry-timeout", "2"});
   const std::string path = image_dir + "/" + img.layers[0].descriptor.digest + "/diff/o/f";
   std::string got;
@@ -494,11 +496,10 @@ TEST_F(StoreRestartTest, ContainerReadsAcrossThreeSigkills) {
   const std::string b = DeterministicBytes(8, (1u << 20) + 777);
   std::vector<TarEntry> base = HostCatEntries();
   base.push_back(TarEntry::File("bin/sh", ReadHostFile("/bin/dash"), 0755));
-  std::vector<LayerSpec> layers = {{base, Compression::kGzip},
-                                   {{TarEntry::Dir("d"), TarEntry::File("d/a", a)},
-                                    Compression::kGzip},
-                                   {{TarEntry::Dir("d"), TarEntry::File("d/b", b)},
-                                    Compression::kZstd}};
+  std::vector<LayerSpec> layers = {
+      {base, Compression::kGzip},
+      {{TarEntry::Dir("d"), TarEntry::File("d/a", a)}, Compression::kGzip},
+      {{TarEntry::Dir("d"), TarEntry::File("d/b", b)}, Compression::kZstd}};
   BuiltImage img;
   const std::string image_dir = Push("test/container", std::move(layers), &img);
   const std::string ref = refs_["test/container"];
@@ -513,10 +514,11 @@ TEST_F(StoreRestartTest, ContainerReadsAcrossThreeSigkills) {
   // (O_RDWR: a FIFO opened so never blocks, and never sees EOF).
   UniqueFd fifo(open((out + "/fifo").c_str(), O_RDWR | O_CLOEXEC));
   ASSERT_TRUE(fifo.valid());
-  CommandResult run = envs_["lazy"]->Run(
-      "run -d --runtime /usr/sbin/runc --network none -v " + out + ":/out " + ref +
-          " /bin/sh -c 'cd /d && while cat a /d/b > /out/fifo; do :; done; echo failed > /out/failed'",
-      180);
+  CommandResult run = envs_["lazy"]->Run("run -d --runtime /usr/sbin/runc --network none -v " +
+                                             out + ":/out " + ref +
+                                             " /bin/sh -c 'cd /d && while cat a /d/b > /out/fifo; "
+                                             "do :; done; echo failed > /out/failed'",
+                                         180);
   ASSERT_EQ(run.exit_code, 0) << run.output << StoreLog();
   const std::string id = run.output.substr(0, run.output.find('\n'));
   // The store's files of the container's layers: dropping their page cache
