@@ -108,6 +108,8 @@ nlohmann::json EndpointsJson(const MirrorSet& set) {
                         {"servedManifest", e.preferred},
                         {"coolingDown", e.cooling_down},
                         {"failures", e.failures},
+                        {"fillingAnswers", e.filling_answers},
+                        {"fillsWaited", e.fills_waited},
                         {"httpRequests", e.counters.requests},
                         {"httpBytes", e.counters.bytes}};
     if (!e.last_error.empty()) j["lastError"] = e.last_error;

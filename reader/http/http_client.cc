@@ -66,8 +66,10 @@ struct Transfer {
   size_t header_bytes = 0;
   // A 200 to a ranged request, windowed (window_full_body_for_range).
   bool windowed = false;
-  uint64_t raw_pos = 0;       // bytes of the whole body seen so far
-  bool window_done = false;   // the range is in: the transfer was ended on purpose
+  uint64_t raw_pos = 0;  // bytes of the whole body seen so far
+  // The range is in: the transfer was ended on purpose (or, with
+  // window_reads_to_end, what follows is only offered to outside_range).
+  bool window_done = false;
   std::string what;
 
   bool Is2xx() const { return resp->status >= 200 && resp->status < 300; }
@@ -127,11 +129,10 @@ struct Transfer {
         if (req->expected_total &&
             ParseU64(Trim(resp->Header("content-length")), &content_length) &&
             content_length != *req->expected_total) {
-          abort = Status::Protocol(what + ": server ignored Range (200 for bytes=" +
-                                   std::to_string(r.first) + "-" + std::to_string(r.last) +
-                                   ") with a body of " + std::to_string(content_length) +
-                                   " bytes, not the blob's " +
-                                   std::to_string(*req->expected_total));
+          abort = Status::Protocol(
+              what + ": server ignored Range (200 for bytes=" + std::to_string(r.first) + "-" +
+              std::to_string(r.last) + ") with a body of " + std::to_string(content_length) +
+              " bytes, not the blob's " + std::to_string(*req->expected_total));
           return false;
         }
         windowed = true;
@@ -209,7 +210,8 @@ struct Transfer {
 
   // A windowed 200: the range's bytes are delivered, the rest skipped (and
   // offered to outside_range); false once the range is complete, which ends
-  // the transfer (window_done tells Perform it is no error).
+  // the transfer (window_done tells Perform it is no error) unless the
+  // request reads such a body to its end.
   bool Window(const char* data, size_t len) {
     const ByteRange& rg = *req->range;
     const uint64_t pos = raw_pos;
@@ -223,6 +225,10 @@ struct Transfer {
       } catch (...) {
       }
     };
+    if (window_done) {  // window_reads_to_end: the rest after the range
+      outside(pos, data, len);
+      return true;
+    }
     size_t skip = 0;
     if (pos < rg.first) skip = static_cast<size_t>(std::min<uint64_t>(len, rg.first - pos));
     outside(pos, data, skip);
@@ -232,7 +238,7 @@ struct Transfer {
     outside(pos + skip + take, data + skip + take, len - skip - take);
     if (resp->body_bytes == rg.size()) {
       window_done = true;
-      return false;
+      return req->window_reads_to_end;
     }
     return true;
   }
@@ -269,6 +275,12 @@ size_t HeaderCallback(char* data, size_t size, size_t n, void* userdata) {
   if (line.empty()) {
     if (r->status >= 100 && r->status < 200) return len;  // interim; more follows
     r->headers_complete = true;
+    if (t->req->on_headers) {
+      try {
+        t->req->on_headers(*r);
+      } catch (...) {
+      }
+    }
     return t->ValidateHeaders() ? len : 0;
   }
   size_t colon = line.find(':');
@@ -642,6 +654,7 @@ HttpResult HttpClient::Perform(const HttpRequest& req) {
     set(CURLOPT_SSLKEYTYPE, "PEM");
   }
   if (!options_.user_agent.empty()) set(CURLOPT_USERAGENT, options_.user_agent.c_str());
+  if (req.fresh_connection) set(CURLOPT_FRESH_CONNECT, 1L);
   if (req.head) set(CURLOPT_NOBODY, 1L);
   if (req.range) set(CURLOPT_RANGE, range.c_str());
   if (!set_ok) {

@@ -115,6 +115,8 @@ struct ContentRange {
 };
 std::optional<ContentRange> ParseContentRange(std::string_view value);
 
+struct HttpResponse;
+
 struct HttpRequest {
   std::string url;
   bool head = false;                 // HEAD instead of GET
@@ -132,9 +134,18 @@ struct HttpRequest {
   // go where a 206's would, and the transfer ends after the range's last
   // byte (the connection is closed then, not reused).
   bool window_full_body_for_range = false;
+  // With window_full_body_for_range: read such a 200 to its end, the bytes
+  // after the range to `outside_range` too (a pull-through cache that fills
+  // its copy from this very answer needs it read whole).
+  bool window_reads_to_end = false;
   // Bytes of such a 200 body outside `range` that arrived anyway, with their
   // offset in the body. Must not fail; an exception is swallowed.
   std::function<void(uint64_t, std::span<const uint8_t>)> outside_range;
+  // Called once the final answer's headers are in (not for a 1xx interim
+  // one), before they are checked and before any body byte: a caller can
+  // act on the status while the body is still to come. Must not fail; an
+  // exception is swallowed.
+  std::function<void(const HttpResponse&)> on_headers;
   // Where a 2xx body goes: into `body_out` (cap = its size) when non-empty,
   // else to `body_sink` when set (cap = sink_cap), else into
   // HttpResponse::body up to `max_body` bytes.
@@ -145,6 +156,11 @@ struct HttpRequest {
   uint64_t sink_cap = 0;
   size_t max_body = 1 << 20;
   bool verify_tls = true;
+  // On a new connection rather than the pooled one: its receive window
+  // starts small, so a server that streams before it notices the request
+  // dropped has sent little (a pooled connection's window may have grown to
+  // megabytes on earlier transfers).
+  bool fresh_connection = false;
   // When the exchange must be over, waiting for a connection included: a
   // transfer still running then (say, a body dripping slowly enough to pass
   // the low-speed limit) ends with a Transient error. None: no bound but the
@@ -155,8 +171,8 @@ struct HttpRequest {
 struct HttpResponse {
   long status = 0;                                           // 0 when no status line arrived
   std::vector<std::pair<std::string, std::string>> headers;  // names lowercase
-  std::string body;         // 2xx body (no body_out) or the (capped) error body
-  uint64_t body_bytes = 0;  // 2xx body bytes delivered (body_out or body)
+  std::string body;            // 2xx body (no body_out) or the (capped) error body
+  uint64_t body_bytes = 0;     // 2xx body bytes delivered (body_out or body)
   uint64_t skipped_bytes = 0;  // bytes of a windowed 200 body outside the range
   bool headers_complete = false;
 

@@ -16,7 +16,8 @@ constexpr int kMirrorMaxAttempts = 2;
 
 }  // namespace
 
-Result<std::unique_ptr<MirrorSet>> MirrorSet::Create(std::vector<MirrorEndpoint> specs) {
+Result<std::unique_ptr<MirrorSet>> MirrorSet::Create(std::vector<MirrorEndpoint> specs,
+                                                     MirrorFillOptions fill) {
   if (specs.empty()) return Status::InvalidArgument("no endpoint to pull from");
   std::vector<std::unique_ptr<Endpoint>> eps;
   for (size_t i = 0; i < specs.size(); ++i) {
@@ -31,11 +32,11 @@ Result<std::unique_ptr<MirrorSet>> MirrorSet::Create(std::vector<MirrorEndpoint>
     ep->client = std::move(*c);
     eps.push_back(std::move(ep));
   }
-  return std::unique_ptr<MirrorSet>(new MirrorSet(std::move(eps)));
+  return std::unique_ptr<MirrorSet>(new MirrorSet(std::move(eps), fill));
 }
 
-MirrorSet::MirrorSet(std::vector<std::unique_ptr<Endpoint>> endpoints)
-    : endpoints_(std::move(endpoints)) {}
+MirrorSet::MirrorSet(std::vector<std::unique_ptr<Endpoint>> endpoints, MirrorFillOptions fill)
+    : endpoints_(std::move(endpoints)), fill_(fill) {}
 
 MirrorSet::~MirrorSet() = default;
 
@@ -130,9 +131,158 @@ Status MirrorSet::ReadWithFailover(const BlobDescriptor& blob,
   return first_error;
 }
 
+std::chrono::milliseconds MirrorSet::ExpectedFill(const Endpoint& e,
+                                                  const BlobDescriptor& blob) const {
+  // At the rate of the last fill timed at this mirror, or the assumed one.
+  const double rate = e.fill_rate > 0 ? e.fill_rate : fill_.assumed_bytes_per_s;
+  const double ms = 1000.0 * static_cast<double>(blob.size) / std::max(rate, 1.0);
+  return std::chrono::milliseconds(
+      static_cast<int64_t>(std::min(ms, static_cast<double>(fill_.max_wait.count()))));
+}
+
+Clock::time_point MirrorSet::NextAsk(const Endpoint& e, const BlobFill& f,
+                                     const BlobDescriptor& blob, Clock::time_point now) const {
+  using std::chrono::milliseconds;
+  milliseconds wait;
+  if (f.filling_answers <= 1) {
+    wait = ExpectedFill(e, blob);
+  } else {
+    wait = std::min(std::chrono::duration_cast<milliseconds>(now - f.first_fill_answer) / 4,
+                    fill_.max_interval);
+  }
+  return now + std::max(wait, fill_.min_interval);
+}
+
+Status MirrorSet::ReadFromEndpoint(size_t i, const BlobDescriptor& blob, const RangeRead& read) {
+  Endpoint& e = *endpoints_[i];
+  if (!e.spec.mirror || !fill_.wait_for_fills || blob.size <= fill_.window_below) {
+    return read({});
+  }
+  using State = BlobFill::State;
+  const auto key = std::make_pair(i, blob.digest);
+  const std::atomic<bool>* cancel = e.spec.options.cancel;
+  long answered = 0;
+  RegistryClient::RangeReadOptions ask;
+  ask.refuse_whole_body = true;
+  // A 200 dropped at its headers costs the upstream what the mirror streamed
+  // until it noticed: on a new connection that is what a small receive
+  // window takes, not the megabytes a pooled one's may have grown to.
+  ask.fresh_connection = true;
+  ask.on_answer = [&](long status) {
+    answered = status;
+    if (status != 206) return;
+    // Served from the mirror's storage: the blob's other reads need not
+    // wait for this one's body.
+    std::lock_guard l(fill_mu_);
+    BlobFill& f = fills_[key];
+    if (f.state != State::kServed) {
+      if (f.filling_answers > 0 && !f.read_whole) {
+        const double secs =
+            std::chrono::duration<double>(Clock::now() - f.first_fill_answer).count();
+        // Asked too late when the first ask found it in: the rate was higher.
+        const double rate = static_cast<double>(blob.size) / std::max(secs, 1e-3);
+        e.fill_rate = f.filling_answers == 1 ? std::max(rate, 1.25 * e.fill_rate) : rate;
+        ++e.fills_waited;
+        LOG_DEBUG(e.spec.location + " serves blob " + blob.digest + " after filling it (" +
+                  std::to_string(f.filling_answers) + " answers of 200 dropped)");
+      }
+      f.state = State::kServed;
+    }
+    e.served_a_range = true;
+    fill_cv_.notify_all();
+  };
+  std::unique_lock lock(fill_mu_);
+  while (true) {
+    // Ask, wait for someone else's answer, or wait for the time to ask again.
+    while (true) {
+      BlobFill& f = fills_[key];
+      if (e.windows_only || f.state == State::kServed || f.state == State::kWindowed) {
+        lock.unlock();
+        return read({});
+      }
+      const Clock::time_point now = Clock::now();
+      if (f.state == State::kUnasked || (f.state == State::kFilling && now >= f.next_ask)) {
+        f.state = State::kAsking;
+        break;
+      }
+      if (cancel && cancel->load()) {
+        return Status::Transient("cancelled while " + e.spec.location + " fills blob " +
+                                 blob.digest);
+      }
+      // Woken by an answer; a cancel is noticed within the slice.
+      Clock::time_point until = now + std::chrono::milliseconds(200);
+      if (f.state == State::kFilling) until = std::min(until, f.next_ask);
+      fill_cv_.wait_until(lock, until);
+    }
+    lock.unlock();
+    answered = 0;
+    Status s = read(ask);
+    lock.lock();
+    BlobFill& f = fills_[key];
+    if (answered != 200 || s.ok()) {
+      if (f.state == State::kAsking) {
+        // No answer, or an error answer: the next read asks again (the
+        // failover above deals with this one's error).
+        f.state = f.filling_answers > 0 ? State::kFilling : State::kUnasked;
+        fill_cv_.notify_all();
+      }
+      return s;
+    }
+    // Filling: the answer was dropped at its headers.
+    const Clock::time_point now = Clock::now();
+    if (f.filling_answers++ == 0) {
+      f.first_fill_answer = now;
+      LOG_INFO(e.spec.location + " is filling blob " + blob.digest +
+               " (200 to a Range request): waiting for it");
+    }
+    ++e.filling_answers;
+    const bool proven = e.fills_waited > 0;
+    const auto unproven_limit = 2 * ExpectedFill(e, blob) + fill_.unproven_wait;
+    const auto waited = now - f.first_fill_answer;
+    if (waited >= (proven ? fill_.max_wait : 2 * unproven_limit)) {
+      f.state = State::kWindowed;
+      if (!e.served_a_range) e.windows_only = true;
+      fill_cv_.notify_all();
+      lock.unlock();
+      LOG_WARN(
+          e.spec.location + " still answers blob " + blob.digest + " whole (200) after " +
+          std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(waited).count()) +
+          " ms: taking ranges out of whole answers" +
+          (e.windows_only ? " for every blob there" : ""));
+      return read({});
+    }
+    if (!proven && !f.read_whole && waited >= unproven_limit) {
+      // Perhaps a cache that fills from the answer it streams, whose fill
+      // each dropped answer cancelled: read one whole (the others wait).
+      f.read_whole = true;
+      lock.unlock();
+      LOG_INFO(e.spec.location + " still answers blob " + blob.digest +
+               " whole (200): reading one such answer to its end");
+      RegistryClient::RangeReadOptions whole = ask;
+      whole.refuse_whole_body = false;
+      whole.whole_body_to_end = true;
+      whole.fresh_connection = false;
+      s = read(whole);
+      lock.lock();
+      BlobFill& g = fills_[key];
+      if (g.state == State::kAsking) {
+        g.state = State::kFilling;
+        g.next_ask = Clock::now();
+      }
+      fill_cv_.notify_all();
+      return s;
+    }
+    f.state = State::kFilling;
+    f.next_ask = NextAsk(e, f, blob, now);
+    fill_cv_.notify_all();
+  }
+}
+
 Status MirrorSet::ReadAt(const BlobDescriptor& blob, uint64_t offset, std::span<uint8_t> out) {
   return ReadWithFailover(blob, [&](size_t i, bool*) {
-    Status s = endpoints_[i]->client->ReadAt(blob, offset, out);
+    Status s = ReadFromEndpoint(i, blob, [&](const RegistryClient::RangeReadOptions& ro) {
+      return endpoints_[i]->client->ReadAt(blob, offset, out, ro);
+    });
     if (s.ok()) RecordSuccess(i, blob.digest, out.size());
     return s;
   });
@@ -145,17 +295,21 @@ Status MirrorSet::ReadStream(const BlobDescriptor& blob, uint64_t offset, uint64
     uint64_t here = 0;
     Status s;
     if (done < len) {
-      s = endpoints_[i]->client->ReadStream(
-          blob, offset + done, len - done, [&](std::span<const uint8_t> bytes) {
-            Status st = sink(bytes);
-            if (!st.ok()) {
-              *final_error = true;
-              return st;
-            }
-            done += bytes.size();
-            here += bytes.size();
-            return Status::Ok();
-          });
+      s = ReadFromEndpoint(i, blob, [&](const RegistryClient::RangeReadOptions& ro) {
+        return endpoints_[i]->client->ReadStream(
+            blob, offset + done, len - done,
+            [&](std::span<const uint8_t> bytes) {
+              Status st = sink(bytes);
+              if (!st.ok()) {
+                *final_error = true;
+                return st;
+              }
+              done += bytes.size();
+              here += bytes.size();
+              return Status::Ok();
+            },
+            ro);
+      });
     }
     if (s.ok()) {
       RecordSuccess(i, blob.digest, here);
@@ -198,6 +352,11 @@ std::vector<EndpointReport> MirrorSet::Endpoints() const {
     r.mirror = e.spec.mirror;
     r.preferred = resolved_ && i == pref;
     r.counters = e.client->Counters();
+    {
+      std::lock_guard lock(fill_mu_);
+      r.filling_answers = e.filling_answers;
+      r.fills_waited = e.fills_waited;
+    }
     std::lock_guard lock(mu_);
     r.cooling_down = e.cool_until > now;
     r.failures = e.failures;

@@ -78,6 +78,7 @@ struct RegistryClient::Call {
   bool sink_failed = false;  // the sink refused bytes: no retry
   // Bytes of a 200 body outside the range (see HttpRequest::outside_range).
   std::function<void(uint64_t, std::span<const uint8_t>)> outside_range;
+  RegistryClient::RangeReadOptions range_options;
   uint64_t done = 0;
   size_t max_body = 1 << 20;  // whole-body requests
   HttpResponse response;      // the final successful response
@@ -224,11 +225,21 @@ Status RegistryClient::AttemptOnce(Call& call, bool* progressed) {
       } else {
         req.body_out = call.out.subspan(call.done);
       }
-      req.allow_full_body_for_range = req.range->first == 0 && req.range->last + 1 == call.total;
+      const bool refuse = call.range_options.refuse_whole_body;
+      req.allow_full_body_for_range =
+          !refuse && req.range->first == 0 && req.range->last + 1 == call.total;
       // A pull-through cache that is still filling sends the whole blob
-      // (200): the range is taken out of it.
-      req.window_full_body_for_range = true;
+      // (200): the range is taken out of it, unless the caller would rather
+      // not have it (then the 200 ends the exchange at its headers).
+      req.window_full_body_for_range = !refuse;
+      req.window_reads_to_end = call.range_options.whole_body_to_end;
+      req.fresh_connection = call.range_options.fresh_connection;
       req.outside_range = call.outside_range;
+      if (call.range_options.on_answer) {
+        req.on_headers = [&call](const HttpResponse& r) {
+          if (!IsRedirect(r.status)) call.range_options.on_answer(r.status);
+        };
+      }
     } else {
       req.max_body = call.max_body;
     }
@@ -382,15 +393,27 @@ Result<std::string> RegistryClient::GetBlob(const BlobDescriptor& desc, size_t m
 }
 
 Status RegistryClient::ReadAt(const BlobDescriptor& blob, uint64_t offset, std::span<uint8_t> out) {
-  Call call;
-  call.out = out;
-  return ReadRange(blob, offset, out.size(), call);
+  return ReadAt(blob, offset, out, RangeReadOptions{});
 }
 
 Status RegistryClient::ReadStream(const BlobDescriptor& blob, uint64_t offset, uint64_t len,
                                   const ByteSink& sink) {
+  return ReadStream(blob, offset, len, sink, RangeReadOptions{});
+}
+
+Status RegistryClient::ReadAt(const BlobDescriptor& blob, uint64_t offset, std::span<uint8_t> out,
+                              const RangeReadOptions& options) {
+  Call call;
+  call.out = out;
+  call.range_options = options;
+  return ReadRange(blob, offset, out.size(), call);
+}
+
+Status RegistryClient::ReadStream(const BlobDescriptor& blob, uint64_t offset, uint64_t len,
+                                  const ByteSink& sink, const RangeReadOptions& options) {
   Call call;
   call.sink = sink;
+  call.range_options = options;
   return ReadRange(blob, offset, len, call);
 }
 
@@ -425,7 +448,8 @@ Status RegistryClient::ReadRange(const BlobDescriptor& blob, uint64_t offset, ui
         }
         if (gathered.empty()) gather_start = at;
         const uint64_t want = std::min<uint64_t>(cs, blob.size - gather_start);
-        const size_t take = static_cast<size_t>(std::min<uint64_t>(want - gathered.size(), bytes.size()));
+        const size_t take =
+            static_cast<size_t>(std::min<uint64_t>(want - gathered.size(), bytes.size()));
         gathered.append(reinterpret_cast<const char*>(bytes.data()), take);
         bytes = bytes.subspan(take);
         at += take;

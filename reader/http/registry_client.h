@@ -113,6 +113,30 @@ class RegistryClient : public BlobSource {
   Status ReadStream(const BlobDescriptor& blob, uint64_t offset, uint64_t len,
                     const ByteSink& sink) override;
 
+  // One ranged read's options, for a caller that treats a pull-through
+  // cache still filling its copy of a blob differently (MirrorSet).
+  struct RangeReadOptions {
+    // A 200 (the whole blob) in answer to the Range request ends the read
+    // at its headers, before any body byte is taken (the connection is
+    // closed), with Code::kProtocol and no retry, instead of the range being
+    // taken out of it (also when the range is the whole blob).
+    bool refuse_whole_body = false;
+    // Each attempt on a new connection (HttpRequest::fresh_connection).
+    bool fresh_connection = false;
+    // Called with the HTTP status of the blob's answer (not a redirect
+    // hop's) as soon as its headers are in, before its body; once per
+    // attempt. Must not fail.
+    std::function<void(long status)> on_answer;
+    // A 200 is read to its end: the range taken out of it, every byte
+    // outside the range offered to the spare-chunk handler (a cache that
+    // fills its copy from this answer needs it read whole).
+    bool whole_body_to_end = false;
+  };
+  Status ReadAt(const BlobDescriptor& blob, uint64_t offset, std::span<uint8_t> out,
+                const RangeReadOptions& options);
+  Status ReadStream(const BlobDescriptor& blob, uint64_t offset, uint64_t len, const ByteSink& sink,
+                    const RangeReadOptions& options);
+
   // Whole chunks (offsets multiple of `chunk_size`, `chunk_size` bytes or
   // up to the blob's end) of bytes that arrived outside the range a read
   // asked for: a pull-through cache still filling answers a Range request

@@ -15,9 +15,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -36,10 +38,16 @@ using namespace regfs::testing;  // NOLINT
 namespace {
 
 // Bytes and requests the registry answered for GETs of the repository's
-// blobs, from its access log ("GET /v2/... HTTP/1.1" STATUS BYTES ...).
+// blobs, from its access log ("GET /v2/... HTTP/1.1" STATUS BYTES ...), in
+// all and per blob and status.
 struct Served {
   uint64_t bytes = 0;
   uint64_t requests = 0;
+  // digest -> status -> {requests, bytes, largest}
+  struct Answers {
+    uint64_t requests = 0, bytes = 0, largest = 0;
+  };
+  std::map<std::string, std::map<int, Answers>> by_blob;
 };
 Served BlobBytesServed(const TestRegistry& r, const std::string& repo) {
   Served s;
@@ -51,14 +59,47 @@ Served BlobBytesServed(const TestRegistry& r, const std::string& repo) {
     if (at == std::string::npos) continue;
     size_t q2 = line.find('"', at + 1);
     if (q2 == std::string::npos) continue;
+    const std::string path =
+        line.substr(at + want.size(), line.find(' ', at + want.size()) - (at + want.size()));
     std::istringstream rest(line.substr(q2 + 1));
     int status = 0;
     std::string bytes;
     if (!(rest >> status >> bytes)) continue;
     ++s.requests;
-    if (bytes != "-") s.bytes += std::strtoull(bytes.c_str(), nullptr, 10);
+    const uint64_t n = bytes == "-" ? 0 : std::strtoull(bytes.c_str(), nullptr, 10);
+    s.bytes += n;
+    Served::Answers& a = s.by_blob[path][status];
+    ++a.requests;
+    a.bytes += n;
+    a.largest = std::max(a.largest, n);
   }
   return s;
+}
+
+// Per blob: what the upstream served (the mirror's fetches) and what the
+// mirror answered (200: streamed from the upstream while filling; 206: from
+// its storage).
+void PrintBreakdown(const char* what, const std::vector<BlobDescriptor>& blobs, const Served& up,
+                    const Served& mirror) {
+  const double mib = 1024.0 * 1024.0;
+  std::printf("  %s, per blob:\n", what);
+  for (size_t i = 0; i < blobs.size(); ++i) {
+    const BlobDescriptor& b = blobs[i];
+    std::string line;
+    auto add = [&](const char* who, const Served& s) {
+      auto it = s.by_blob.find(b.digest);
+      if (it == s.by_blob.end()) return;
+      for (const auto& [status, a] : it->second) {
+        char buf[160];
+        std::snprintf(buf, sizeof buf, "  %s %d: %llu GETs %.1f MiB (largest %.1f)", who, status,
+                      (unsigned long long)a.requests, a.bytes / mib, a.largest / mib);
+        line += buf;
+      }
+    };
+    add("upstream", up);
+    add("mirror", mirror);
+    std::printf("    layer %zu (%.1f MiB):%s\n", i, b.size / mib, line.c_str());
+  }
 }
 
 bool ReadAll(const std::string& path, uint64_t expect) {
@@ -184,7 +225,18 @@ int main(int argc, char** argv) {
   int pulls_ok = 0;
   for (int v : pulled) pulls_ok += v;
   const Served total_up = BlobBytesServed(upstream, "fleet/app");
-  const Served pull_up{total_up.bytes - regfs_up.bytes, total_up.requests - regfs_up.requests};
+  Served pull_up{total_up.bytes - regfs_up.bytes, total_up.requests - regfs_up.requests, {}};
+  for (const auto& [digest, statuses] : total_up.by_blob) {
+    for (const auto& [status, a] : statuses) {
+      Served::Answers before;
+      auto it = regfs_up.by_blob.find(digest);
+      if (it != regfs_up.by_blob.end() && it->second.count(status)) before = it->second.at(status);
+      if (a.requests > before.requests) {
+        pull_up.by_blob[digest][status] = {a.requests - before.requests, a.bytes - before.bytes,
+                                           a.largest};
+      }
+    }
+  }
   const Served pull_mirror = BlobBytesServed(*mirror2, "fleet/app");
 
   const double mib = 1024.0 * 1024.0;
@@ -206,5 +258,7 @@ int main(int argc, char** argv) {
              std::to_string(pull_mirror.requests) + " at the mirror");
   Report("fleet", "N skopeo pulls, cold: wall time", pull_s, "s");
   Report("fleet", "regfs / skopeo wall time", regfs_s / pull_s, "x");
+  PrintBreakdown("regfs N mounts", blobs, regfs_up, regfs_mirror);
+  PrintBreakdown("N skopeo pulls", blobs, pull_up, pull_mirror);
   return mounts_ok == n && pulls_ok == n ? 0 : 1;
 }

@@ -7,6 +7,8 @@
 
 #include <atomic>
 #include <nlohmann/json.hpp>
+#include <set>
+#include <thread>
 
 #include "tests/http/reader_fixture.h"
 
@@ -83,15 +85,19 @@ class MirrorSetTest : public ReaderTest {
       p.location = server_.host_port();
       p.ref = Ref();
       p.options = options_;
-      auto s = MirrorSet::Create({m, p});
+      auto s = MirrorSet::Create({m, p}, fill_);
       EXPECT_OK(s);
       if (s.ok()) set_ = std::move(*s);
     }
     return *set_;
   }
 
-  int MirrorBlobRequests() const { return mirror_.RequestCount(MirrorPath("blobs/" + blob_.digest)); }
-  int PrimaryBlobRequests() const { return server_.RequestCount(PrimaryPath("blobs/" + blob_.digest)); }
+  int MirrorBlobRequests() const {
+    return mirror_.RequestCount(MirrorPath("blobs/" + blob_.digest));
+  }
+  int PrimaryBlobRequests() const {
+    return server_.RequestCount(PrimaryPath("blobs/" + blob_.digest));
+  }
 
   Status ReadSet(uint64_t offset, size_t len, std::string* out) {
     out->assign(len, '\0');
@@ -99,6 +105,15 @@ class MirrorSetTest : public ReaderTest {
                         std::span<uint8_t>(reinterpret_cast<uint8_t*>(out->data()), len));
   }
 
+  // Short waits: the fault server's mirror is never really filling.
+  MirrorFillOptions fill_ = [] {
+    MirrorFillOptions f;
+    f.assumed_bytes_per_s = 1e12;
+    f.min_interval = std::chrono::milliseconds(10);
+    f.max_interval = std::chrono::milliseconds(20);
+    f.unproven_wait = std::chrono::milliseconds(60000);
+    return f;
+  }();
   FaultServer mirror_;
   std::unique_ptr<MirrorSet> set_;
   std::string config_, manifest_;
@@ -196,8 +211,8 @@ TEST_F(MirrorSetTest, StreamContinuesOnTheNextEndpointAfterTheBytesDelivered) {
   for (const RecordedRequest& r : server_.requests()) {
     if (r.path != PrimaryPath("blobs/" + blob_.digest)) continue;
     found = true;
-    EXPECT_EQ(r.Header("range"), "bytes=" + std::to_string(off + from_mirror) + "-" +
-                                     std::to_string(off + len - 1));
+    EXPECT_EQ(r.Header("range"),
+              "bytes=" + std::to_string(off + from_mirror) + "-" + std::to_string(off + len - 1));
   }
   EXPECT_TRUE(found);
 }
@@ -216,12 +231,114 @@ TEST_F(MirrorSetTest, ARangeOutsideTheBlobFailsWithoutBlamingAnEndpoint) {
 TEST_F(MirrorSetTest, ASinkErrorIsNotRetriedElsewhere) {
   AddImage(/*on_mirror=*/true);
   ASSERT_OK(Set().Resolve(Ref(), std::nullopt));
-  Status st = Set().ReadStream(blob_, 0, 1 << 20, [](std::span<const uint8_t>) {
-    return Status::IoError("disk full");
-  });
+  Status st = Set().ReadStream(
+      blob_, 0, 1 << 20, [](std::span<const uint8_t>) { return Status::IoError("disk full"); });
   EXPECT_EQ(st.code(), Code::kIoError);
   EXPECT_EQ(PrimaryBlobRequests(), 0);
   EXPECT_EQ(Set().Endpoints()[0].failures, 0u);
+}
+
+// A pull-through cache still filling its copy answers a Range request with
+// the whole blob (200), streamed from the upstream for this request alone:
+// regfs drops such an answer at its headers and asks again once the mirror
+// should have the blob, taking nothing from the whole answers.
+TEST_F(MirrorSetTest, AFillingMirrorIsAskedAgainNotStreamedFrom) {
+  const std::string path = MirrorPath("blobs/" + blob_.digest);
+  mirror_.AddFault(path, Fault{FaultKind::kIgnoreRange}, 2);
+  std::string got;
+  ASSERT_OK(ReadSet(1 << 20, 4096, &got));
+  EXPECT_EQ(got, Expected(1 << 20, 4096));
+  std::vector<int> statuses;
+  for (const RecordedRequest& r : mirror_.requests()) {
+    if (r.path == path) statuses.push_back(r.status);
+  }
+  EXPECT_EQ(statuses, (std::vector<int>{200, 200, 206}));
+  EXPECT_EQ(Set().Counters().bytes, 4096u) << "bytes taken from the whole answers";
+  EXPECT_EQ(server_.total_requests(), 0u);
+  const EndpointReport e = Set().Endpoints()[0];
+  EXPECT_EQ(e.filling_answers, 2u);
+  EXPECT_EQ(e.fills_waited, 1u);
+  EXPECT_EQ(e.failures, 0u);
+  // Served now: a later read asks once.
+  ASSERT_OK(ReadSet(2 << 20, 4096, &got));
+  EXPECT_EQ(got, Expected(2 << 20, 4096));
+  EXPECT_EQ(MirrorBlobRequests(), 4);
+}
+
+// Readers of a blob the mirror is filling wait for one asker's answer
+// instead of asking (and costing the upstream a fetch) each.
+TEST_F(MirrorSetTest, ReadersOfAFillingBlobAskOneAtATime) {
+  const std::string path = MirrorPath("blobs/" + blob_.digest);
+  std::atomic<int> whole_answers{0};
+  mirror_.SetFaultPicker([&](const RecordedRequest& r) {
+    if (r.path == path && whole_answers.load() < 3) {
+      ++whole_answers;
+      return Fault{FaultKind::kIgnoreRange};
+    }
+    return Fault{};
+  });
+  constexpr int kReaders = 4;
+  constexpr size_t kLen = 256 << 10;
+  std::vector<std::string> got(kReaders);
+  std::vector<Status> st(kReaders);
+  Set();
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kReaders; ++i) {
+    threads.emplace_back(
+        [&, i] { st[i] = ReadSet(static_cast<uint64_t>(i) * kLen, kLen, &got[i]); });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kReaders; ++i) {
+    ASSERT_OK(st[i]);
+    EXPECT_EQ(got[i], Expected(static_cast<uint64_t>(i) * kLen, kLen)) << i;
+  }
+  int whole = 0, ranged = 0;
+  for (const RecordedRequest& r : mirror_.requests()) {
+    if (r.path != path) continue;
+    (r.status == 200 ? whole : ranged)++;
+  }
+  EXPECT_EQ(whole, 3);
+  EXPECT_EQ(ranged, kReaders);
+  EXPECT_EQ(Set().Counters().bytes, uint64_t{kReaders} * kLen);
+}
+
+// A mirror that goes on answering whole: one answer is read to its end
+// (a cache that fills its copy from the answer it streams needs that), its
+// bytes outside the range kept as spare chunks; after that the mirror is
+// taken for one without ranges, and its answers windowed at once.
+TEST_F(MirrorSetTest, AMirrorThatNeverServesRangesIsReadWholeOnceThenWindowed) {
+  fill_.unproven_wait = std::chrono::milliseconds(50);
+  const std::string path = MirrorPath("blobs/" + blob_.digest);
+  mirror_.SetFaultPicker([&](const RecordedRequest& r) {
+    return r.path == path ? Fault{FaultKind::kIgnoreRange} : Fault{};
+  });
+  std::mutex mu;
+  std::set<uint64_t> spare;
+  Set().SetSpareChunkHandler(
+      1 << 20, [&](const BlobDescriptor&, uint64_t offset, std::span<const uint8_t> bytes) {
+        std::lock_guard lock(mu);
+        EXPECT_EQ(std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size()),
+                  Expected(offset, bytes.size()));
+        spare.insert(offset);
+      });
+  std::string got;
+  ASSERT_OK(ReadSet((1 << 20) + 10, 4096, &got));
+  EXPECT_EQ(got, Expected((1 << 20) + 10, 4096));
+  {
+    std::lock_guard lock(mu);
+    // Chunks 0 and 2 were whole in the answer; chunk 1 holds the range.
+    EXPECT_EQ(spare, (std::set<uint64_t>{0, 2 << 20}));
+  }
+  EXPECT_GE(Set().Endpoints()[0].filling_answers, 2u);
+  // Still whole after the read: waited for up to twice as long, then windowed.
+  ASSERT_OK(ReadSet(5000, 4096, &got));
+  EXPECT_EQ(got, Expected(5000, 4096));
+  // From now on windowed at once: one request per read.
+  const int before = MirrorBlobRequests();
+  ASSERT_OK(ReadSet(7000, 4096, &got));
+  EXPECT_EQ(got, Expected(7000, 4096));
+  EXPECT_EQ(MirrorBlobRequests(), before + 1);
+  EXPECT_EQ(server_.total_requests(), 0u);
 }
 
 }  // namespace
