@@ -234,7 +234,20 @@ int ServeMount(MountOptions mo, DaemonReady* ready) {
     return FailStartup(ready, what, s);
   };
   auto start = std::chrono::steady_clock::now();
-  if (Status s = CheckMountpoint(mo.mountpoint); !s.ok()) {
+  // Under a holder (fs/session_holder.h): a successor takes over the
+  // session of a dead daemon, showing the very image it showed (not what
+  // the tag names now), from the cache, without the registry.
+  HolderLink* holder = CurrentHolderLink();
+  std::optional<HeldSession> held;
+  if (holder) {
+    Result<std::optional<HeldSession>> w = holder->Withdraw();
+    if (!w.ok()) return fail("holder", w.status());
+    held = std::move(*w);
+  }
+  // A successor's mountpoint is the live mount it is to serve: a stat() of
+  // it may be a request (the root's attributes not fetched yet, or
+  // expired) that only this process could answer.
+  if (Status s = held ? Status::Ok() : CheckMountpoint(mo.mountpoint); !s.ok()) {
     return fail("mountpoint " + mo.mountpoint, s);
   }
   Result<RegistriesConf> conf = LoadRegistriesConfFromFlags(mo.common);
@@ -247,16 +260,6 @@ int ServeMount(MountOptions mo, DaemonReady* ready) {
   // and everything reading through it are destroyed after this flag).
   std::atomic<bool> stopping{false};
   std::unique_ptr<MirrorSet> client;
-  // Under a holder (fs/session_holder.h): a successor takes over the
-  // session of a dead daemon, showing the very image it showed (not what
-  // the tag names now), from the cache, without the registry.
-  HolderLink* holder = CurrentHolderLink();
-  std::optional<HeldSession> held;
-  if (holder) {
-    Result<std::optional<HeldSession>> w = holder->Withdraw();
-    if (!w.ok()) return fail("holder", w.status());
-    held = std::move(*w);
-  }
   Reference first = names->candidates.front();
   Result<ResolvedImage> img = Status::NotFound("not resolved");
   std::string how;

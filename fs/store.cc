@@ -880,7 +880,8 @@ int ServeStore(MountOptions mo, DaemonReady* ready) {
       if (!w.ok()) return fail("holder", w.status());
       held = std::move(*w);
     }
-    // (A successor's mountpoint is the live mount it serves.)
+    // A successor's mountpoint is the live mount it is to serve: a stat()
+    // of it may be a request that only this process could answer.
     if (Status s = held ? Status::Ok() : CheckMountpoint(mo.mountpoint); !s.ok()) {
       return fail("mountpoint " + mo.mountpoint, s);
     }

@@ -14,8 +14,10 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <random>
 #include <sstream>
 #include <thread>
@@ -308,6 +310,67 @@ TEST_F(RestartTest, ReadersSeeADelayNotAnErrorAcrossThreeSigkills) {
   }
   EXPECT_NE(kill(holder, 0), 0) << "holder still running";
   EXPECT_NE(kill(last, 0), 0) << "daemon still running";
+}
+
+// The holder of the mount on `mnt`: a "regfs-holder" whose command line
+// names it. -1 if none.
+pid_t HolderOf(const std::string& mnt) {
+  DIR* d = opendir("/proc");
+  if (!d) return -1;
+  pid_t found = -1;
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+    pid_t pid = std::atoi(e->d_name);
+    if (Comm(pid) != "regfs-holder") continue;
+    std::ifstream f("/proc/" + std::to_string(pid) + "/cmdline");
+    std::string cmdline((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    if (cmdline.find(std::string(1, '\0') + mnt + std::string(1, '\0')) != std::string::npos) {
+      found = pid;
+    }
+  }
+  closedir(d);
+  return found;
+}
+
+// The daemon killed before anything looked at the mount: the kernel has
+// not fetched the root's attributes yet, so a stat() of the mountpoint is
+// a request only a daemon can answer. The successor must not make that
+// request itself before it serves (it would wait for itself forever).
+TEST_F(RestartTest, ASuccessorTakesOverAMountNobodyLookedAt) {
+  CommandResult m = Mount(registry_->Ref("test/restart", "v1"));
+  ASSERT_EQ(m.exit_code, 0) << m.output;
+  pid_t holder = HolderOf(mnt_);
+  ASSERT_GT(holder, 0);
+  pid_t daemon = ChildOf(holder);
+  ASSERT_GT(daemon, 0);
+  ASSERT_EQ(kill(daemon, SIGKILL), 0);
+  std::atomic<bool> done{false};
+  std::atomic<int> err{0};
+  std::thread looker([&] {
+    struct stat st;
+    if (stat(mnt_.c_str(), &st) != 0) err = errno;
+    done = true;
+  });
+  // Bounded wait: 30 s.
+  for (int i = 0; i < 3000 && !done.load(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  bool answered = done.load();
+  if (!answered) {
+    // Unblock it: with no descriptor left the kernel aborts the mount.
+    pid_t successor = ChildOf(holder);
+    kill(holder, SIGKILL);
+    if (successor > 0) kill(successor, SIGKILL);
+  }
+  looker.join();
+  EXPECT_TRUE(answered) << "the mountpoint's stat() was not answered in 30 s\n" << DaemonLog();
+  EXPECT_EQ(err.load(), 0) << std::strerror(err.load());
+  if (answered) {
+    std::string manifest;
+    EXPECT_TRUE(ReadWholeFile(mnt_ + "/manifest.json", &manifest));
+    EXPECT_EQ(manifest, image_.manifest);
+  }
+  Umount();
 }
 
 // `regfs mount -f` (a terminal's, or a systemd unit's, main process) holds

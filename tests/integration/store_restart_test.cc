@@ -7,6 +7,7 @@
 // mount. The inode numbers the kernel holds must name the same files in
 // the successor, also for images looked up after a kill and for numbers
 // reused after an idle layer was released.
+#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -18,9 +19,11 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -122,7 +125,9 @@ class StoreRestartTest : public FdCheckedTest {
     return mnt_ + "/" + Base64Encode(refs_[name]);
   }
 
-  void StartStore(const std::vector<std::string>& extra = {}) {
+  // `look`: check that the mountpoint is one (a stat() that makes the
+  // kernel fetch the root's attributes).
+  void StartStore(const std::vector<std::string>& extra = {}, bool look = true) {
     std::vector<std::string> args = {
         REGFS_BINARY,       "store",      "--tls-verify=false",  "--cache-dir",
         dir_->Sub("cache"), "--log-file", dir_->Sub("store.log")};
@@ -130,7 +135,9 @@ class StoreRestartTest : public FdCheckedTest {
     args.push_back(mnt_);
     CommandResult r = RunCommand(args);
     ASSERT_EQ(r.exit_code, 0) << r.output;
-    ASSERT_TRUE(IsMountPoint(mnt_));
+    if (look) {
+      ASSERT_TRUE(IsMountPoint(mnt_));
+    }
   }
 
   nlohmann::json StoreStatus() {
@@ -456,6 +463,70 @@ TEST_F(StoreRestartTest, ReadersSeeADelayNotAnErrorAcrossThreeSigkills) {
   }
   EXPECT_NE(kill(holder, 0), 0) << "holder still running";
   EXPECT_NE(kill(last, 0), 0) << "daemon still running";
+}
+
+// The holder of the store on `mnt`: a "regfs-holder" whose command line
+// names it. -1 if none.
+pid_t HolderOf(const std::string& mnt) {
+  DIR* d = opendir("/proc");
+  if (!d) return -1;
+  pid_t found = -1;
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+    pid_t pid = std::atoi(e->d_name);
+    if (Comm(pid) != "regfs-holder") continue;
+    std::ifstream f("/proc/" + std::to_string(pid) + "/cmdline");
+    std::string cmdline((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    if (cmdline.find(std::string(1, '\0') + mnt + std::string(1, '\0')) != std::string::npos) {
+      found = pid;
+    }
+  }
+  closedir(d);
+  return found;
+}
+
+// The daemon killed before anything looked at the store: a stat() of the
+// mountpoint is then a request only a daemon can answer, and the successor
+// must not make it itself before it serves.
+TEST_F(StoreRestartTest, ASuccessorTakesOverAStoreNobodyLookedAt) {
+  StartStore({}, /*look=*/false);
+  pid_t holder = HolderOf(mnt_);
+  ASSERT_GT(holder, 0);
+  std::ifstream children("/proc/" + std::to_string(holder) + "/task/" + std::to_string(holder) +
+                         "/children");
+  pid_t daemon = -1;
+  children >> daemon;
+  ASSERT_GT(daemon, 0);
+  ASSERT_EQ(kill(daemon, SIGKILL), 0);
+  std::atomic<bool> done{false};
+  std::atomic<int> err{0};
+  std::thread looker([&] {
+    struct stat st;
+    if (stat(mnt_.c_str(), &st) != 0) err = errno;
+    done = true;
+  });
+  // Bounded wait: 30 s.
+  for (int i = 0; i < 3000 && !done.load(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  bool answered = done.load();
+  if (!answered) {
+    // Unblock it: with no descriptor left the kernel aborts the mount.
+    std::ifstream again("/proc/" + std::to_string(holder) + "/task/" + std::to_string(holder) +
+                        "/children");
+    pid_t successor = -1;
+    again >> successor;
+    kill(holder, SIGKILL);
+    if (successor > 0) kill(successor, SIGKILL);
+  }
+  looker.join();
+  EXPECT_TRUE(answered) << "the mountpoint's stat() was not answered in 30 s\n" << StoreLog();
+  EXPECT_EQ(err.load(), 0) << std::strerror(err.load());
+  if (answered) {
+    EXPECT_NE(StorePid(), daemon);
+  }
+  CommandResult um = RunCommand({REGFS_BINARY, "umount", mnt_});
+  EXPECT_EQ(um.exit_code, 0) << um.output;
 }
 
 // A successor needs no registry: it makes the tree from the journal and
