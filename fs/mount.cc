@@ -340,6 +340,8 @@ int ServeMount(MountOptions mo, DaemonReady* ready) {
     fo.on_init = [holder, state = ResolutionJson(*img)](int fd, const std::string& init) {
       Status s = holder->Deposit(fd, init, state);
       if (!s.ok()) LOG_WARN("the mount will not survive this daemon: " + s.ToString());
+      // (Until this line a killed daemon takes its mount with it.)
+      if (s.ok()) LOG_INFO("the holder keeps the session");
     };
   }
   FuseDaemon daemon(&fs.tree(), &fs, fo);

@@ -936,6 +936,8 @@ int ServeStore(MountOptions mo, DaemonReady* ready) {
       fo.on_init = [holder, jfd = journal->fd()](int fd, const std::string& init) {
         Status s = holder->Deposit(fd, init, "store", jfd);
         if (!s.ok()) LOG_WARN("the store will not survive this daemon: " + s.ToString());
+        // (Until this line a killed daemon takes its mount with it.)
+        if (s.ok()) LOG_INFO("the holder keeps the session");
       };
     }
     FuseDaemon daemon(&store.tree(), &store, fo);

@@ -337,8 +337,16 @@ pid_t HolderOf(const std::string& mnt) {
 // a request only a daemon can answer. The successor must not make that
 // request itself before it serves (it would wait for itself forever).
 TEST_F(RestartTest, ASuccessorTakesOverAMountNobodyLookedAt) {
-  CommandResult m = Mount(registry_->Ref("test/restart", "v1"));
+  CommandResult m = Mount(registry_->Ref("test/restart", "v1"), {"-v"});
   ASSERT_EQ(m.exit_code, 0) << m.output;
+  // The mount is ready before the kernel's INIT is read: until the daemon
+  // gave the holder the session (its log says so), a kill ends the mount.
+  // Bounded wait: 30 s.
+  for (int i = 0; i < 3000 && DaemonLog().find("the holder keeps the session") == std::string::npos;
+       ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_NE(DaemonLog().find("the holder keeps the session"), std::string::npos) << DaemonLog();
   pid_t holder = HolderOf(mnt_);
   ASSERT_GT(holder, 0);
   pid_t daemon = ChildOf(holder);

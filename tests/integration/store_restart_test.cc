@@ -489,7 +489,15 @@ pid_t HolderOf(const std::string& mnt) {
 // mountpoint is then a request only a daemon can answer, and the successor
 // must not make it itself before it serves.
 TEST_F(StoreRestartTest, ASuccessorTakesOverAStoreNobodyLookedAt) {
-  StartStore({}, /*look=*/false);
+  StartStore({"-v"}, /*look=*/false);
+  // The store is ready before the kernel's INIT is read: until the daemon
+  // gave the holder the session (its log says so), a kill ends the mount.
+  // Bounded wait: 30 s.
+  for (int i = 0; i < 3000 && StoreLog().find("the holder keeps the session") == std::string::npos;
+       ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_NE(StoreLog().find("the holder keeps the session"), std::string::npos) << StoreLog();
   pid_t holder = HolderOf(mnt_);
   ASSERT_GT(holder, 0);
   std::ifstream children("/proc/" + std::to_string(holder) + "/task/" + std::to_string(holder) +
