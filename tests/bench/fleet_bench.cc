@@ -11,7 +11,14 @@
 //    proxy of the same kind, started together, as N nodes pulling it.
 //    Same measurements.
 //
-//   fleet_bench [n=8] [layer_mib=48]
+//   fleet_bench [n=8] [layer_mib=48] [mtu]
+//
+// With `mtu`, everything runs in a network namespace of its own whose
+// loopback has that MTU (1500: as nodes reach a mirror over Ethernet). On
+// the default loopback (MTU 64 KiB) each TCP connection starts with a send
+// buffer of megabytes, so a server streaming an answer its client dropped
+// at the headers has sent megabytes before it notices: the cost of each
+// answer a filling pull-through cache streams (see MirrorSet) is inflated.
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -113,6 +120,21 @@ bool ReadAll(const std::string& path, uint64_t expect) {
 int main(int argc, char** argv) {
   const int n = argc > 1 ? std::atoi(argv[1]) : 8;
   const int layer_mib = argc > 2 ? std::atoi(argv[2]) : 48;
+  if (argc > 3 && !getenv("REGFS_FLEET_BENCH_NETNS")) {
+    // Again, in a network namespace whose loopback has the MTU asked for.
+    setenv("REGFS_FLEET_BENCH_NETNS", argv[3], 1);
+    const std::string mtu = std::to_string(std::atoi(argv[3]));
+    const std::string script =
+        "ip link set lo up && ip link set lo mtu " + mtu + " && exec \"$0\" \"$1\" \"$2\" \"$3\"";
+    execlp("unshare", "unshare", "--net", "sh", "-c", script.c_str(), argv[0], argv[1], argv[2],
+           argv[3], static_cast<char*>(nullptr));
+    std::perror("fleet_bench: unshare");
+    return 1;
+  }
+  if (getenv("REGFS_FLEET_BENCH_NETNS")) {
+    std::printf("fleet_bench: in a network namespace, loopback MTU %s\n",
+                getenv("REGFS_FLEET_BENCH_NETNS"));
+  }
   if (!FuseUnavailableReason().empty() || geteuid() != 0) {
     std::fprintf(stderr, "fleet_bench: needs root and FUSE (%s)\n",
                  FuseUnavailableReason().c_str());
