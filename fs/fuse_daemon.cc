@@ -54,6 +54,7 @@ struct FuseDaemon::Impl {
   // keeps its bytes for a holder; a successor replays them to libfuse with
   // the reply dropped (the kernel did INIT once, with the first daemon).
   bool took_over = false;  // this session was taken over: no fuse_session_mount
+  bool adopted = false;    // ...before INIT was answered: INIT comes from the kernel
   std::atomic<bool> init_seen{false};
   std::string init_bytes;       // written before init_seen, read after it
   bool replaying_init = false;  // set only before the loop starts
@@ -186,7 +187,8 @@ const fuse_custom_io kIo = {IoWritev, IoRead, nullptr, nullptr};
 
 void OpInit(void* userdata, fuse_conn_info* conn) {
   auto* self = static_cast<Impl*>(userdata);
-  if (!self->took_over && self->opts.on_init && self->init_seen.load(std::memory_order_acquire)) {
+  if ((!self->took_over || self->adopted) && self->opts.on_init &&
+      self->init_seen.load(std::memory_order_acquire)) {
     self->opts.on_init(fuse_session_fd(self->se.get()), self->init_bytes);
   }
   if (conn->capable & FUSE_CAP_CACHE_SYMLINKS) conn->want |= FUSE_CAP_CACHE_SYMLINKS;
@@ -829,13 +831,25 @@ Status FuseDaemon::TakeOver() {
   }
   // From here the session owns fd (fuse_session_destroy closes it).
   const std::string& init = d.opts.takeover_init;
+  d.took_over = true;
+  if (init.empty()) {
+    // The dead daemon had not answered INIT: the kernel's INIT request is
+    // still queued (or, read and not answered, sent again on the resend
+    // below), and this daemon answers it as a first one would.
+    d.adopted = true;
+    if (d.opts.resend_in_flight) {
+      constexpr int32_t kNotifyResend = 7;  // FUSE_NOTIFY_RESEND, see below
+      fuse_out_header out{sizeof(fuse_out_header), kNotifyResend, 0};
+      (void)!write(fd, &out, sizeof out);  // best effort: INIT is mostly still queued
+    }
+    return Status::Ok();
+  }
   fuse_in_header h;
   if (init.size() < sizeof h + sizeof(fuse_init_in) ||
       (std::memcpy(&h, init.data(), sizeof h), h.opcode != FUSE_INIT)) {
     d.se.reset();
     return Status::InvalidArgument("takeover: not an INIT request");
   }
-  d.took_over = true;
   std::vector<char> copy(init.begin(), init.end());
   fuse_buf buf;
   std::memset(&buf, 0, sizeof buf);
@@ -937,6 +951,10 @@ void FuseDaemon::Unmount() {
     }
     impl_->mounted = false;
   }
+}
+
+int FuseDaemon::SessionFd() const {
+  return impl_->se ? fuse_session_fd(impl_->se.get()) : -1;
 }
 
 Status UnmountPath(const std::string& mountpoint) {

@@ -107,6 +107,9 @@ struct FuseOptions {
   // from then on) is the live session's /dev/fuse descriptor, and
   // `takeover_init` the kernel's INIT request as the first daemon read it
   // (the kernel does not send INIT again: it is replayed to libfuse).
+  // An empty `takeover_init`: the dead daemon never answered INIT, so the
+  // successor reads it from the session as a first daemon does (on_init is
+  // then called, as for a first daemon).
   int takeover_fd = -1;
   std::string takeover_init;
   // Requests the dead daemon had read but not answered wait in the kernel
@@ -139,6 +142,9 @@ class FuseDaemon {
   void Exit();
   // Unmounts (idempotent).
   void Unmount();
+  // The session's /dev/fuse descriptor once mounted (owned by the daemon),
+  // or -1: what a holder keeps (fs/session_holder.h).
+  int SessionFd() const;
   // Asks the kernel to drop its dentry of `name` in `parent` and the unused
   // ones below it (their inodes are forgotten; entries in use stay). Not
   // from a request handler (the kernel takes the parent's lock). Best

@@ -1,5 +1,7 @@
 #include "fs/mount.h"
 
+#include <csignal>
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -228,6 +230,11 @@ Status CheckMountpoint(const std::string& path) {
   return Status::Ok();
 }
 
+void MaybeDieBeforeLoopForTest(bool successor) {
+  const char* die = std::getenv("REGFS_TEST_DIE_BEFORE_LOOP");
+  if (!successor && die && std::string(die) == "1") raise(SIGKILL);
+}
+
 // Everything after the fork: resolve, mount, tell the parent, serve.
 int ServeMount(MountOptions mo, DaemonReady* ready) {
   auto fail = [&](const std::string& what, const Status& s) {
@@ -336,20 +343,30 @@ int ServeMount(MountOptions mo, DaemonReady* ready) {
     // Only for the test that shows what a reader sees without it.
     const char* no_resend = std::getenv("REGFS_TAKEOVER_NO_RESEND");
     if (no_resend && std::string(no_resend) == "1") fo.resend_in_flight = false;
-  } else if (holder) {
+  }
+  // A first daemon, or a successor of one that died before it answered
+  // INIT (it reads INIT itself): the holder gets the INIT request once it
+  // is answered.
+  if (holder && (!held || held->init.empty())) {
     fo.on_init = [holder, state = ResolutionJson(*img)](int fd, const std::string& init) {
       Status s = holder->Deposit(fd, init, state);
       if (!s.ok()) LOG_WARN("the mount will not survive this daemon: " + s.ToString());
-      // (Until this line a killed daemon takes its mount with it.)
       if (s.ok()) LOG_INFO("the holder keeps the session");
     };
   }
   FuseDaemon daemon(&fs.tree(), &fs, fo);
   if (Status s = daemon.Mount(); !s.ok()) return fail("mount", s);
+  if (holder && !held) {
+    // From the mount on, before INIT is even read: a daemon killed before
+    // it answered INIT leaves the kernel's INIT for its successor.
+    Status s = holder->Deposit(daemon.SessionFd(), "", ResolutionJson(*img));
+    if (!s.ok()) LOG_WARN("the mount will not survive this daemon: " + s.ToString());
+  }
   if (holder) holder->MountIsLive();
   LOG_INFO(std::string(held ? "took over the mount of " : "mounted ") + ref->Normalized() +
            " (" + img->manifest_digest + ") on " + mo.mountpoint);
   if (ready) ready->Send("OK");
+  MaybeDieBeforeLoopForTest(held.has_value());
   fs.StartIndexing();
   Status s = daemon.Loop(true);
   if (!s.ok()) {

@@ -99,6 +99,10 @@ Result<ResolvedImage> RecallResolution(ChunkCache* db, const Reference& ref,
                                        const CommonOptions& o);
 // OK when `path` is a directory to mount on.
 Status CheckMountpoint(const std::string& path);
+// Tests only: with REGFS_TEST_DIE_BEFORE_LOOP=1 in the environment, a first
+// daemon (not a successor) kills itself once its mount is ready, before it
+// serves: before it read the kernel's INIT request.
+void MaybeDieBeforeLoopForTest(bool successor);
 
 }  // namespace regfs
 

@@ -932,16 +932,25 @@ int ServeStore(MountOptions mo, DaemonReady* ready) {
     if (held) {
       fo.takeover_fd = held->fd.Release();
       fo.takeover_init = held->init;
-    } else if (holder && journal) {
+    }
+    // A first daemon, or a successor of one that died before it answered
+    // INIT (it reads INIT itself): the holder gets the INIT request once it
+    // is answered.
+    if (holder && journal && (!held || held->init.empty())) {
       fo.on_init = [holder, jfd = journal->fd()](int fd, const std::string& init) {
         Status s = holder->Deposit(fd, init, "store", jfd);
         if (!s.ok()) LOG_WARN("the store will not survive this daemon: " + s.ToString());
-        // (Until this line a killed daemon takes its mount with it.)
         if (s.ok()) LOG_INFO("the holder keeps the session");
       };
     }
     FuseDaemon daemon(&store.tree(), &store, fo);
     if (Status s = daemon.Mount(); !s.ok()) return fail("mount", s);
+    if (holder && journal && !held) {
+      // From the mount on, before INIT is even read: a daemon killed before
+      // it answered INIT leaves the kernel's INIT for its successor.
+      Status s = holder->Deposit(daemon.SessionFd(), "", "store", journal->fd());
+      if (!s.ok()) LOG_WARN("the store will not survive this daemon: " + s.ToString());
+    }
     if (holder) holder->MountIsLive();
     store.AttachKernel(&refs, [&daemon](Ino parent, std::string_view name) {
       return daemon.InvalidateEntry(parent, name);
@@ -950,6 +959,7 @@ int ServeStore(MountOptions mo, DaemonReady* ready) {
     LOG_INFO(std::string(held ? "took over the layer store on " : "layer store mounted on ") +
              mo.mountpoint);
     if (ready) ready->Send("OK");
+    MaybeDieBeforeLoopForTest(held.has_value());
     Status s = daemon.Loop(true);
     // The reaper calls the daemon: it ends first. Only now, unmounted: a
     // call it is in may wait for the kernel, which waits for requests that

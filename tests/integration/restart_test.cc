@@ -381,6 +381,40 @@ TEST_F(RestartTest, ASuccessorTakesOverAMountNobodyLookedAt) {
   Umount();
 }
 
+// The daemon killed as soon as the mount is ready, before it read the
+// kernel's INIT request: the holder has the session from the mount on, and
+// the successor reads INIT itself.
+TEST_F(RestartTest, ADaemonKilledBeforeItReadTheKernelsInit) {
+  setenv("REGFS_TEST_DIE_BEFORE_LOOP", "1", 1);
+  CommandResult m = Mount(registry_->Ref("test/restart", "v1"));
+  unsetenv("REGFS_TEST_DIE_BEFORE_LOOP");
+  ASSERT_EQ(m.exit_code, 0) << m.output;
+  std::atomic<bool> done{false};
+  std::atomic<int> err{0};
+  std::thread looker([&] {
+    std::string manifest;
+    if (!ReadWholeFile(mnt_ + "/manifest.json", &manifest)) err = errno ? errno : -1;
+    if (manifest != image_.manifest && err.load() == 0) err = -1;
+    done = true;
+  });
+  // Bounded wait: 30 s.
+  for (int i = 0; i < 3000 && !done.load(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  bool answered = done.load();
+  pid_t holder = HolderOf(mnt_);
+  if (!answered && holder > 0) {
+    pid_t successor = ChildOf(holder);
+    kill(holder, SIGKILL);
+    if (successor > 0) kill(successor, SIGKILL);
+  }
+  looker.join();
+  EXPECT_TRUE(answered) << "not answered in 30 s\n" << DaemonLog();
+  EXPECT_EQ(err.load(), 0) << std::strerror(err.load()) << "\n" << DaemonLog();
+  EXPECT_NE(DaemonLog().find("died of signal 9"), std::string::npos) << DaemonLog();
+  Umount();
+}
+
 // `regfs mount -f` (a terminal's, or a systemd unit's, main process) holds
 // the session itself: its daemon is its child.
 TEST_F(RestartTest, InTheForegroundTheProcessItselfHolds) {

@@ -537,6 +537,41 @@ TEST_F(StoreRestartTest, ASuccessorTakesOverAStoreNobodyLookedAt) {
   EXPECT_EQ(um.exit_code, 0) << um.output;
 }
 
+// The store's daemon killed as soon as the store is ready, before it read
+// the kernel's INIT request: the successor reads INIT itself.
+TEST_F(StoreRestartTest, ADaemonKilledBeforeItReadTheKernelsInit) {
+  setenv("REGFS_TEST_DIE_BEFORE_LOOP", "1", 1);
+  StartStore({}, /*look=*/false);
+  unsetenv("REGFS_TEST_DIE_BEFORE_LOOP");
+  std::atomic<bool> done{false};
+  std::atomic<int> err{0};
+  std::thread looker([&] {
+    struct stat st;
+    if (stat((mnt_ + "/.regfs/status.json").c_str(), &st) != 0) err = errno;
+    done = true;
+  });
+  // Bounded wait: 30 s.
+  for (int i = 0; i < 3000 && !done.load(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  bool answered = done.load();
+  pid_t holder = HolderOf(mnt_);
+  if (!answered && holder > 0) {
+    std::ifstream children("/proc/" + std::to_string(holder) + "/task/" + std::to_string(holder) +
+                           "/children");
+    pid_t successor = -1;
+    children >> successor;
+    kill(holder, SIGKILL);
+    if (successor > 0) kill(successor, SIGKILL);
+  }
+  looker.join();
+  EXPECT_TRUE(answered) << "not answered in 30 s\n" << StoreLog();
+  EXPECT_EQ(err.load(), 0) << std::strerror(err.load()) << "\n" << StoreLog();
+  EXPECT_NE(StoreLog().find("died of signal 9"), std::string::npos) << StoreLog();
+  CommandResult um = RunCommand({REGFS_BINARY, "umount", mnt_});
+  EXPECT_EQ(um.exit_code, 0) << um.output;
+}
+
 // A successor needs no registry: it makes the tree from the journal and
 // the layers' indexes and bytes from the cache.
 TEST_F(StoreRestartTest, ASuccessorServesWhileTheRegistryIsDown) {
