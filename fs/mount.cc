@@ -53,6 +53,10 @@ std::string StatusJson(const ResolvedImage& img, CachedBlobSource* cached,
       lj["requests"] = c.upstream_requests;
       lj["cacheHits"] = c.hits;
       lj["cacheMisses"] = c.misses;
+      // What the digest checks cost: bytes fed to SHA-256, and those read
+      // back from the cache only to be hashed.
+      lj["hashedBytes"] = c.hashed_bytes;
+      lj["rereadBytes"] = c.reread_bytes;
       lj["percentCached"] = cached->PercentCached(l);
       auto state = cached->cache()->GetBlobState(l.digest);
       lj["digestVerified"] = state.ok() && state->verified;

@@ -14,13 +14,21 @@
 //    /proc/PID/stat; unlike the machine's busy time it does not count what
 //    other programs on a shared machine do meanwhile).
 //
-//   mount_bench [size_mib=128] [runs=7] [--no-httpdirfs]
+//   mount_bench [size_mib=128] [runs=7] [--no-httpdirfs] [--cold-only]
 //
 // --no-httpdirfs leaves httpdirfs out (its cold read of 128 MiB alone takes
-// about two minutes), for A/B runs of regfs builds.
+// about two minutes), for A/B runs of regfs builds. --cold-only times only
+// the cold cat against curl (no re-reads, no random reads): A/B runs of the
+// cold path's CPU, several pairs in a minute. With $REGFS_BINARY another
+// build's regfs runs under this bench (fields its status.json lacks print
+// as -1). With $REGFS_BENCH_PERF=DIR each cold cat's daemon is profiled
+// into DIR/cold-N.data (perf record -g; perf's own CPU counts in the
+// machine's figures then).
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -88,6 +96,19 @@ long DaemonPid(const std::string& mnt) {
   return colon == std::string::npos ? -1 : std::strtol(s.c_str() + colon + 1, nullptr, 10);
 }
 
+// A layer's counter from the mount's .regfs/status.json ("key": N, the
+// first layer's); -1 if absent (an older regfs).
+double StatusCounter(const std::string& mnt, const std::string& key) {
+  std::ifstream in(mnt + "/.regfs/status.json");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string s = ss.str();
+  const size_t at = s.find("\"" + key + "\"");
+  if (at == std::string::npos) return -1;
+  const size_t colon = s.find(':', at);
+  return colon == std::string::npos ? -1 : std::strtod(s.c_str() + colon + 1, nullptr);
+}
+
 // User + system CPU seconds of a process (all its threads) so far; -1 if gone.
 double ProcessCpuSeconds(long pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
@@ -124,7 +145,19 @@ struct Mounted {
 int main(int argc, char** argv) {
   uint64_t size = (argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 128) << 20;
   int runs = argc > 2 ? std::atoi(argv[2]) : 7;
-  const bool httpdirfs = !(argc > 3 && std::string(argv[3]) == "--no-httpdirfs");
+  bool httpdirfs = true, cold_only = false;
+  for (int i = 3; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--no-httpdirfs") {
+      httpdirfs = false;
+    } else if (a == "--cold-only") {
+      cold_only = true;
+      httpdirfs = false;
+    } else {
+      std::fprintf(stderr, "mount_bench: unknown option %s\n", a.c_str());
+      return 2;
+    }
+  }
   std::string why = FuseUnavailableReason();
   if (!why.empty()) {
     std::fprintf(stderr, "mount_bench needs FUSE: %s\n", why.c_str());
@@ -169,11 +202,14 @@ int main(int argc, char** argv) {
   // and what it allows: a run cannot end before its work, spread over every
   // CPU, is done, so curl's time / (regfs's CPU / CPUs) bounds the ratio.
   std::vector<double> curl_cpu, cold_cpu, cold_ceiling, daemon_cpu, cat_cpu;
+  // MiB fed to SHA-256 during the cold cat, and MiB read back from the cache
+  // for it (a pass catching up instead of hashing the bytes in memory).
+  std::vector<double> hashed_mib, reread_mib;
   const double ncpu = static_cast<double>(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
   for (int r = 0; r < runs; ++r) {
     bool ok = true;
     // A re-read while the background digest check of the new blob runs.
-    {
+    if (!cold_only) {
       Mounted m{tmp.Sub("v" + std::to_string(r))};
       m.ok = mount_regfs(m.mnt, tmp.Sub("vcache" + std::to_string(r)));
       if (!m.ok) return 1;
@@ -207,13 +243,34 @@ int main(int argc, char** argv) {
     sync();
     double busy = 0;
     const long daemon = DaemonPid(m.mnt);
+    // $REGFS_BENCH_PERF=DIR: the daemon's profile during this cold cat, in
+    // DIR/cold-N.data (perf record -g, started before the cat and stopped
+    // after it).
+    pid_t perf = -1;
+    if (const char* dir = std::getenv("REGFS_BENCH_PERF"); dir && *dir && daemon > 0) {
+      perf = fork();
+      if (perf == 0) {
+        const std::string out = std::string(dir) + "/cold-" + std::to_string(r) + ".data";
+        const std::string pid = std::to_string(daemon);
+        execlp("perf", "perf", "record", "-q", "-F", "2999", "--call-graph", "dwarf,16384", "-p",
+               pid.c_str(), "-o", out.c_str(), static_cast<char*>(nullptr));
+        _exit(127);
+      }
+      sleep(1);  // perf attaches
+    }
     const double d0 = ProcessCpuSeconds(daemon), c0 = ThreadCpuSeconds();
     cold_s.push_back(TimeItWithCpu([&] { ok = CatToNull(path, size); }, &busy));
     const double d1 = ProcessCpuSeconds(daemon), c1 = ThreadCpuSeconds();
     cold_cpu.push_back(busy);
     if (d0 >= 0 && d1 >= 0) daemon_cpu.push_back(d1 - d0);
     cat_cpu.push_back(c1 - c0);
+    if (perf > 0) {
+      kill(perf, SIGINT);
+      waitpid(perf, nullptr, 0);
+    }
     if (!ok) return 1;
+    hashed_mib.push_back(StatusCounter(m.mnt, "hashedBytes") / (1 << 20));
+    reread_mib.push_back(StatusCounter(m.mnt, "rereadBytes") / (1 << 20));
     if (r % 2 == 1) time_curl();
     cold_ceiling.push_back(curl_s.back() / (cold_cpu.back() / ncpu));
     cold_ratio.push_back(curl_s.back() / cold_s.back());
@@ -224,6 +281,7 @@ int main(int argc, char** argv) {
       return 1;
     }
     verify_s.push_back(v);
+    if (cold_only) continue;
     // The local copy, then the warm re-read, each after dropping the page cache.
     DropPageCache();
     local_s.push_back(TimeIt([&] { CatToNull(local, size); }));
@@ -252,7 +310,7 @@ int main(int argc, char** argv) {
   }
   // Cold random 4 KiB reads.
   std::vector<double> rnd_regfs, rnd_hdf;
-  {
+  if (!cold_only) {
     Mounted m{tmp.Sub("rnd")};
     m.ok = mount_regfs(m.mnt, tmp.Sub("cache-rnd"));
     if (m.ok) rnd_regfs = RandomReadLatencies(m.mnt + "/blobs/" + blob->digest, size, 300, 5);
@@ -266,7 +324,7 @@ int main(int argc, char** argv) {
 
   double curl_tp = mib / Median(curl_s);
   double cold_tp = mib / Median(cold_s);
-  double local_tp = mib / Median(local_s);
+  double local_tp = local_s.empty() ? 0 : mib / Median(local_s);
   Report("mount", "curl -o /dev/null", curl_tp, "MiB/s");
   Report("mount", "regfs cold cat (empty cache)", cold_tp, "MiB/s");
   Report("mount", "ratio regfs cold / curl (median of paired runs)", Median(cold_ratio), "x",
@@ -292,20 +350,29 @@ int main(int argc, char** argv) {
   } else {
     std::printf("  httpdirfs: did not run%s\n", httpdirfs ? " (see stderr)" : " (--no-httpdirfs)");
   }
-  Report("mount", "local copy, page cache dropped", local_tp, "MiB/s");
-  Report("mount", "regfs warm re-read, page cache dropped", mib / Median(warm_s), "MiB/s");
-  Report("mount", "ratio regfs warm / local copy (median of paired runs)", Median(warm_ratio),
-         "x", "target >= 0.5");
+  Report("mount", "SHA-256 input during the cold cat", Median(hashed_mib), "MiB",
+         "-1: not in this regfs's status.json");
+  Report("mount", "of it read back from the cache", Median(reread_mib), "MiB");
   Report("mount", "background digest check after the cold read", Median(verify_s) * 1000, "ms");
-  Report("mount", "re-read racing that check, page cache dropped", mib / Median(racing_s),
-         "MiB/s");
-  Report("mount", "ratio racing re-read / local copy", Median(racing_ratio), "x");
+  if (!cold_only) {
+    Report("mount", "local copy, page cache dropped", local_tp, "MiB/s");
+    Report("mount", "regfs warm re-read, page cache dropped", mib / Median(warm_s), "MiB/s");
+    Report("mount", "ratio regfs warm / local copy (median of paired runs)", Median(warm_ratio),
+           "x", "target >= 0.5");
+    Report("mount", "re-read racing that check, page cache dropped", mib / Median(racing_s),
+           "MiB/s");
+    Report("mount", "ratio racing re-read / local copy", Median(racing_ratio), "x");
+  }
   std::printf("  per-run ratios, cold / curl:");
   for (double x : cold_ratio) std::printf(" %.3f", x);
   std::printf("; warm / local:");
   for (double x : warm_ratio) std::printf(" %.3f", x);
   std::printf("; daemon CPU ms:");
   for (double x : daemon_cpu) std::printf(" %.0f", x * 1000);
+  std::printf("; MiB hashed/re-read:");
+  for (size_t i = 0; i < hashed_mib.size(); ++i) {
+    std::printf(" %.0f/%.0f", hashed_mib[i], reread_mib[i]);
+  }
   std::printf("\n");
   if (!rnd_regfs.empty()) {
     Report("mount", "regfs cold random 4 KiB read p50", Percentile(rnd_regfs, 50), "ms");
