@@ -24,24 +24,6 @@ constexpr size_t kMaxSequentialPasses = 256;
 constexpr uint64_t kPassCatchUpSlack = 16u << 20;
 constexpr size_t kMaxPooledBuffers = 32;  // chunk-sized buffers
 
-// A fetch buffer. Its bytes start uninitialised (new[] without "()"): they
-// are always filled by the upstream before anyone reads them.
-struct FetchBuf {
-  std::unique_ptr<uint8_t[]> bytes;
-  size_t capacity = 0;
-  size_t size = 0;
-  size_t filled = 0;  // bytes written so far
-  uint8_t* data() { return bytes.get(); }
-  const uint8_t* data() const { return bytes.get(); }
-  void Resize(size_t n) {
-    if (n > capacity) {
-      bytes.reset(new uint8_t[n]);
-      capacity = n;
-    }
-    size = n;
-  }
-};
-
 // The range rules of ReadAt and Prefetch: inside the blob, digest well formed.
 Status CheckRange(const BlobDescriptor& blob, uint64_t offset, uint64_t len, const char* what) {
   if (offset > blob.size || len > blob.size - offset) {
@@ -61,6 +43,7 @@ class ChainHasher {
   ChainHasher(uint64_t chunk_size, uint64_t blob_size)
       : chunk_size_(chunk_size), blob_size_(blob_size) {}
   uint64_t next() const { return sha_.bytes(); }
+  uint64_t chunk_size() const { return chunk_size_; }
   // Bytes [next(), next() + n) of the blob.
   void Update(const uint8_t* p, uint64_t n) {
     while (n) {
@@ -90,6 +73,24 @@ class ChainHasher {
 };
 
 }  // namespace
+
+// A fetch buffer. Its bytes start uninitialised (new[] without "()"): they
+// are always filled by the upstream before anyone reads them.
+struct CachedBlobSource::FetchBuf {
+  std::unique_ptr<uint8_t[]> bytes;
+  size_t capacity = 0;
+  size_t size = 0;
+  size_t filled = 0;  // bytes written so far
+  uint8_t* data() { return bytes.get(); }
+  const uint8_t* data() const { return bytes.get(); }
+  void Resize(size_t n) {
+    if (n > capacity) {
+      bytes.reset(new uint8_t[n]);
+      capacity = n;
+    }
+    size = n;
+  }
+};
 
 class CachedBlobSource::BufferPool : public std::enable_shared_from_this<BufferPool> {
  public:
@@ -158,11 +159,18 @@ struct CachedBlobSource::Flight {
   }
 };
 
-// An in-order pass over a blob being hashed.
+// An in-order pass over a blob being hashed. It is fed by the fetches of the
+// blob's chunks (the bytes as they arrive, in memory) and by the reads that
+// continue it (bytes served from the cache); chunks fetched ahead of it wait
+// in `stash` (bounded by pass_stash_bytes over all passes) rather than be
+// read back from the cache.
 struct CachedBlobSource::SeqHash {
-  SeqHash(uint64_t chunk_size, uint64_t blob_size) : hasher(chunk_size, blob_size) {}
-  std::mutex mu;
+  SeqHash(uint64_t chunk_size, uint64_t blob_size, std::atomic<uint64_t>* total)
+      : hasher(chunk_size, blob_size), stashed_total(total) {}
+  ~SeqHash() { DropStash(UINT64_MAX); }
+  std::mutex mu;  // guards hasher, done, result
   bool done = false;
+  Status result;  // once done: the verification's answer
   // seq_tick_ when last advanced; the oldest pass goes first. Atomic: read
   // under seq_mu_ alone.
   std::atomic<uint64_t> last_use{0};
@@ -170,6 +178,39 @@ struct CachedBlobSource::SeqHash {
   // waits for a pass that is still moving).
   std::atomic<int64_t> last_advance_ns{std::chrono::steady_clock::now().time_since_epoch().count()};
   ChainHasher hasher;  // hasher.next(): the bytes hashed so far
+  // hasher.next(), readable without mu (a stale value only makes a feeder
+  // stash a chunk the pass has passed, which the pass then drops).
+  std::atomic<uint64_t> hashed{0};
+  std::atomic<bool> finished{false};  // done, readable without mu
+
+  std::mutex stash_mu;  // guards stash; never held while hashing or with mu wanted
+  std::map<uint64_t, std::shared_ptr<const FetchBuf>> stash;  // by chunk index
+  std::atomic<uint64_t>* const stashed_total;
+
+  // Drops the stashed chunks that end at or before `upto` (all: UINT64_MAX).
+  void DropStash(uint64_t upto) {
+    std::lock_guard<std::mutex> lock(stash_mu);
+    const uint64_t cs = hasher.chunk_size();
+    for (auto it = stash.begin(); it != stash.end();) {
+      if (upto != UINT64_MAX && it->first * cs + it->second->size > upto) break;
+      stashed_total->fetch_sub(it->second->size);
+      it = stash.erase(it);
+    }
+  }
+  // The stashed chunk holding byte `pos`, taken out of the stash; null if none.
+  std::shared_ptr<const FetchBuf> TakeStashed(uint64_t pos) {
+    std::lock_guard<std::mutex> lock(stash_mu);
+    auto it = stash.find(pos / hasher.chunk_size());
+    if (it == stash.end()) return nullptr;
+    std::shared_ptr<const FetchBuf> b = std::move(it->second);
+    stash.erase(it);
+    stashed_total->fetch_sub(b->size);
+    return b;
+  }
+  bool HasStashed(uint64_t pos) {
+    std::lock_guard<std::mutex> lock(stash_mu);
+    return stash.count(pos / hasher.chunk_size()) != 0;
+  }
 };
 
 CachedBlobSource::CachedBlobSource(ChunkCache* cache, BlobSource* upstream,
@@ -341,11 +382,15 @@ Status CachedBlobSource::ReadAt(const BlobDescriptor& blob, uint64_t offset,
   RETURN_IF_ERROR(CheckNotBad(blob));
   const uint64_t cs = cache_->chunk_size();
   const uint64_t last_chunk_start = (blob.size - 1) / cs * cs;
+  // A read from the start of a blob not verified yet starts its in-order
+  // pass before it fetches, so that the fetched chunks feed the pass as
+  // they arrive (StreamRun), in memory.
+  std::shared_ptr<SeqHash> pass = offset == 0 ? StartPass(blob) : nullptr;
   if (offset + out.size() <= last_chunk_start) {
     RETURN_IF_ERROR(ReadRange(blob, offset, out));
-    return TrackSequential(blob, offset, out, nullptr);
+    return TrackSequential(blob, std::move(pass), offset, out, nullptr);
   }
-  if (KnownVerified(blob)) return ReadRange(blob, offset, out);
+  if (!pass && KnownVerified(blob)) return ReadRange(blob, offset, out);
   // The last chunk of a blob not verified yet: its bytes go out only once
   // the whole blob has been verified, so that a reader never reaches a clean
   // end of file after wrong bytes. An in-order pass that this read continues
@@ -353,20 +398,28 @@ Status CachedBlobSource::ReadAt(const BlobDescriptor& blob, uint64_t offset,
   // exactly the bytes handed out; otherwise the blob is verified from the
   // cache, fetching what is missing, and the range read again (a refetched
   // chunk is then checked against its hash).
+  bool filled = false;
   if (offset == 0 || PassReaches(blob, offset, kPassCatchUpSlack)) {
     RETURN_IF_ERROR(ReadRange(blob, offset, out));
+    filled = true;
     bool verified = false;
-    RETURN_IF_ERROR(TrackSequential(blob, offset, out, &verified));
+    RETURN_IF_ERROR(TrackSequential(blob, std::move(pass), offset, out, &verified));
     const uint64_t end = offset + out.size();
     if (!verified && end < blob.size && PassReaches(blob, end, 0)) {
       std::vector<uint8_t> rest(blob.size - end);  // less than a chunk
       RETURN_IF_ERROR(ReadRange(blob, end, rest));
-      RETURN_IF_ERROR(TrackSequential(blob, end, rest, &verified));
+      RETURN_IF_ERROR(TrackSequential(blob, nullptr, end, rest, &verified));
     }
     if (verified) return Status::Ok();
   }
-  RETURN_IF_ERROR(VerifyWhole(blob));
-  return ReadRange(blob, offset, out);
+  // The pass may have ended on another thread meanwhile (a fetch fed it its
+  // last bytes): its answer stands, the blob is not hashed again.
+  RETURN_IF_ERROR(CheckNotBad(blob));
+  if (!KnownVerified(blob)) {
+    RETURN_IF_ERROR(VerifyWhole(blob));
+    filled = false;
+  }
+  return filled ? Status::Ok() : ReadRange(blob, offset, out);
 }
 
 Status CachedBlobSource::SelfVerifying::ReadAt(const BlobDescriptor& blob, uint64_t offset,
@@ -393,15 +446,9 @@ Status CachedBlobSource::SelfVerifying::ReadAt(const BlobDescriptor& blob, uint6
 }
 
 bool CachedBlobSource::PassReaches(const BlobDescriptor& blob, uint64_t offset, uint64_t slack) {
-  std::shared_ptr<SeqHash> h;
-  {
-    std::lock_guard<std::mutex> lock(seq_mu_);
-    auto it = seq_.find(blob.digest);
-    if (it == seq_.end()) return false;
-    h = it->second;
-  }
-  std::lock_guard<std::mutex> lock(h->mu);
-  return !h->done && h->hasher.next() + slack >= offset;
+  std::shared_ptr<SeqHash> h = FindPass(blob.digest);
+  if (!h) return false;
+  return !h->finished.load() && h->hashed.load() + slack >= offset;
 }
 
 Status CachedBlobSource::VerifyWhole(const BlobDescriptor& blob) {
@@ -771,6 +818,9 @@ Status CachedBlobSource::StreamRun(const BlobDescriptor& blob, uint64_t first, u
       const uint64_t c = next++;  // from here on, chunk c counts as answered
       unstored.emplace_back(c, done);  // no allocation: reserved, flushed at kStoreBatch
       flights[c - first]->Finish(Status::Ok(), std::move(done));
+      // An unverified blob's in-order pass hashes the chunk now, from
+      // memory, or keeps it until the pass gets there.
+      if (!chain) FeedPass(blob, c, unstored.back().second);
       if (unstored.size() >= kStoreBatch) store();
     }
     return Status::Ok();
@@ -817,10 +867,116 @@ Status CachedBlobSource::CheckChunkHash(const BlobDescriptor& blob, uint64_t chu
   return Status::Ok();
 }
 
+std::shared_ptr<CachedBlobSource::SeqHash> CachedBlobSource::FindPass(const std::string& digest) {
+  std::lock_guard<std::mutex> lock(seq_mu_);
+  auto it = seq_.find(digest);
+  return it == seq_.end() ? nullptr : it->second;
+}
+
+std::shared_ptr<CachedBlobSource::SeqHash> CachedBlobSource::StartPass(const BlobDescriptor& blob) {
+  if (std::shared_ptr<SeqHash> h = FindPass(blob.digest)) return h;
+  if (KnownVerified(blob) || cache_->IsBad(blob.digest)) return nullptr;
+  std::lock_guard<std::mutex> lock(seq_mu_);
+  if (seq_.size() >= kMaxSequentialPasses) {
+    // The pass that advanced least recently is most likely abandoned.
+    auto oldest = seq_.begin();
+    for (auto it = seq_.begin(); it != seq_.end(); ++it) {
+      if (it->second->last_use.load() < oldest->second->last_use.load()) oldest = it;
+    }
+    oldest->second->DropStash(UINT64_MAX);
+    seq_.erase(oldest);
+  }
+  auto [it, inserted] = seq_.emplace(
+      blob.digest, std::make_shared<SeqHash>(cache_->chunk_size(), blob.size, &stashed_bytes_));
+  return it->second;
+}
+
+void CachedBlobSource::HashLocked(const BlobDescriptor& blob, SeqHash* h, const uint8_t* p,
+                                  uint64_t n, bool reread) {
+  h->last_use.store(seq_tick_.fetch_add(1, std::memory_order_relaxed));
+  h->last_advance_ns.store(std::chrono::steady_clock::now().time_since_epoch().count());
+  h->hasher.Update(p, n);
+  h->hashed.store(h->hasher.next());
+  CountHashing(blob.digest, n, reread ? n : 0);
+  if (h->hasher.next() < blob.size) return;
+  h->done = true;
+  const std::string actual = h->hasher.Finish();
+  // Recorded before the pass leaves seq_: the background check, which waits
+  // while a pass exists, must find the blob verified once it is gone (else
+  // it hashes the whole blob a second time); and under h->mu, so that a
+  // reader of the last chunk waiting for the pass gets its answer.
+  h->result = FinishVerification(blob, actual, h->hasher.TakeChain());
+  h->finished.store(true);
+  {
+    std::lock_guard<std::mutex> l(seq_mu_);
+    auto it = seq_.find(blob.digest);
+    if (it != seq_.end() && it->second.get() == h) seq_.erase(it);
+  }
+  h->DropStash(UINT64_MAX);
+}
+
+void CachedBlobSource::AdvanceLocked(const BlobDescriptor& blob, SeqHash* h) {
+  while (!h->done) {
+    const uint64_t next = h->hasher.next();
+    std::shared_ptr<const FetchBuf> b = h->TakeStashed(next);
+    if (!b) break;
+    const uint64_t skip = next % h->hasher.chunk_size();
+    if (skip >= b->size) break;  // cannot be: a stashed chunk holds `next`
+    HashLocked(blob, h, b->data() + skip, b->size - skip, /*reread=*/false);
+  }
+  if (!h->done) h->DropStash(h->hasher.next());  // chunks the pass went past otherwise
+}
+
+void CachedBlobSource::DrainPass(const BlobDescriptor& blob, const std::shared_ptr<SeqHash>& h) {
+  // Whoever holds the pass drains the stash before letting go, and looks
+  // again after: a chunk stashed while it held the pass (its feeder found
+  // the pass busy) is never left behind.
+  while (!h->finished.load() && h->HasStashed(h->hashed.load())) {
+    std::unique_lock<std::mutex> lock(h->mu, std::try_to_lock);
+    if (!lock.owns_lock()) return;  // the holder looks again after it lets go
+    AdvanceLocked(blob, h.get());
+  }
+}
+
+void CachedBlobSource::FeedPass(const BlobDescriptor& blob, uint64_t c,
+                                const std::shared_ptr<const FetchBuf>& buf) {
+  std::shared_ptr<SeqHash> h = FindPass(blob.digest);
+  if (!h || h->finished.load()) return;
+  const uint64_t cs = cache_->chunk_size();
+  const uint64_t start = c * cs, end = start + buf->size;
+  if (end <= h->hashed.load()) return;
+  {
+    bool keep = true;
+    std::unique_lock<std::mutex> lock(h->mu, std::try_to_lock);
+    if (lock.owns_lock()) {
+      AdvanceLocked(blob, h.get());
+      const uint64_t next = h->hasher.next();
+      if (!h->done && start <= next && next < end) {
+        HashLocked(blob, h.get(), buf->data() + (next - start), end - next, /*reread=*/false);
+        AdvanceLocked(blob, h.get());
+      }
+      keep = !h->done && end > h->hasher.next();
+    }
+    // Ahead of the pass (another request's chunks arrive first), or the
+    // pass is busy: keep the chunk for it if there is room.
+    if (keep) {
+      if (stashed_bytes_.fetch_add(buf->size) + buf->size > options_.pass_stash_bytes) {
+        stashed_bytes_.fetch_sub(buf->size);
+      } else {
+        std::lock_guard<std::mutex> l(h->stash_mu);
+        if (!h->stash.emplace(c, buf).second) stashed_bytes_.fetch_sub(buf->size);
+      }
+    }
+  }
+  DrainPass(blob, h);
+}
+
 bool CachedBlobSource::CatchUpFromCache(const BlobDescriptor& blob, SeqHash* h, uint64_t to) {
   const uint64_t cs = cache_->chunk_size();
   std::shared_ptr<FetchBuf> buf;  // from the pool: no fresh, zeroed memory per catch-up
-  while (h->hasher.next() < to) {
+  for (;;) {
+    AdvanceLocked(blob, h);  // stashed chunks first: no copy, no CRC check
+    if (h->done || h->hasher.next() >= to) return true;
     const uint64_t next = h->hasher.next();
     const uint64_t c = next / cs;
     const uint64_t chunk_end = std::min((c + 1) * cs, blob.size);
@@ -830,39 +986,18 @@ bool CachedBlobSource::CatchUpFromCache(const BlobDescriptor& blob, SeqHash* h, 
     auto hit = cache_->ReadChunk(blob.digest, c, static_cast<uint32_t>(next - c * cs), part,
                                  /*count_access=*/false);
     if (!hit.ok() || !*hit) return false;
-    h->hasher.Update(part.data(), n);
-    CountHashing(blob.digest, n, n);
+    HashLocked(blob, h, part.data(), n, /*reread=*/true);
   }
-  return true;
 }
 
-Status CachedBlobSource::TrackSequential(const BlobDescriptor& blob, uint64_t offset,
-                                         std::span<const uint8_t> bytes, bool* verified) {
-  std::shared_ptr<SeqHash> h;
-  {
-    std::lock_guard<std::mutex> lock(seq_mu_);
-    auto it = seq_.find(blob.digest);
-    if (it != seq_.end()) h = it->second;
-  }
-  if (!h) {
-    if (offset != 0) return Status::Ok();
-    if (KnownVerified(blob)) return Status::Ok();
-    std::lock_guard<std::mutex> lock(seq_mu_);
-    if (seq_.size() >= kMaxSequentialPasses) {
-      // The pass that advanced least recently is most likely abandoned.
-      auto oldest = seq_.begin();
-      for (auto it = seq_.begin(); it != seq_.end(); ++it) {
-        if (it->second->last_use.load() < oldest->second->last_use.load()) oldest = it;
-      }
-      seq_.erase(oldest);
-    }
-    auto [it, inserted] = seq_.emplace(
-        blob.digest, std::make_shared<SeqHash>(cache_->chunk_size(), blob.size));
-    h = it->second;
-  }
+Status CachedBlobSource::TrackSequential(const BlobDescriptor& blob, std::shared_ptr<SeqHash> h,
+                                         uint64_t offset, std::span<const uint8_t> bytes,
+                                         bool* verified) {
+  if (!h) h = offset == 0 ? StartPass(blob) : FindPass(blob.digest);
+  if (!h) return Status::Ok();
   // A read that only feeds the pass does not wait for it: while another
   // thread hashes, this one answers its reader, and its bytes are caught up
-  // from the cache by the next read that continues the pass. Waiting here
+  // from the stash or the cache by whoever continues the pass. Waiting here
   // made every FUSE thread queue behind the one hashing (and behind its
   // preemption, on a busy machine). The read that must finish the pass (the
   // last chunk's, `verified` given) waits.
@@ -872,35 +1007,32 @@ Status CachedBlobSource::TrackSequential(const BlobDescriptor& blob, uint64_t of
   } else if (!lock.try_lock()) {
     return Status::Ok();
   }
-  if (h->done) return Status::Ok();
   // A read ahead of the pass: FUSE hands a sequential reader's requests to
   // several threads, so the one at the pass's position may come second. The
-  // pass catches up from the cache when the bytes in between are there;
-  // otherwise the read (another reader's, elsewhere in the blob) is not
-  // part of it, and the pass goes on with the reads that continue it.
-  if (offset > h->hasher.next() && !CatchUpFromCache(blob, h.get(), offset)) return Status::Ok();
+  // pass catches up from the stash or the cache when the bytes in between
+  // are there; otherwise the read (another reader's, elsewhere in the blob)
+  // is not part of it, and the pass goes on with the reads that continue it.
   const uint64_t end = offset + bytes.size();
-  if (end <= h->hasher.next()) return Status::Ok();
-  h->last_use.store(seq_tick_.fetch_add(1, std::memory_order_relaxed));
-  h->last_advance_ns.store(std::chrono::steady_clock::now().time_since_epoch().count());
-  const uint64_t from = h->hasher.next();
-  h->hasher.Update(bytes.data() + (from - offset), end - from);
-  CountHashing(blob.digest, end - from, 0);
-  if (end < blob.size) return Status::Ok();
-  h->done = true;
-  const std::string actual = h->hasher.Finish();
-  std::string chain = h->hasher.TakeChain();
-  lock.unlock();
-  // Recorded before the pass leaves seq_: the background check, which waits
-  // while a pass exists, must find the blob verified once it is gone (else
-  // it hashes the whole blob a second time).
-  Status st = FinishVerification(blob, actual, chain);
-  {
-    std::lock_guard<std::mutex> l(seq_mu_);
-    auto it = seq_.find(blob.digest);
-    if (it != seq_.end() && it->second == h) seq_.erase(it);
+  if (!h->done) {
+    AdvanceLocked(blob, h.get());
+    const bool continues =
+        offset <= h->hasher.next() || CatchUpFromCache(blob, h.get(), offset);
+    if (continues && !h->done && end > h->hasher.next()) {
+      const uint64_t from = h->hasher.next();
+      HashLocked(blob, h.get(), bytes.data() + (from - offset), end - from, /*reread=*/false);
+      AdvanceLocked(blob, h.get());
+    }
   }
-  RETURN_IF_ERROR(st);
+  const bool done = h->done;
+  const Status result = done ? h->result : Status::Ok();
+  lock.unlock();
+  if (!done) {
+    DrainPass(blob, h);
+    return Status::Ok();
+  }
+  // The pass is over (this read finished it, or another thread did): its
+  // answer is this read's (bytes of a blob that failed are not served).
+  RETURN_IF_ERROR(result);
   if (verified) *verified = true;
   return Status::Ok();
 }

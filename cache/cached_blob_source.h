@@ -13,10 +13,14 @@
 // Verification: a blob's sha256 is checked against its digest, and its
 // chunk chain recorded (the SHA-256 state after each chunk, taken from the
 // same pass: Sha256Chain; every byte is hashed once), in one of three ways:
-// FetchWhole; an in-order pass of reads from offset 0 to the end (such as a
-// layer's index pass or a `cat`), hashed as it goes, whatever other reads of
-// the blob happen meanwhile (reads that do not continue the pass are simply
-// not part of it); or, once fetches have left every chunk of the blob in the
+// FetchWhole; an in-order pass from offset 0 to the end (such as a layer's
+// index pass or a `cat`), hashed as it goes, whatever other reads of the
+// blob happen meanwhile (reads that do not continue the pass are simply not
+// part of it): a read at offset 0 starts it, the chunks fetched for the blob
+// feed it as they arrive, in memory (those that arrive ahead of it, from
+// read-ahead requests side by side, wait in memory up to pass_stash_bytes),
+// and the reads that continue it feed it the chunks that were cached
+// already; or, once fetches have left every chunk of the blob in the
 // cache in whatever order (verify_complete), by hashing it from the cache on
 // a background thread. Later fetches of a verified blob's chunks are fetched
 // whole and checked against the chain (the state before the chunk, resumed
@@ -83,6 +87,11 @@ struct CachedSourceOptions {
   // Not used for verified blobs (their chunks are checked whole).
   bool small_random_fetches = false;
   uint64_t small_read_bytes = 128u << 10;
+  // Fetched chunks that arrive ahead of a blob's in-order pass (read-ahead
+  // requests run side by side) are kept in memory for it, up to this many
+  // bytes for all passes; beyond that the pass reads them back from the
+  // cache (a copy and a CRC check more per byte).
+  uint64_t pass_stash_bytes = 32u << 20;
 };
 
 // Per-blob counters of this process, for .regfs/status.json.
@@ -154,6 +163,7 @@ class CachedBlobSource : public BlobSource {
  private:
   struct Flight;
   struct SeqHash;
+  struct FetchBuf;
   class BufferPool;
   struct Readahead {
     uint64_t next_chunk = 0;  // where a sequential reader's next miss lands
@@ -189,13 +199,32 @@ class CachedBlobSource : public BlobSource {
   static Status CheckChunkHash(const BlobDescriptor& blob, uint64_t chunk_size,
                                const std::string& chain, uint64_t c,
                                std::span<const uint8_t> chunk);
-  // Feeds a read to the blob's in-order pass if it continues it; sets
-  // *verified (if given) when this read completed the pass and the digest
-  // matched. kCorrupt if it completed the pass and the digest did not match.
-  // Hashes [h->next, to) of `blob` from the cache into the pass (h->mu
-  // held); false, with the pass where it was, when a byte there is not cached.
+  // The blob's in-order pass, if one is under way.
+  std::shared_ptr<SeqHash> FindPass(const std::string& digest);
+  // The blob's pass, started if there is none and the blob is neither
+  // verified nor known bad (then null).
+  std::shared_ptr<SeqHash> StartPass(const BlobDescriptor& blob);
+  // Hashes the next n bytes of the pass (h->mu held) and, at the blob's end,
+  // finishes it: records the verification (or the mismatch) and retires it.
+  void HashLocked(const BlobDescriptor& blob, SeqHash* h, const uint8_t* p, uint64_t n,
+                  bool reread);
+  // Hashes the stashed chunks that continue the pass (h->mu held).
+  void AdvanceLocked(const BlobDescriptor& blob, SeqHash* h);
+  // AdvanceLocked by whoever can take the pass, until no stashed chunk
+  // continues it or another thread holds it.
+  void DrainPass(const BlobDescriptor& blob, const std::shared_ptr<SeqHash>& h);
+  // A fetched chunk c of the blob, for its pass (if any): hashed now if it
+  // continues the pass, stashed if it is ahead (and there is room).
+  void FeedPass(const BlobDescriptor& blob, uint64_t c, const std::shared_ptr<const FetchBuf>& buf);
+  // Hashes [h->next, to) of `blob` into the pass, from stashed chunks or
+  // the cache (h->mu held); false, with the pass as far as it got, when a
+  // byte there is in neither.
   bool CatchUpFromCache(const BlobDescriptor& blob, SeqHash* h, uint64_t to);
-  Status TrackSequential(const BlobDescriptor& blob, uint64_t offset,
+  // Feeds a read to the blob's in-order pass `h` (null: the blob's, if
+  // any; a read at offset 0 starts one) if it continues it; sets *verified
+  // (if given) when the pass is over and the digest matched. kCorrupt once
+  // the pass is over and the digest did not match.
+  Status TrackSequential(const BlobDescriptor& blob, std::shared_ptr<SeqHash> h, uint64_t offset,
                          std::span<const uint8_t> bytes, bool* verified);
   // True if the blob's in-order pass has hashed [0, offset - slack) at
   // least, so that a read from `offset` continues it (catching up the
@@ -244,6 +273,7 @@ class CachedBlobSource : public BlobSource {
   std::mutex seq_mu_;  // guards seq_ (the map); each SeqHash has its own mutex
   std::map<std::string, std::shared_ptr<SeqHash>> seq_;
   std::atomic<uint64_t> seq_tick_{0};
+  std::atomic<uint64_t> stashed_bytes_{0};  // fetched chunks kept for passes (pass_stash_bytes)
 
   std::mutex verified_mu_;  // guards verified_
   std::set<std::string> verified_;  // blobs known verified (saves a query per read)
