@@ -17,11 +17,6 @@
 namespace regfs {
 namespace {
 constexpr size_t kMaxSequentialPasses = 256;
-// How far behind a read of a blob's last chunk an in-order pass may be and
-// still be finished by that read, catching up from the cache: reads that
-// found the pass busy leave it behind by at most what the kernel has in
-// flight, a few MiB.
-constexpr uint64_t kPassCatchUpSlack = 16u << 20;
 constexpr size_t kMaxPooledBuffers = 32;  // chunk-sized buffers
 
 // The range rules of ReadAt and Prefetch: inside the blob, digest well formed.
@@ -393,27 +388,25 @@ Status CachedBlobSource::ReadAt(const BlobDescriptor& blob, uint64_t offset,
   if (!pass && KnownVerified(blob)) return ReadRange(blob, offset, out);
   // The last chunk of a blob not verified yet: its bytes go out only once
   // the whole blob has been verified, so that a reader never reaches a clean
-  // end of file after wrong bytes. An in-order pass that this read continues
-  // is finished here (at most the rest of the last chunk) and verifies
-  // exactly the bytes handed out; otherwise the blob is verified from the
-  // cache, fetching what is missing, and the range read again (a refetched
-  // chunk is then checked against its hash).
+  // end of file after wrong bytes. The blob's in-order pass, if there is
+  // one, is finished here: caught up to this read from the chunks kept for
+  // it, the cache or upstream (it may lag behind the reader: reads do not
+  // wait for it), then over this read's bytes and the rest of the blob, so
+  // that it verifies exactly the bytes handed out and hashes no byte twice.
+  // Without a pass, the blob is verified from the cache, fetching what is
+  // missing, and the range read again (a refetched chunk is then checked
+  // against its hash).
+  if (!pass) pass = FindPass(blob.digest);
   bool filled = false;
-  if (offset == 0 || PassReaches(blob, offset, kPassCatchUpSlack)) {
+  if (pass) {
     RETURN_IF_ERROR(ReadRange(blob, offset, out));
     filled = true;
     bool verified = false;
     RETURN_IF_ERROR(TrackSequential(blob, std::move(pass), offset, out, &verified));
-    const uint64_t end = offset + out.size();
-    if (!verified && end < blob.size && PassReaches(blob, end, 0)) {
-      std::vector<uint8_t> rest(blob.size - end);  // less than a chunk
-      RETURN_IF_ERROR(ReadRange(blob, end, rest));
-      RETURN_IF_ERROR(TrackSequential(blob, nullptr, end, rest, &verified));
-    }
     if (verified) return Status::Ok();
   }
-  // The pass may have ended on another thread meanwhile (a fetch fed it its
-  // last bytes): its answer stands, the blob is not hashed again.
+  // The pass ended on another thread meanwhile (a fetch fed it its last
+  // bytes): its answer stands, the blob is not hashed again.
   RETURN_IF_ERROR(CheckNotBad(blob));
   if (!KnownVerified(blob)) {
     RETURN_IF_ERROR(VerifyWhole(blob));
@@ -443,12 +436,6 @@ Status CachedBlobSource::SelfVerifying::ReadAt(const BlobDescriptor& blob, uint6
     }
   }
   return owner_->ReadRange(blob, offset, out);
-}
-
-bool CachedBlobSource::PassReaches(const BlobDescriptor& blob, uint64_t offset, uint64_t slack) {
-  std::shared_ptr<SeqHash> h = FindPass(blob.digest);
-  if (!h) return false;
-  return !h->finished.load() && h->hashed.load() + slack >= offset;
 }
 
 Status CachedBlobSource::VerifyWhole(const BlobDescriptor& blob) {
@@ -958,9 +945,14 @@ void CachedBlobSource::FeedPass(const BlobDescriptor& blob, uint64_t c,
       keep = !h->done && end > h->hasher.next();
     }
     // Ahead of the pass (another request's chunks arrive first), or the
-    // pass is busy: keep the chunk for it if there is room.
+    // pass is busy: keep the chunk for it if there is room. The chunk the
+    // pass needs next is always kept (the holder hashes it before it lets
+    // go; dropped, it would stall the pass until a read caught up from the
+    // cache): at most one chunk per fetching thread over the bound.
     if (keep) {
-      if (stashed_bytes_.fetch_add(buf->size) + buf->size > options_.pass_stash_bytes) {
+      const bool needed_next = start <= h->hashed.load();
+      if (stashed_bytes_.fetch_add(buf->size) + buf->size > options_.pass_stash_bytes &&
+          !needed_next) {
         stashed_bytes_.fetch_sub(buf->size);
       } else {
         std::lock_guard<std::mutex> l(h->stash_mu);
@@ -971,21 +963,33 @@ void CachedBlobSource::FeedPass(const BlobDescriptor& blob, uint64_t c,
   DrainPass(blob, h);
 }
 
-bool CachedBlobSource::CatchUpFromCache(const BlobDescriptor& blob, SeqHash* h, uint64_t to) {
+Status CachedBlobSource::CatchUp(const BlobDescriptor& blob, SeqHash* h, uint64_t to, bool fetch,
+                                 bool* reached) {
   const uint64_t cs = cache_->chunk_size();
   std::shared_ptr<FetchBuf> buf;  // from the pool: no fresh, zeroed memory per catch-up
+  *reached = false;
   for (;;) {
     AdvanceLocked(blob, h);  // stashed chunks first: no copy, no CRC check
-    if (h->done || h->hasher.next() >= to) return true;
+    if (h->done || h->hasher.next() >= to) {
+      *reached = true;
+      return Status::Ok();
+    }
     const uint64_t next = h->hasher.next();
     const uint64_t c = next / cs;
     const uint64_t chunk_end = std::min((c + 1) * cs, blob.size);
     const uint64_t n = std::min(chunk_end, to) - next;
     if (!buf) buf = buffers_->Get(cs, cs);
     std::span<uint8_t> part(buf->data(), n);
-    auto hit = cache_->ReadChunk(blob.digest, c, static_cast<uint32_t>(next - c * cs), part,
-                                 /*count_access=*/false);
-    if (!hit.ok() || !*hit) return false;
+    if (fetch) {
+      // Through the cache: a chunk not there yet is waited for (another
+      // reader's fetch) or fetched. Its fetch may feed the pass a chunk it
+      // hashes here (the stash then drops it): the pass goes by position.
+      RETURN_IF_ERROR(ReadRange(blob, next, part));
+    } else {
+      auto hit = cache_->ReadChunk(blob.digest, c, static_cast<uint32_t>(next - c * cs), part,
+                                   /*count_access=*/false);
+      if (!hit.ok() || !*hit) return Status::Ok();
+    }
     HashLocked(blob, h, part.data(), n, /*reread=*/true);
   }
 }
@@ -1008,20 +1012,27 @@ Status CachedBlobSource::TrackSequential(const BlobDescriptor& blob, std::shared
     return Status::Ok();
   }
   // A read ahead of the pass: FUSE hands a sequential reader's requests to
-  // several threads, so the one at the pass's position may come second. The
-  // pass catches up from the stash or the cache when the bytes in between
-  // are there; otherwise the read (another reader's, elsewhere in the blob)
-  // is not part of it, and the pass goes on with the reads that continue it.
+  // several threads, so the one at the pass's position may come second, and
+  // the pass may lag behind the reader. The pass catches up from the stash
+  // or the cache when the bytes in between are there; otherwise the read
+  // (another reader's, elsewhere in the blob) is not part of it, and the
+  // pass goes on with the reads and fetches that continue it. The read that
+  // finishes the pass catches up whatever it takes, fetching if need be,
+  // and then the rest of the blob after its own bytes.
   const uint64_t end = offset + bytes.size();
   if (!h->done) {
-    AdvanceLocked(blob, h.get());
-    const bool continues =
-        offset <= h->hasher.next() || CatchUpFromCache(blob, h.get(), offset);
-    if (continues && !h->done && end > h->hasher.next()) {
+    bool reached = offset <= h->hasher.next();
+    if (!reached) {
+      RETURN_IF_ERROR(CatchUp(blob, h.get(), offset, /*fetch=*/verified != nullptr, &reached));
+    }
+    if (reached && !h->done && end > h->hasher.next()) {
       const uint64_t from = h->hasher.next();
       HashLocked(blob, h.get(), bytes.data() + (from - offset), end - from, /*reread=*/false);
-      AdvanceLocked(blob, h.get());
     }
+    if (reached && verified && !h->done) {
+      RETURN_IF_ERROR(CatchUp(blob, h.get(), blob.size, /*fetch=*/true, &reached));
+    }
+    AdvanceLocked(blob, h.get());
   }
   const bool done = h->done;
   const Status result = done ? h->result : Status::Ok();

@@ -216,20 +216,18 @@ class CachedBlobSource : public BlobSource {
   // A fetched chunk c of the blob, for its pass (if any): hashed now if it
   // continues the pass, stashed if it is ahead (and there is room).
   void FeedPass(const BlobDescriptor& blob, uint64_t c, const std::shared_ptr<const FetchBuf>& buf);
-  // Hashes [h->next, to) of `blob` into the pass, from stashed chunks or
-  // the cache (h->mu held); false, with the pass as far as it got, when a
-  // byte there is in neither.
-  bool CatchUpFromCache(const BlobDescriptor& blob, SeqHash* h, uint64_t to);
+  // Hashes [h->next, to) of `blob` into the pass (h->mu held), from stashed
+  // chunks and the cache; with `fetch`, through ReadRange (waiting for or
+  // fetching what the cache lacks). *reached: the pass got to `to` (or
+  // ended); without `fetch` it stops, with the pass as far as it got, at a
+  // byte neither stashed nor cached. An error is ReadRange's.
+  Status CatchUp(const BlobDescriptor& blob, SeqHash* h, uint64_t to, bool fetch, bool* reached);
   // Feeds a read to the blob's in-order pass `h` (null: the blob's, if
   // any; a read at offset 0 starts one) if it continues it; sets *verified
   // (if given) when the pass is over and the digest matched. kCorrupt once
   // the pass is over and the digest did not match.
   Status TrackSequential(const BlobDescriptor& blob, std::shared_ptr<SeqHash> h, uint64_t offset,
                          std::span<const uint8_t> bytes, bool* verified);
-  // True if the blob's in-order pass has hashed [0, offset - slack) at
-  // least, so that a read from `offset` continues it (catching up the
-  // slack from the cache).
-  bool PassReaches(const BlobDescriptor& blob, uint64_t offset, uint64_t slack);
   // Verifies the whole blob (FetchWhole) unless it is; one caller per blob
   // does it, the others wait for its answer, all within wait_timeout.
   Status VerifyWhole(const BlobDescriptor& blob);

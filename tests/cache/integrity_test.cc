@@ -251,6 +251,29 @@ TEST_F(IntegrityTest, AColdReadIsHashedFromTheFetchedBytes) {
   }
 }
 
+// A read of the last chunk while the in-order pass lags far behind the
+// reader (reads do not wait for it; here the chunks were cached before the
+// pass started, so no fetch fed them to it) finishes the pass from where it
+// is: every byte is hashed once, none twice by a second whole-blob check.
+TEST_F(IntegrityTest, AReadOfTheLastChunkFinishesALaggingPass) {
+  CachedSourceOptions o = DaemonLike();
+  o.readahead = false;
+  o.verify_complete = false;  // no background check racing the pass
+  OpenCache(1ull << 30, o);
+  // Longer than the 16 MiB a pass could lag before.
+  std::string data = RandomBytes(24 * 1024 * 1024 + 99, 1416);
+  auto b = upstream_.AddBlob(data);
+  ASSERT_OK(source_->Prefetch(b, 0, b.size));
+  EXPECT_EQ(Read(b, 0, 4096), data.substr(0, 4096));  // the pass starts
+  EXPECT_EQ(Read(b, b.size - 1000, 1000), data.substr(b.size - 1000));
+  auto state = cache_->GetBlobState(b.digest);
+  ASSERT_OK(state);
+  EXPECT_TRUE(state->verified);
+  BlobCounters c = source_->Counters(b.digest);
+  EXPECT_EQ(c.hashed_bytes, data.size());
+  EXPECT_EQ(c.reread_bytes, data.size() - 4096 - 1000);
+}
+
 // The chain the background check records (a blob completed out of order)
 // checks every chunk refetched after eviction: the first (hashed from the
 // initial state), a middle one (resumed from the state before it) and the
