@@ -462,34 +462,47 @@ class StoreIdleTest : public StoreTest {
     return s;
   }
   // A process whose cwd is `dir`, until the test ends.
+  // Returns once the child is in `dir`.
   void HoldCwd(const std::string& dir) {
+    int ready[2];
+    ASSERT_EQ(pipe2(ready, O_CLOEXEC), 0);
     child_ = fork();
     ASSERT_GE(child_, 0);
     if (child_ == 0) {
       if (chdir(dir.c_str()) != 0) _exit(1);
+      (void)!write(ready[1], "c", 1);
       for (;;) pause();
     }
+    close(ready[1]);
+    char c;
+    ssize_t n = read(ready[0], &c, 1);
+    close(ready[0]);
+    ASSERT_EQ(n, 1) << "the child could not enter " << dir;
   }
   pid_t child_ = -1;
 };
 
 TEST_F(StoreIdleTest, IdleLayersAreReleasedAndHeldOnesAreNot) {
-  StartStore({"--idle-timeout", "1"});
+  // 2 s: the snapshot of all three layers below must come within one idle
+  // period of the listing, also on a loaded machine.
+  StartStore({"--idle-timeout", "2"});
+  // Layer 2: an open file. Layer 1: a process's cwd. Layer 0: nothing. Held
+  // before anything else, so that they are never idle (a layer released
+  // between its first lookup and the open would be counted released twice).
+  int fd = open((Diff(2) + "/etc/message").c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0) << StoreLog();
+  HoldCwd(Diff(1) + "/usr/share");
   ListEveryDiff();
   std::string msg;
   ASSERT_TRUE(ReadWholeFile(Diff(2) + "/etc/message", &msg)) << StoreLog();
   EXPECT_EQ(msg, "from layer 2\n");
   nlohmann::json full = StoreStatus();
   ASSERT_EQ(full["liveLayers"], 3) << full.dump();
-  // Layer 2: an open file. Layer 1: a process's cwd. Layer 0: nothing.
-  int fd = open((Diff(2) + "/etc/message").c_str(), O_RDONLY | O_CLOEXEC);
-  ASSERT_GE(fd, 0);
-  HoldCwd(Diff(1) + "/usr/share");
   // Layer 0 goes (after the kernel was asked to drop its entries).
   nlohmann::json s = WaitStatus([&](const nlohmann::json& j) { return !Live(j, 0); });
   ASSERT_FALSE(Live(s, 0)) << s.dump() << StoreLog();
   // Several idle periods later the held ones are still there.
-  std::this_thread::sleep_for(std::chrono::seconds(4));
+  std::this_thread::sleep_for(std::chrono::seconds(6));
   s = StoreStatus();
   EXPECT_TRUE(Live(s, 1)) << s.dump();
   EXPECT_TRUE(Live(s, 2)) << s.dump();
