@@ -14,12 +14,18 @@
 //    /proc/PID/stat; unlike the machine's busy time it does not count what
 //    other programs on a shared machine do meanwhile).
 //
-//   mount_bench [size_mib=128] [runs=7] [--no-httpdirfs] [--cold-only]
+//   mount_bench [size_mib=128] [runs=7] [--no-httpdirfs] [--cold-only] [--settle-ms=N]
 //
 // --no-httpdirfs leaves httpdirfs out (its cold read of 128 MiB alone takes
 // about two minutes), for A/B runs of regfs builds. --cold-only times only
 // the cold cat against curl (no re-reads, no random reads): A/B runs of the
-// cold path's CPU, several pairs in a minute. With $REGFS_BINARY another
+// cold path's CPU, several pairs in a minute. --settle-ms=N waits N ms
+// between the mount and the cold cat, so that what the daemon does right
+// after it starts (its layer's index build begins at once) does not
+// overlap the cat: without it the first and third runs of an invocation
+// (curl timed right before them) measured 50-60 ms more daemon CPU than the
+// second and fourth for the same build, for a reason not found. With
+// $REGFS_BINARY another
 // build's regfs runs under this bench (fields its status.json lacks print
 // as -1). With $REGFS_BENCH_PERF=DIR each cold cat's daemon is profiled
 // into DIR/cold-N.data (perf record -g; perf's own CPU counts in the
@@ -146,6 +152,7 @@ int main(int argc, char** argv) {
   uint64_t size = (argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 128) << 20;
   int runs = argc > 2 ? std::atoi(argv[2]) : 7;
   bool httpdirfs = true, cold_only = false;
+  int settle_ms = 0;
   for (int i = 3; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--no-httpdirfs") {
@@ -153,6 +160,8 @@ int main(int argc, char** argv) {
     } else if (a == "--cold-only") {
       cold_only = true;
       httpdirfs = false;
+    } else if (a.rfind("--settle-ms=", 0) == 0) {
+      settle_ms = std::atoi(a.c_str() + 12);
     } else {
       std::fprintf(stderr, "mount_bench: unknown option %s\n", a.c_str());
       return 2;
@@ -258,6 +267,7 @@ int main(int argc, char** argv) {
       }
       sleep(1);  // perf attaches
     }
+    if (settle_ms > 0) usleep(static_cast<useconds_t>(settle_ms) * 1000);
     const double d0 = ProcessCpuSeconds(daemon), c0 = ThreadCpuSeconds();
     cold_s.push_back(TimeItWithCpu([&] { ok = CatToNull(path, size); }, &busy));
     const double d1 = ProcessCpuSeconds(daemon), c1 = ThreadCpuSeconds();
