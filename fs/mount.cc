@@ -234,6 +234,26 @@ Status CheckMountpoint(const std::string& path) {
   return Status::Ok();
 }
 
+Result<std::optional<HeldSession>> WithdrawSessionOrCheckMountpoint(const std::string& mountpoint,
+                                                                    std::string* what) {
+  std::optional<HeldSession> held;
+  if (HolderLink* holder = CurrentHolderLink()) {
+    Result<std::optional<HeldSession>> w = holder->Withdraw();
+    if (!w.ok()) {
+      *what = "holder";
+      return w.status();
+    }
+    held = std::move(*w);
+  }
+  if (!held) {
+    if (Status s = CheckMountpoint(mountpoint); !s.ok()) {
+      *what = "mountpoint " + mountpoint;
+      return s;
+    }
+  }
+  return held;
+}
+
 void MaybeDieBeforeLoopForTest(bool successor) {
   const char* die = std::getenv("REGFS_TEST_DIE_BEFORE_LOOP");
   if (!successor && die && std::string(die) == "1") raise(SIGKILL);
@@ -249,18 +269,10 @@ int ServeMount(MountOptions mo, DaemonReady* ready) {
   // session of a dead daemon, showing the very image it showed (not what
   // the tag names now), from the cache, without the registry.
   HolderLink* holder = CurrentHolderLink();
-  std::optional<HeldSession> held;
-  if (holder) {
-    Result<std::optional<HeldSession>> w = holder->Withdraw();
-    if (!w.ok()) return fail("holder", w.status());
-    held = std::move(*w);
-  }
-  // A successor's mountpoint is the live mount it is to serve: a stat() of
-  // it may be a request (the root's attributes not fetched yet, or
-  // expired) that only this process could answer.
-  if (Status s = held ? Status::Ok() : CheckMountpoint(mo.mountpoint); !s.ok()) {
-    return fail("mountpoint " + mo.mountpoint, s);
-  }
+  std::string what;
+  Result<std::optional<HeldSession>> w = WithdrawSessionOrCheckMountpoint(mo.mountpoint, &what);
+  if (!w.ok()) return fail(what, w.status());
+  std::optional<HeldSession> held = std::move(*w);
   Result<RegistriesConf> conf = LoadRegistriesConfFromFlags(mo.common);
   if (!conf.ok()) return fail("registries.conf", conf.status());
   Result<ShortNameResolution> names = ResolveShortName(*conf, mo.ref);

@@ -8,6 +8,7 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -15,6 +16,7 @@
 #include "cache/chunk_cache.h"
 #include "fs/image_fs.h"
 #include "fs/options.h"
+#include "fs/session_holder.h"
 #include "reader/http/registry_client.h"
 
 namespace regfs {
@@ -99,6 +101,15 @@ Result<ResolvedImage> RecallResolution(ChunkCache* db, const Reference& ref,
                                        const CommonOptions& o);
 // OK when `path` is a directory to mount on.
 Status CheckMountpoint(const std::string& path);
+// How a daemon starts: under a holder (fs/session_holder.h), the session a
+// dead daemon left for this successor to take over, withdrawn from the
+// holder; none for a first daemon (or without a holder), which checks
+// `mountpoint` (CheckMountpoint). A successor does not check it: its
+// mountpoint is the live mount it is to serve, and a stat() of it may be a
+// request (the root's attributes not fetched yet, or expired) that only this
+// process could answer. On failure `*what` names the step, for FailStartup.
+Result<std::optional<HeldSession>> WithdrawSessionOrCheckMountpoint(const std::string& mountpoint,
+                                                                    std::string* what);
 // Tests only: with REGFS_TEST_DIE_BEFORE_LOOP=1 in the environment, a first
 // daemon (not a successor) kills itself once its mount is ready, before it
 // serves: before it read the kernel's INIT request.

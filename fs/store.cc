@@ -874,17 +874,10 @@ int ServeStore(MountOptions mo, DaemonReady* ready) {
     // Under a holder (fs/session_holder.h): a successor takes over the
     // session of a dead daemon, with the tree its journal describes.
     HolderLink* holder = CurrentHolderLink();
-    std::optional<HeldSession> held;
-    if (holder) {
-      Result<std::optional<HeldSession>> w = holder->Withdraw();
-      if (!w.ok()) return fail("holder", w.status());
-      held = std::move(*w);
-    }
-    // A successor's mountpoint is the live mount it is to serve: a stat()
-    // of it may be a request that only this process could answer.
-    if (Status s = held ? Status::Ok() : CheckMountpoint(mo.mountpoint); !s.ok()) {
-      return fail("mountpoint " + mo.mountpoint, s);
-    }
+    std::string what;
+    Result<std::optional<HeldSession>> w = WithdrawSessionOrCheckMountpoint(mo.mountpoint, &what);
+    if (!w.ok()) return fail(what, w.status());
+    std::optional<HeldSession> held = std::move(*w);
     Result<std::unique_ptr<ChunkCache>> cache = OpenCache(mo.common);
     if (!cache.ok()) return fail("cannot open the cache", cache.status());
     KernelRefs refs;  // outlives the store's reaper and the daemon

@@ -3,10 +3,8 @@
 // while the daemon is SIGKILLed three times; the holder starts a successor
 // that takes the session over. Every read must return the right bytes (a
 // delay is allowed, and printed); no ENOTCONN, no stale mount.
-#include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -17,15 +15,14 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
-#include <iterator>
 #include <random>
-#include <sstream>
 #include <thread>
 
 #include "reader/base/unique_fd.h"
 #include "tests/integration/regfs_fixture.h"
 #include "tests/support/fault_server.h"
 #include "tests/support/image_builder.h"
+#include "tests/support/restart_reader.h"
 
 namespace regfs::testing {
 namespace {
@@ -36,45 +33,6 @@ std::string Pseudorandom(size_t n, uint32_t seed) {
   std::mt19937 rng(seed);
   std::string s(n, '\0');
   for (char& c : s) c = static_cast<char>(rng());
-  return s;
-}
-
-// What the reader process reports, in memory shared with the test.
-struct Shared {
-  std::atomic<uint64_t> iterations{0};
-  std::atomic<uint64_t> errors{0};
-  std::atomic<int> first_errno{0};
-  std::atomic<int> first_check{0};
-  std::atomic<uint64_t> max_iteration_ns{0};
-  std::atomic<bool> stop{false};
-};
-
-pid_t ParentOf(pid_t pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  std::getline(f, line);
-  auto close = line.rfind(')');
-  if (close == std::string::npos) return -1;
-  std::istringstream rest(line.substr(close + 2));
-  char state;
-  pid_t ppid = -1;
-  rest >> state >> ppid;
-  return ppid;
-}
-
-// The holder's current daemon: its one child.
-pid_t ChildOf(pid_t holder) {
-  std::ifstream f("/proc/" + std::to_string(holder) + "/task/" + std::to_string(holder) +
-                  "/children");
-  pid_t p = -1;
-  f >> p;
-  return p;
-}
-
-std::string Comm(pid_t pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/comm");
-  std::string s;
-  std::getline(f, s);
   return s;
 }
 
@@ -123,15 +81,9 @@ struct ReaderPlan {
   const std::string* want_small2;
 };
 
-[[noreturn]] void RunReader(const ReaderPlan& p, Shared* sh) {
-  auto fail = [sh](int check, int err) {
-    if (sh->errors.fetch_add(1) == 0) {
-      sh->first_errno = err;
-      sh->first_check = check;
-    }
-  };
+[[noreturn]] void RunReader(const ReaderPlan& p, ReaderShared* sh) {
   if (chdir(p.cwd.c_str()) != 0) {
-    fail(100, errno);
+    sh->Fail(100, errno);
     _exit(1);
   }
   int fa = open(p.big0.c_str(), O_RDONLY | O_CLOEXEC);
@@ -140,57 +92,25 @@ struct ReaderPlan {
   int fs = open(p.status.c_str(), O_RDONLY | O_CLOEXEC);
   struct stat st0;
   if (fa < 0 || fr < 0 || fb < 0 || fs < 0 || fstat(fa, &st0) != 0) {
-    fail(101, errno);
+    sh->Fail(101, errno);
     _exit(1);
   }
   static char buf[256 << 10];
-  auto check_pread = [&](int check, int fd, const std::string& want, uint64_t i) {
-    size_t len = 64 << 10;
-    size_t off = static_cast<size_t>((i * 97 * 1024) % (want.size() - len));
-    posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-    ssize_t n = pread(fd, buf, len, static_cast<off_t>(off));
-    if (n != static_cast<ssize_t>(len)) {
-      fail(check, n < 0 ? errno : 0);
-    } else if (std::memcmp(buf, want.data() + off, len) != 0) {
-      fail(check, 0);
-    }
-  };
-  auto check_open = [&](int check, const char* path, const std::string& want) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-      fail(check, errno);
-      return;
-    }
-    posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-    size_t len = std::min(want.size(), sizeof buf);
-    ssize_t n = pread(fd, buf, len, 0);
-    if (n != static_cast<ssize_t>(len)) {
-      fail(check, n < 0 ? errno : 0);
-    } else if (std::memcmp(buf, want.data(), len) != 0) {
-      fail(check, 0);
-    }
-    close(fd);
-  };
-  for (uint64_t i = 0; !sh->stop.load(); ++i) {
-    auto t0 = Clock::now();
-    check_pread(1, fa, *p.want_big0, i);
-    check_pread(2, fr, *p.want_big2, i);
-    check_pread(3, fb, *p.want_blob1, i);
-    check_open(4, "big1", *p.want_big1);
-    check_open(5, p.small2.c_str(), *p.want_small2);
+  RunIterations(sh, [&](uint64_t i) {
+    CheckPreadAt(sh, 1, fa, *p.want_big0, i, buf);
+    CheckPreadAt(sh, 2, fr, *p.want_big2, i, buf);
+    CheckPreadAt(sh, 3, fb, *p.want_blob1, i, buf);
+    CheckOpenAndRead(sh, 4, "big1", *p.want_big1, buf, sizeof buf);
+    CheckOpenAndRead(sh, 5, p.small2.c_str(), *p.want_small2, buf, sizeof buf);
     struct stat st;
     if (fstat(fa, &st) != 0) {
-      fail(6, errno);
+      sh->Fail(6, errno);
     } else if (st.st_ino != st0.st_ino) {
-      fail(6, 0);
+      sh->Fail(6, 0);
     }
     ssize_t n = pread(fs, buf, sizeof buf, 0);
-    if (n <= 0 || buf[0] != '{') fail(7, n < 0 ? errno : 0);
-    uint64_t ns = static_cast<uint64_t>(
-        std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count());
-    if (ns > sh->max_iteration_ns.load()) sh->max_iteration_ns = ns;
-    sh->iterations.fetch_add(1);
-  }
+    if (n <= 0 || buf[0] != '{') sh->Fail(7, n < 0 ? errno : 0);
+  });
   close(fa);
   close(fr);
   close(fb);
@@ -226,76 +146,35 @@ TEST_F(RestartTest, ReadersSeeADelayNotAnErrorAcrossThreeSigkills) {
   plan.want_blob1 = &image_.layers[1].blob;
   plan.want_small2 = &smalls_[2];
 
-  void* mem = mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-                   -1, 0);
-  ASSERT_NE(mem, MAP_FAILED);
-  Shared* sh = new (mem) Shared();
-  pid_t reader = fork();
-  ASSERT_GE(reader, 0);
-  if (reader == 0) RunReader(plan, sh);
-  // On a failed assertion the reader must not keep the mount busy.
-  struct Reap {
-    pid_t pid;
-    ~Reap() {
-      if (pid > 0) {
-        kill(pid, SIGKILL);
-        waitpid(pid, nullptr, 0);
-      }
-    }
-  } reap{reader};
-
-  // Waits (bounded) until the reader has done `n` more iterations.
-  auto wait_iterations = [&](uint64_t n, double limit_s) {
-    uint64_t target = sh->iterations.load() + n;
-    auto deadline = Clock::now() + std::chrono::duration<double>(limit_s);
-    while (sh->iterations.load() < target && Clock::now() < deadline &&
-           sh->errors.load() == 0) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-    return sh->iterations.load() >= target;
-  };
-  EXPECT_TRUE(wait_iterations(20, 60)) << "the reader does not progress";
+  ReaderProcess reader;
+  ASSERT_TRUE(reader.mapped());
+  ReaderShared* sh = reader.shared();
+  ASSERT_TRUE(reader.Start([&plan](ReaderShared* shared) { RunReader(plan, shared); }));
+  EXPECT_TRUE(reader.WaitIterations(20, 60)) << "the reader does not progress";
 
   std::vector<double> gaps;
   for (int round = 0; round < 3 && sh->errors.load() == 0; ++round) {
     pid_t old = ChildOf(holder);
     ASSERT_GT(old, 0) << "no daemon under the holder\n" << DaemonLog();
-    auto t0 = Clock::now();
-    ASSERT_EQ(kill(old, SIGKILL), 0);
     // The reader goes on once a successor serves: the gap is until its next
     // completed iteration after the kill.
-    uint64_t at_kill = sh->iterations.load();
-    auto deadline = t0 + std::chrono::seconds(60);
-    while (sh->iterations.load() <= at_kill + 1 && Clock::now() < deadline &&
-           sh->errors.load() == 0) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
-    double gap = std::chrono::duration<double>(Clock::now() - t0).count();
-    ASSERT_GT(sh->iterations.load(), at_kill + 1)
-        << "no reads after kill " << round + 1 << "\n" << DaemonLog();
+    double gap = KillAndWaitForProgress(
+        old, [sh] { return sh->iterations.load(); }, [sh] { return sh->errors.load() != 0; });
+    ASSERT_GE(gap, 0) << "no reads after kill " << round + 1 << "\n" << DaemonLog();
     pid_t successor = ChildOf(holder);
     EXPECT_GT(successor, 0);
     EXPECT_NE(successor, old);
     gaps.push_back(gap);
     std::printf("restart %d: daemon %d killed, successor %d, reader resumed after %.3f s\n",
                 round + 1, old, successor, gap);
-    EXPECT_TRUE(wait_iterations(20, 60));
+    EXPECT_TRUE(reader.WaitIterations(20, 60));
   }
-  sh->stop = true;
   int st = 0;
-  ASSERT_EQ(waitpid(reader, &st, 0), reader);
-  reap.pid = -1;
+  ASSERT_TRUE(reader.Stop(&st));
   EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << st;
-  std::printf("reader: %llu iterations, longest %.3f s, errors %llu\n",
-              static_cast<unsigned long long>(sh->iterations.load()),
-              static_cast<double>(sh->max_iteration_ns.load()) / 1e9,
-              static_cast<unsigned long long>(sh->errors.load()));
-  EXPECT_EQ(sh->errors.load(), 0u) << "first failed check " << sh->first_check.load() << ": "
-                                   << std::strerror(sh->first_errno.load()) << "\n"
-                                   << DaemonLog();
+  reader.PrintFigures();
+  EXPECT_EQ(sh->errors.load(), 0u) << reader.FirstFailure() << "\n" << DaemonLog();
   EXPECT_EQ(gaps.size(), 3u);
-  sh->~Shared();
-  munmap(mem, sizeof(Shared));
 
   // No stale mount: a name never looked up is answered, not ENOTCONN.
   struct stat s;
@@ -312,26 +191,6 @@ TEST_F(RestartTest, ReadersSeeADelayNotAnErrorAcrossThreeSigkills) {
   EXPECT_NE(kill(last, 0), 0) << "daemon still running";
 }
 
-// The holder of the mount on `mnt`: a "regfs-holder" whose command line
-// names it. -1 if none.
-pid_t HolderOf(const std::string& mnt) {
-  DIR* d = opendir("/proc");
-  if (!d) return -1;
-  pid_t found = -1;
-  while (dirent* e = readdir(d)) {
-    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-    pid_t pid = std::atoi(e->d_name);
-    if (Comm(pid) != "regfs-holder") continue;
-    std::ifstream f("/proc/" + std::to_string(pid) + "/cmdline");
-    std::string cmdline((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-    if (cmdline.find(std::string(1, '\0') + mnt + std::string(1, '\0')) != std::string::npos) {
-      found = pid;
-    }
-  }
-  closedir(d);
-  return found;
-}
-
 // The daemon killed before anything looked at the mount: the kernel has
 // not fetched the root's attributes yet, so a stat() of the mountpoint is
 // a request only a daemon can answer. The successor must not make that
@@ -341,36 +200,13 @@ TEST_F(RestartTest, ASuccessorTakesOverAMountNobodyLookedAt) {
   ASSERT_EQ(m.exit_code, 0) << m.output;
   // The mount is ready before the kernel's INIT is read: until the daemon
   // gave the holder the session (its log says so), a kill ends the mount.
-  // Bounded wait: 30 s.
-  for (int i = 0; i < 3000 && DaemonLog().find("the holder keeps the session") == std::string::npos;
-       ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  ASSERT_NE(DaemonLog().find("the holder keeps the session"), std::string::npos) << DaemonLog();
-  pid_t holder = HolderOf(mnt_);
-  ASSERT_GT(holder, 0);
-  pid_t daemon = ChildOf(holder);
+  pid_t daemon = KillTheDaemonOnceHeld(mnt_, [this] { return DaemonLog(); });
   ASSERT_GT(daemon, 0);
-  ASSERT_EQ(kill(daemon, SIGKILL), 0);
-  std::atomic<bool> done{false};
   std::atomic<int> err{0};
-  std::thread looker([&] {
+  bool answered = AnsweredWithin30s(mnt_, [&] {
     struct stat st;
     if (stat(mnt_.c_str(), &st) != 0) err = errno;
-    done = true;
   });
-  // Bounded wait: 30 s.
-  for (int i = 0; i < 3000 && !done.load(); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  bool answered = done.load();
-  if (!answered) {
-    // Unblock it: with no descriptor left the kernel aborts the mount.
-    pid_t successor = ChildOf(holder);
-    kill(holder, SIGKILL);
-    if (successor > 0) kill(successor, SIGKILL);
-  }
-  looker.join();
   EXPECT_TRUE(answered) << "the mountpoint's stat() was not answered in 30 s\n" << DaemonLog();
   EXPECT_EQ(err.load(), 0) << std::strerror(err.load());
   if (answered) {
@@ -389,26 +225,12 @@ TEST_F(RestartTest, ADaemonKilledBeforeItReadTheKernelsInit) {
   CommandResult m = Mount(registry_->Ref("test/restart", "v1"));
   unsetenv("REGFS_TEST_DIE_BEFORE_LOOP");
   ASSERT_EQ(m.exit_code, 0) << m.output;
-  std::atomic<bool> done{false};
   std::atomic<int> err{0};
-  std::thread looker([&] {
+  bool answered = AnsweredWithin30s(mnt_, [&] {
     std::string manifest;
     if (!ReadWholeFile(mnt_ + "/manifest.json", &manifest)) err = errno ? errno : -1;
     if (manifest != image_.manifest && err.load() == 0) err = -1;
-    done = true;
   });
-  // Bounded wait: 30 s.
-  for (int i = 0; i < 3000 && !done.load(); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  bool answered = done.load();
-  pid_t holder = HolderOf(mnt_);
-  if (!answered && holder > 0) {
-    pid_t successor = ChildOf(holder);
-    kill(holder, SIGKILL);
-    if (successor > 0) kill(successor, SIGKILL);
-  }
-  looker.join();
   EXPECT_TRUE(answered) << "not answered in 30 s\n" << DaemonLog();
   EXPECT_EQ(err.load(), 0) << std::strerror(err.load()) << "\n" << DaemonLog();
   EXPECT_NE(DaemonLog().find("died of signal 9"), std::string::npos) << DaemonLog();

@@ -7,11 +7,9 @@
 // mount. The inode numbers the kernel holds must name the same files in
 // the successor, also for images looked up after a kill and for numbers
 // reused after an idle layer was released.
-#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -21,20 +19,19 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <functional>
-#include <iterator>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <thread>
 
 #include "reader/base/base64.h"
 #include "reader/base/unique_fd.h"
+#include "tests/integration/store_fixture.h"
 #include "tests/support/fd_count.h"
 #include "tests/support/fuse_env.h"
 #include "tests/support/image_builder.h"
 #include "tests/support/podman_env.h"
+#include "tests/support/restart_reader.h"
 #include "tests/support/run_command.h"
 #include "tests/support/status_matchers.h"
 #include "tests/support/test_registry.h"
@@ -42,74 +39,14 @@
 namespace regfs::testing {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-// What the reader process reports, in memory shared with the test.
-struct Shared {
-  std::atomic<uint64_t> iterations{0};
-  std::atomic<uint64_t> errors{0};
-  std::atomic<int> first_errno{0};
-  std::atomic<int> first_check{0};
-  std::atomic<uint64_t> max_iteration_ns{0};
-  std::atomic<bool> stop{false};
-};
-
-pid_t ParentOf(pid_t pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  std::getline(f, line);
-  auto close = line.rfind(')');
-  if (close == std::string::npos) return -1;
-  std::istringstream rest(line.substr(close + 2));
-  char state;
-  pid_t ppid = -1;
-  rest >> state >> ppid;
-  return ppid;
-}
-
-std::string Comm(pid_t pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/comm");
-  std::string s;
-  std::getline(f, s);
-  return s;
-}
-
-// `want` read through `fd` at `off` (len bytes), with the page cache of the
-// file dropped first so that the read reaches the daemon. 0 when right, else
-// the errno (or -1 for wrong bytes or a short read).
-int CheckPread(int fd, const std::string& want, size_t off, size_t len, char* buf) {
-  posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-  ssize_t n = pread(fd, buf, len, static_cast<off_t>(off));
-  if (n < 0) return errno;
-  if (n != static_cast<ssize_t>(len) || std::memcmp(buf, want.data() + off, len) != 0) return -1;
-  return 0;
-}
-
-class StoreRestartTest : public FdCheckedTest {
+class StoreRestartTest : public StoreFixture {
  protected:
-  void SetUp() override {
-    std::string why = FuseUnavailableReason();
-    if (!why.empty()) GTEST_SKIP() << "FUSE unavailable: " << why;
-    if (geteuid() != 0) GTEST_SKIP() << "the store serves root's overlayfs: needs root";
-    FdCheckedTest::SetUp();
-    registry_ = std::make_unique<TestRegistry>();
-    ASSERT_OK(registry_->Start());
-    dir_ = std::make_unique<TempDir>("regfs-store-restart");
-    mnt_ = dir_->Sub("store");
-    ASSERT_EQ(mkdir(mnt_.c_str(), 0755), 0);
-  }
+  void SetUp() override { SetUpStore("regfs-store-restart"); }
 
   void TearDown() override {
-    if (!registry_) return;
-    envs_.clear();  // podman lets go of the store before it is unmounted
-    if (IsMountPoint(mnt_)) {
-      CommandResult r = RunCommand({REGFS_BINARY, "umount", mnt_});
-      EXPECT_EQ(r.exit_code, 0) << r.output;
-      ADD_FAILURE() << "test left " << mnt_ << " mounted";
-    }
-    registry_.reset();
-    dir_.reset();
-    FdCheckedTest::TearDown();
+    // Each test unmounts its store: one left mounted is a failure.
+    if (set_up_ && IsMountPoint(mnt_)) ADD_FAILURE() << "test left " << mnt_ << " mounted";
+    StoreFixture::TearDown();
   }
 
   // Pushes `name`:v1 with the given layers; returns its store directory.
@@ -125,21 +62,6 @@ class StoreRestartTest : public FdCheckedTest {
     return mnt_ + "/" + Base64Encode(refs_[name]);
   }
 
-  // `look`: check that the mountpoint is one (a stat() that makes the
-  // kernel fetch the root's attributes).
-  void StartStore(const std::vector<std::string>& extra = {}, bool look = true) {
-    std::vector<std::string> args = {
-        REGFS_BINARY,       "store",      "--tls-verify=false",  "--cache-dir",
-        dir_->Sub("cache"), "--log-file", dir_->Sub("store.log")};
-    args.insert(args.end(), extra.begin(), extra.end());
-    args.push_back(mnt_);
-    CommandResult r = RunCommand(args);
-    ASSERT_EQ(r.exit_code, 0) << r.output;
-    if (look) {
-      ASSERT_TRUE(IsMountPoint(mnt_));
-    }
-  }
-
   nlohmann::json StoreStatus() {
     std::string s;
     if (!ReadWholeFile(mnt_ + "/.regfs/status.json", &s)) return nlohmann::json::object();
@@ -147,12 +69,6 @@ class StoreRestartTest : public FdCheckedTest {
     return j.is_discarded() ? nlohmann::json::object() : j;
   }
   pid_t StorePid() { return StoreStatus().value("pid", -1); }
-
-  std::string StoreLog() {
-    std::string s;
-    ReadWholeFile(dir_->Sub("store.log"), &s);
-    return s;
-  }
 
   // Kills the store's daemon (the pid status.json names) with SIGKILL, and
   // waits (bounded, 60 s) until `progress` has moved twice past its value
@@ -164,15 +80,8 @@ class StoreRestartTest : public FdCheckedTest {
     EXPECT_GT(old, 0) << StoreLog();
     if (old <= 0) return -1;
     pid_t holder = ParentOf(old);
-    auto t0 = Clock::now();
-    EXPECT_EQ(kill(old, SIGKILL), 0);
-    uint64_t at_kill = progress();
-    auto deadline = t0 + std::chrono::seconds(60);
-    while (progress() <= at_kill + 1 && Clock::now() < deadline && !failed()) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
-    double gap = std::chrono::duration<double>(Clock::now() - t0).count();
-    if (progress() <= at_kill + 1 || failed()) return -1;
+    double gap = KillAndWaitForProgress(old, progress, failed);
+    if (gap < 0 || failed()) return -1;
     pid_t successor = StorePid();
     EXPECT_NE(successor, old);
     EXPECT_EQ(ParentOf(successor), holder) << "the successor runs under the same holder";
@@ -181,11 +90,7 @@ class StoreRestartTest : public FdCheckedTest {
     return gap;
   }
 
-  std::unique_ptr<TestRegistry> registry_;
-  std::unique_ptr<TempDir> dir_;
-  std::string mnt_;
   std::map<std::string, std::string> refs_;
-  std::map<std::string, std::unique_ptr<PodmanEnv>> envs_;
 };
 
 // The reader: only system calls and memcmp after the fork (the test
@@ -206,15 +111,9 @@ struct ReaderPlan {
   std::string info_digest;  // what layer 2's info must name
 };
 
-[[noreturn]] void RunReader(const ReaderPlan& p, Shared* sh) {
-  auto fail = [sh](int check, int err) {
-    if (sh->errors.fetch_add(1) == 0) {
-      sh->first_errno = err;
-      sh->first_check = check;
-    }
-  };
+[[noreturn]] void RunReader(const ReaderPlan& p, ReaderShared* sh) {
   if (chdir(p.cwd.c_str()) != 0) {
-    fail(100, errno);
+    sh->Fail(100, errno);
     _exit(1);
   }
   int fa = open(p.big0.c_str(), O_RDONLY | O_CLOEXEC);
@@ -223,49 +122,29 @@ struct ReaderPlan {
   int fs = open(p.status.c_str(), O_RDONLY | O_CLOEXEC);
   struct stat st0;
   if (fa < 0 || fb < 0 || fi < 0 || fs < 0 || fstat(fa, &st0) != 0) {
-    fail(101, errno);
+    sh->Fail(101, errno);
     _exit(1);
   }
   static char buf[256 << 10];
-  auto check_pread = [&](int check, int fd, const std::string& want, uint64_t i) {
-    size_t len = 64 << 10;
-    size_t off = static_cast<size_t>((i * 97 * 1024) % (want.size() - len));
-    if (int e = CheckPread(fd, want, off, len, buf); e != 0) fail(check, e < 0 ? 0 : e);
-  };
-  auto check_open = [&](int check, const char* path, const std::string& want) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-      fail(check, errno);
-      return;
-    }
-    size_t len = std::min(want.size(), sizeof buf);
-    if (int e = CheckPread(fd, want, 0, len, buf); e != 0) fail(check, e < 0 ? 0 : e);
-    close(fd);
-  };
-  for (uint64_t i = 0; !sh->stop.load(); ++i) {
-    auto t0 = Clock::now();
-    check_pread(1, fa, *p.want_big0, i);
-    check_pread(2, fb, *p.want_blob1, i);
-    check_open(3, "big1", *p.want_big1);
-    check_open(4, p.small2.c_str(), *p.want_small2);
+  RunIterations(sh, [&](uint64_t i) {
+    CheckPreadAt(sh, 1, fa, *p.want_big0, i, buf);
+    CheckPreadAt(sh, 2, fb, *p.want_blob1, i, buf);
+    CheckOpenAndRead(sh, 3, "big1", *p.want_big1, buf, sizeof buf);
+    CheckOpenAndRead(sh, 4, p.small2.c_str(), *p.want_small2, buf, sizeof buf);
     struct stat st;
     if (fstat(fa, &st) != 0) {
-      fail(5, errno);
+      sh->Fail(5, errno);
     } else if (st.st_ino != st0.st_ino) {
-      fail(5, 0);
+      sh->Fail(5, 0);
     }
     ssize_t n = pread(fi, buf, sizeof buf, 0);
     if (n <= 0 || std::string_view(buf, static_cast<size_t>(n)).find(p.info_digest) ==
                       std::string_view::npos) {
-      fail(6, n < 0 ? errno : 0);
+      sh->Fail(6, n < 0 ? errno : 0);
     }
     n = pread(fs, buf, sizeof buf, 0);
-    if (n <= 0 || buf[0] != '{') fail(7, n < 0 ? errno : 0);
-    uint64_t ns = static_cast<uint64_t>(
-        std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count());
-    if (ns > sh->max_iteration_ns.load()) sh->max_iteration_ns = ns;
-    sh->iterations.fetch_add(1);
-  }
+    if (n <= 0 || buf[0] != '{') sh->Fail(7, n < 0 ? errno : 0);
+  });
   close(fa);
   close(fb);
   close(fi);
@@ -372,40 +251,18 @@ TEST_F(StoreRestartTest, ReadersSeeADelayNotAnErrorAcrossThreeSigkills) {
   plan.want_small2 = &smalls[2];
   plan.info_digest = main.layers[2].descriptor.digest;
 
-  void* mem =
-      mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  ASSERT_NE(mem, MAP_FAILED);
-  Shared* sh = new (mem) Shared();
-  pid_t reader = fork();
-  ASSERT_GE(reader, 0);
-  if (reader == 0) RunReader(plan, sh);
-  // On a failed assertion the reader must not keep the mount busy.
-  struct Reap {
-    pid_t pid;
-    ~Reap() {
-      if (pid > 0) {
-        kill(pid, SIGKILL);
-        waitpid(pid, nullptr, 0);
-      }
-    }
-  } reap{reader};
-  auto wait_iterations = [&](uint64_t n, double limit_s) {
-    uint64_t target = sh->iterations.load() + n;
-    auto deadline = Clock::now() + std::chrono::duration<double>(limit_s);
-    while (sh->iterations.load() < target && Clock::now() < deadline && sh->errors.load() == 0) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-    return sh->iterations.load() >= target;
-  };
-  EXPECT_TRUE(wait_iterations(20, 60)) << "the reader does not progress";
+  ReaderProcess reader;
+  ASSERT_TRUE(reader.mapped());
+  ReaderShared* sh = reader.shared();
+  ASSERT_TRUE(reader.Start([&plan](ReaderShared* shared) { RunReader(plan, shared); }));
+  EXPECT_TRUE(reader.WaitIterations(20, 60)) << "the reader does not progress";
 
   Held held_after;
   std::vector<double> gaps;
   for (int round = 1; round <= 3 && sh->errors.load() == 0; ++round) {
     double gap = KillAndWait([&] { return sh->iterations.load(); },
                              [&] { return sh->errors.load() != 0; }, round);
-    ASSERT_GE(gap, 0) << "no right reads after kill " << round << ": first failed check "
-                      << sh->first_check.load() << ": " << std::strerror(sh->first_errno.load())
+    ASSERT_GE(gap, 0) << "no right reads after kill " << round << ": " << reader.FirstFailure()
                       << "\n"
                       << StoreLog();
     gaps.push_back(gap);
@@ -423,7 +280,7 @@ TEST_F(StoreRestartTest, ReadersSeeADelayNotAnErrorAcrossThreeSigkills) {
       ASSERT_TRUE(ReadWholeFile(diff(released_dir, released, 0) + "/o/f", &text)) << StoreLog();
       EXPECT_EQ(text, "released\n");
     }
-    EXPECT_TRUE(wait_iterations(20, 60)) << when;
+    EXPECT_TRUE(reader.WaitIterations(20, 60)) << when;
   }
   // Several idle periods later (--idle-timeout 1), what the kernel held
   // before the last kill is still there: that successor cannot tell which
@@ -431,21 +288,12 @@ TEST_F(StoreRestartTest, ReadersSeeADelayNotAnErrorAcrossThreeSigkills) {
   std::this_thread::sleep_for(std::chrono::seconds(4));
   ExpectHeld(held_before, " idle periods after the last kill");
   ExpectHeld(held_after, " idle periods after the last kill");
-  sh->stop = true;
   int st = 0;
-  ASSERT_EQ(waitpid(reader, &st, 0), reader);
-  reap.pid = -1;
+  ASSERT_TRUE(reader.Stop(&st));
   EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << st;
-  std::printf("reader: %llu iterations, longest %.3f s, errors %llu\n",
-              static_cast<unsigned long long>(sh->iterations.load()),
-              static_cast<double>(sh->max_iteration_ns.load()) / 1e9,
-              static_cast<unsigned long long>(sh->errors.load()));
-  EXPECT_EQ(sh->errors.load(), 0u) << "first failed check " << sh->first_check.load() << ": "
-                                   << std::strerror(sh->first_errno.load()) << "\n"
-                                   << StoreLog();
+  reader.PrintFigures();
+  EXPECT_EQ(sh->errors.load(), 0u) << reader.FirstFailure() << "\n" << StoreLog();
   EXPECT_EQ(gaps.size(), 3u);
-  sh->~Shared();
-  munmap(mem, sizeof(Shared));
   held_before.fd.Reset();
   held_after.fd.Reset();
 
@@ -465,26 +313,6 @@ TEST_F(StoreRestartTest, ReadersSeeADelayNotAnErrorAcrossThreeSigkills) {
   EXPECT_NE(kill(last, 0), 0) << "daemon still running";
 }
 
-// The holder of the store on `mnt`: a "regfs-holder" whose command line
-// names it. -1 if none.
-pid_t HolderOf(const std::string& mnt) {
-  DIR* d = opendir("/proc");
-  if (!d) return -1;
-  pid_t found = -1;
-  while (dirent* e = readdir(d)) {
-    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-    pid_t pid = std::atoi(e->d_name);
-    if (Comm(pid) != "regfs-holder") continue;
-    std::ifstream f("/proc/" + std::to_string(pid) + "/cmdline");
-    std::string cmdline((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-    if (cmdline.find(std::string(1, '\0') + mnt + std::string(1, '\0')) != std::string::npos) {
-      found = pid;
-    }
-  }
-  closedir(d);
-  return found;
-}
-
 // The daemon killed before anything looked at the store: a stat() of the
 // mountpoint is then a request only a daemon can answer, and the successor
 // must not make it itself before it serves.
@@ -492,42 +320,13 @@ TEST_F(StoreRestartTest, ASuccessorTakesOverAStoreNobodyLookedAt) {
   StartStore({"-v"}, /*look=*/false);
   // The store is ready before the kernel's INIT is read: until the daemon
   // gave the holder the session (its log says so), a kill ends the mount.
-  // Bounded wait: 30 s.
-  for (int i = 0; i < 3000 && StoreLog().find("the holder keeps the session") == std::string::npos;
-       ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  ASSERT_NE(StoreLog().find("the holder keeps the session"), std::string::npos) << StoreLog();
-  pid_t holder = HolderOf(mnt_);
-  ASSERT_GT(holder, 0);
-  std::ifstream children("/proc/" + std::to_string(holder) + "/task/" + std::to_string(holder) +
-                         "/children");
-  pid_t daemon = -1;
-  children >> daemon;
+  pid_t daemon = KillTheDaemonOnceHeld(mnt_, [this] { return StoreLog(); });
   ASSERT_GT(daemon, 0);
-  ASSERT_EQ(kill(daemon, SIGKILL), 0);
-  std::atomic<bool> done{false};
   std::atomic<int> err{0};
-  std::thread looker([&] {
+  bool answered = AnsweredWithin30s(mnt_, [&] {
     struct stat st;
     if (stat(mnt_.c_str(), &st) != 0) err = errno;
-    done = true;
   });
-  // Bounded wait: 30 s.
-  for (int i = 0; i < 3000 && !done.load(); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  bool answered = done.load();
-  if (!answered) {
-    // Unblock it: with no descriptor left the kernel aborts the mount.
-    std::ifstream again("/proc/" + std::to_string(holder) + "/task/" + std::to_string(holder) +
-                        "/children");
-    pid_t successor = -1;
-    again >> successor;
-    kill(holder, SIGKILL);
-    if (successor > 0) kill(successor, SIGKILL);
-  }
-  looker.join();
   EXPECT_TRUE(answered) << "the mountpoint's stat() was not answered in 30 s\n" << StoreLog();
   EXPECT_EQ(err.load(), 0) << std::strerror(err.load());
   if (answered) {
@@ -543,28 +342,11 @@ TEST_F(StoreRestartTest, ADaemonKilledBeforeItReadTheKernelsInit) {
   setenv("REGFS_TEST_DIE_BEFORE_LOOP", "1", 1);
   StartStore({}, /*look=*/false);
   unsetenv("REGFS_TEST_DIE_BEFORE_LOOP");
-  std::atomic<bool> done{false};
   std::atomic<int> err{0};
-  std::thread looker([&] {
+  bool answered = AnsweredWithin30s(mnt_, [&] {
     struct stat st;
     if (stat((mnt_ + "/.regfs/status.json").c_str(), &st) != 0) err = errno;
-    done = true;
   });
-  // Bounded wait: 30 s.
-  for (int i = 0; i < 3000 && !done.load(); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  bool answered = done.load();
-  pid_t holder = HolderOf(mnt_);
-  if (!answered && holder > 0) {
-    std::ifstream children("/proc/" + std::to_string(holder) + "/task/" + std::to_string(holder) +
-                           "/children");
-    pid_t successor = -1;
-    children >> successor;
-    kill(holder, SIGKILL);
-    if (successor > 0) kill(successor, SIGKILL);
-  }
-  looker.join();
   EXPECT_TRUE(answered) << "not answered in 30 s\n" << StoreLog();
   EXPECT_EQ(err.load(), 0) << std::strerror(err.load()) << "\n" << StoreLog();
   EXPECT_NE(StoreLog().find("died of signal 9"), std::string::npos) << StoreLog();

@@ -20,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include "reader/base/base64.h"
+#include "tests/integration/store_fixture.h"
 #include "tests/support/fd_count.h"
 #include "tests/support/fuse_env.h"
 #include "tests/support/image_builder.h"
@@ -63,25 +64,20 @@ std::string AsNobody(const std::string& args) {
   return "setpriv --reuid=65534 --regid=65534 --clear-groups " + args;
 }
 
-class StoreSecurityTest : public FdCheckedTest {
+class StoreSecurityTest : public StoreFixture {
  protected:
   void SetUp() override {
-    std::string why = FuseUnavailableReason();
-    if (!why.empty()) GTEST_SKIP() << "FUSE unavailable: " << why;
-    if (geteuid() != 0) GTEST_SKIP() << "the store serves root's overlayfs: needs root";
     if (RunShell("command -v cc && command -v setpriv").exit_code != 0) {
       GTEST_SKIP() << "cc or setpriv missing";
     }
-    FdCheckedTest::SetUp();
-    dir_ = std::make_unique<TempDir>("regfs-store-sec");
+    SetUpStore("regfs-store-sec");
+    if (IsSkipped() || HasFatalFailure()) return;
     // Other users reach the mountpoint, so that what refuses them is the store.
     ASSERT_EQ(chmod(dir_->path().c_str(), 0755), 0);
     std::ofstream(dir_->Sub("probe.c")) << kProbeSource;
     CommandResult cc =
         RunCommand({"cc", "-static", "-O2", "-o", dir_->Sub("probe"), dir_->Sub("probe.c")});
     ASSERT_EQ(cc.exit_code, 0) << cc.output;
-    registry_ = std::make_unique<TestRegistry>();
-    ASSERT_OK(registry_->Start());
     ImageSpec spec;
     spec.layers.push_back(
         {{TE::Dir("bin"), TE::File("bin/probe", ReadHostFile(dir_->Sub("probe")), 04755),
@@ -92,33 +88,8 @@ class StoreSecurityTest : public FdCheckedTest {
     ImagePusher pusher(*registry_);
     ASSERT_OK(pusher.PushImage("test/sec", "v1", image_));
     ref_ = registry_->Ref("test/sec", "v1");
-    mnt_ = dir_->Sub("store");
-    ASSERT_EQ(mkdir(mnt_.c_str(), 0755), 0);
     image_dir_ = mnt_ + "/" + Base64Encode(ref_);
     diff_ = image_dir_ + "/" + image_.layers[0].descriptor.digest + "/diff";
-  }
-
-  void TearDown() override {
-    if (!dir_) return;
-    envs_.clear();  // podman lets go of the store before it is unmounted
-    if (IsMountPoint(mnt_)) {
-      CommandResult r = RunCommand({REGFS_BINARY, "umount", mnt_});
-      EXPECT_EQ(r.exit_code, 0) << r.output;
-    }
-    registry_.reset();
-    dir_.reset();
-    FdCheckedTest::TearDown();
-  }
-
-  void StartStore(const std::vector<std::string>& extra = {}) {
-    std::vector<std::string> args = {
-        REGFS_BINARY,       "store",      "--tls-verify=false",  "--cache-dir",
-        dir_->Sub("cache"), "--log-file", dir_->Sub("store.log")};
-    args.insert(args.end(), extra.begin(), extra.end());
-    args.push_back(mnt_);
-    CommandResult r = RunCommand(args);
-    ASSERT_EQ(r.exit_code, 0) << r.output;
-    ASSERT_TRUE(IsMountPoint(mnt_));
   }
 
   nlohmann::json StoreStatus() {
@@ -127,17 +98,8 @@ class StoreSecurityTest : public FdCheckedTest {
     return nlohmann::json::parse(s, nullptr, false);
   }
 
-  std::string StoreLog() {
-    std::string s;
-    ReadWholeFile(dir_->Sub("store.log"), &s);
-    return s;
-  }
-
-  std::unique_ptr<TempDir> dir_;
-  std::unique_ptr<TestRegistry> registry_;
   BuiltImage image_;
-  std::string ref_, mnt_, image_dir_, diff_;
-  std::map<std::string, std::unique_ptr<PodmanEnv>> envs_;
+  std::string ref_, image_dir_, diff_;
 };
 
 TEST_F(StoreSecurityTest, NobodyCannotMakeTheStoreResolveOrSeeImages) {

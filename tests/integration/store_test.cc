@@ -23,6 +23,7 @@
 #include <thread>
 
 #include "reader/base/base64.h"
+#include "tests/integration/store_fixture.h"
 #include "tests/support/fd_count.h"
 #include "tests/support/fuse_env.h"
 #include "tests/support/image_builder.h"
@@ -61,34 +62,15 @@ TEST(StoreBase64, DecodesWhatPodmanEncodes) {
   EXPECT_FALSE(Base64DecodeStrict("").has_value());
 }
 
-class StoreTest : public FdCheckedTest {
+class StoreTest : public StoreFixture {
  protected:
   void SetUp() override {
-    std::string why = FuseUnavailableReason();
-    if (!why.empty()) GTEST_SKIP() << "FUSE unavailable: " << why;
-    if (geteuid() != 0) GTEST_SKIP() << "the store serves root's overlayfs: needs root";
-    FdCheckedTest::SetUp();
-    registry_ = std::make_unique<TestRegistry>();
-    ASSERT_OK(registry_->Start());
+    SetUpStore("regfs-store");
+    if (IsSkipped() || HasFatalFailure()) return;
     image_ = BuildImage(Spec());
     ImagePusher pusher(*registry_);
     ASSERT_OK(pusher.PushImage("test/app", "v1", image_));
     ref_ = registry_->Ref("test/app", "v1");
-    dir_ = std::make_unique<TempDir>("regfs-store");
-    mnt_ = dir_->Sub("store");
-    ASSERT_EQ(mkdir(mnt_.c_str(), 0755), 0);
-  }
-
-  void TearDown() override {
-    if (!registry_) return;
-    envs_.clear();  // podman lets go of the store before it is unmounted
-    if (IsMountPoint(mnt_)) {
-      CommandResult r = RunCommand({REGFS_BINARY, "umount", mnt_});
-      EXPECT_EQ(r.exit_code, 0) << r.output;
-    }
-    registry_.reset();
-    dir_.reset();
-    FdCheckedTest::TearDown();
   }
 
   // Layer 0: the host's cat and what it links to, and a file later layers
@@ -114,16 +96,6 @@ class StoreTest : public FdCheckedTest {
     spec.layers.push_back({top, Compression::kGzip});
     spec.cmd = {"/bin/cat", "/etc/message"};
     return spec;
-  }
-
-  void StartStore(const std::vector<std::string>& extra = {}) {
-    std::vector<std::string> args = {REGFS_BINARY, "store", "--tls-verify=false", "--cache-dir",
-                                     dir_->Sub("cache"), "--log-file", dir_->Sub("store.log")};
-    args.insert(args.end(), extra.begin(), extra.end());
-    args.push_back(mnt_);
-    CommandResult r = RunCommand(args);
-    ASSERT_EQ(r.exit_code, 0) << r.output;
-    ASSERT_TRUE(IsMountPoint(mnt_));
   }
 
   // A private podman configuration under dir_/<root>, with or without the
@@ -162,18 +134,8 @@ class StoreTest : public FdCheckedTest {
     return nlohmann::json::parse(s, nullptr, false);
   }
 
-  std::string StoreLog() {
-    std::string s;
-    ReadWholeFile(dir_->Sub("store.log"), &s);
-    return s;
-  }
-
-  std::unique_ptr<TestRegistry> registry_;
   BuiltImage image_;
   std::string ref_;
-  std::unique_ptr<TempDir> dir_;
-  std::string mnt_;
-  std::map<std::string, std::unique_ptr<PodmanEnv>> envs_;
 };
 
 TEST_F(StoreTest, ServesTheProtocolFiles) {

@@ -27,6 +27,7 @@
 
 #include "reader/base/base64.h"
 #include "reader/base/digest.h"
+#include "tests/integration/store_fixture.h"
 #include "tests/support/fd_count.h"
 #include "tests/support/fuse_env.h"
 #include "tests/support/image_builder.h"
@@ -66,15 +67,11 @@ TocLayer MakeLayer(TocStyle style, const std::vector<TE>& entries) {
   return l;
 }
 
-class StoreTocTest : public FdCheckedTest {
+class StoreTocTest : public StoreFixture {
  protected:
   void SetUp() override {
-    std::string why = FuseUnavailableReason();
-    if (!why.empty()) GTEST_SKIP() << "FUSE unavailable: " << why;
-    if (geteuid() != 0) GTEST_SKIP() << "the store serves root's overlayfs: needs root";
-    FdCheckedTest::SetUp();
-    registry_ = std::make_unique<TestRegistry>();
-    ASSERT_OK(registry_->Start());
+    SetUpStore("regfs-store-toc");
+    if (IsSkipped() || HasFatalFailure()) return;
     layers_.push_back(
         MakeLayer(TocStyle::kEstargz, {TE::Dir("etc"), TE::File("etc/os-release", "ID=estargz\n"),
                                        TE::File("usr/lib/big", DeterministicBytes(1, 400000))}));
@@ -111,36 +108,11 @@ class StoreTocTest : public FdCheckedTest {
     ASSERT_OK(pusher.PushManifest("test/toc", "v1", manifest.dump(),
                                   "application/vnd.oci.image.manifest.v1+json"));
     ref_ = registry_->Ref("test/toc", "v1");
-    dir_ = std::make_unique<TempDir>("regfs-store-toc");
-    mnt_ = dir_->Sub("store");
-    ASSERT_EQ(mkdir(mnt_.c_str(), 0755), 0);
-    CommandResult r = RunCommand({REGFS_BINARY, "store", "--tls-verify=false", "--cache-dir",
-                                  dir_->Sub("cache"), "--log-file", dir_->Sub("store.log"), mnt_});
-    ASSERT_EQ(r.exit_code, 0) << r.output;
+    StartStore({}, /*look=*/false);
   }
 
-  void TearDown() override {
-    if (!registry_) return;
-    if (IsMountPoint(mnt_)) {
-      CommandResult r = RunCommand({REGFS_BINARY, "umount", mnt_});
-      EXPECT_EQ(r.exit_code, 0) << r.output;
-    }
-    registry_.reset();
-    dir_.reset();
-    FdCheckedTest::TearDown();
-  }
-
-  std::string StoreLog() {
-    std::string s;
-    ReadWholeFile(dir_->Sub("store.log"), &s);
-    return s;
-  }
-
-  std::unique_ptr<TestRegistry> registry_;
   std::vector<TocLayer> layers_;
   std::string ref_;
-  std::unique_ptr<TempDir> dir_;
-  std::string mnt_;
 };
 
 TEST_F(StoreTocTest, LooksUpLayersByTocDigestAsContainersStorage154Does) {
