@@ -30,13 +30,19 @@ class DecompressedSource : public BlobSource {
 // mount went away), reads ahead of itself, reports progress.
 class IndexPassSource : public BlobSourceWrapper {
  public:
+  static constexpr uint64_t kFirstWindow = 4ull << 20;
+  static constexpr uint64_t kMaxWindow = 32ull << 20;
   IndexPassSource(BlobSource* target, const LayerSet* set) : BlobSourceWrapper(target), set_(set) {}
   Status ReadAt(const BlobDescriptor& blob, uint64_t offset, std::span<uint8_t> out) override {
     if (set_->cancelled()) return Status::Transient("unmounting");
     const auto& ahead = set_->options().read_ahead;
-    if (ahead && offset + out.size() < blob.size) {
-      ahead(target(), blob, offset + out.size(), std::min<uint64_t>(blob.size - offset - out.size(),
-                                                          uint64_t{32} << 20));
+    const uint64_t done = offset + out.size();
+    if (ahead && done < blob.size) {
+      // The window grows with the pass, from 4 MiB to 32 MiB: a pass that
+      // stops at its first header (a blob that is not the tar it claims to
+      // be) has not had 32 MiB fetched behind it.
+      const uint64_t window = std::clamp<uint64_t>(done, kFirstWindow, kMaxWindow);
+      ahead(target(), blob, done, std::min<uint64_t>(blob.size - done, window));
     }
     return BlobSourceWrapper::ReadAt(blob, offset, out);
   }
