@@ -537,10 +537,14 @@ Status CachedBlobSource::FetchMissing(const BlobDescriptor& blob, uint64_t offse
         window = std::min(it->second.window * 2, max_chunks);
       }
     }
-    if (window == 1 && options_.small_random_fetches) {
-      Status st;
-      if (FetchSmallRandom(blob, offset, out, missing, &st)) return st;
-    }
+  }
+  // Also without the cache's own read-ahead (the daemon reads ahead in fs/):
+  // a random 4 KiB read costs a round trip, not a round trip and a chunk.
+  if (window == 1 && options_.small_random_fetches) {
+    Status st;
+    if (FetchSmallRandom(blob, offset, out, missing, &st)) return st;
+  }
+  if (options_.readahead) {
     const uint64_t span_chunks = missing.back() - missing.front() + 1;
     if (window > span_chunks && missing.back() + 1 < nchunks) {
       const uint64_t from = missing.back() + 1;

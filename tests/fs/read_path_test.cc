@@ -77,7 +77,8 @@ TEST_F(ReadPathTest, AFailingReadAheadDoesNotFailTheSequentialReader) {
     in.layers = {blob};
     ImageFsOptions fso;
     fso.layers = false;
-    ImageFs fs(std::move(in), &cached, [] { return std::string("{}"); }, fso);
+    ImageFs fs(
+        std::move(in), &cached, [] { return std::string("{}"); }, fso);
     Result<Ino> blobs = fs.tree().Lookup(kRootIno, "blobs");
     ASSERT_OK(blobs.status());
     Result<Ino> ino = fs.tree().Lookup(*blobs, blob.digest);
@@ -109,6 +110,31 @@ TEST(ReadFailureErrno, EveryFailedReadIsEio) {
                           Status::Corrupt("digest"), Status::Transient("later")}) {
     EXPECT_EQ(ReadFailureErrno(s), EIO) << s.ToString();
   }
+}
+
+// With the daemon's own options (its cache does not read ahead: fs/ does), a
+// small random read fetches only its bytes on a chunk's first touch. The
+// daemon's options once turned this off unnoticed: every random 4 KiB read
+// of a mount fetched a whole 1 MiB chunk (the WAN bench's random reads took
+// a chunk's transfer time on top of the round trip).
+TEST_F(ReadPathTest, ASmallRandomReadFetchesItsBytesWithTheDaemonsOptions) {
+  std::string bytes(24 << 20, '\0');
+  tt::FillDeterministic(5, 0, std::span(reinterpret_cast<uint8_t*>(bytes.data()), bytes.size()));
+  tt::FakeBlobSource upstream;
+  BlobDescriptor blob = upstream.AddBlob(bytes);
+  CacheOptions co;
+  co.dir = dir_ + "/cache";
+  Result<std::unique_ptr<ChunkCache>> cache = ChunkCache::Open(co);
+  ASSERT_OK(cache.status());
+  CachedBlobSource cached(cache->get(), &upstream, DaemonCacheOptions());
+  const uint64_t at = (7u << 20) + 4096;
+  std::string got(4096, '\0');
+  ASSERT_OK(cached.ReadAt(blob, at, std::span(reinterpret_cast<uint8_t*>(got.data()), got.size())));
+  EXPECT_EQ(got, bytes.substr(at, 4096));
+  std::vector<tt::FakeBlobSource::Request> log = upstream.request_log();
+  ASSERT_EQ(log.size(), 1u);
+  EXPECT_EQ(log[0].offset, at);
+  EXPECT_EQ(upstream.bytes_served(), 4096u);
 }
 
 }  // namespace
