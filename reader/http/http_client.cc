@@ -665,6 +665,8 @@ HttpResult HttpClient::Perform(const HttpRequest& req) {
 
   requests_.fetch_add(1, std::memory_order_relaxed);
   CURLcode rc = curl_easy_perform(h);
+  long new_connections = 1;
+  (void)curl_easy_getinfo(h, CURLINFO_NUM_CONNECTS, &new_connections);
   // No pointer into this frame (error buffer, header list, callbacks' data)
   // may outlive it inside the handle.
   curl_easy_reset(h);
@@ -676,8 +678,19 @@ HttpResult HttpClient::Perform(const HttpRequest& req) {
     out.status = Status::Ok();
     return out;
   }
+  // A garbled answer on a kept-alive connection may be the previous
+  // answer's stray bytes (a server that sent more than it announced, which
+  // arrived after curl checked the idle connection): worth a retry, which
+  // goes over a new connection (curl closes this one). Only before any body
+  // byte was handed on; on a new connection it is the server's own doing.
+  auto unless_reused = [&](Status s) {
+    if (s.code() == Code::kProtocol && new_connections == 0 && out.response.body_bytes == 0) {
+      return Status::Transient(s.message() + " (on a reused connection)");
+    }
+    return s;
+  };
   if (!t.abort.ok()) {
-    out.status = t.abort;
+    out.status = unless_reused(t.abort);
     return out;
   }
   if (rc != CURLE_OK) transport_errors_.fetch_add(1, std::memory_order_relaxed);
@@ -685,6 +698,7 @@ HttpResult HttpClient::Perform(const HttpRequest& req) {
   const bool is_2xx = r.status >= 200 && r.status < 300;
   out.status = StatusFromHttp(rc, r.status, is_2xx ? std::string_view() : std::string_view(r.body),
                               what, Trim(errbuf));
+  if (rc != CURLE_OK) out.status = unless_reused(out.status);
   if (out.status.ok() && req.range && !req.head) {
     uint64_t want = r.status == 206 ? req.range->size() : r.body_bytes;
     if (r.status == 200 && req.expected_total) want = *req.expected_total;

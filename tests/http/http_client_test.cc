@@ -153,6 +153,42 @@ TEST_F(HttpClientTest, SendsIdentityEncodingAndNoRedirectFollowing) {
   EXPECT_EQ(log[0].Header("accept-encoding"), "identity");
 }
 
+// Stray bytes left on a kept-alive connection by the previous answer (a
+// server that sent more than its Content-Length) garble the next answer on
+// it: that is transient, and the retry goes over a new connection (curl
+// closes the garbled one). On a new connection the same garbage is the
+// server's own: a protocol error. (Liar suite, DataLieTest
+// MoreBytesThanAnnounced: the honest layer read EIO when the stray bytes
+// arrived after curl's check of the idle connection.)
+TEST_F(HttpClientTest, AGarbledAnswerOnAReusedConnectionIsTransient) {
+  std::atomic<int> n{0};
+  server_.SetLiar([&](const RecordedRequest&, LieResponse& a) {
+    if (n.fetch_add(1) == 1)
+      a.raw_prefix = "HTTP/1.1 206 Partial Content\r\n" + std::string(1000, 'M');
+  });
+  HttpRequest req;
+  req.url = server_.url() + "/small";
+  req.range = ByteRange{0, 4};
+  HttpResult first = client(1).Perform(req);
+  ASSERT_OK(first.status);
+  EXPECT_EQ(first.response.body, "hello");
+  HttpResult garbled = client(1).Perform(req);  // the same connection, kept alive
+  EXPECT_EQ(server_.accepted_connections(), 1u);
+  EXPECT_EQ(garbled.status.code(), Code::kTransient) << garbled.status.ToString();
+  HttpResult again = client(1).Perform(req);
+  ASSERT_OK(again.status);
+  EXPECT_EQ(again.response.body, "hello");
+  EXPECT_EQ(server_.accepted_connections(), 2u);
+
+  // The same garbage on a new connection.
+  server_.SetLiar([](const RecordedRequest&, LieResponse& a) {
+    a.raw_prefix = "HTTP/1.1 206 Partial Content\r\n" + std::string(1000, 'M');
+  });
+  req.fresh_connection = true;
+  HttpResult fresh = client(1).Perform(req);
+  EXPECT_EQ(fresh.status.code(), Code::kProtocol) << fresh.status.ToString();
+}
+
 TEST_F(HttpClientTest, BodyCapAbortsTransfer) {
   HttpRequest req;
   req.url = server_.url() + "/big";

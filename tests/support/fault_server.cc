@@ -616,7 +616,7 @@ bool FaultServer::Handle(Conn* c, RecordedRequest& req) {
 }
 
 bool FaultServer::SendLie(int fd, bool head_only, LieResponse& lie) {
-  std::string out = "HTTP/1.1 " + std::to_string(lie.status) + " " + Reason(lie.status) + "\r\n";
+  std::string out = lie.raw_prefix + "HTTP/1.1 " + std::to_string(lie.status) + " " + Reason(lie.status) + "\r\n";
   for (const auto& [k, v] : lie.headers) out += k + ": " + v + "\r\n";
   if (lie.chunked) {
     out += "Transfer-Encoding: chunked\r\n";

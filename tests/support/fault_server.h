@@ -97,6 +97,9 @@ struct LieResponse {
   bool endless_headers = false;
   int endless_bytes_per_s = 0;
   bool close = false;  // close the connection after the answer
+  // Sent before the status line: what a previous answer's stray bytes look
+  // like to the next request on a kept-alive connection.
+  std::string raw_prefix;
 };
 
 class FaultServer {
