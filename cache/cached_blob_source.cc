@@ -709,6 +709,15 @@ bool CachedBlobSource::FetchSmallRandom(const BlobDescriptor& blob, uint64_t off
   }
   // Verified: fetch whole chunks (checked against their hashes).
   if (KnownVerified(blob)) return false;
+  // A read right after a cached chunk continues a sequential run (the
+  // daemon reads ahead in fs/, without the window above): it fetches and
+  // keeps whole chunks, leading its own fetch as a sequential reader does,
+  // rather than leave its chunk to a read-ahead request that may fail
+  // further on and take the read with it.
+  if (missing.front() > 0) {
+    auto before = cache_->PresentChunks(blob.digest, missing.front() - 1, 1);
+    if (before.ok() && !before->empty() && (*before)[0]) return false;
+  }
   {
     std::lock_guard<std::mutex> lock(flights_mu_);
     for (uint64_t c : missing) {
