@@ -733,10 +733,13 @@ bool CachedBlobSource::FetchSmallRandom(const BlobDescriptor& blob, uint64_t off
     }
     for (uint64_t c : missing) touched_[blob.digest].insert(c);
     touched_count_ += missing.size();
-    // A read of the next chunk after this one is the start of a sequential run.
-    Readahead& ra = readahead_[blob.digest];
-    ra.next_chunk = missing.back() + 1;
-    ra.window = 1;
+    // A read of the next chunk after this one is the start of a sequential
+    // run (for the cache's own read-ahead; without it nobody reads this).
+    if (options_.readahead) {
+      Readahead& ra = readahead_[blob.digest];
+      ra.next_chunk = missing.back() + 1;
+      ra.window = 1;
+    }
   }
   const uint64_t a = std::max(offset, missing.front() * cs);
   const uint64_t b = std::min<uint64_t>(offset + out.size(), (missing.back() + 1) * cs);
